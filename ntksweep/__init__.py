@@ -1,0 +1,8 @@
+"""ntksweep: how far are finite networks from their infinite-width NTK limit?"""
+
+from .activations import ACTIVATIONS, get_activation
+from .kernels import AnalyticKernels, analytic_kernels
+
+__version__ = "0.1.0"
+
+__all__ = ["ACTIVATIONS", "AnalyticKernels", "analytic_kernels", "get_activation", "__version__"]

@@ -1,0 +1,78 @@
+"""The activation registry shared by finite networks and their infinite-width kernels.
+
+One entry per nonlinearity σ: the function itself and its derivative σ' (both torch,
+elementwise, any dtype/device). The finite MLP uses ``fn``; the structured empirical NTK
+uses ``derivative`` in its pre-activation backward pass; the analytic kernels look up a
+closed-form dual by the same name (``ntksweep.kernels.duals``) or integrate ``fn`` and
+``derivative`` by Gaussian quadrature.
+
+Derivative conventions at kinks follow torch's autograd (relu'(0) = 0,
+leaky_relu'(0) = slope), so that our explicit derivatives equal autograd exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Activation", "ACTIVATIONS", "get_activation", "LEAKY_RELU_SLOPE"]
+
+LEAKY_RELU_SLOPE = 0.01  # torch's default negative slope
+_SQRT_2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    derivative: Callable[[torch.Tensor], torch.Tensor]
+    smooth: bool  # analytic: quadrature converges spectrally fast
+
+
+def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / _SQRT_2))
+
+
+def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
+    # d/dx [x Φ(x)] = Φ(x) + x φ(x)
+    return _normal_cdf(x) + x * _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+
+
+def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 - s)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in [
+        Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype), smooth=False),
+        Activation(
+            "leaky_relu",
+            lambda x: torch.nn.functional.leaky_relu(x, LEAKY_RELU_SLOPE),
+            lambda x: torch.where(x > 0, x.new_ones(()), x.new_full((), LEAKY_RELU_SLOPE)),
+            smooth=False,
+        ),
+        Activation("erf", torch.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x * x), True),
+        Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2, smooth=True),
+        Activation("gelu", lambda x: x * _normal_cdf(x), _gelu_derivative, smooth=True),
+        Activation("identity", lambda x: x, torch.ones_like, smooth=True),
+        Activation("sigmoid", torch.sigmoid, _sigmoid_derivative, smooth=True),
+        Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, smooth=True),
+        Activation("sin", torch.sin, torch.cos, smooth=True),
+    ]
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look an activation up by name; unknown names list the known ones."""
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(ACTIVATIONS))
+        raise ValueError(f"unknown activation {name!r}; choose one of: {known}") from None

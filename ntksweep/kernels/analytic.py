@@ -1,0 +1,180 @@
+"""Infinite-width kernels of a fully connected network: the NNGP Σ^(L) and the NTK Θ_∞^(L).
+
+Jacot, Gabriel & Hongler (NeurIPS 2018), Theorem 1 / Proposition 1, in the conventions of
+DESIGN.md (depth L = number of weight matrices, NTK parametrization):
+
+    Σ^(1)(x, x')   = σ_w² x·x'/n0 + σ_b²                          Θ^(1) = Σ^(1)
+    Σ^(ℓ+1)        = σ_w² E[σ(u)σ(v)] + σ_b²     (u, v) ~ N(0, Σ^(ℓ) on {x, x'})
+    Σ̇^(ℓ+1)        = σ_w² E[σ'(u)σ'(v)]
+    Θ^(ℓ+1)        = Θ^(ℓ) Σ̇^(ℓ+1) + Σ^(ℓ+1)
+
+For k outputs the limit is Θ_∞ ⊗ I_k; we return the per-logit (n1, n2) kernel.
+
+Standard parametrization (W ~ N(0, σ_w²/n_ℓ), b ~ N(0, σ_b²)) has the same Σ and Σ̇ but
+its NTK grows with width: the gradient w.r.t. a weight is √n_ℓ/σ_w times the NTK-
+parametrized one, so the layer's term σ_w² E becomes n_ℓ E and the bias term σ_b² becomes 1
+(Lee et al. 2019, App. B; neural-tangents' ``parameterization='standard'``). Θ_std is the
+width-dependent kernel a finite standard network's NTK concentrates around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..activations import get_activation
+from .duals import Dual, get_dual
+
+__all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs"]
+
+
+class Cov(NamedTuple):
+    """A covariance on {x1} ∪ {x2}: k11 = diag on x1 (n1, 1), k12 (n1, n2), k22 = diag on x2 (1, n2)."""
+
+    k11: Tensor
+    k12: Tensor
+    k22: Tensor
+
+
+@dataclass(frozen=True)
+class AnalyticKernels:
+    """Θ_∞^(L) (``ntk``) and Σ^(L) (``nngp``), each (n1, n2) float64, per logit."""
+
+    ntk: np.ndarray
+    nngp: np.ndarray
+    depth: int
+    activation: str
+    weight_std: float
+    bias_std: float
+    parametrization: str
+
+
+def input_gram(x1: Tensor, x2: Tensor) -> Cov:
+    """x·x'/n0 on both diagonals and across."""
+    n0 = x1.shape[1]
+    return Cov((x1 * x1).sum(1, keepdim=True) / n0, x1 @ x2.T / n0, (x2 * x2).sum(1)[None] / n0)
+
+
+def affine(e: Tensor, weight_std: float, bias_std: float) -> Tensor:
+    """Σ = σ_w² E + σ_b² (the covariance of a random affine layer's outputs)."""
+    return torch.add(torch.tensor(bias_std**2, dtype=e.dtype), e, alpha=weight_std**2)
+
+
+def theta_step(theta: Tensor, sigma_dot: Tensor, layer_term: Tensor) -> Tensor:
+    """Θ^(ℓ+1) = Θ^(ℓ) Σ̇^(ℓ+1) + (the new layer's own parameters' term; Σ^(ℓ+1) for NTK)."""
+    return torch.addcmul(layer_term, theta, sigma_dot)
+
+
+def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate (n1, d) / (n2, d) inputs given as numpy or torch; return float64 numpy."""
+
+    def convert(x, name):
+        if hasattr(x, "detach"):  # torch.Tensor without importing torch here
+            x = x.detach().cpu().double().numpy()
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (points, features); got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf; clean the inputs first")
+        return x
+
+    a = convert(x1, "x1")
+    symmetric = x2 is None
+    b = a if symmetric else convert(x2, "x2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; both need the same input dim"
+        )
+    return a, b, symmetric
+
+
+def _check_hyper(depth, activation, weight_std, bias_std, parametrization, width):
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1 (number of weight matrices); got {depth!r}")
+    get_activation(activation)
+    if not np.isfinite(weight_std) or weight_std <= 0:
+        raise ValueError(f"weight_std must be a finite number > 0; got {weight_std!r}")
+    if not np.isfinite(bias_std) or bias_std < 0:
+        raise ValueError(f"bias_std must be a finite number >= 0; got {bias_std!r}")
+    if parametrization not in ("ntk", "standard"):
+        raise ValueError(f"parametrization must be 'ntk' or 'standard'; got {parametrization!r}")
+    if parametrization == "standard" and (width is None or width < 1):
+        raise ValueError("parametrization='standard' needs width=<hidden width> (its NTK scales "
+                         "with width)")
+
+
+def analytic_kernels(
+    x1,
+    x2=None,
+    *,
+    depth: int,
+    activation: str = "relu",
+    weight_std: float = 1.0,
+    bias_std: float = 0.0,
+    parametrization: str = "ntk",
+    width: int | None = None,
+    quadrature: bool | None = None,
+    quadrature_points: int | None = None,
+    tile: int = 128,
+) -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1).
+
+    Returns (n1, n2) float64 kernels per logit (the k-output limit is Θ_∞ ⊗ I_k).
+    ``quadrature=True`` forces quadrature even where a closed form exists (for checks);
+    ``width`` is needed only for the standard parametrization. The recursion runs through
+    all layers one (tile × tile) block at a time so the block stays in cache; with x2 None
+    only the upper-triangular blocks are computed and mirrored.
+    """
+    _check_hyper(depth, activation, weight_std, bias_std, parametrization, width)
+    a_np, b_np, symmetric = as_float64_inputs(x1, x2)
+    a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
+    dual = get_dual(activation, quadrature=quadrature, points=quadrature_points)
+    fan_ins = [a.shape[1]] + [width or 0] * (depth - 1)
+
+    def layer_term(e: Tensor, sigma: Tensor, layer: int) -> Tensor:
+        """The new layer's own (weight + bias) contribution to Θ."""
+        if parametrization == "ntk":
+            return sigma                                                 # σ_w² E + σ_b²
+        return fan_ins[layer] * e + 1.0
+
+    def diagonal_sigmas(x: Tensor) -> list[Tensor]:
+        """Σ^(ℓ)(x, x) for ℓ = 1 … L, (n,) each: the 1-D recursion every block reuses."""
+        sig = [affine((x * x).sum(1) / x.shape[1], weight_std, bias_std)]
+        for _ in range(depth - 1):
+            e, _ = dual(sig[-1], sig[-1], sig[-1])
+            sig.append(affine(e, weight_std, bias_std))
+        return sig
+
+    diag1 = diagonal_sigmas(a)
+    diag2 = diag1 if symmetric else diagonal_sigmas(b)
+    n1, n2 = a.shape[0], b.shape[0]
+    ntk, nngp = torch.empty(n1, n2, dtype=torch.float64), torch.empty(n1, n2, dtype=torch.float64)
+    for i in range(0, n1, tile):
+        rows = slice(i, min(i + tile, n1))
+        for j in range(i if symmetric else 0, n2, tile):
+            cols = slice(j, min(j + tile, n2))
+            e = a[rows] @ b[cols].T / a.shape[1]                         # E^(0) = x·x'/n0
+            sigma = affine(e, weight_std, bias_std)                      # Σ^(1)
+            theta = layer_term(e, sigma, 0)                              # Θ^(1)
+            for layer in range(1, depth):
+                e, e_dot = dual(diag1[layer - 1][rows, None], sigma, diag2[layer - 1][None, cols])
+                sigma = affine(e, weight_std, bias_std)                  # Σ^(ℓ+1)
+                theta = theta_step(theta, e_dot.mul_(weight_std**2), layer_term(e, sigma, layer))
+            if symmetric and i == j:  # quadrature and BLAS treat u, v asymmetrically
+                theta, sigma = 0.5 * (theta + theta.T), 0.5 * (sigma + sigma.T)
+            ntk[rows, cols], nngp[rows, cols] = theta, sigma
+            if symmetric and j > i:
+                ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
+    return AnalyticKernels(
+        ntk=ntk.numpy(),
+        nngp=nngp.numpy(),
+        depth=int(depth),
+        activation=activation,
+        weight_std=float(weight_std),
+        bias_std=float(bias_std),
+        parametrization=parametrization,
+    )

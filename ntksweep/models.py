@@ -1,0 +1,121 @@
+"""Fully connected networks in Jacot's NTK parametrization (default) or the standard one.
+
+Depth L = number of weight matrices (DESIGN.md): L−1 hidden layers of width n.
+
+NTK parametrization:      z^(ℓ+1) = (σ_w/√n_ℓ) W^(ℓ) a^(ℓ) + σ_b b^(ℓ),   W, b ~ N(0, 1)
+Standard parametrization: z^(ℓ+1) = W^(ℓ) a^(ℓ) + b^(ℓ),  W ~ N(0, σ_w²/n_ℓ), b ~ N(0, σ_b²)
+
+Each :class:`Dense` layer records its forward multipliers (``weight_mult``, ``bias_mult``);
+the structured empirical NTK reads them, so the finite network and its kernel come from
+one definition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .activations import get_activation
+
+__all__ = ["Dense", "MLP"]
+
+
+class Dense(nn.Module):
+    """z = weight_mult · W a + bias_mult · b, with W (out, in) and b (out,) trainable."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, weight_mult: float,
+                 bias_mult: float):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.weight_mult = float(weight_mult)
+        self.bias_mult = float(bias_mult)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        z = torch.addmm(self.bias * self.bias_mult, a, self.weight.T, alpha=self.weight_mult) \
+            if self.bias_mult != 0 else self.weight_mult * (a @ self.weight.T)
+        return z
+
+    def extra_repr(self) -> str:
+        return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, "
+                f"weight_mult={self.weight_mult:.4g}, bias_mult={self.bias_mult:.4g}")
+
+
+class MLP(nn.Module):
+    """An MLP f: (N, in_dim) → (N, out_dim) with ``depth`` weight matrices.
+
+    ``width`` is the hidden width n (or a sequence of depth−1 hidden widths).
+    ``seed`` makes the initialisation reproducible without touching torch's global RNG
+    (parameters are drawn on CPU in float64 from a private generator, then cast/moved, so
+    the same seed gives the same network on every device and dtype).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        width: int | Sequence[int],
+        depth: int,
+        *,
+        activation: str = "relu",
+        weight_std: float = 1.0,
+        bias_std: float = 0.0,
+        out_dim: int = 1,
+        parametrization: str = "ntk",
+        seed: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
+        super().__init__()
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1 (number of weight matrices); "
+                             f"got {depth!r}")
+        hidden = [int(width)] * (depth - 1) if isinstance(width, (int,)) else [int(w) for w in width]
+        if len(hidden) != depth - 1 or any(w < 1 for w in hidden):
+            raise ValueError(f"width must be a positive int or {depth - 1} positive ints; "
+                             f"got {width!r}")
+        if in_dim < 1 or out_dim < 1:
+            raise ValueError(f"in_dim and out_dim must be >= 1; got {in_dim}, {out_dim}")
+        if parametrization not in ("ntk", "standard"):
+            raise ValueError(f"parametrization must be 'ntk' or 'standard'; got {parametrization!r}")
+        if not math.isfinite(weight_std) or weight_std <= 0:
+            raise ValueError(f"weight_std must be a finite number > 0; got {weight_std!r}")
+        if not math.isfinite(bias_std) or bias_std < 0:
+            raise ValueError(f"bias_std must be a finite number >= 0; got {bias_std!r}")
+        self.act = get_activation(activation)
+        self.activation = activation
+        self.parametrization = parametrization
+        self.weight_std, self.bias_std = float(weight_std), float(bias_std)
+        self.in_dim, self.out_dim, self.depth = in_dim, out_dim, depth
+        self.widths = (in_dim, *hidden, out_dim)  # n_0 … n_L
+
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        layers = []
+        for n_in, n_out in zip(self.widths[:-1], self.widths[1:]):
+            w = torch.randn(n_out, n_in, generator=generator, dtype=torch.float64)
+            b = torch.randn(n_out, generator=generator, dtype=torch.float64)
+            if parametrization == "ntk":
+                mults = (weight_std / math.sqrt(n_in), bias_std)
+            else:
+                w, b = w * (weight_std / math.sqrt(n_in)), b * bias_std
+                mults = (1.0, 1.0)
+            layers.append(Dense(w.to(dtype=dtype, device=device), b.to(dtype=dtype, device=device),
+                                *mults))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in_dim) → f(x) (N, out_dim)."""
+        a = x
+        for i, layer in enumerate(self.layers):
+            z = layer(a)
+            a = self.act.fn(z) if i < self.depth - 1 else z
+        return a
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}, parametrization={self.parametrization}"

@@ -1,0 +1,226 @@
+"""Θ_∞ and Σ against mathematics: closed forms written out here, identities, Jacot's check
+values, and an independent scipy-integrated recursion. Never against our own output."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from ntksweep import ACTIVATIONS, analytic_kernels
+
+RTOL_TIGHT = 1e-10
+
+
+def circle(gammas):
+    return np.stack([np.cos(gammas), np.sin(gammas)], 1)
+
+
+@pytest.mark.parametrize("gamma, expected", [(0.0, 0.28250), (math.pi / 2, 0.09270),
+                                             (math.pi, 0.06435)])
+def test_jacot_check_values(gamma, expected):
+    k = analytic_kernels(np.array([[1.0, 0.0]]), circle(np.array([gamma])), depth=4,
+                         activation="relu", weight_std=1.0, bias_std=0.1)
+    assert k.ntk.shape == (1, 1)
+    assert k.ntk[0, 0] == pytest.approx(expected, abs=5e-6)
+
+
+def test_one_hidden_layer_relu_written_out():
+    # depth 2: Θ = Σ1·Σ̇2 + Σ2, Σ2 = σw² E[relu relu] + σb², Σ̇2 = σw² (π−θ)/(2π)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3))
+    sw, sb = 1.3, 0.4
+    k = analytic_kernels(x, depth=2, activation="relu", weight_std=sw, bias_std=sb)
+    for i in range(5):
+        for j in range(5):
+            s11 = sw**2 * x[i] @ x[i] / 3 + sb**2
+            s22 = sw**2 * x[j] @ x[j] / 3 + sb**2
+            s12 = sw**2 * x[i] @ x[j] / 3 + sb**2
+            th = math.acos(max(-1.0, min(1.0, s12 / math.sqrt(s11 * s22))))
+            e = math.sqrt(s11 * s22) / (2 * math.pi) * (math.sin(th) + (math.pi - th) * math.cos(th))
+            sigma2 = sw**2 * e + sb**2
+            dot2 = sw**2 * (math.pi - th) / (2 * math.pi)
+            assert k.nngp[i, j] == pytest.approx(sigma2, rel=RTOL_TIGHT)
+            assert k.ntk[i, j] == pytest.approx(s12 * dot2 + sigma2, rel=RTOL_TIGHT)
+
+
+def test_one_hidden_layer_erf_written_out():
+    x = np.array([[0.3, -1.2], [2.0, 0.5], [-0.7, -0.1]])
+    sw, sb = 0.9, 0.2
+    k = analytic_kernels(x, depth=2, activation="erf", weight_std=sw, bias_std=sb)
+    s = sw**2 * x @ x.T / 2 + sb**2
+    d = np.diag(s)
+    e = 2 / np.pi * np.arcsin(2 * s / np.sqrt(np.outer(1 + 2 * d, 1 + 2 * d)))
+    edot = 4 / np.pi / np.sqrt(np.outer(1 + 2 * d, 1 + 2 * d) - 4 * s**2)
+    np.testing.assert_allclose(k.nngp, sw**2 * e + sb**2, rtol=RTOL_TIGHT)
+    np.testing.assert_allclose(k.ntk, s * sw**2 * edot + sw**2 * e + sb**2, rtol=RTOL_TIGHT)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_deep_linear_network_ntk(depth):
+    # identity σ, σ_b = 0: Σ^(ℓ) = σw^{2ℓ} x·x'/n0, Σ̇ = σw², so Θ^(L) = L σw^{2L} x·x'/n0
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.normal(size=(4, 6)), rng.normal(size=(3, 6))
+    sw = 1.1
+    k = analytic_kernels(x1, x2, depth=depth, activation="identity", weight_std=sw)
+    gram = x1 @ x2.T / 6
+    np.testing.assert_allclose(k.ntk, depth * sw ** (2 * depth) * gram, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(k.nngp, sw ** (2 * depth) * gram, rtol=1e-12, atol=1e-15)
+
+
+def test_relu_diagonal_is_geometric_series():
+    # on the diagonal θ = 0: E[relu(u)²] = k/2 and Σ̇ = σw²/2
+    x = np.random.default_rng(2).normal(size=(6, 4))
+    sw, sb, depth = 1.4, 0.3, 5
+    k = analytic_kernels(x, depth=depth, activation="relu", weight_std=sw, bias_std=sb)
+    sigma = sw**2 * (x * x).sum(1) / 4 + sb**2
+    theta = sigma.copy()
+    for _ in range(depth - 1):
+        sigma = sw**2 * sigma / 2 + sb**2
+        theta = theta * sw**2 / 2 + sigma
+    np.testing.assert_allclose(np.diag(k.nngp), sigma, rtol=1e-12)
+    np.testing.assert_allclose(np.diag(k.ntk), theta, rtol=1e-12)
+
+
+def _independent_recursion(x, depth, sigma, dsigma, sw, sb):
+    """Per-pair recursion with scipy's adaptive 2-D integration (no Gauss–Hermite)."""
+    n = len(x)
+    S = sw**2 * x @ x.T / x.shape[1] + sb**2
+    T = S.copy()
+    for _ in range(depth - 1):
+        S_new, D = np.empty_like(S), np.empty_like(S)
+        for i in range(n):
+            for j in range(n):
+                s1, s2 = math.sqrt(S[i, i]), math.sqrt(S[j, j])
+                rho = max(-1.0, min(1.0, S[i, j] / (s1 * s2)))
+                c = math.sqrt(1 - rho * rho)
+
+                def expect(f, s1=s1, s2=s2, rho=rho, c=c):
+                    def integrand(z2, z1):
+                        u = s1 * z1
+                        v = s2 * (rho * z1 + c * z2)
+                        return f(u) * f(v) * math.exp(-(z1 * z1 + z2 * z2) / 2) / (2 * math.pi)
+                    return integrate.dblquad(integrand, -9, 9, -9, 9, epsabs=1e-11)[0]
+
+                S_new[i, j] = sw**2 * expect(sigma) + sb**2
+                D[i, j] = sw**2 * expect(dsigma)
+        T = T * D + S_new
+        S = S_new
+    return S, T
+
+
+@pytest.mark.parametrize("name, f, df", [
+    ("tanh", math.tanh, lambda u: 1 - math.tanh(u) ** 2),
+    ("sigmoid", lambda u: 1 / (1 + math.exp(-u)),
+     lambda u: math.exp(-u) / (1 + math.exp(-u)) ** 2),
+])
+def test_quadrature_matches_independent_integration(name, f, df):
+    x = np.array([[1.0, 0.2], [-0.4, 0.9], [0.3, -1.1]])
+    S, T = _independent_recursion(x, 3, f, df, 1.2, 0.3)
+    k = analytic_kernels(x, depth=3, activation=name, weight_std=1.2, bias_std=0.3)
+    np.testing.assert_allclose(k.nngp, S, rtol=1e-6)
+    np.testing.assert_allclose(k.ntk, T, rtol=1e-6)
+
+
+def test_closed_form_vs_quadrature():
+    x = np.random.default_rng(3).normal(size=(20, 5))
+    for name in ("erf", "gelu", "sin"):
+        exact = analytic_kernels(x, depth=4, activation=name, bias_std=0.2)
+        quad = analytic_kernels(x, depth=4, activation=name, bias_std=0.2, quadrature=True)
+        err = np.linalg.norm(exact.ntk - quad.ntk) / np.linalg.norm(exact.ntk)
+        assert err < 1e-6, (name, err)
+
+
+def test_relu_quadrature_is_only_first_order():
+    # σ' = step is discontinuous: the quadrature error of Σ̇ halves when the step halves,
+    # which is why ReLU needs its arc-cosine closed form.
+    x = np.random.default_rng(3).normal(size=(20, 5))
+    exact = analytic_kernels(x, depth=4, activation="relu", bias_std=0.2).ntk
+
+    def err(points):
+        quad = analytic_kernels(x, depth=4, activation="relu", bias_std=0.2, quadrature=True,
+                                quadrature_points=points).ntk
+        return np.linalg.norm(exact - quad) / np.linalg.norm(exact)
+
+    coarse, fine = err(301), err(601)
+    assert coarse < 3e-2
+    assert 0.4 < fine / coarse < 0.6
+
+
+def _edge_inputs():
+    base = np.array([[1.0, 0.5, -0.2]])
+    return np.concatenate([
+        base, base, -base,               # identical and antipodal
+        np.zeros((1, 3)),                # zero input
+        1e8 * np.array([[0.3, -1.0, 2.0]]),   # huge norm
+        1e-8 * np.array([[-2.0, 0.1, 0.4]]),  # tiny norm
+        np.array([[0.0, 1.0, 0.0]]),
+    ])
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("bias_std", [0.0, 0.1])
+def test_degenerate_inputs_are_finite_symmetric_psd(activation, bias_std):
+    x = _edge_inputs()
+    if activation in ("sigmoid", "softplus", "tanh", "gelu", "erf", "sin"):
+        x = x[np.linalg.norm(x, axis=1) < 1e3]  # huge norms: covered for closed forms below
+    k = analytic_kernels(x, depth=4, activation=activation, bias_std=bias_std)
+    for m in (k.ntk, k.nngp):
+        assert np.isfinite(m).all()
+        np.testing.assert_allclose(m, m.T, rtol=1e-12, atol=0)
+        eig = np.linalg.eigvalsh(m / max(np.abs(m).max(), 1e-300))
+        assert eig.min() > -1e-9
+        assert (np.diag(m) >= 0).all()
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "erf", "gelu", "sin", "identity"])
+def test_huge_norms_closed_forms_finite(activation):
+    x = _edge_inputs()
+    k = analytic_kernels(x, depth=6, activation=activation, bias_std=0.1)
+    assert np.isfinite(k.ntk).all() and np.isfinite(k.nngp).all()
+    # identical inputs give identical rows
+    np.testing.assert_array_equal(k.ntk[0], k.ntk[1])
+
+
+def test_torch_inputs_and_cross_kernel():
+    x1 = torch.randn(4, 3, dtype=torch.float32)
+    x2 = torch.randn(5, 3, dtype=torch.float64)
+    k = analytic_kernels(x1, x2, depth=3)
+    assert k.ntk.shape == (4, 5) and k.ntk.dtype == np.float64
+    full = analytic_kernels(torch.cat([x1.double(), x2]), depth=3)
+    np.testing.assert_allclose(k.ntk, full.ntk[:4, 4:], rtol=1e-12)
+
+
+def test_standard_parametrization_linear_closed_form():
+    # identity σ, depth 2, standard: Θ = (x·x' + 1)·σw² + n1 (σw² x·x'/n0 + σb²) + 1
+    x = np.random.default_rng(4).normal(size=(3, 4))
+    sw, sb, n1 = 0.8, 0.5, 300
+    k = analytic_kernels(x, depth=2, activation="identity", weight_std=sw, bias_std=sb,
+                         parametrization="standard", width=n1)
+    g = x @ x.T
+    np.testing.assert_allclose(k.ntk, (g + 1) * sw**2 + n1 * (sw**2 * g / 4 + sb**2) + 1,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(depth=3, activation="swish"), "unknown activation 'swish'.*relu"),
+    (dict(depth=0), "depth must be an integer >= 1"),
+    (dict(depth=2.5), "depth must be an integer"),
+    (dict(depth=2, weight_std=-1.0), "weight_std must be"),
+    (dict(depth=2, bias_std=-0.1), "bias_std must be"),
+    (dict(depth=2, parametrization="muP"), "parametrization must be"),
+    (dict(depth=2, parametrization="standard"), "needs width"),
+])
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        analytic_kernels(np.ones((2, 3)), **kwargs)
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError, match="same input dim"):
+        analytic_kernels(np.ones((2, 3)), np.ones((2, 4)), depth=2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        analytic_kernels(np.array([[1.0, np.nan]]), depth=2)
+    with pytest.raises(ValueError, match="2-D"):
+        analytic_kernels(np.ones(3), depth=2)
