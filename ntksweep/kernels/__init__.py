@@ -4,5 +4,7 @@ Pure maths: no Ray, MLflow or Parquet imports here.
 """
 
 from .analytic import AnalyticKernels, analytic_kernels
+from .tiling import SerialExecutor, Tile, TileComputation, TileExecutor, empirical_ntk
 
-__all__ = ["AnalyticKernels", "analytic_kernels"]
+__all__ = ["AnalyticKernels", "SerialExecutor", "Tile", "TileComputation", "TileExecutor",
+           "analytic_kernels", "empirical_ntk"]

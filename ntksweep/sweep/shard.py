@@ -1,0 +1,89 @@
+"""Sharding one empirical NTK's tiles over Ray actors (the executor seam of
+``ntksweep.kernels.empirical_ntk``).
+
+Each actor receives the tile computation (model + inputs) once through the object store,
+moves it to its own GPU when Ray gave it one (``CUDA_VISIBLE_DEVICES`` → ``cuda:0``), and
+returns tiles as numpy (zero-copy through the object store; torch tensors would be pickled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import ray
+
+from ..kernels.tiling import Tile, TileComputation
+
+
+@ray.remote
+class _TileWorker:
+    def __init__(self):
+        self._computation: TileComputation | None = None
+
+    def load(self, computation: TileComputation) -> str:
+        import torch
+
+        device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self._computation = computation.to(device)
+        return device
+
+    def compute(self, tile: Tile) -> np.ndarray:
+        return self._computation(tile).cpu().numpy()
+
+    def unload(self) -> None:
+        import gc
+
+        import torch
+
+        self._computation = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class RayTileExecutor:
+    """Spreads tiles over ``num_actors`` Ray actors (each ``num_gpus`` GPUs, ``num_cpus`` CPUs).
+
+    Ray must be initialised by the caller (``ray.init(...)``) or is started locally.
+    Use as a context manager, or call ``shutdown()``, to release the actors.
+    """
+
+    def __init__(self, num_actors: int = 2, *, num_gpus: float = 0, num_cpus: float = 1):
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1; got {num_actors}")
+        if not ray.is_initialized():
+            ray.init()
+        self.actors = [_TileWorker.options(num_gpus=num_gpus, num_cpus=num_cpus).remote()
+                       for _ in range(num_actors)]
+        self.devices: list[str] = []
+
+    def map_tiles(self, computation: TileComputation,
+                  tiles: Sequence[Tile]) -> Iterator[tuple[Tile, np.ndarray]]:
+        ref = ray.put(computation)
+        self.devices = ray.get([a.load.remote(ref) for a in self.actors])
+        queue = list(tiles)
+        pending: dict = {}
+        idle = list(self.actors)
+        try:
+            while queue or pending:
+                while queue and idle:  # one tile in flight per actor: bounded memory
+                    actor, tile = idle.pop(), queue.pop(0)
+                    pending[actor.compute.remote(tile)] = (actor, tile)
+                done, _ = ray.wait(list(pending), num_returns=1)
+                actor, tile = pending.pop(done[0])
+                idle.append(actor)
+                yield tile, ray.get(done[0])
+        finally:
+            ray.get([a.unload.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> RayTileExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
