@@ -23,6 +23,21 @@ from .activations import get_activation
 __all__ = ["Dense", "MLP"]
 
 
+def _randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype,
+           device: str | torch.device) -> torch.Tensor:
+    """N(0, 1). Seeded: drawn on CPU in float64 (so a seed means the same network on every
+    device and dtype), in row chunks so a width-65536 layer never holds a float64 copy of
+    itself. Unseeded: torch's global RNG, directly on ``device`` (fast for huge GPU nets)."""
+    if generator is None:
+        return torch.randn(*shape, dtype=dtype, device=device)
+    out = torch.empty(*shape, dtype=dtype)
+    rows = max(1, (1 << 24) // max(1, math.prod(shape[1:])))
+    for r in range(0, shape[0], rows):
+        out[r:r + rows] = torch.randn(min(rows, shape[0] - r), *shape[1:], generator=generator,
+                                      dtype=torch.float64)
+    return out
+
+
 class Dense(nn.Module):
     """z = weight_mult · W a + bias_mult · b, with W (out, in) and b (out,) trainable."""
 
@@ -54,7 +69,8 @@ class MLP(nn.Module):
     ``width`` is the hidden width n (or a sequence of depth−1 hidden widths).
     ``seed`` makes the initialisation reproducible without touching torch's global RNG
     (parameters are drawn on CPU in float64 from a private generator, then cast/moved, so
-    the same seed gives the same network on every device and dtype).
+    the same seed gives the same network on every device and dtype); ``seed=None`` draws
+    from torch's global RNG directly on ``device``.
     """
 
     def __init__(
@@ -98,15 +114,14 @@ class MLP(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         layers = []
         for n_in, n_out in zip(self.widths[:-1], self.widths[1:]):
-            w = torch.randn(n_out, n_in, generator=generator, dtype=torch.float64)
-            b = torch.randn(n_out, generator=generator, dtype=torch.float64)
+            w = _randn(n_out, n_in, generator=generator, dtype=dtype, device=device)
+            b = _randn(n_out, generator=generator, dtype=dtype, device=device)
             if parametrization == "ntk":
                 mults = (weight_std / math.sqrt(n_in), bias_std)
             else:
-                w, b = w * (weight_std / math.sqrt(n_in)), b * bias_std
+                w, b = w.mul_(weight_std / math.sqrt(n_in)), b.mul_(bias_std)
                 mults = (1.0, 1.0)
-            layers.append(Dense(w.to(dtype=dtype, device=device), b.to(dtype=dtype, device=device),
-                                *mults))
+            layers.append(Dense(w.to(device=device), b.to(device=device), *mults))
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,8 @@ class TileComputation:
                                None if self.x2 is None else self.x2.to(device), self.method)
 
     def __call__(self, tile: Tile) -> Tensor:
-        """The (r, c, k, k) block, splitting itself in four on CUDA out-of-memory."""
+        """The (r, c, k, k) block, splitting itself in four on CUDA out-of-memory (the
+        pieces then come back assembled on the host)."""
         xr = self.x1[tile.r0:tile.r1]
         xc = (self.x1 if self.x2 is None else self.x2)[tile.c0:tile.c1]
         try:
@@ -64,7 +65,8 @@ class TileComputation:
         rm, cm = (tile.r0 + tile.r1 + 1) // 2, (tile.c0 + tile.c1 + 1) // 2
         rows = [(tile.r0, rm), (rm, tile.r1)] if tile.r1 - tile.r0 > 1 else [(tile.r0, tile.r1)]
         cols = [(tile.c0, cm), (cm, tile.c1)] if tile.c1 - tile.c0 > 1 else [(tile.c0, tile.c1)]
-        blocks = [[self(Tile(r0, r1, c0, c1)) for c0, c1 in cols] for r0, r1 in rows]
+        # the device is full: stage the pieces on the host and assemble them there
+        blocks = [[self(Tile(r0, r1, c0, c1)).cpu() for c0, c1 in cols] for r0, r1 in rows]
         return torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
 
 
