@@ -1,0 +1,167 @@
+"""Frozen, validated trial specs. Each trial has a stable id: a hash of its canonical spec,
+the key of resume and of every output row."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .activations import ACTIVATIONS
+from .data import DATASETS, TEACHERS
+
+__all__ = ["TrialSpec", "SpecError", "TRIAL_FIELDS", "suggest"]
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the field and what to change."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    # data
+    dataset: str = "circle"
+    n_train: int = 64
+    n_eval: int = 64
+    data_seed: int = 0
+    dim: int = 8                       # sphere only
+    teacher: str = "quadratic"         # sphere only
+    data_path: str | None = None       # file only
+    # model (ntksweep.models.MLP)
+    width: int = 256
+    depth: int = 3
+    activation: str = "relu"
+    weight_std: float = 1.0
+    bias_std: float = 0.1
+    parametrization: str = "ntk"
+    seed: int = 0
+    # training
+    lr: float = 1.0
+    steps: int = 200
+    optimizer: str = "gd"              # gd: full batch (Jacot's); sgd: minibatches
+    batch_size: int | None = None      # sgd only
+    loss: str = "mse"                  # mse: C = (1/N) Σ ‖f(x_i) − y_i‖²; cross_entropy
+    checkpoints: int = 20              # number of checkpoints (step 0 and the last included)
+    checkpoint_spacing: str = "log"    # log | linear
+    checkpoint_steps: tuple[int, ...] | None = None   # explicit steps (overrides the above)
+    divergence_factor: float = 1e6     # loss > factor × initial loss (or non-finite): diverged
+    device: str = "auto"               # auto: cuda when this process sees a GPU
+    dtype: str = "float32"
+    # kernels
+    ntk_method: str = "auto"
+    memory_budget: int | None = None   # bytes per NTK tile
+    keep_kernels: str = "none"         # none | first_last | all: keep Θ_t matrices as arrays
+
+    def __post_init__(self):
+        if self.checkpoint_steps is not None and not isinstance(self.checkpoint_steps, tuple):
+            object.__setattr__(self, "checkpoint_steps", tuple(self.checkpoint_steps))
+        self.validate()
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["checkpoint_steps"] is not None:
+            d["checkpoint_steps"] = list(d["checkpoint_steps"])
+        return d
+
+    @property
+    def trial_id(self) -> str:
+        """12 hex chars of sha1 over the canonical JSON of every field (device excluded:
+        the same trial on another device is the same measurement)."""
+        d = self.to_dict()
+        d.pop("device")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        unknown = [k for k in d if k not in TRIAL_FIELDS]
+        if unknown:
+            raise SpecError("; ".join(f"unknown field {k!r}{suggest(k, TRIAL_FIELDS)}"
+                                      for k in unknown))
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+
+    def replace(self, **changes) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def need(ok: bool, field: str, msg: str):
+            if not ok:
+                raise SpecError(f"{field}: {msg} (got {getattr(self, field)!r})")
+
+        for name in ("n_train", "n_eval", "width", "depth", "steps", "checkpoints", "dim"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
+                 "must be an integer >= 1")
+        for name in ("data_seed", "seed"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name,
+                 "must be an integer >= 0")
+        need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
+        need(self.teacher in TEACHERS, "teacher", f"must be one of {', '.join(TEACHERS)}")
+        need(self.dataset != "file" or bool(self.data_path), "data_path",
+             "dataset 'file' needs data_path")
+        need(self.activation in ACTIVATIONS, "activation",
+             f"must be one of {', '.join(sorted(ACTIVATIONS))}")
+        need(_finite(self.weight_std) and self.weight_std > 0, "weight_std", "must be > 0")
+        need(_finite(self.bias_std) and self.bias_std >= 0, "bias_std", "must be >= 0")
+        need(self.parametrization in ("ntk", "standard"), "parametrization",
+             "must be 'ntk' or 'standard'")
+        need(_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
+        need(self.optimizer in ("gd", "sgd"), "optimizer", "must be 'gd' or 'sgd'")
+        need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+             "batch_size", "must be an integer >= 1 or null")
+        need(self.loss in ("mse", "cross_entropy"), "loss", "must be 'mse' or 'cross_entropy'")
+        need(self.loss != "cross_entropy" or self.dataset == "digits", "loss",
+             "cross_entropy needs class labels (dataset 'digits')")
+        need(self.checkpoint_spacing in ("log", "linear"), "checkpoint_spacing",
+             "must be 'log' or 'linear'")
+        if self.checkpoint_steps is not None:
+            need(all(isinstance(s, int) and 0 <= s <= self.steps for s in self.checkpoint_steps),
+                 "checkpoint_steps", f"must be integers in [0, steps={self.steps}]")
+        need(_finite(self.divergence_factor) and self.divergence_factor > 1, "divergence_factor",
+             "must be > 1")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             "device", "must be 'auto', 'cpu' or 'cuda[:i]'")
+        need(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64'")
+        need(self.ntk_method in ("auto", "structured", "jacobian", "ntk_vps"), "ntk_method",
+             "must be auto, structured, jacobian or ntk_vps")
+        need(self.memory_budget is None or (isinstance(self.memory_budget, int)
+                                            and self.memory_budget > 0),
+             "memory_budget", "must be a positive integer (bytes) or null")
+        need(self.keep_kernels in ("none", "first_last", "all"), "keep_kernels",
+             "must be none, first_last or all")
+
+
+TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpec)}
+
+
+def suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _coerce(name: str, value):
+    """YAML and ``--set`` give strings and ints where floats are meant: coerce by the
+    field's declared type, and reject what cannot be coerced with the field's name."""
+    declared = str(TRIAL_FIELDS[name].type)
+    try:
+        if declared.startswith("float") and isinstance(value, (int, str)) \
+                and not isinstance(value, bool):
+            return float(value)
+        if declared.startswith("int") and isinstance(value, str):
+            return int(value)
+        if name == "checkpoint_steps" and value is not None:
+            return tuple(int(s) for s in value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name}: cannot read {value!r} as {declared}") from None
+    return value

@@ -1,0 +1,158 @@
+"""Data sets for trials, deterministic from a seed. All arrays float64 numpy.
+
+- ``circle``: Jacot et al. (2018) Fig. 1–2: training inputs N(0, I₂), target f*(x) = x1·x2;
+  evaluation inputs on the unit circle x = (cos γ, sin γ), γ on a grid in [0, 2π).
+- ``sphere``: d-dim inputs on the sphere of radius √d (so x·x/d = 1) with a teacher:
+  'quadratic' (x1·x2), 'linear' (a fixed random direction) or 'network' (a fixed random
+  width-64 ReLU network).
+- ``digits``: scikit-learn's bundled 8×8 digits (nothing downloaded), features standardised,
+  labels one-hot minus their mean (regression targets) or class ids (cross-entropy).
+- ``file``: the user's arrays — .npz with X, y (optional X_eval, y_eval), a .npy dict with
+  those keys, or Parquet with feature columns and a ``y`` column (pyarrow via pandas).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Dataset", "DATASETS", "make_dataset"]
+
+DATASETS = ("circle", "sphere", "digits", "file")
+TEACHERS = ("quadratic", "linear", "network")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """x_train (N, d), y_train (N, k), x_eval (M, d), y_eval (M, k). ``labels_*`` hold class
+    ids for classification sets; ``eval_coords`` is γ for the circle."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    labels_train: np.ndarray | None = None
+    labels_eval: np.ndarray | None = None
+    eval_coords: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def in_dim(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def out_dim(self) -> int:
+        return self.y_train.shape[1]
+
+
+def _circle(n_train: int, n_eval: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train, 2))
+    gamma = np.linspace(0.0, 2 * np.pi, n_eval, endpoint=False)
+    xe = np.stack([np.cos(gamma), np.sin(gamma)], 1)
+    return Dataset("circle", x, (x[:, 0] * x[:, 1])[:, None], xe, (xe[:, 0] * xe[:, 1])[:, None],
+                   eval_coords=gamma)
+
+
+def _sphere(n_train: int, n_eval: int, seed: int, dim: int, teacher: str) -> Dataset:
+    if teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train + n_eval, dim))
+    x *= np.sqrt(dim) / np.linalg.norm(x, axis=1, keepdims=True)
+    if teacher == "quadratic":
+        y = x[:, 0] * x[:, 1 % dim]
+    elif teacher == "linear":
+        y = x @ rng.standard_normal(dim) / np.sqrt(dim)
+    else:
+        w1 = rng.standard_normal((dim, 64)) / np.sqrt(dim)
+        w2 = rng.standard_normal(64) / np.sqrt(64)
+        y = np.maximum(x @ w1, 0.0) @ w2 * np.sqrt(2.0)
+    y = y[:, None]
+    return Dataset("sphere", x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def _digits(n_train: int, n_eval: int, seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+    if n_train + n_eval > len(x):
+        raise ValueError(f"digits has {len(x)} images; n_train + n_eval = {n_train + n_eval}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    tr, ev = order[:n_train], order[n_train:n_train + n_eval]
+    mean, std = x[tr].mean(0), x[tr].std(0)
+    x = (x - mean) / np.where(std > 0, std, 1.0)          # constant pixels stay 0
+    onehot = np.eye(10)[labels] - 0.1                      # zero-mean regression targets
+    return Dataset("digits", x[tr], onehot[tr], x[ev], onehot[ev], labels[tr], labels[ev])
+
+
+def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Dataset:
+    if not path:
+        raise ValueError("dataset 'file' needs data_path=<.npz, .npy or .parquet file>")
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"data file {path!r} does not exist")
+    if p.suffix == ".parquet":
+        import pandas as pd
+
+        df = pd.read_parquet(p)
+        if "y" not in df.columns:
+            raise ValueError(f"{path}: Parquet data needs a 'y' column beside the feature columns")
+        arrays = {"X": df.drop(columns=["y"]).to_numpy(np.float64), "y": df["y"].to_numpy()}
+    elif p.suffix in (".npz", ".npy"):
+        loaded = np.load(p, allow_pickle=p.suffix == ".npy")
+        arrays = dict(loaded) if p.suffix == ".npz" else loaded.item() if loaded.dtype == object \
+            else None
+        if not isinstance(arrays, dict):
+            raise ValueError(f"{path}: a .npy data file must hold a dict with keys X and y; "
+                             "save arrays with np.savez(path, X=..., y=...) instead")
+    else:
+        raise ValueError(f"{path}: unsupported data file type {p.suffix!r}; use .npz, .npy or "
+                         ".parquet")
+    for key in ("X", "y"):
+        if key not in arrays:
+            raise ValueError(f"{path}: missing array {key!r} (found: {', '.join(arrays)})")
+
+    def checked(x, y, which):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        x = x.reshape(len(x), -1)
+        y = y.reshape(len(y), -1)
+        if len(x) != len(y):
+            raise ValueError(f"{path}: {which} has {len(x)} inputs but {len(y)} labels")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise ValueError(f"{path}: {which} contains NaN or inf")
+        return x, y
+
+    x, y = checked(arrays["X"], arrays["y"], "X/y")
+    if "X_eval" in arrays:
+        xe, ye = checked(arrays["X_eval"], arrays.get("y_eval", np.zeros(len(arrays["X_eval"]))),
+                         "X_eval/y_eval")
+        if xe.shape[1] != x.shape[1] or ye.shape[1] != y.shape[1]:
+            raise ValueError(f"{path}: X_eval/y_eval have {xe.shape[1]} features/{ye.shape[1]} "
+                             f"outputs but X/y have {x.shape[1]}/{y.shape[1]}")
+        return Dataset(p.name, x[:n_train], y[:n_train], xe[:n_eval], ye[:n_eval])
+    if n_train + n_eval > len(x):
+        raise ValueError(f"{path}: {len(x)} points, fewer than n_train + n_eval = "
+                         f"{n_train + n_eval}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    tr, ev = order[:n_train], order[n_train:n_train + n_eval]
+    return Dataset(p.name, x[tr], y[tr], x[ev], y[ev])
+
+
+def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
+                 teacher: str = "quadratic", path: str | None = None) -> Dataset:
+    """Build a data set by name; same arguments → identical arrays."""
+    if n_train < 1 or n_eval < 1:
+        raise ValueError(f"n_train and n_eval must be >= 1; got {n_train}, {n_eval}")
+    if name == "circle":
+        return _circle(n_train, n_eval, seed)
+    if name == "sphere":
+        return _sphere(n_train, n_eval, seed, dim, teacher)
+    if name == "digits":
+        return _digits(n_train, n_eval, seed)
+    if name == "file":
+        return _load_file(path, n_train, n_eval, seed)
+    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

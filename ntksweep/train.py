@@ -1,0 +1,77 @@
+"""Training: full-batch gradient descent (Jacot's) or minibatch SGD, with a checkpoint
+schedule and divergence detection. Time t = lr × step (Jacot's continuous time)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrialSpec
+
+__all__ = ["checkpoint_schedule", "loss_value", "train"]
+
+
+def checkpoint_schedule(spec: TrialSpec) -> list[int]:
+    """Sorted unique steps; always step 0 and the last step."""
+    if spec.checkpoint_steps is not None:
+        steps = set(spec.checkpoint_steps)
+    elif spec.checkpoint_spacing == "linear":
+        steps = set(np.linspace(0, spec.steps, spec.checkpoints).round().astype(int).tolist())
+    else:  # log: 0, then geometric from 1 to steps
+        steps = {0, *np.unique(np.geomspace(1, spec.steps, max(spec.checkpoints - 1, 1))
+                                .round().astype(int)).tolist()}
+    return sorted(steps | {0, spec.steps})
+
+
+def loss_value(spec: TrialSpec, out: torch.Tensor, y: torch.Tensor,
+               labels: torch.Tensor | None) -> torch.Tensor:
+    """MSE C(f) = (1/N) Σ_i ‖f(x_i) − y_i‖², or mean cross-entropy on class labels."""
+    if spec.loss == "cross_entropy":
+        return nn.functional.cross_entropy(out, labels)
+    return ((out - y) ** 2).sum(1).mean()
+
+
+def train(
+    model: nn.Module,
+    spec: TrialSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor | None,
+    on_checkpoint: Callable[[int], None],
+) -> str:
+    """Run ``spec.steps`` optimisation steps, calling ``on_checkpoint(step)`` at every
+    scheduled step (before that step's update; the last one after the final update).
+
+    Returns 'completed', or 'diverged' when the loss becomes non-finite or exceeds
+    ``divergence_factor`` × its initial value (a checkpoint is then recorded at that step).
+    """
+    checkpoints = set(checkpoint_schedule(spec))
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
+    gen = torch.Generator().manual_seed(spec.seed)
+    n = x.shape[0]
+    batch = n if spec.optimizer == "gd" else min(spec.batch_size or 32, n)
+    first_loss = None
+    model.train()
+    for step in range(spec.steps + 1):
+        if step in checkpoints:
+            on_checkpoint(step)
+        if step == spec.steps:
+            return "completed"
+        idx = None if batch == n else torch.randperm(n, generator=gen)[:batch].to(x.device)
+        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        lb = labels if idx is None or labels is None else labels[idx]
+        loss = loss_value(spec, model(xb), yb, lb)
+        value = loss.item()
+        first_loss = value if first_loss is None else first_loss
+        if not math.isfinite(value) or value > spec.divergence_factor * max(first_loss, 1e-12):
+            if step not in checkpoints:
+                on_checkpoint(step)
+            return "diverged"
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return "completed"

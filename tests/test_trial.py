@@ -1,0 +1,206 @@
+"""Trials: the kernel-flow prediction against the ODE and exact linear models; the physics
+of wide networks; data sets; divergence; reproducibility; bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+
+from ntksweep.config import SpecError, TrialSpec
+from ntksweep.data import make_dataset
+from ntksweep.kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius
+from ntksweep.train import checkpoint_schedule
+from ntksweep.trial import run_trial
+
+SMALL = dict(n_train=16, n_eval=16, steps=40, checkpoints=5, device="cpu")
+
+
+def _random_problem(n=6, m=4, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(n + m, 9))
+    theta = feats @ feats.T                       # a PSD kernel on [train; test]
+    f0 = rng.normal(size=(n + m, k))
+    y = rng.normal(size=(n, k))
+    return theta, f0, y, n
+
+
+def test_kernel_flow_on_training_points_is_the_matrix_exponential():
+    theta, f0, y, n = _random_problem()
+    t = 0.7
+    pred = kernel_flow_prediction(theta[:n, :n], theta[:n, :n], f0[:n], f0[:n], y, t)
+    expected = y + expm(-2 * t / n * theta[:n, :n]) @ (f0[:n] - y)
+    np.testing.assert_allclose(pred, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(kernel_flow_prediction(theta[n:, :n], theta[:n, :n], f0[n:],
+                                                      f0[:n], y, 0.0), f0[n:], atol=1e-14)
+
+
+def test_kernel_flow_solves_its_ode():
+    # d f_t(x)/dt = −(2/N) Θ(x, X) (f_t(X) − Y), checked by central differences
+    theta, f0, y, n = _random_problem(seed=1)
+    t, h = 0.3, 1e-5
+    at = lambda s: kernel_flow_prediction(theta[:, :n], theta[:n, :n], f0, f0[:n], y, s)  # noqa
+    deriv = (at(t + h) - at(t - h)) / (2 * h)
+    rhs = -(2 / n) * theta[:, :n] @ (at(t)[:n] - y)
+    np.testing.assert_allclose(deriv, rhs, rtol=1e-6, atol=1e-8)
+    # a vector of times gives the stacked predictions
+    np.testing.assert_allclose(at(np.array([0.1, t]))[1], at(t), rtol=1e-12)
+
+
+def test_kernel_flow_full_kernel_equals_per_logit_for_kron_identity():
+    theta, f0, y, n = _random_problem(seed=2, k=3)
+    full = np.einsum("ij,ab->ijab", theta, np.eye(3))
+    a = kernel_flow_prediction(theta[n:, :n], theta[:n, :n], f0[n:], f0[:n], y, 1.3)
+    b = kernel_flow_prediction(full[n:, :n], full[:n, :n], f0[n:], f0[:n], y, 1.3)
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_descent_on_a_linear_model_follows_the_prediction():
+    # f(x) = φ(x)·w is linear in w: its NTK φφᵀ is exactly constant, so small-step GD
+    # must follow the kernel-flow prediction at t = lr × steps.
+    rng = np.random.default_rng(3)
+    phi = torch.tensor(rng.normal(size=(12, 30)))
+    y = torch.tensor(rng.normal(size=(8, 1)))
+    w = torch.tensor(rng.normal(size=(30, 1)) * 0.1, requires_grad=True)
+    f0 = (phi @ w).detach().numpy()
+    lr, steps, n = 1e-3, 2000, 8
+    opt = torch.optim.SGD([w], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((phi[:n] @ w - y) ** 2).sum(1).mean().backward()
+        opt.step()
+    kern = (phi @ phi.T).numpy()
+    pred = kernel_flow_prediction(kern[:, :n], kern[:n, :n], f0, f0[:n], y.numpy(), lr * steps)
+    got = (phi @ w).detach().numpy()
+    assert np.abs(got - pred).max() < 2e-2 * np.abs(pred).max()
+
+
+def test_metrics_are_the_named_formulas():
+    a, b = np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert rel_frobenius(a, b) == pytest.approx(1 / np.sqrt(2))
+    assert alignment(a, b) == pytest.approx(3 / (np.sqrt(5) * np.sqrt(2)))
+    assert alignment(a, 3 * a) == pytest.approx(1.0)
+
+
+def test_circle_is_jacots_setup():
+    d = make_dataset("circle", n_train=4000, n_eval=12, seed=0)
+    assert d.x_train.shape == (4000, 2) and d.y_train.shape == (4000, 1)
+    assert abs(d.x_train.mean()) < 0.05 and abs(d.x_train.std() - 1) < 0.05
+    np.testing.assert_allclose(d.y_train[:, 0], d.x_train[:, 0] * d.x_train[:, 1])
+    np.testing.assert_allclose(np.linalg.norm(d.x_eval, axis=1), 1.0)
+    np.testing.assert_allclose(d.x_eval, np.stack([np.cos(d.eval_coords),
+                                                   np.sin(d.eval_coords)], 1))
+    assert make_dataset("circle", n_train=5, n_eval=3, seed=1).x_train.tolist() != \
+        make_dataset("circle", n_train=5, n_eval=3, seed=2).x_train.tolist()
+
+
+def test_sphere_and_digits():
+    s = make_dataset("sphere", n_train=10, n_eval=5, dim=6, teacher="network", seed=0)
+    np.testing.assert_allclose((s.x_train ** 2).sum(1), 6.0)
+    dg = make_dataset("digits", n_train=100, n_eval=50, seed=0)
+    assert dg.x_train.shape == (100, 64) and dg.y_train.shape == (100, 10)
+    np.testing.assert_array_equal(dg.y_train.argmax(1), dg.labels_train)
+
+
+def _wide_vs_narrow(metric, widths, seeds=2, **kw):
+    out = []
+    for w in widths:
+        vals = [run_trial(TrialSpec(width=w, seed=s, **{**SMALL, **kw})).final[metric]
+                for s in range(seeds)]
+        out.append(float(np.mean(vals)))
+    return out
+
+
+def test_dist_init_shrinks_with_width():
+    d = _wide_vs_narrow("dist_init", [32, 256, 1024], lr=1.0, depth=3)
+    assert d[0] > d[1] > d[2], d
+
+
+def test_wide_network_follows_the_infinite_width_prediction():
+    gaps = _wide_vs_narrow("gap_inf", [32, 1024], lr=0.5, depth=3, steps=30)
+    assert gaps[1] < 0.5 * gaps[0], gaps
+
+
+def test_diverging_learning_rate_is_reported_not_raised():
+    r = run_trial(TrialSpec(width=64, lr=500.0, **SMALL))
+    assert r.status == "diverged"
+    assert r.error is None and len(r.records) >= 1 and r.records[0]["step"] == 0
+
+
+def test_same_spec_same_records():
+    spec = TrialSpec(width=64, **SMALL)
+    strip = lambda recs: [{k: ("nan" if v != v else v) for k, v in r.items()  # noqa: E731
+                           if not k.endswith("seconds")} for r in recs]
+    a, b = strip(run_trial(spec).records), strip(run_trial(spec).records)
+    assert a == b
+    c = strip(run_trial(spec.replace(seed=1)).records)
+    assert a != c
+
+
+def test_records_are_flat_and_streamed():
+    seen = []
+    r = run_trial(TrialSpec(width=32, keep_kernels="first_last", **SMALL), on_checkpoint=seen.append)
+    assert r.status == "completed" and seen == r.records
+    assert [rec["step"] for rec in r.records] == checkpoint_schedule(r.spec)
+    for rec in r.records:
+        assert all(isinstance(v, (int, float)) for v in rec.values())
+    assert set(r.kernels) == {0, SMALL["steps"]} and r.kernels[0].shape == (16, 16)
+    assert r.records[0]["dist_init"] == 0.0 and r.records[0]["t"] == 0.0
+
+
+def test_classification_sgd_and_nngp_distance():
+    r = run_trial(TrialSpec(dataset="digits", loss="cross_entropy", optimizer="sgd",
+                            batch_size=8, width=64, lr=0.5, **SMALL))
+    assert r.status == "completed", r.error
+    assert np.isfinite(r.records[0]["dist_nngp"])      # 10 logits: 10 samples of Σ^(L)
+    assert np.isnan(r.records[0]["gap_inf"])          # the MSE flow does not apply
+
+
+def test_checkpoint_schedules():
+    assert checkpoint_schedule(TrialSpec(steps=100, checkpoints=5, checkpoint_spacing="linear")) \
+        == [0, 25, 50, 75, 100]
+    log = checkpoint_schedule(TrialSpec(steps=1000, checkpoints=5))
+    assert log[0] == 0 and log[-1] == 1000 and log == sorted(set(log))
+    assert checkpoint_schedule(TrialSpec(steps=10, checkpoint_steps=[3, 7])) == [0, 3, 7, 10]
+
+
+def test_bad_data_files_name_the_file_and_problem(tmp_path):
+    def fails(path, match):
+        r = run_trial(TrialSpec(dataset="file", data_path=str(path), **SMALL))
+        assert r.status == "failed" and str(path) in r.error, r.error
+        assert match in r.error, r.error
+
+    fails(tmp_path / "missing.npz", "does not exist")
+    np.savez(tmp_path / "mismatch.npz", X=np.ones((40, 3)), y=np.ones(39))
+    fails(tmp_path / "mismatch.npz", "40 inputs but 39 labels")
+    x = np.ones((40, 3))
+    x[5, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=x, y=np.ones(40))
+    fails(tmp_path / "nan.npz", "NaN or inf")
+    np.savez(tmp_path / "nokey.npz", inputs=np.ones((40, 3)), y=np.ones(40))
+    fails(tmp_path / "nokey.npz", "missing array 'X'")
+    np.save(tmp_path / "plain.npy", np.ones((40, 3)))
+    fails(tmp_path / "plain.npy", "must hold a dict")
+    (tmp_path / "data.csv").write_text("1,2\n")
+    fails(tmp_path / "data.csv", "unsupported data file type")
+    np.savez(tmp_path / "small.npz", X=np.ones((10, 3)), y=np.ones(10))
+    fails(tmp_path / "small.npz", "fewer than n_train + n_eval")
+    np.savez(tmp_path / "ok.npz", X=np.random.default_rng(0).normal(size=(40, 3)),
+             y=np.ones(40))
+    ok = run_trial(TrialSpec(dataset="file", data_path=str(tmp_path / "ok.npz"), width=16,
+                             **SMALL))
+    assert ok.status == "completed", ok.error
+
+
+def test_spec_validation_and_identity():
+    with pytest.raises(SpecError, match="unknown field 'widht'.*did you mean 'width'"):
+        TrialSpec.from_dict({"widht": 3})
+    with pytest.raises(SpecError, match="depth: must be an integer >= 1"):
+        TrialSpec(depth=0)
+    with pytest.raises(SpecError, match="activation: must be one of"):
+        TrialSpec(activation="swish")
+    with pytest.raises(SpecError, match="lr: cannot read 'fast'"):
+        TrialSpec.from_dict({"lr": "fast"})
+    a = TrialSpec.from_dict({"width": 128, "lr": 1})
+    assert a.lr == 1.0 and a.trial_id == TrialSpec(width=128, lr=1.0).trial_id
+    assert a.trial_id != a.replace(seed=1).trial_id
+    assert a.trial_id == a.replace(device="cuda").trial_id   # same measurement elsewhere
