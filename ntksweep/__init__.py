@@ -6,5 +6,13 @@ from .models import MLP
 
 __version__ = "0.1.0"
 
+
+def load_results(out, filters=None):
+    """(trials, checkpoints) pandas DataFrames of a sweep's output dir; see ntksweep.store."""
+    from .store import load_results as _load
+
+    return _load(out, filters)
+
+
 __all__ = ["ACTIVATIONS", "MLP", "AnalyticKernels", "analytic_kernels", "empirical_ntk",
-           "get_activation", "__version__"]
+           "get_activation", "load_results", "__version__"]

@@ -20,10 +20,14 @@ from .kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius, t
 from .models import MLP
 from .train import loss_value, train
 
-__all__ = ["TrialResult", "TrialCache", "run_trial", "resolve_device", "N_EIGS"]
+__all__ = ["TrialResult", "TrialCache", "run_trial", "resolve_device", "N_EIGS", "RECORD_COLUMNS"]
 
 N_EIGS = 3
 Record = dict[str, Any]
+# the columns of every checkpoint record, in order (the store's schema is built from these)
+RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
+                  "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
+                  "f_change", "gap_inf", "gap_lin", "dist_nngp", "train_seconds", "kernel_seconds")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,206 @@
+"""``ntksweep`` command line: thin wrappers over importable functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .config import TRIAL_FIELDS, SpecError, TrialSpec
+
+DEFAULT_SPEC = "quickstart (embedded)"
+
+
+def _default_spec_path() -> Path:
+    return Path(str(resources.files("ntksweep") / "specs" / "quickstart.yaml"))
+
+
+def _table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".4g") -> str:
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+
+    def fmt(v):
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+# --------------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    from .spec import load_sweep_spec, parse_overrides
+
+    overrides = parse_overrides(args.set or [])
+    if args.out:
+        overrides["output_dir"] = args.out
+    spec_path = args.spec or _default_spec_path()
+    spec = load_sweep_spec(spec_path, overrides)
+    if args.dry_run:
+        from .sweep.driver import plan_sweep
+
+        plan = plan_sweep(spec)
+        states = [r["state"] for r in plan["trials"]]
+        print(f"sweep {spec.name!r} (id {plan['sweep_id']}) → {plan['out_dir']}")
+        print(f"{len(states)} trials: {states.count('todo')} to run, "
+              f"{sum(s in ('completed', 'diverged') for s in states)} already done, "
+              f"{sum(s.startswith('rerun') for s in states)} to re-run")
+        print("axes:")
+        for k, v in plan["axes"].items():
+            print(f"  {k}: {v}")
+        print(_table(plan["trials"]))
+        return 0
+    from .sweep import run_sweep
+
+    summary = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri,
+                        force=args.force, quiet=args.quiet, num_cpus=args.num_cpus)
+    out = Path(summary.out_dir)
+    parts = [f"{v} {k}" for k, v in sorted(summary.counts.items())]
+    parts += [f"{summary.skipped} already done"] if summary.skipped else []
+    parts += [f"{summary.retried} retried"] if summary.retried else []
+    print(f"\nsweep {spec.name!r} (id {summary.sweep_id}): {summary.total} trials — "
+          f"{', '.join(parts)} in {summary.wall_seconds:.1f} s")
+    if summary.tracking_degraded:
+        print(f"MLflow tracking stopped mid-sweep ({summary.tracking_degraded}); Parquet is "
+              f"complete. Push the rest later with: ntksweep sync {out}")
+    print(f"\nResults in {out}/")
+    print(f"  pandas:    import ntksweep; trials, ckpts = ntksweep.load_results({str(out)!r})")
+    print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
+    if summary.interrupted:
+        print("Interrupted: finished trials are saved; run the same command again to resume.")
+        return 130
+    return 0 if not summary.counts.get("failed") else 1
+
+
+# --------------------------------------------------------------------------- trial
+def cmd_trial(args) -> int:
+    from .spec import parse_overrides
+    from .trial import run_trial
+
+    fields = {}
+    if args.spec:
+        import yaml
+
+        fields.update(yaml.safe_load(Path(args.spec).read_text()) or {})
+    fields.update(parse_overrides(args.set or []))
+    for name in TRIAL_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = parse_overrides([f"{name}={value}"])[name]
+    spec = TrialSpec.from_dict(fields)
+    print(f"trial {spec.trial_id}: width={spec.width} depth={spec.depth} "
+          f"activation={spec.activation} dataset={spec.dataset} lr={spec.lr} steps={spec.steps}")
+    result = run_trial(spec)
+    cols = ["step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
+            "f_change", "gap_inf", "gap_lin"]
+    print(_table(result.records, cols))
+    print(f"status: {result.status} on {result.device}; wall {result.wall_seconds:.2f} s "
+          f"(train {result.train_seconds:.2f} s, kernels {result.kernel_seconds:.2f} s)")
+    if result.error:
+        print(result.error, file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.records, indent=1))
+    return 0 if result.status != "failed" else 1
+
+
+# --------------------------------------------------------------------------- ui / sync
+def _sweep_meta(out: str) -> dict:
+    marker = Path(out) / "sweep.json"
+    if not marker.exists():
+        raise SpecError(f"{out!r} is not an ntksweep output dir (no sweep.json)")
+    return json.loads(marker.read_text())
+
+
+def cmd_ui(args) -> int:
+    from .tracking import ui_command
+
+    meta = _sweep_meta(args.out)
+    uri = args.tracking_uri or meta["tracking_uri"]
+    cmd = ui_command(uri, args.port)
+    print(f"MLflow UI for {args.out}: http://127.0.0.1:{args.port}  ({' '.join(cmd)})",
+          flush=True)
+    return subprocess.call(cmd)
+
+
+def cmd_sync(args) -> int:
+    from .tracking import sync_from_store
+
+    meta = _sweep_meta(args.out)
+    uri = args.tracking_uri or meta["tracking_uri"]
+    spec_yaml = (Path(args.out) / "sweep.yaml").read_text() if (Path(args.out) / "sweep.yaml") \
+        .exists() else ""
+    res = sync_from_store(args.out, uri, meta["name"], meta["sweep_id"], spec_yaml)
+    print(f"synced {args.out} → {uri}: {res['pushed']} trials pushed, "
+          f"{res['already_there']} already there")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ntksweep",
+        description="Measure how far finite networks' NTKs are from their infinite-width "
+                    "limit, over sweeps on Ray, tracked in MLflow, stored in Parquet.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a sweep spec (YAML) on Ray",
+                       description="Run every trial of a sweep spec not already done in its "
+                       "output dir (re-running resumes). Without SPEC, runs the embedded "
+                       "quick-start sweep.")
+    r.add_argument("spec", nargs="?", help=f"sweep spec YAML (default: {DEFAULT_SPEC})")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a base field or top-level key, e.g. --set steps=50")
+    r.add_argument("--out", help="output dir (default: the spec's output_dir)")
+    r.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); "
+                   "default: start a local Ray")
+    r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                   "or SQLite inside the output dir)")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    r.add_argument("--force", action="store_true",
+                   help="use an output dir that holds a different sweep")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or worker logs")
+    r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("trial", help="run one trial and print its checkpoint records",
+                       description="Run one trial in this process (no Ray, MLflow or Parquet) "
+                       "and print its records as a table.")
+    t.add_argument("--spec", help="a YAML mapping of trial fields")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE")
+    t.add_argument("--json", help="also write the records to this JSON file")
+    for name, f in TRIAL_FIELDS.items():
+        t.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
+                       help=f"(default: {f.default!r})")
+    t.set_defaults(func=cmd_trial)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI on a sweep's tracking store")
+    u.add_argument("out", help="the sweep's output dir")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--tracking-uri")
+    u.set_defaults(func=cmd_ui)
+
+    s = sub.add_parser("sync", help="push to MLflow what a sweep's Parquet has and MLflow lacks")
+    s.add_argument("out", help="the sweep's output dir")
+    s.add_argument("--tracking-uri", help="default: the URI the sweep was run with")
+    s.set_defaults(func=cmd_sync)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, ValueError) as e:
+        print(f"ntksweep: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

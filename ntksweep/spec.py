@@ -1,0 +1,225 @@
+"""Sweep specs: a YAML file of base trial fields plus grid axes, expanded into trials.
+
+    name: quickstart                 # experiment name (MLflow) and default output dir
+    output_dir: ntksweep-out/quickstart
+    base: {dataset: circle, depth: 3, steps: 100}     # any TrialSpec field
+    grid: {width: [64, 256, 1024], seed: [0, 1, 2]}   # Cartesian product
+    zip:                                              # axes that vary together
+      - {lr: [1.0, 0.5], steps: [100, 200]}
+    resources: {gpus_per_trial: auto, cpus_per_trial: 1, max_workers: null}
+    retries: 2                       # re-runs of a trial whose worker process died
+    tracking_uri: null               # MLflow; default: SQLite inside output_dir
+
+Everything is validated before anything runs; errors name the field, the YAML line when
+known, and the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import TRIAL_FIELDS, SpecError, TrialSpec, suggest
+
+__all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "SpecError"]
+
+TOP_LEVEL = ("name", "output_dir", "base", "grid", "zip", "resources", "retries", "tracking_uri",
+             "description")
+RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "max_workers")
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpus_per_trial: float | str = "auto"   # auto: 1 when the cluster has GPUs, else 0
+    cpus_per_trial: float = 1.0
+    max_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: dict[str, Any]
+    grid: tuple[tuple[str, tuple], ...] = ()
+    zip: tuple[tuple[tuple[str, tuple], ...], ...] = ()
+    output_dir: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    retries: int = 2
+    tracking_uri: str | None = None
+    description: str = ""
+    source: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or Path("ntksweep-out") / self.name)
+
+    def axes(self) -> dict[str, tuple]:
+        axes = dict(self.grid)
+        for group in self.zip:
+            axes.update(dict(group))
+        return axes
+
+    def trials(self) -> list[TrialSpec]:
+        """The expanded trials in a stable order, each validated; duplicates removed."""
+        grid_names = [k for k, _ in self.grid]
+        grid_values = [v for _, v in self.grid]
+        zip_rows = [[dict(zip([k for k, _ in g], row)) for row in zip(*[v for _, v in g])]
+                    for g in self.zip]
+        out, seen = [], set()
+        for point in itertools.product(*grid_values):
+            for rows in itertools.product(*zip_rows) if zip_rows else [()]:
+                fields = {**self.base, **dict(zip(grid_names, point))}
+                for row in rows:
+                    fields.update(row)
+                try:
+                    spec = TrialSpec.from_dict(fields)
+                except SpecError as e:
+                    varying = {k: fields[k] for k in self.axes()}
+                    raise SpecError(f"trial {varying}: {e}") from None
+                if spec.trial_id not in seen:
+                    seen.add(spec.trial_id)
+                    out.append(spec)
+        return out
+
+
+def _line_of(node: yaml.Node | None, *path: str) -> str:
+    """' (line N)' for a key path in the composed YAML, or ''."""
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            return ""
+        match = [(k, v) for k, v in node.value if getattr(k, "value", None) == key]
+        if not match:
+            return ""
+        knode, node = match[0]
+    return f" (line {knode.start_mark.line + 1})" if path else ""
+
+
+def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None = None
+                    ) -> SweepSpec:
+    """Read and validate a sweep spec from a YAML path, YAML text or a dict; ``overrides``
+    (from ``--set key=value``) replace base fields (or top-level keys such as retries)."""
+    node = None
+    if isinstance(source, dict):
+        raw = source
+        where = "spec"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"sweep spec {str(source)!r} does not exist")
+        text = path.read_text()
+        where = str(path)
+        try:
+            raw = yaml.safe_load(text) or {}
+            node = yaml.compose(text)
+        except yaml.YAMLError as e:
+            raise SpecError(f"{where}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL)}")
+    raw = dict(raw)
+
+    def err(msg: str, *path: str) -> SpecError:
+        return SpecError(f"{where}{_line_of(node, *path)}: {msg}")
+
+    for key in raw:
+        if key not in TOP_LEVEL:
+            hint = suggest(key, TOP_LEVEL)
+            if key in TRIAL_FIELDS:
+                hint = f" (trial fields go under 'base:' or 'grid:')"
+            raise err(f"unknown key {key!r}{hint}", key)
+    base = dict(raw.get("base") or {})
+    for key, value in (overrides or {}).items():
+        if key in TOP_LEVEL and key not in ("base", "grid", "zip", "resources"):
+            raw[key] = value
+        elif key in TRIAL_FIELDS:
+            base[key] = value
+            raw.setdefault("grid", {})
+            if isinstance(raw["grid"], dict):
+                raw["grid"] = {k: v for k, v in raw["grid"].items() if k != key}
+        else:
+            raise SpecError(f"--set {key}: unknown field{suggest(key, [*TRIAL_FIELDS, *TOP_LEVEL])}")
+    for key in base:
+        if key not in TRIAL_FIELDS:
+            raise err(f"base: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}", "base", key)
+
+    def axes(mapping, *path) -> tuple[tuple[str, tuple], ...]:
+        if not isinstance(mapping, dict):
+            raise err(f"{'.'.join(path)} must map field names to lists of values", *path)
+        out = []
+        for key, values in mapping.items():
+            if key not in TRIAL_FIELDS:
+                raise err(f"{'.'.join(path)}: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}",
+                          *path, key)
+            if not isinstance(values, list):
+                raise err(f"{'.'.join(path)}.{key} must be a list of values (got {values!r})",
+                          *path, key)
+            if not values:
+                raise err(f"{'.'.join(path)}.{key} is empty: give at least one value",
+                          *path, key)
+            out.append((key, tuple(tuple(v) if isinstance(v, list) else v for v in values)))
+        return tuple(out)
+
+    grid = axes(raw.get("grid") or {}, "grid")
+    zips = []
+    for i, group in enumerate(raw.get("zip") or []):
+        group_axes = axes(group, "zip")
+        lengths = {len(v) for _, v in group_axes}
+        if len(lengths) > 1:
+            raise err(f"zip group {i}: all axes must have the same length (got "
+                      f"{', '.join(f'{k}: {len(v)}' for k, v in group_axes)})", "zip")
+        zips.append(group_axes)
+    names = [k for k, _ in grid] + [k for g in zips for k, _ in g]
+    dup = {k for k in names if names.count(k) > 1}
+    if dup:
+        raise err(f"axis {sorted(dup)[0]!r} appears more than once in grid/zip", "grid")
+
+    res_raw = raw.get("resources") or {}
+    for key in res_raw:
+        if key not in RESOURCE_KEYS:
+            raise err(f"resources: unknown key {key!r}{suggest(key, RESOURCE_KEYS)}",
+                      "resources", key)
+    gpus = res_raw.get("gpus_per_trial", "auto")
+    if not (gpus == "auto" or (isinstance(gpus, (int, float)) and gpus >= 0)):
+        raise err(f"resources.gpus_per_trial must be 'auto' or a number >= 0 (got {gpus!r})",
+                  "resources", "gpus_per_trial")
+    cpus = res_raw.get("cpus_per_trial", 1)
+    if not (isinstance(cpus, (int, float)) and cpus > 0):
+        raise err(f"resources.cpus_per_trial must be a number > 0 (got {cpus!r})",
+                  "resources", "cpus_per_trial")
+    max_workers = res_raw.get("max_workers")
+    if max_workers is not None and not (isinstance(max_workers, int) and max_workers >= 1):
+        raise err(f"resources.max_workers must be an integer >= 1 (got {max_workers!r})",
+                  "resources", "max_workers")
+    retries = raw.get("retries", 2)
+    if not (isinstance(retries, int) and retries >= 0):
+        raise err(f"retries must be an integer >= 0 (got {retries!r})", "retries")
+    name = raw.get("name") or (Path(source).stem if not isinstance(source, dict) else "sweep")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise err(f"name must be letters, digits, - and _ (got {name!r})", "name")
+
+    spec = SweepSpec(name=name, base=base, grid=grid, zip=tuple(zips),
+                     output_dir=raw.get("output_dir"), resources=Resources(gpus, float(cpus),
+                                                                           max_workers),
+                     retries=retries, tracking_uri=raw.get("tracking_uri"),
+                     description=str(raw.get("description") or ""),
+                     source={**raw, "base": base})
+    try:
+        trials = spec.trials()
+    except SpecError as e:
+        raise err(str(e)) from None
+    if not trials:
+        raise err("the grid expands to no trials")
+    return spec
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are parsed as YAML (numbers, lists, null)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out

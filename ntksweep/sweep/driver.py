@@ -1,0 +1,274 @@
+"""The sweep driver: schedules trials on long-lived Ray actors and is the only writer of
+MLflow and Parquet (one writer: no lock races, works with SQLite and with a server).
+
+Measured Ray behaviour this relies on (shared/NOTES.md): ActorPool wedges on a dead actor,
+so we run our own ``ray.wait`` loop over streaming generators; a trial that raises inside
+``run_trial`` comes back as status 'failed' (recorded, never retried: it is deterministic),
+while a dead worker process (RayActorError / ActorDiedError) is replaced and its trial
+re-queued up to ``retries`` times. Only the driver's Parquet write makes a trial count, so
+an attempt lost with its worker leaves nothing behind and a trial never appears twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+
+from .. import store
+from ..spec import SweepSpec
+from ..tracking import Tracker, check_tracking_uri, default_tracking_uri
+from .worker import TrialWorker
+
+__all__ = ["SweepSummary", "run_sweep", "plan_sweep", "sweep_id_of", "prepare_output_dir"]
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    sweep_id: str
+    out_dir: str
+    total: int
+    skipped: int
+    counts: dict[str, int]
+    retried: int
+    wall_seconds: float
+    interrupted: bool = False
+    tracking_uri: str = ""
+    tracking_degraded: str | None = None
+    workers: list[dict] = field(default_factory=list)
+
+
+def sweep_id_of(spec: SweepSpec) -> str:
+    """What a sweep measures (name, base, axes), not how it runs (resources, retries)."""
+    blob = json.dumps({"name": spec.name, "base": spec.base, "grid": spec.grid, "zip": spec.zip},
+                      sort_keys=True, default=list)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def prepare_output_dir(spec: SweepSpec, force: bool = False) -> Path:
+    """Create/validate the output dir before any trial starts; refuse a dir that holds a
+    different sweep unless ``force``."""
+    out = spec.out_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output dir {str(out)!r} is not writable ({e.strerror}); choose "
+                         "another with output_dir: or --out") from None
+    marker = out / "sweep.json"
+    sid = sweep_id_of(spec)
+    if marker.exists() and not force:
+        held = json.loads(marker.read_text())
+        if held.get("sweep_id") != sid:
+            raise ValueError(f"output dir {str(out)!r} holds a different sweep "
+                             f"({held.get('name')!r}, id {held.get('sweep_id')}); use another "
+                             "output dir, or --force to add to it anyway")
+    return out
+
+
+def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
+    """What a run would do: every trial with its id and whether it is already done."""
+    trials = spec.trials()
+    done = store.finished_trials(spec.out_dir) if spec.out_dir.exists() else {}
+    rows = [{"trial_id": t.trial_id, **{k: getattr(t, k) for k in spec.axes()},
+             "state": done.get(t.trial_id, "todo") if done.get(t.trial_id) in
+             store.DONE_STATUSES else ("rerun:" + done[t.trial_id] if t.trial_id in done
+                                       else "todo")} for t in trials]
+    return {"sweep_id": sweep_id_of(spec), "out_dir": str(spec.out_dir), "trials": rows,
+            "axes": {k: list(v) for k, v in spec.axes().items()}}
+
+
+def _worker_shape(spec: SweepSpec, n_trials: int) -> tuple[int, float, float]:
+    res = ray.cluster_resources()
+    gpus = spec.resources.gpus_per_trial
+    if gpus == "auto":
+        gpus = 1.0 if res.get("GPU", 0) >= 1 else 0.0
+    cpus = spec.resources.cpus_per_trial
+    if gpus > 0:
+        n = int(res.get("GPU", 0) // gpus)
+        if n < 1:
+            raise ValueError(f"resources.gpus_per_trial={gpus} but the Ray cluster has "
+                             f"{res.get('GPU', 0)} GPUs; set gpus_per_trial: 0 for CPU workers")
+    else:
+        n = int(res.get("CPU", 1) // cpus)
+    n = max(1, min(n, n_trials, spec.resources.max_workers or n))
+    return n, float(gpus), float(cpus)
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str | None = None,
+              force: bool = False, quiet: bool = False, num_cpus: int | None = None,
+              on_event=None) -> SweepSummary:
+    """Run every trial of ``spec`` not already done in its output dir; see the module doc."""
+    started = time.perf_counter()
+    uri = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") \
+        or default_tracking_uri(spec.out_dir)
+    check_tracking_uri(uri)
+    out = prepare_output_dir(spec, force)
+    sid = sweep_id_of(spec)
+    trials = spec.trials()
+    done = store.finished_trials(out)
+    todo = deque((t, 1) for t in trials if done.get(t.trial_id) not in store.DONE_STATUSES)
+    skipped = len(trials) - len(todo)
+    sweep_yaml = yaml.safe_dump(spec.source, sort_keys=False)
+    (out / "sweep.yaml").write_text(sweep_yaml)
+    (out / "sweep.json").write_text(json.dumps({"sweep_id": sid, "name": spec.name,
+                                                "tracking_uri": uri}, indent=1))
+    tracker = Tracker(uri, spec.name, sid, sweep_yaml)
+
+    if not todo:  # everything already done: no Ray, nothing to schedule
+        tracker.close("FINISHED")
+        return SweepSummary(sid, str(out), len(trials), skipped, {}, 0,
+                            time.perf_counter() - started, False, uri, tracker.degraded)
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else num_cpus,
+                 include_dashboard=False, log_to_driver=not quiet)
+        started_ray = True
+    counts: Counter = Counter()
+    retried = 0
+    interrupted = False
+    workers: list[dict] = []
+    n_workers, gpus, cpus = _worker_shape(spec, max(len(todo), 1))
+    actors: list = []
+    running: dict = {}  # generator → state
+    progress = _progress(len(todo), quiet)
+
+    def stop(signum, frame):
+        raise _Stop()
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def new_actor():
+        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus).remote()
+        actors.append(a)
+        return a
+
+    def finish(state, status, error, summary=None, kernels=None):
+        trial, attempt = state["trial"], state["attempt"]
+        paths = {int(step): store.save_kernel(out, trial.trial_id, step, k)
+                 for step, k in (kernels or {}).items()}
+        summary = summary or {}
+        store.write_trial(out, trial_id=trial.trial_id, sweep_id=sid, spec=trial.to_dict(),
+                          status=status, records=state["records"], attempts=attempt, error=error,
+                          device=summary.get("device", ""), host=state["worker"].get("host", ""),
+                          wall_seconds=summary.get("wall_seconds", float("nan")),
+                          kernel_paths=paths)
+        tracker.end_trial(state["run_id"], status, {
+            "device": summary.get("device"), "error": (error or "")[-4000:] or None,
+            "train_seconds": summary.get("train_seconds"),
+            "kernel_seconds": summary.get("kernel_seconds")})
+        counts[status] += 1
+        progress.update(1)
+
+    def launch(actor, worker_info):
+        trial, attempt = todo.popleft()
+        run_id = tracker.start_trial(trial.trial_id, attempt, trial.to_dict(), worker_info)
+        gen = actor.run.remote(trial.to_dict())
+        running[gen] = {"trial": trial, "attempt": attempt, "actor": actor, "records": [],
+                        "run_id": run_id, "worker": worker_info}
+        _event(on_event, "start", trial=trial.trial_id, attempt=attempt, worker=worker_info)
+
+    try:
+        idle = []
+        for _ in range(n_workers):
+            a = new_actor()
+            idle.append(a)
+        infos = dict(zip(idle, ray.get([a.describe.remote() for a in idle])))
+        workers = list(infos.values())
+        while todo or running:
+            while todo and idle:
+                a = idle.pop()
+                launch(a, infos[a])
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for gen in ready:
+                state = running[gen]
+                try:
+                    item = ray.get(next(gen))
+                except StopIteration:
+                    running.pop(gen)
+                    idle.append(state["actor"])
+                    continue
+                except (RayActorError, ActorDiedError) as e:
+                    running.pop(gen)
+                    actor = state["actor"]
+                    tracker.end_trial(state["run_id"], "failed", {"error": f"worker died: {e}"})
+                    _kill(actor)
+                    replacement = new_actor()
+                    infos[replacement] = ray.get(replacement.describe.remote())
+                    workers.append(infos[replacement])
+                    idle.append(replacement)
+                    if state["attempt"] <= spec.retries:
+                        retried += 1
+                        todo.appendleft((state["trial"], state["attempt"] + 1))
+                        _event(on_event, "retry", trial=state["trial"].trial_id)
+                    else:
+                        finish(state, "failed", f"worker process died {state['attempt']} times;"
+                               f" last: {e}")
+                    continue
+                except RayTaskError as e:  # raised outside run_trial's own handling
+                    running.pop(gen)
+                    idle.append(state["actor"])
+                    finish(state, "failed", str(e))
+                    continue
+                if item[0] == "record":
+                    state["records"].append(item[1])
+                    tracker.log_record(state["run_id"], item[1])
+                    _event(on_event, "record", trial=state["trial"].trial_id, record=item[1])
+                else:
+                    _, summary, kernels = item
+                    finish(state, summary["status"], summary["error"], summary, kernels)
+                    _event(on_event, "end", trial=state["trial"].trial_id,
+                           status=summary["status"])
+            progress.set_postfix(running=len(running), failed=counts["failed"],
+                                 diverged=counts["diverged"], retried=retried, refresh=False)
+    except (_Stop, KeyboardInterrupt):
+        interrupted = True
+        for state in running.values():
+            tracker.end_trial(state["run_id"], "killed")
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        progress.close()
+        for a in actors:
+            _kill(a)
+        tracker.close("KILLED" if interrupted else "FINISHED",
+                      {"completed": counts["completed"], "failed": counts["failed"],
+                       "diverged": counts["diverged"]})
+        if started_ray:
+            ray.shutdown()
+    return SweepSummary(sid, str(out), len(trials), skipped, dict(counts), retried,
+                        time.perf_counter() - started, interrupted, uri, tracker.degraded, workers)
+
+
+def _kill(actor) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001  (already dead)
+        pass
+
+
+def _event(callback, kind: str, **data) -> None:
+    if callback is not None:
+        callback(kind, data)
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)

@@ -1,0 +1,70 @@
+"""The long-lived trial actor: one per GPU (or per ``cpus_per_trial`` CPU slot)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import queue
+import socket
+import threading
+
+import ray
+
+from ..config import TrialSpec
+from ..trial import TrialCache, run_trial
+
+_DONE = object()
+
+
+@ray.remote
+class TrialWorker:
+    """Runs trial after trial, keeping per-actor caches (data sets, Θ_∞) between them."""
+
+    def __init__(self):
+        self.cache = TrialCache()
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+
+    def describe(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": ",".join(self.gpu_ids),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+    def run(self, spec_dict: dict):
+        """Stream ("record", dict) per checkpoint, then ("result", summary, kernels).
+
+        A CPU actor on a GPU node still sees every GPU (Ray leaves CUDA_VISIBLE_DEVICES
+        unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
+        """
+        spec = TrialSpec.from_dict(spec_dict)
+        if spec.device == "auto":
+            spec = spec.replace(device="cuda:0" if self.gpu_ids else "cpu")
+        items: queue.Queue = queue.Queue()
+        box = {}
+
+        def target():
+            try:
+                box["result"] = run_trial(spec, on_checkpoint=items.put, cache=self.cache)
+            finally:
+                items.put(_DONE)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        while (item := items.get()) is not _DONE:
+            yield ("record", item)
+        thread.join()
+        result = box["result"]
+        summary = {"status": result.status, "error": result.error, "device": result.device,
+                   "wall_seconds": result.wall_seconds, "train_seconds": result.train_seconds,
+                   "kernel_seconds": result.kernel_seconds, "n_records": len(result.records)}
+        kernels = dict(result.kernels)  # numpy: zero-copy through the object store
+        del result, box
+        self._free()
+        yield ("result", summary, kernels)
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.gpu_ids:
+            import torch
+
+            torch.cuda.empty_cache()
