@@ -142,7 +142,10 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpe
 
 
 def suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    """' (did you mean 'x'?)' for the nearest valid name (typos and prefixes), or ''."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    close = close or [c for c in choices if len(name) >= 3 and c.startswith(name)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -75,28 +75,40 @@ def _metrics(record: dict[str, Any], now_ms: int) -> list[Metric]:
 class Tracker:
     """Parent/child MLflow runs for one sweep, written from the driver only."""
 
-    def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = ""):
+    def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
+                 *, required: bool = False):
         self.uri, self.sweep_id = uri, sweep_id
         self.degraded: str | None = None
         self._buffers: dict[str, list[Metric]] = {}
         self.client = MlflowClient(tracking_uri=uri)
+        self.parent_id = None
+        try:
+            self._open(experiment, sweep_yaml)
+        except Exception as e:  # noqa: BLE001  (server down, network, auth…)
+            if required:
+                raise
+            self.degraded = f"connect: {type(e).__name__}: {e}"
+            log.warning("MLflow at %s unreachable (%s); the sweep goes on, Parquet stays "
+                        "complete; run `ntksweep sync` later", uri, e)
+
+    def _open(self, experiment: str, sweep_yaml: str) -> None:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         found = self.client.search_runs(
             [self.experiment_id],
-            f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'sweep'",
+            f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'sweep'",
             max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
-        else:
-            run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
-                "ntksweep.sweep_id": sweep_id, "ntksweep.role": "sweep",
-                "ntksweep.version": __version__, "ntksweep.git_commit": _git_commit() or "",
-                "host": socket.gethostname()})
-            self.parent_id = run.info.run_id
-            if sweep_yaml:
-                self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
+            return
+        run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
+            "ntksweep.sweep_id": self.sweep_id, "ntksweep.role": "sweep",
+            "ntksweep.version": __version__, "ntksweep.git_commit": _git_commit() or "",
+            "host": socket.gethostname()})
+        self.parent_id = run.info.run_id
+        if sweep_yaml:
+            self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
 
     # -- failure policy: a tracking outage never stops the sweep -------------------------
     def _safe(self, what: str, fn, *args, **kwargs):
@@ -172,7 +184,7 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
     from .store import load_results
 
     trials, ckpts = load_results(out_dir)
-    tracker = Tracker(uri, experiment, sweep_id, sweep_yaml)
+    tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True)
     existing = {r.data.tags.get("trial_id") for r in tracker.client.search_runs(
         [tracker.experiment_id],
         f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'trial' "

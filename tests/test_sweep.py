@@ -1,0 +1,203 @@
+"""Sweeps on real Ray: local, a 2-node cluster on this machine, killed workers, a killed
+driver, failing trials, bad specs, GPU placement with logical GPUs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ntksweep
+from ntksweep.spec import SpecError, load_sweep_spec
+from ntksweep.sweep import run_sweep
+
+TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
+        "checkpoints": 3, "device": "cpu"}
+
+
+def sweep(tmp_path, name="t", grid=None, base=None, **top):
+    raw = {"name": name, "output_dir": str(tmp_path / name), "base": {**TINY, **(base or {})},
+           "grid": grid or {"width": [8, 16], "seed": [0, 1]}, **top}
+    return load_sweep_spec(raw)
+
+
+def assert_each_trial_once(out, spec):
+    trials, ckpts = ntksweep.load_results(out)
+    expected = {t.trial_id for t in spec.trials()}
+    assert sorted(trials.trial_id) == sorted(expected)
+    assert not ckpts.duplicated(["trial_id", "step"]).any()
+    return trials, ckpts
+
+
+def test_local_sweep_end_to_end(ray_local, tmp_path):
+    spec = sweep(tmp_path)
+    events = []
+    summary = run_sweep(spec, quiet=True, on_event=lambda k, d: events.append(k))
+    assert summary.counts == {"completed": 4}
+    trials, ckpts = assert_each_trial_once(summary.out_dir, spec)
+    assert set(trials.status) == {"completed"} and len(ckpts) == 4 * 3
+    assert events.count("record") == 12          # records streamed live, one per checkpoint
+    # resume: nothing left to do, nothing written twice
+    again = run_sweep(spec, quiet=True)
+    assert again.skipped == 4 and again.counts == {}
+    assert_each_trial_once(summary.out_dir, spec)
+
+
+def test_killed_worker_process_is_replaced_and_trial_rerun(ray_local, tmp_path):
+    spec = sweep(tmp_path, base={"steps": 400, "checkpoints": 40, "width": 64},
+                 grid={"seed": [0, 1, 2]})
+    killed = []
+
+    def on_event(kind, data):
+        if kind == "record" and not killed and data["record"]["step"] >= 1:
+            pid = started[data["trial"]]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    started = {}
+
+    def track(kind, data):
+        if kind == "start":
+            started[data["trial"]] = data["worker"]["pid"]
+        on_event(kind, data)
+
+    summary = run_sweep(spec, quiet=True, on_event=track)
+    assert killed and summary.retried >= 1
+    assert summary.counts == {"completed": 3}
+    trials, _ = assert_each_trial_once(summary.out_dir, spec)
+    assert trials.attempts.max() == 2
+
+
+def test_failing_trial_is_recorded_and_sweep_goes_on(ray_local, tmp_path):
+    spec = sweep(tmp_path, grid={"dataset": ["circle", "file"], "width": [8]},
+                 base={"data_path": str(tmp_path / "missing.npz")})
+    summary = run_sweep(spec, quiet=True)
+    assert summary.counts == {"completed": 1, "failed": 1}
+    trials, _ = assert_each_trial_once(summary.out_dir, spec)
+    failed = trials[trials.status == "failed"].iloc[0]
+    assert "does not exist" in failed.error and failed.attempts == 1   # not retried
+    # a resumed sweep re-runs the failed trial only
+    again = run_sweep(spec, quiet=True)
+    assert again.skipped == 1 and again.counts == {"failed": 1}
+    assert_each_trial_once(summary.out_dir, spec)
+
+
+def test_gpu_actors_get_their_own_device(ray_fresh, tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        spec = sweep(tmp_path, resources={"gpus_per_trial": 1, "cpus_per_trial": 1})
+        summary = run_sweep(spec, quiet=True)
+    finally:
+        ray.shutdown()
+    visible = sorted(w["cuda_visible_devices"] for w in summary.workers)
+    assert visible == ["0", "1"]
+    assert summary.counts == {"completed": 4}
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(ray_fresh, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    import ray
+
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        nodes = set()
+        spec = sweep(tmp_path, grid={"width": [8, 16, 32], "seed": [0, 1]})
+        summary = run_sweep(spec, quiet=True, on_event=lambda k, d: k == "start" and nodes.add(
+            d["worker"]["node_id"]))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert len(nodes) == 2
+    assert summary.counts == {"completed": 6}
+    assert_each_trial_once(summary.out_dir, spec)
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "ntksweep.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    raw = {"name": "k", "output_dir": str(tmp_path / "out"),
+           "base": {**TINY, "steps": 150, "checkpoints": 10, "width": 128},
+           "grid": {"seed": list(range(8))}}
+    spec_file.write_text(yaml.safe_dump(raw))
+    proc = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
+    trials_dir = tmp_path / "out" / "trials"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(trials_dir.rglob("*.parquet")):
+        time.sleep(0.2)
+    assert list(trials_dir.rglob("*.parquet")), proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    done_before = len(ntksweep.load_results(tmp_path / "out")[0])
+    assert 1 <= done_before < 8
+    rerun = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert f"{done_before} already done" in out
+    assert_each_trial_once(tmp_path / "out", load_sweep_spec(spec_file))
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"name": "x", "bse": {}}, r"line 2\): unknown key 'bse' \(did you mean 'base'\?\)"),
+    ({"name": "x", "grid": {"widht": [1]}}, r"line 3\): grid: unknown field 'widht'.*'width'"),
+    ({"name": "x", "grid": {"width": []}}, r"grid.width is empty"),
+    ({"name": "x", "grid": {"width": 64}}, r"grid.width must be a list"),
+    ({"name": "x", "base": {"depth": 0}}, r"depth: must be an integer >= 1"),
+    ({"name": "x", "grid": {"lr": [1.0, "fast"]}}, r"lr: cannot read 'fast'"),
+    ({"name": "x", "width": 64}, r"trial fields go under 'base:'"),
+    ({"name": "x", "resources": {"gpus": 1}}, r"did you mean 'gpus_per_trial'"),
+    ({"name": "x", "zip": [{"lr": [1, 2], "steps": [1]}]}, r"same length"),
+])
+def test_bad_specs_are_refused_before_anything_is_written(tmp_path, raw, match):
+    path = tmp_path / "bad.yaml"
+    raw = {**raw, "output_dir": str(tmp_path / "never")}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SpecError, match=match):
+        load_sweep_spec(path)
+    proc = _cli("run", str(path))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "ntksweep: error:" in out
+    assert not (tmp_path / "never").exists()
+
+
+def test_dry_run_and_overrides(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "d", "output_dir": str(tmp_path / "o"), "base": TINY,
+                                    "grid": {"width": [8, 16], "seed": [0, 1, 2]}}))
+    proc = _cli("run", str(path), "--dry-run", "--set", "steps=3", "--set", "seed=5")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "2 trials: 2 to run" in out and not (tmp_path / "o" / "trials").exists()
+    spec = load_sweep_spec(path, {"steps": 3, "seed": 5})
+    assert {t.steps for t in spec.trials()} == {3} and {t.seed for t in spec.trials()} == {5}
+
+
+def test_help_mentions_every_command():
+    out = subprocess.run([sys.executable, "-m", "ntksweep.cli", "--help"], capture_output=True,
+                         text=True).stdout
+    for cmd in ("run", "trial", "ui", "sync"):
+        assert cmd in out
+
+
+def test_trial_command_prints_a_table(tmp_path):
+    proc = _cli("trial", "--width", "16", "--steps", "4", "--n-train", "4", "--n-eval", "4",
+                "--checkpoints", "3", "--json", str(tmp_path / "r.json"))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "dist_inf" in out and "status: completed" in out
+    assert Path(tmp_path / "r.json").exists()
