@@ -202,6 +202,7 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
                                         if isinstance(_plain(v), (int, float))})
         tracker.end_trial(run_id, row["status"], {"error": row["error"] or None})
         pushed += 1
+    tracker.close("FINISHED", {"synced_trials": pushed})
     if tracker.degraded:
         raise RuntimeError(f"MLflow at {uri} failed during sync: {tracker.degraded}")
     return {"pushed": pushed, "already_there": len(trials) - pushed}

@@ -1,0 +1,231 @@
+"""Results: a real `mlflow server` on localhost, the SQLite default, `ntksweep sync`, the
+Parquet store's schema, atomicity, resume and filters, and refusals before any trial."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+import ntksweep
+from ntksweep import store
+from ntksweep.config import TrialSpec
+from ntksweep.spec import load_sweep_spec
+from ntksweep.sweep import run_sweep
+from ntksweep.trial import RECORD_COLUMNS, run_trial
+
+TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
+        "checkpoints": 3, "device": "cpu"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` process with a SQLite backend, started and stopped here."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.proc = None
+
+    def start(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+             str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--default-artifact-root", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
+                return self
+            except OSError:
+                assert self.proc.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        raise TimeoutError("mlflow server did not start")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "mlflow-server", free_port()).start()
+    yield server
+    server.stop()
+
+
+def spec_for(tmp_path, name="r", **top):
+    return load_sweep_spec({"name": name, "output_dir": str(tmp_path / name),
+                            "base": {**TINY, "keep_kernels": "first_last"},
+                            "grid": {"width": [8, 16], "seed": [0, 1]}, **top})
+
+
+def check_mlflow(uri, spec, summary):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("ntksweep.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("ntksweep.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    _, ckpts = ntksweep.load_results(summary.out_dir)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
+        tid = child.data.tags["trial_id"]
+        trial = next(t for t in spec.trials() if t.trial_id == tid)
+        assert child.data.params["width"] == str(trial.width)
+        assert child.data.params["lr"] == str(trial.lr)
+        history = client.get_metric_history(child.info.run_id, "dist_inf")
+        rows = ckpts[ckpts.trial_id == tid].sort_values("step")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == rows.step.tolist()
+        np.testing.assert_allclose([m.value for m in sorted(history, key=lambda m: m.step)],
+                                   rows.dist_inf.to_numpy())
+    return client, parents[0], children
+
+
+def test_sweep_logs_to_a_real_mlflow_server(ray_local, tmp_path, mlflow_server):
+    spec = spec_for(tmp_path)
+    summary = run_sweep(spec, tracking_uri=mlflow_server.uri, quiet=True)
+    assert summary.tracking_degraded is None
+    client, parent, _ = check_mlflow(mlflow_server.uri, spec, summary)
+    arts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "sweep.yaml" in arts
+    # resuming continues the same parent run, adds no children
+    run_sweep(spec, tracking_uri=mlflow_server.uri, quiet=True)
+    check_mlflow(mlflow_server.uri, spec, summary)
+
+
+def test_sqlite_default_and_sync_after_server_was_down(ray_local, tmp_path):
+    spec = spec_for(tmp_path, "s")
+    summary = run_sweep(spec, quiet=True)
+    assert summary.tracking_uri.startswith("sqlite:///") and (Path(summary.out_dir)
+                                                             / "mlflow.db").exists()
+    check_mlflow(summary.tracking_uri, spec, summary)
+
+    port = free_port()
+    down = f"http://127.0.0.1:{port}"
+    spec2 = spec_for(tmp_path, "down")
+    summary2 = run_sweep(spec2, tracking_uri=down, quiet=True)
+    assert summary2.tracking_degraded and summary2.counts == {"completed": 4}
+    assert len(ntksweep.load_results(summary2.out_dir)[0]) == 4     # Parquet complete anyway
+    server = MlflowServer(tmp_path / "late-server", port).start()
+    try:
+        def sync():
+            out = subprocess.run([sys.executable, "-m", "ntksweep.cli", "sync", summary2.out_dir],
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stdout + out.stderr
+            return out.stdout
+        assert "4 trials pushed" in sync()
+        check_mlflow(down, spec2, summary2)
+        assert "0 trials pushed, 4 already there" in sync()             # idempotent
+        check_mlflow(down, spec2, summary2)
+    finally:
+        server.stop()
+
+
+def test_parquet_schema_round_trip_and_kernels(tmp_path):
+    r = run_trial(TrialSpec(width=16, keep_kernels="first_last", **TINY))
+    paths = {s: store.save_kernel(tmp_path, r.trial_id, s, k) for s, k in r.kernels.items()}
+    store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(),
+                      status=r.status, records=r.records, kernel_paths=paths)
+    for table, schema in (("trials", store.TRIALS_SCHEMA), ("checkpoints",
+                                                           store.CHECKPOINTS_SCHEMA)):
+        f = next((tmp_path / table).rglob("*.parquet"))
+        written = pq.read_schema(f)
+        assert written.remove_metadata().equals(schema.remove_metadata())
+        assert written.metadata[b"ntksweep_schema"] == store.SCHEMA_VERSION.encode()
+    trials, ckpts = ntksweep.load_results(tmp_path)
+    assert trials.width.dtype == np.int64 and trials.depth.dtype == np.int64
+    assert list(ckpts.step) == [rec["step"] for rec in r.records]
+    np.testing.assert_allclose(ckpts.dist_inf, [rec["dist_inf"] for rec in r.records])
+    first = ckpts.iloc[0]
+    np.testing.assert_array_equal(np.load(tmp_path / first.kernel_path), r.kernels[0])
+    assert pd.isna(ckpts.iloc[1].kernel_path)
+    assert set(RECORD_COLUMNS) <= set(ckpts.columns)
+
+
+def test_half_written_files_are_never_visible_and_rewrites_do_not_duplicate(tmp_path):
+    r = run_trial(TrialSpec(width=8, **TINY))
+    kw = dict(trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(), status=r.status,
+              records=r.records)
+    store.write_trial(tmp_path, **kw)
+    part = next((tmp_path / "trials").rglob("*.parquet")).parent
+    (part / ".tmp-deadbeef-partial.parquet").write_bytes(b"PAR1 half a file")
+    store.write_trial(tmp_path, **kw)                      # a re-run replaces, never appends
+    trials, ckpts = ntksweep.load_results(tmp_path)
+    assert len(trials) == 1 and len(ckpts) == len(r.records)
+    assert len(pd.read_parquet(tmp_path / "trials")) == 1  # plain pandas skips hidden files
+
+
+def test_filters_read_only_matching_partitions(tmp_path):
+    for w in (8, 16, 32):
+        r = run_trial(TrialSpec(width=w, **TINY))
+        store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(),
+                          status=r.status, records=r.records)
+    for f in (tmp_path / "checkpoints").glob("width=32/*/*.parquet"):
+        f.write_bytes(b"corrupt")   # never read when filtered away
+    trials, ckpts = ntksweep.load_results(tmp_path, {"width": [8, 16]})
+    assert sorted(trials.width) == [8, 16] and set(ckpts.width) == {8, 16}
+    assert ckpts.width.dtype == np.int64
+
+
+def test_refusals_before_any_trial(ray_local, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="not writable"):
+        run_sweep(load_sweep_spec({"name": "w", "output_dir": str(blocker / "sub"),
+                                   "base": TINY}), quiet=True)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        run_sweep(spec_for(tmp_path, "u"), tracking_uri="htp:/oops", quiet=True)
+    assert not (tmp_path / "u" / "trials").exists()
+    first = spec_for(tmp_path, "same")
+    run_sweep(first, quiet=True)
+    other = load_sweep_spec({"name": "other", "output_dir": first.output_dir, "base": TINY})
+    with pytest.raises(ValueError, match="holds a different sweep"):
+        run_sweep(other, quiet=True)
+    run_sweep(other, quiet=True, force=True)
+    meta = json.loads((Path(first.output_dir) / "sweep.json").read_text())
+    assert meta["name"] == "other"
+
+
+def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
+    summary = run_sweep(spec_for(tmp_path, "ui"), quiet=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ntksweep.cli", "ui", summary.out_dir,
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in line
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                assert body.strip() == b"OK"
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("MLflow UI did not answer")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(tmp_path / "ui", ignore_errors=True)
