@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -41,7 +40,7 @@ def cmd_run(args) -> int:
     if args.out:
         overrides["output_dir"] = args.out
     spec_path = args.spec or _default_spec_path()
-    spec = load_sweep_spec(spec_path, overrides)
+    spec = load_sweep_spec(spec_path, overrides, smoke=args.smoke)
     if args.dry_run:
         from .sweep.driver import plan_sweep
 
@@ -75,6 +74,8 @@ def cmd_run(args) -> int:
     if summary.interrupted:
         print("Interrupted: finished trials are saved; run the same command again to resume.")
         return 130
+    if args.report:
+        _report(out, summary.tracking_uri)
     return 0 if not summary.counts.get("failed") else 1
 
 
@@ -109,6 +110,28 @@ def cmd_trial(args) -> int:
     return 0 if result.status != "failed" else 1
 
 
+# --------------------------------------------------------------------------- report
+def _report(out: Path, tracking_uri: str | None = None) -> None:
+    from .report import make_report
+
+    res = make_report(out)
+    print(f"report: {res['html']} ({len(res['figures'])} figures in {out / 'report'})")
+    meta = _sweep_meta(str(out))
+    uri = tracking_uri or meta.get("tracking_uri")
+    if uri:  # figures and page also become artifacts of the sweep's parent run
+        from .tracking import Tracker
+
+        tracker = Tracker(uri, meta["name"], meta["sweep_id"])
+        for path in [res["html"], *res["figures"]]:
+            tracker.log_sweep_artifact(path)
+        tracker.close("FINISHED")
+
+
+def cmd_report(args) -> int:
+    _report(Path(args.out), args.tracking_uri)
+    return 0
+
+
 # --------------------------------------------------------------------------- ui / sync
 def _sweep_meta(out: str) -> dict:
     marker = Path(out) / "sweep.json"
@@ -125,7 +148,9 @@ def cmd_ui(args) -> int:
     cmd = ui_command(uri, args.port)
     print(f"MLflow UI for {args.out}: http://127.0.0.1:{args.port}  ({' '.join(cmd)})",
           flush=True)
-    return subprocess.call(cmd)
+    # replace this process: signals (Ctrl-C, a test's terminate) reach the server itself
+    os.execvp(cmd[0], cmd)
+    return 1  # not reached
 
 
 def cmd_sync(args) -> int:
@@ -166,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="use an output dir that holds a different sweep")
     r.add_argument("--quiet", action="store_true", help="no progress bar or worker logs")
+    r.add_argument("--smoke", action="store_true",
+                   help="run the spec's tiny 'smoke:' version (into <output_dir>-smoke)")
+    r.add_argument("--report", action="store_true", help="write the report when done")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("trial", help="run one trial and print its checkpoint records",
@@ -184,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--tracking-uri")
     u.set_defaults(func=cmd_ui)
+
+    rp = sub.add_parser("report", help="figures, fitted exponents and an HTML report of a sweep",
+                        description="Read a sweep's Parquet and write OUT/report.html and "
+                        "OUT/report/*.png|svg; also log them to the sweep's MLflow parent run.")
+    rp.add_argument("out", help="the sweep's output dir")
+    rp.add_argument("--tracking-uri", help="default: the URI the sweep was run with")
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("sync", help="push to MLflow what a sweep's Parquet has and MLflow lacks")
     s.add_argument("out", help="the sweep's output dir")

@@ -9,6 +9,7 @@
     resources: {gpus_per_trial: auto, cpus_per_trial: 1, max_workers: null}
     retries: 2                       # re-runs of a trial whose worker process died
     tracking_uri: null               # MLflow; default: SQLite inside output_dir
+    smoke: {base: {steps: 3}, grid: {width: [8, 16]}}   # tiny CPU version (--smoke)
 
 Everything is validated before anything runs; errors name the field, the YAML line when
 known, and the nearest valid name.
@@ -28,7 +29,7 @@ from .config import TRIAL_FIELDS, SpecError, TrialSpec, suggest
 __all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "SpecError"]
 
 TOP_LEVEL = ("name", "output_dir", "base", "grid", "zip", "resources", "retries", "tracking_uri",
-             "description")
+             "description", "smoke")
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "max_workers")
 
 
@@ -97,10 +98,12 @@ def _line_of(node: yaml.Node | None, *path: str) -> str:
     return f" (line {knode.start_mark.line + 1})" if path else ""
 
 
-def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None = None
-                    ) -> SweepSpec:
-    """Read and validate a sweep spec from a YAML path, YAML text or a dict; ``overrides``
-    (from ``--set key=value``) replace base fields (or top-level keys such as retries)."""
+def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None = None,
+                    *, smoke: bool = False) -> SweepSpec:
+    """Read and validate a sweep spec from a YAML path or a dict; ``overrides`` (from
+    ``--set key=value``) replace base fields (or top-level keys such as retries);
+    ``smoke`` applies the spec's ``smoke:`` block (its base and grid entries replace the
+    spec's, its other keys the top-level ones) and writes to ``<output_dir>-smoke``."""
     node = None
     if isinstance(source, dict):
         raw = source
@@ -119,6 +122,18 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL)}")
     raw = dict(raw)
+    if smoke:
+        block = raw.get("smoke") or {}
+        if not isinstance(block, dict):
+            raise SpecError(f"{where}: smoke must be a mapping like the spec itself")
+        for key, value in block.items():
+            if key in ("base", "grid") and isinstance(value, dict):
+                raw[key] = {**(raw.get(key) or {}), **value}
+            else:
+                raw[key] = value
+        raw["output_dir"] = str(raw.get("output_dir") or Path("ntksweep-out") / str(
+            raw.get("name", "sweep"))) + "-smoke"
+    raw.pop("smoke", None)
 
     def err(msg: str, *path: str) -> SpecError:
         return SpecError(f"{where}{_line_of(node, *path)}: {msg}")

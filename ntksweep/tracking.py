@@ -224,5 +224,7 @@ def _plain(v):
 
 def ui_command(uri: str, port: int = 5000) -> list[str]:
     """The command that serves the MLflow UI on this store."""
-    return ["mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
 

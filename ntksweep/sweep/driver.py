@@ -107,10 +107,6 @@ def _worker_shape(spec: SweepSpec, n_trials: int) -> tuple[int, float, float]:
     return n, float(gpus), float(cpus)
 
 
-class _Stop(Exception):
-    pass
-
-
 def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str | None = None,
               force: bool = False, quiet: bool = False, num_cpus: int | None = None,
               on_event=None) -> SweepSummary:
@@ -149,13 +145,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     running: dict = {}  # generator → state
     progress = _progress(len(todo), quiet)
 
+    stop_requested: list[int] = []
+
     def stop(signum, frame):
-        raise _Stop()
+        # only a flag: an exception raised here would surface inside whatever call the
+        # driver is in (an MLflow request, a Parquet write) instead of at a safe point
+        stop_requested.append(signum)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def new_actor():
-        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus).remote()
+        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus).remote(int(cpus))
         actors.append(a)
         return a
 
@@ -191,7 +191,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
             idle.append(a)
         infos = dict(zip(idle, ray.get([a.describe.remote() for a in idle])))
         workers = list(infos.values())
-        while todo or running:
+        while (todo or running) and not stop_requested:
             while todo and idle:
                 a = idle.pop()
                 launch(a, infos[a])
@@ -237,11 +237,13 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                            status=summary["status"])
             progress.set_postfix(running=len(running), failed=counts["failed"],
                                  diverged=counts["diverged"], retried=retried, refresh=False)
-    except (_Stop, KeyboardInterrupt):
-        interrupted = True
-        for state in running.values():
-            tracker.end_trial(state["run_id"], "killed")
+    except KeyboardInterrupt:  # a second Ctrl-C while waiting on Ray
+        stop_requested.append(signal.SIGINT)
     finally:
+        if stop_requested:
+            interrupted = True
+            for state in running.values():
+                tracker.end_trial(state["run_id"], "killed")
         for s, handler in old.items():
             signal.signal(s, handler)
         progress.close()

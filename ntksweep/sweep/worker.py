@@ -20,7 +20,10 @@ _DONE = object()
 class TrialWorker:
     """Runs trial after trial, keeping per-actor caches (data sets, Θ_∞) between them."""
 
-    def __init__(self):
+    def __init__(self, num_threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, num_threads))  # its CPU share: actors must not oversubscribe
         self.cache = TrialCache()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
 

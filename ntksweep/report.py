@@ -1,0 +1,75 @@
+"""``ntksweep report OUT``: the standard figures and tables of any sweep, as PNG/SVG files and
+one self-contained HTML page (figures embedded), from the Parquet store only."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from . import analysis
+from .store import load_results
+
+__all__ = ["make_report"]
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def make_report(out_dir: str | Path) -> dict:
+    """Write figures to OUT/report/ and OUT/report.html; returns {'html': path, 'figures': [...],
+    'exponents': DataFrame}."""
+    out = Path(out_dir)
+    trials, ckpts = load_results(out)
+    if trials.empty:
+        raise ValueError(f"{out} has no finished trials to report on")
+    figdir = out / "report"
+    figures: list[Path] = []
+    ok = trials[trials.status.isin(["completed", "diverged"])]
+
+    def add(fig, name):
+        figures.extend(p for p in analysis.save_figure(fig, figdir, name) if p.suffix == ".png")
+
+    tables = []
+    if ok.width.nunique() >= 2:
+        add(analysis.fig_dist_vs_width(ok), "dist_inf_vs_width")
+        add(analysis.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
+            "dist_init_vs_width")
+        exps = pd.concat([analysis.width_exponents(ok, m)
+                          for m in ("init_dist_inf", "final_dist_init")], ignore_index=True)
+        tables.append(("Width exponents (log-log slope, 95 % CI)", exps))
+    else:
+        exps = pd.DataFrame()
+    if ok.depth.nunique() >= 2 and ok.width.nunique() >= 1:
+        add(analysis.fig_depth_width_heatmap(ok), "depth_width_heatmap")
+        tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L)",
+                       analysis.depth_trend(ok)))
+    if len(ckpts):
+        add(analysis.fig_dist_over_time(ckpts[ckpts.trial_id.isin(ok.trial_id)]),
+            "dist_init_over_time")
+    if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
+        add(analysis.fig_jacot_fig1(ckpts, out), "jacot_fig1")
+    status = trials.status.value_counts().rename_axis("status").reset_index(name="trials")
+    spec_text = (out / "sweep.yaml").read_text() if (out / "sweep.yaml").exists() else ""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>ntksweep report: {html.escape(out.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "img{max-width:100%} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
+        "padding:2px 6px;font-size:13px}</style></head><body>",
+        f"<h1>ntksweep report: {html.escape(out.name)}</h1>",
+        "<h2>Trials</h2>", status.to_html(index=False),
+    ]
+    for title, table in tables:
+        parts += [f"<h2>{html.escape(title)}</h2>", table.to_html(index=False, float_format="%.3f")]
+    parts.append("<h2>Figures</h2>")
+    parts += [f"<figure>{_img(p)}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
+              for p in figures]
+    parts += ["<h2>Sweep spec</h2>", f"<pre>{html.escape(spec_text)}</pre>", "</body></html>"]
+    page = out / "report.html"
+    page.write_text("\n".join(parts))
+    return {"html": page, "figures": figures, "exponents": exps}

@@ -1,0 +1,145 @@
+"""Analysis and experiments: the physics a correct sweep must show (fitted exponents, depth
+trend, Jacot Fig. 1 at CPU scale), fits against known power laws, every experiment spec in
+smoke mode, and a browser-free check of the HTML report."""
+
+import base64
+import html.parser
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ntksweep
+from ntksweep import analysis, store
+from ntksweep.config import TrialSpec
+from ntksweep.spec import load_sweep_spec
+from ntksweep.sweep import run_sweep
+from ntksweep.trial import TrialCache, run_trial
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SLOPE_TOL = 0.1
+
+
+def init_trials(tmp_path, widths, depths, seeds, **kw):
+    cache = TrialCache()
+    base = dict(dataset="sphere", dim=4, n_train=8, n_eval=24, steps=1, checkpoints=2,
+                bias_std=0.1, device="cpu", **kw)
+    for w in widths:
+        for d in depths:
+            for s in seeds:
+                r = run_trial(TrialSpec(width=w, depth=d, seed=s, **base), cache=cache)
+                store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="t",
+                                  spec=r.spec.to_dict(), status=r.status, records=r.records)
+    return ntksweep.load_results(tmp_path)[0]
+
+
+def test_power_law_fit_recovers_a_known_exponent():
+    rng = np.random.default_rng(0)
+    x = np.repeat([64, 128, 256, 512, 1024], 8)
+    y = 3.0 * x ** -0.5 * np.exp(0.05 * rng.standard_normal(len(x)))
+    fit = analysis.fit_power_law(x, y)
+    assert fit.slope_lo < -0.5 < fit.slope_hi and fit.slope_hi - fit.slope_lo < 0.1
+    mean, lo, hi = analysis.bootstrap_ci(rng.normal(2.0, 1.0, 400))
+    assert lo < 2.0 < hi and lo < mean < hi
+
+
+def test_init_distance_slope_is_minus_one_half(tmp_path):
+    trials = init_trials(tmp_path, [64, 128, 256, 512, 1024], [3], range(8), activation="relu")
+    exps = analysis.width_exponents(trials, "init_dist_inf")
+    slope = exps.slope.item()
+    assert abs(slope + 0.5) < SLOPE_TOL, exps
+
+
+def test_init_distance_grows_with_depth(tmp_path):
+    # at the critical (He) initialisation σ_w² = 2, where Hanin & Nica's √(L/n) applies;
+    # at σ_w = 1 ReLU nets are in the ordered phase and the growth saturates by L ≈ 6
+    trials = init_trials(tmp_path, [256], [2, 4, 8], range(8), activation="relu",
+                         weight_std=2**0.5)
+    means = trials.groupby("depth").init_dist_inf.mean()
+    assert means[2] < means[4] < means[8], means
+    trend = analysis.depth_trend(trials)
+    assert trend.depth_slope.item() > 0
+
+
+def _run_smoke(name, tmp_path):
+    spec = load_sweep_spec(EXPERIMENTS / f"{name}.yaml", {"output_dir": str(tmp_path / name)},
+                           smoke=True)
+    summary = run_sweep(spec, quiet=True)
+    assert summary.counts.get("failed", 0) == 0, summary
+    return summary.out_dir
+
+
+def _analyze():
+    mod = importlib.util.spec_from_file_location("analyze", EXPERIMENTS / "analyze.py")
+    analyze = importlib.util.module_from_spec(mod)
+    mod.loader.exec_module(analyze)
+    return analyze.run
+
+
+class _Checker(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("img", "meta", "br"):
+            self.stack.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+        self.stack.pop()
+
+
+def check_report(page: Path, expected_figures: int):
+    checker = _Checker()
+    checker.feed(page.read_text())
+    assert checker.stack == []                 # every element closed, properly nested
+    assert len(checker.images) >= expected_figures
+    for src in checker.images:
+        head, data = src.split(",", 1)
+        assert head == "data:image/png;base64"
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jacot_fig1_at_cpu_scale(ray_local, tmp_path):
+    out = _run_smoke("jacot2018_fig1", tmp_path)
+    result = _analyze()(out)
+    checks = result["checks"]
+    narrow, wide = min(checks), max(checks)
+    assert checks[wide]["max_rel_gap_theta0"] < 0.05, checks
+    assert checks[wide]["dist_init_T"] < checks[narrow]["dist_init_T"], checks
+    names = {p.stem for p in result["report"]["figures"]}
+    assert {"jacot_fig1", "dist_inf_vs_width", "dist_init_over_time"} <= names
+    check_report(result["report"]["html"], len(names))
+
+
+@pytest.mark.parametrize("name", ["quickstart", "width_depth_scaling", "digits"])
+def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
+    out = _run_smoke(name, tmp_path)
+    result = _analyze()(out)
+    figures = result["report"]["figures"]
+    assert figures and all(p.exists() and p.with_suffix(".svg").exists() for p in figures)
+    check_report(result["report"]["html"], len(figures))
+    trials, ckpts = ntksweep.load_results(out)
+    assert len(trials) == len(load_sweep_spec(EXPERIMENTS / f"{name}.yaml", smoke=True).trials())
+    if name == "width_depth_scaling":
+        assert {"depth_width_heatmap"} <= {p.stem for p in figures}
+
+
+def test_every_experiment_spec_is_documented_and_valid():
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        head = path.read_text().split("\n")
+        comments = "\n".join(line for line in head[:14] if line.startswith("#"))
+        for needle in ("Question", "ntksweep run", "Runtime", "Expected"):
+            assert needle in comments, (path.name, needle)
+        assert load_sweep_spec(path).trials() and load_sweep_spec(path, smoke=True).trials()
+
+
+def test_seed_summary_shapes():
+    df = pd.DataFrame({"width": [1, 1, 2, 2], "v": [1.0, 3.0, 2.0, 2.0]})
+    s = analysis.seed_summary(df, ["width"], "v")
+    assert list(s["mean"]) == [2.0, 2.0] and list(s["n"]) == [2, 2]
