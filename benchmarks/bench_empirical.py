@@ -1,7 +1,8 @@
 """Empirical NTK speed and memory (issue #3). All ratios are measured in one run.
 
     python benchmarks/bench_empirical.py                      # CPU: the issue's figures
-    python benchmarks/bench_empirical.py --device cuda --widths 1024,4096,16384,65536 --ns 512,2048,8192
+    python benchmarks/bench_empirical.py --device cuda \
+        --widths 1024,4096,16384,65536 --ns 512,2048,8192
 
 1. structured vs torch.func Jacobian contraction, depth 4, width 1024, N=256, float32
    (goal ≥ 50×; neural-tangents' STRUCTURED_DERIVATIVES measured 0.05–0.09 s on the same
@@ -117,7 +118,8 @@ def main() -> None:
     lo, hi = NT_STRUCTURED_SECONDS
     print(f"  vs neural-tangents structured ({lo}–{hi} s on the 2-core CPU): "
           f"{lo / s:4.1f}–{hi / s:4.1f}× faster")
-    print(f"\n{'width':>7} {'N':>6} {'structured':>12} {'bare':>10} {'roofline':>9} {'peak MiB':>10}")
+    print(f"\n{'width':>7} {'N':>6} {'structured':>12} {'bare':>10} {'roofline':>9} "
+          f"{'peak MiB':>10}")
     for n in map(int, args.ns.split(",")):
         for w in map(int, args.widths.split(",")):
             r = in_fresh_process({**base, "width": w, "n": n, "repeats": min(args.repeats, 3)})

@@ -211,7 +211,7 @@ def fig_jacot_fig1(ckpts: pd.DataFrame, out_dir: str | Path):
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (width, g0) in enumerate(first.groupby("width", sort=True)):
         c = colors[i % len(colors)]
-        for (tid, a), (_, b) in zip(g0.groupby("trial_id"),
+        for (_, a), (_, b) in zip(g0.groupby("trial_id"),
                                     last[last.width == width].groupby("trial_id")):
             a, b = a.sort_values("gamma"), b.sort_values("gamma")
             ax.plot(a.gamma, a.theta, color=c, lw=0.8, alpha=0.6)

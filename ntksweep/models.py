@@ -92,14 +92,15 @@ class MLP(nn.Module):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be an integer >= 1 (number of weight matrices); "
                              f"got {depth!r}")
-        hidden = [int(width)] * (depth - 1) if isinstance(width, (int,)) else [int(w) for w in width]
+        hidden = [int(width)] * (depth - 1) if isinstance(width, int) else [int(w) for w in width]
         if len(hidden) != depth - 1 or any(w < 1 for w in hidden):
             raise ValueError(f"width must be a positive int or {depth - 1} positive ints; "
                              f"got {width!r}")
         if in_dim < 1 or out_dim < 1:
             raise ValueError(f"in_dim and out_dim must be >= 1; got {in_dim}, {out_dim}")
         if parametrization not in ("ntk", "standard"):
-            raise ValueError(f"parametrization must be 'ntk' or 'standard'; got {parametrization!r}")
+            raise ValueError("parametrization must be 'ntk' or 'standard'; "
+                             f"got {parametrization!r}")
         if not math.isfinite(weight_std) or weight_std <= 0:
             raise ValueError(f"weight_std must be a finite number > 0; got {weight_std!r}")
         if not math.isfinite(bias_std) or bias_std < 0:

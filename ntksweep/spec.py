@@ -142,7 +142,7 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
         if key not in TOP_LEVEL:
             hint = suggest(key, TOP_LEVEL)
             if key in TRIAL_FIELDS:
-                hint = f" (trial fields go under 'base:' or 'grid:')"
+                hint = " (trial fields go under 'base:' or 'grid:')"
             raise err(f"unknown key {key!r}{hint}", key)
     base = dict(raw.get("base") or {})
     for key, value in (overrides or {}).items():
@@ -154,7 +154,8 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
             if isinstance(raw["grid"], dict):
                 raw["grid"] = {k: v for k, v in raw["grid"].items() if k != key}
         else:
-            raise SpecError(f"--set {key}: unknown field{suggest(key, [*TRIAL_FIELDS, *TOP_LEVEL])}")
+            hint = suggest(key, [*TRIAL_FIELDS, *TOP_LEVEL])
+            raise SpecError(f"--set {key}: unknown field{hint}")
     for key in base:
         if key not in TRIAL_FIELDS:
             raise err(f"base: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}", "base", key)

@@ -2,7 +2,7 @@
 
 Layout of an output dir::
 
-    trials/width=256/depth=3/<trial_id>.parquet       one row per trial (spec, status, final metrics)
+    trials/width=256/depth=3/<trial_id>.parquet       one row per trial (spec, status, finals)
     checkpoints/width=256/depth=3/<trial_id>.parquet  one row per trial × checkpoint
     kernels/<trial_id>/step_<step>.npy                kept Θ_t matrices (M, M) float64
 

@@ -125,7 +125,7 @@ def _run(spec, cache, device, records, kernels, timers, on_checkpoint) -> str:
     dtype = getattr(torch, spec.dtype)
     data = _data(spec, cache)
     limit = _limits(spec, data, cache)
-    m, n = data.x_eval.shape[0], data.x_train.shape[0]
+    m = data.x_eval.shape[0]
     out_dim = 10 if spec.loss == "cross_entropy" else data.out_dim
     model = MLP(data.in_dim, spec.width, spec.depth, activation=spec.activation,
                 weight_std=spec.weight_std, bias_std=spec.bias_std, out_dim=out_dim,

@@ -38,7 +38,8 @@ def test_one_hidden_layer_relu_written_out():
             s22 = sw**2 * x[j] @ x[j] / 3 + sb**2
             s12 = sw**2 * x[i] @ x[j] / 3 + sb**2
             th = math.acos(max(-1.0, min(1.0, s12 / math.sqrt(s11 * s22))))
-            e = math.sqrt(s11 * s22) / (2 * math.pi) * (math.sin(th) + (math.pi - th) * math.cos(th))
+            e = math.sqrt(s11 * s22) / (2 * math.pi) * (math.sin(th)
+                                                        + (math.pi - th) * math.cos(th))
             sigma2 = sw**2 * e + sb**2
             dot2 = sw**2 * (math.pi - th) / (2 * math.pi)
             assert k.nngp[i, j] == pytest.approx(sigma2, rel=RTOL_TIGHT)

@@ -138,7 +138,8 @@ def test_same_spec_same_records():
 
 def test_records_are_flat_and_streamed():
     seen = []
-    r = run_trial(TrialSpec(width=32, keep_kernels="first_last", **SMALL), on_checkpoint=seen.append)
+    r = run_trial(TrialSpec(width=32, keep_kernels="first_last", **SMALL),
+                  on_checkpoint=seen.append)
     assert r.status == "completed" and seen == r.records
     assert [rec["step"] for rec in r.records] == checkpoint_schedule(r.spec)
     for rec in r.records:

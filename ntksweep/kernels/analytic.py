@@ -27,13 +27,14 @@ import torch
 from torch import Tensor
 
 from ..activations import get_activation
-from .duals import Dual, get_dual
+from .duals import get_dual
 
 __all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs"]
 
 
 class Cov(NamedTuple):
-    """A covariance on {x1} ∪ {x2}: k11 = diag on x1 (n1, 1), k12 (n1, n2), k22 = diag on x2 (1, n2)."""
+    """A covariance on {x1} ∪ {x2}: k11 = diag on x1 (n1, 1), k12 (n1, n2),
+    k22 = diag on x2 (1, n2)."""
 
     k11: Tensor
     k12: Tensor
@@ -94,7 +95,8 @@ def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
 
 def _check_hyper(depth, activation, weight_std, bias_std, parametrization, width):
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1 (number of weight matrices); got {depth!r}")
+        raise ValueError("depth must be an integer >= 1 (number of weight matrices); "
+                         f"got {depth!r}")
     get_activation(activation)
     if not np.isfinite(weight_std) or weight_std <= 0:
         raise ValueError(f"weight_std must be a finite number > 0; got {weight_std!r}")

@@ -17,10 +17,9 @@ Numerical conventions (so that degenerate inputs never give NaN):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache
-
-import math
 
 import numpy as np
 import torch

@@ -61,7 +61,8 @@ class TrialWorker:
                    "wall_seconds": result.wall_seconds, "train_seconds": result.train_seconds,
                    "kernel_seconds": result.kernel_seconds, "n_records": len(result.records)}
         kernels = dict(result.kernels)  # numpy: zero-copy through the object store
-        del result, box
+        del result
+        box.clear()
         self._free()
         yield ("result", summary, kernels)
 
