@@ -12,11 +12,14 @@ missing later, idempotently.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import queue
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,23 +76,32 @@ def _metrics(record: dict[str, Any], now_ms: int) -> list[Metric]:
 
 
 class Tracker:
-    """Parent/child MLflow runs for one sweep, written from the driver only."""
+    """Parent/child MLflow runs for one sweep, written from the driver process only.
+
+    Every call returns at once: a single background thread performs the MLflow requests in
+    order (so the driver's scheduling loop never waits on SQLite fsyncs or HTTP round
+    trips) and sends metrics in batches — when 1000 points are waiting, when a trial ends,
+    or when the queue goes idle (so the UI stays live). ``close()`` drains the queue.
+    """
 
     def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
                  *, required: bool = False):
         self.uri, self.sweep_id = uri, sweep_id
         self.degraded: str | None = None
-        self._buffers: dict[str, list[Metric]] = {}
         self.client = MlflowClient(tracking_uri=uri)
         self.parent_id = None
+        self._runs: dict[int, str] = {}           # handle → MLflow run id
+        self._buffers: dict[int, list[Metric]] = {}
+        self._handles = itertools.count()
+        self._queue: queue.Queue = queue.Queue()
         try:
             self._open(experiment, sweep_yaml)
         except Exception as e:  # noqa: BLE001  (server down, network, auth…)
             if required:
                 raise
-            self.degraded = f"connect: {type(e).__name__}: {e}"
-            log.warning("MLflow at %s unreachable (%s); the sweep goes on, Parquet stays "
-                        "complete; run `ntksweep sync` later", uri, e)
+            self._disable("connect", e)
+        self._thread = threading.Thread(target=self._serve, name="mlflow-writer", daemon=True)
+        self._thread.start()
 
     def _open(self, experiment: str, sweep_yaml: str) -> None:
         exp = self.client.get_experiment_by_name(experiment)
@@ -111,69 +123,116 @@ class Tracker:
             self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
 
     # -- failure policy: a tracking outage never stops the sweep -------------------------
-    def _safe(self, what: str, fn, *args, **kwargs):
-        if self.degraded:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001  (any client/server/network error)
-            self.degraded = f"{what}: {type(e).__name__}: {e}"
-            log.warning("MLflow tracking disabled for the rest of this sweep (%s); results "
-                        "still go to Parquet; run `ntksweep sync` later", self.degraded)
-            return None
+    def _disable(self, what: str, e: Exception) -> None:
+        self.degraded = f"{what}: {type(e).__name__}: {e}"
+        log.warning("MLflow tracking disabled for the rest of this sweep (%s); results "
+                    "still go to Parquet; run `ntksweep sync` later", self.degraded)
 
+    def _serve(self) -> None:
+        while True:
+            try:
+                op = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                self._flush_all()  # idle: make what is buffered visible
+                continue
+            if op is None:
+                self._flush_all()
+                return
+            if self.degraded:
+                continue
+            try:
+                op()
+            except Exception as e:  # noqa: BLE001  (any client/server/network error)
+                self._disable(getattr(op, "__name__", "request"), e)
+
+    def _submit(self, fn) -> None:
+        self._queue.put(fn)
+
+    def _flush(self, handle: int) -> None:
+        buf, run_id = self._buffers.get(handle), self._runs.get(handle)
+        if buf and run_id and not self.degraded:
+            self._buffers[handle] = []
+            for lo in range(0, len(buf), _BATCH):
+                self.client.log_batch(run_id, metrics=buf[lo:lo + _BATCH])
+
+    def _flush_all(self) -> None:
+        try:
+            for handle in list(self._buffers):
+                self._flush(handle)
+        except Exception as e:  # noqa: BLE001
+            self._disable("log_batch", e)
+
+    # -- the driver's API (non-blocking) -------------------------------------------------
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
-                    worker: dict[str, Any] | None = None) -> str | None:
-        def create():
+                    worker: dict[str, Any] | None = None) -> int:
+        handle = next(self._handles)
+        self._buffers[handle] = []
+
+        def start_trial():
             tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
                     "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
                     "status": "running", "ntksweep.version": __version__,
                     **{k: str(v) for k, v in (worker or {}).items()}}
             run = self.client.create_run(self.experiment_id, run_name=f"{trial_id}-a{attempt}",
                                          tags=tags)
+            self._runs[handle] = run.info.run_id
             self.client.log_batch(run.info.run_id, params=_flat_params(spec))
             self.client.log_text(run.info.run_id, json.dumps(spec, indent=1), "trial_spec.json")
-            return run.info.run_id
-        run_id = self._safe("start_trial", create)
-        if run_id:
-            self._buffers[run_id] = []
-        return run_id
 
-    def log_record(self, run_id: str | None, record: dict[str, Any]) -> None:
-        if run_id is None or self.degraded:
+        self._submit(start_trial)
+        return handle
+
+    def log_record(self, handle: int | None, record: dict[str, Any]) -> None:
+        if handle is None or self.degraded:
             return
-        buf = self._buffers.setdefault(run_id, [])
-        buf.extend(_metrics(record, int(time.time() * 1000)))
-        if len(buf) >= _BATCH:
-            self.flush(run_id)
+        metrics = _metrics(record, int(time.time() * 1000))
 
-    def flush(self, run_id: str) -> None:
-        buf = self._buffers.get(run_id)
-        if buf:
-            self._buffers[run_id] = []
-            self._safe("log_batch", self.client.log_batch, run_id, metrics=buf)
+        def log_record():
+            buf = self._buffers.setdefault(handle, [])
+            buf.extend(metrics)
+            if len(buf) >= _BATCH:
+                self._flush(handle)
 
-    def end_trial(self, run_id: str | None, status: str, tags: dict[str, Any] | None = None
+        self._submit(log_record)
+
+    def end_trial(self, handle: int | None, status: str, tags: dict[str, Any] | None = None
                   ) -> None:
-        if run_id is None:
+        if handle is None:
             return
-        self.flush(run_id)
         run_tags = [RunTag("status", status), *[RunTag(k, str(v)) for k, v in (tags or {}).items()
                                                 if v is not None]]
-        self._safe("end_trial", self.client.log_batch, run_id, tags=run_tags)
-        self._safe("end_trial", self.client.set_terminated, run_id, TERMINAL.get(status, "FAILED"))
-        self._buffers.pop(run_id, None)
+
+        def end_trial():
+            self._flush(handle)
+            run_id = self._runs.pop(handle, None)
+            self._buffers.pop(handle, None)
+            if run_id:
+                self.client.log_batch(run_id, tags=run_tags)
+                self.client.set_terminated(run_id, TERMINAL.get(status, "FAILED"))
+
+        self._submit(end_trial)
 
     def log_sweep_artifact(self, local_path: str | Path) -> None:
-        self._safe("artifact", self.client.log_artifact, self.parent_id, str(local_path))
+        path = str(local_path)
+
+        def log_artifact():
+            self.client.log_artifact(self.parent_id, path)
+
+        self._submit(log_artifact)
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:
-        for run_id in list(self._buffers):
-            self.flush(run_id)
-        if summary:
-            self._safe("close", self.client.log_batch, self.parent_id,
-                       tags=[RunTag(f"ntksweep.{k}", str(v)) for k, v in summary.items()])
-        self._safe("close", self.client.set_terminated, self.parent_id, status)
+        """Finish the parent run and wait until every queued request has been sent."""
+        tags = [RunTag(f"ntksweep.{k}", str(v)) for k, v in (summary or {}).items()]
+
+        def close():
+            if tags:
+                self.client.log_batch(self.parent_id, tags=tags)
+            self.client.set_terminated(self.parent_id, status)
+
+        if self.parent_id:
+            self._submit(close)
+        self._queue.put(None)
+        self._thread.join()
 
 
 def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,

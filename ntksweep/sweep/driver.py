@@ -155,7 +155,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def new_actor():
-        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus).remote(int(cpus))
+        threads = str(max(1, int(cpus)))  # BLAS/OpenMP pools sized to the actor's CPU share
+        env = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus,
+                                runtime_env={"env_vars": env}).remote(int(cpus))
         actors.append(a)
         return a
 
@@ -230,8 +233,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                     state["records"].append(item[1])
                     tracker.log_record(state["run_id"], item[1])
                     _event(on_event, "record", trial=state["trial"].trial_id, record=item[1])
-                else:
+                else:  # the last item: hand the actor its next trial now, not at end-of-stream
                     _, summary, kernels = item
+                    running.pop(gen)
+                    idle.append(state["actor"])
                     finish(state, summary["status"], summary["error"], summary, kernels)
                     _event(on_event, "end", trial=state["trial"].trial_id,
                            status=summary["status"])
