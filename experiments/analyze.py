@@ -38,6 +38,15 @@ def run(out: str) -> dict:
             checks[int(width)] = {"max_rel_gap_theta0": gap, "dist_init_T": moved}
             print(f"n={width}: seed-mean Θ_0 within {100 * gap:.1f} % of Θ_∞ at every γ; "
                   f"mean dist_init(T) = {moved:.4f}")
+    if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
+        bands = analysis.fig2_bands(trials[trials.status == "completed"], ckpts, out)
+        for width, b in bands.groupby("width"):
+            inside = np.mean((b.net_q50 >= b.inf_q10) & (b.net_q50 <= b.inf_q90))
+            spread = float(np.mean(b.net_q90 - b.net_q10) / np.mean(b.inf_q90 - b.inf_q10))
+            checks.setdefault(int(width), {}).update(
+                {"median_inside_inf_band": float(inside), "spread_ratio": spread})
+            print(f"n={width}: network median inside the n→∞ 10–90 % band at "
+                  f"{100 * inside:.0f} % of γ; spread ratio network/n→∞ {spread:.2f}")
     return {"report": res, "checks": checks}
 
 

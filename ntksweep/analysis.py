@@ -231,3 +231,68 @@ def fig_jacot_fig1(ckpts: pd.DataFrame, out_dir: str | Path):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def fig2_bands(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
+    """Per (width, γ): the seed quantiles (10/50/90 %) of the network outputs f_T(x(γ)) kept
+    at the last checkpoint, and the infinite-width Gaussian's mean and 10/90 % quantiles
+    (``kernel_flow_gaussian`` with Θ_∞ and Σ on the trial's own training set)."""
+    from .config import TRIAL_FIELDS, TrialSpec
+    from .kernels import analytic_kernels
+    from .kernels.metrics import kernel_flow_gaussian
+    from .trial import dataset_for
+
+    last = ckpts[ckpts.outputs_path.notna()].sort_values("step").groupby("trial_id").tail(1)
+    rows = []
+    for width, g in last.groupby("width", sort=True):
+        outs = np.stack([np.load(Path(out_dir) / p)[:, 0] for p in g.outputs_path])   # (S, M)
+        spec_row = trials[trials.trial_id == g.trial_id.iloc[0]].iloc[0]
+        spec = TrialSpec.from_dict({k: _plain(spec_row[k]) for k in TRIAL_FIELDS
+                                    if k in spec_row.index and k != "checkpoint_steps"})
+        data = dataset_for(spec)
+        m = data.x_eval.shape[0]
+        lim = analytic_kernels(np.concatenate([data.x_eval, data.x_train]), depth=spec.depth,
+                               activation=spec.activation, weight_std=spec.weight_std,
+                               bias_std=spec.bias_std)
+        mean, var = kernel_flow_gaussian(lim.ntk[:m, m:], lim.ntk[m:, m:],
+                                         np.diag(lim.nngp)[:m], lim.nngp[:m, m:],
+                                         lim.nngp[m:, m:], data.y_train, float(g.t.iloc[0]))
+        z = stats.norm.ppf(0.9)
+        q10, q50, q90 = np.quantile(outs, [0.1, 0.5, 0.9], axis=0)
+        gamma = data.eval_coords
+        rows.append(pd.DataFrame({"width": width, "gamma": gamma, "net_q10": q10,
+                                  "net_q50": q50, "net_q90": q90, "inf_mean": mean[:, 0],
+                                  "inf_q10": mean[:, 0] - z * np.sqrt(var),
+                                  "inf_q90": mean[:, 0] + z * np.sqrt(var),
+                                  "seeds": len(outs)}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def fig_jacot_fig2(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Path):
+    """Jacot et al. (2018) Fig. 2: the spread of f_T over seeds (10–90 % band, median) for
+    each width against the infinite-width Gaussian (mean, dashed 10/90 % quantiles)."""
+    bands = fig2_bands(trials, ckpts, out_dir)
+    widths = sorted(bands.width.unique())
+    fig, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 4), sharey=True,
+                             squeeze=False)
+    for ax, width in zip(axes[0], widths):
+        b = bands[bands.width == width].sort_values("gamma")
+        ax.fill_between(b.gamma, b.net_q10, b.net_q90, alpha=0.3, label="network 10–90 %")
+        ax.plot(b.gamma, b.net_q50, lw=1, label="network median")
+        ax.plot(b.gamma, b.inf_mean, "k-", lw=1.2, label="n→∞ mean")
+        ax.plot(b.gamma, b.inf_q10, "k--", lw=1, label="n→∞ 10 / 90 %")
+        ax.plot(b.gamma, b.inf_q90, "k--", lw=1)
+        ax.set_title(f"n = {width} ({int(b.seeds.iloc[0])} seeds)")
+        ax.set_xlabel("γ")
+    axes[0][0].set_ylabel("f_T(cos γ, sin γ)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v

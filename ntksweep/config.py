@@ -31,6 +31,7 @@ class TrialSpec:
     dim: int = 8                       # sphere only
     teacher: str = "quadratic"         # sphere only
     data_path: str | None = None       # file only
+    train_inputs: str = "gaussian"     # circle only: gaussian (N(0, I₂)) | circle (on it)
     # model (ntksweep.models.MLP)
     width: int = 256
     depth: int = 3
@@ -55,6 +56,7 @@ class TrialSpec:
     ntk_method: str = "auto"
     memory_budget: int | None = None   # bytes per NTK tile
     keep_kernels: str = "none"         # none | first_last | all: keep Θ_t matrices as arrays
+    keep_outputs: str = "none"         # none | first_last | all: keep f_t on the eval set
 
     def __post_init__(self):
         if self.checkpoint_steps is not None and not isinstance(self.checkpoint_steps, tuple):
@@ -136,6 +138,10 @@ class TrialSpec:
              "memory_budget", "must be a positive integer (bytes) or null")
         need(self.keep_kernels in ("none", "first_last", "all"), "keep_kernels",
              "must be none, first_last or all")
+        need(self.keep_outputs in ("none", "first_last", "all"), "keep_outputs",
+             "must be none, first_last or all")
+        need(self.train_inputs in ("gaussian", "circle"), "train_inputs",
+             "must be 'gaussian' or 'circle'")
 
 
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpec)}

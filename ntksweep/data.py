@@ -1,7 +1,8 @@
 """Data sets for trials, deterministic from a seed. All arrays float64 numpy.
 
-- ``circle``: Jacot et al. (2018) Fig. 1–2: training inputs N(0, I₂), target f*(x) = x1·x2;
-  evaluation inputs on the unit circle x = (cos γ, sin γ), γ on a grid in [0, 2π).
+- ``circle``: Jacot et al. (2018) Fig. 1–2: training inputs N(0, I₂) (or uniform on the
+  circle, ``train_inputs='circle'``), target f*(x) = x1·x2; evaluation inputs on the unit
+  circle x = (cos γ, sin γ), γ on a grid in [0, 2π).
 - ``sphere``: d-dim inputs on the sphere of radius √d (so x·x/d = 1) with a teacher:
   'quadratic' (x1·x2), 'linear' (a fixed random direction) or 'network' (a fixed random
   width-64 ReLU network).
@@ -47,9 +48,13 @@ class Dataset:
         return self.y_train.shape[1]
 
 
-def _circle(n_train: int, n_eval: int, seed: int) -> Dataset:
+def _circle(n_train: int, n_eval: int, seed: int, train_inputs: str = "gaussian") -> Dataset:
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_train, 2))
+    if train_inputs == "circle":  # Jacot Fig. 2: the training points lie on the circle too
+        angle = rng.uniform(0, 2 * np.pi, n_train)
+        x = np.stack([np.cos(angle), np.sin(angle)], 1)
+    else:
+        x = rng.standard_normal((n_train, 2))
     gamma = np.linspace(0.0, 2 * np.pi, n_eval, endpoint=False)
     xe = np.stack([np.cos(gamma), np.sin(gamma)], 1)
     return Dataset("circle", x, (x[:, 0] * x[:, 1])[:, None], xe, (xe[:, 0] * xe[:, 1])[:, None],
@@ -143,12 +148,13 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Datase
 
 
 def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
-                 teacher: str = "quadratic", path: str | None = None) -> Dataset:
+                 teacher: str = "quadratic", path: str | None = None,
+                 train_inputs: str = "gaussian") -> Dataset:
     """Build a data set by name; same arguments → identical arrays."""
     if n_train < 1 or n_eval < 1:
         raise ValueError(f"n_train and n_eval must be >= 1; got {n_train}, {n_eval}")
     if name == "circle":
-        return _circle(n_train, n_eval, seed)
+        return _circle(n_train, n_eval, seed, train_inputs)
     if name == "sphere":
         return _sphere(n_train, n_eval, seed, dim, teacher)
     if name == "digits":

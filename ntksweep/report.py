@@ -53,6 +53,9 @@ def make_report(out_dir: str | Path) -> dict:
             "dist_init_over_time")
     if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
         add(analysis.fig_jacot_fig1(ckpts, out), "jacot_fig1")
+    if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
+        add(analysis.fig_jacot_fig2(ok, ckpts[ckpts.trial_id.isin(ok.trial_id)], out),
+            "jacot_fig2")
     status = trials.status.value_counts().rename_axis("status").reset_index(name="trials")
     spec_text = (out / "sweep.yaml").read_text() if (out / "sweep.yaml").exists() else ""
     parts = [

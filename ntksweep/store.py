@@ -5,6 +5,7 @@ Layout of an output dir::
     trials/width=256/depth=3/<trial_id>.parquet       one row per trial (spec, status, finals)
     checkpoints/width=256/depth=3/<trial_id>.parquet  one row per trial × checkpoint
     kernels/<trial_id>/step_<step>.npy                kept Θ_t matrices (M, M) float64
+    outputs/<trial_id>/step_<step>.npy                kept f_t on the eval set (M, k) float64
 
 One explicit, versioned schema per table (built from ``TrialSpec`` and ``RECORD_COLUMNS``),
 hive partitions typed int64, every file written under a hidden name and renamed atomically:
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 from .config import TRIAL_FIELDS
 from .trial import RECORD_COLUMNS
 
-__all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_kernel",
+__all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
            "load_results", "finished_trials", "DONE_STATUSES"]
 
 SCHEMA_VERSION = "1"
@@ -78,6 +79,7 @@ CHECKPOINTS_SCHEMA = pa.schema([
     pa.field("sweep_id", pa.string()),
     *[pa.field(c, pa.int64() if c in _INT_RECORD else pa.float64()) for c in RECORD_COLUMNS],
     pa.field("kernel_path", pa.string()),
+    pa.field("outputs_path", pa.string()),
     *_SPEC_FIELDS,
 ], metadata=_META)
 
@@ -101,9 +103,10 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_kernel(out: str | Path, trial_id: str, step: int, matrix: np.ndarray) -> str:
-    """Write Θ_t as .npy (atomically); returns its path relative to ``out``."""
-    rel = Path("kernels") / trial_id / f"step_{int(step)}.npy"
+def save_array(out: str | Path, kind: str, trial_id: str, step: int, matrix: np.ndarray) -> str:
+    """Write a kept array ('kernels': Θ_t, 'outputs': f_t) as .npy, atomically; returns its
+    path relative to ``out``."""
+    rel = Path(kind) / trial_id / f"step_{int(step)}.npy"
     path = Path(out) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
@@ -116,15 +119,17 @@ def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str
                 status: str, records: list[dict[str, Any]], attempts: int = 1,
                 error: str | None = None, device: str = "", host: str = "",
                 wall_seconds: float = float("nan"),
-                kernel_paths: dict[int, str] | None = None) -> None:
+                kernel_paths: dict[int, str] | None = None,
+                output_paths: dict[int, str] | None = None) -> None:
     """Write one trial's checkpoints file, then its trials row (the completion marker)."""
     root = Path(out)
     values = _spec_values(spec)
-    kernel_paths = kernel_paths or {}
+    kernel_paths, output_paths = kernel_paths or {}, output_paths or {}
     cols: dict[str, list] = {f.name: [] for f in CHECKPOINTS_SCHEMA}
     for rec in records:
         row = {"trial_id": trial_id, "sweep_id": sweep_id, **values,
-               "kernel_path": kernel_paths.get(int(rec["step"]))}
+               "kernel_path": kernel_paths.get(int(rec["step"])),
+               "outputs_path": output_paths.get(int(rec["step"]))}
         row.update({c: rec.get(c) for c in RECORD_COLUMNS})
         for name in cols:
             cols[name].append(row[name])

@@ -20,7 +20,8 @@ from .kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius, t
 from .models import MLP
 from .train import loss_value, train
 
-__all__ = ["TrialResult", "TrialCache", "run_trial", "resolve_device", "N_EIGS", "RECORD_COLUMNS"]
+__all__ = ["TrialResult", "TrialCache", "run_trial", "dataset_for", "resolve_device", "N_EIGS",
+           "RECORD_COLUMNS"]
 
 N_EIGS = 3
 Record = dict[str, Any]
@@ -33,13 +34,15 @@ RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init
 @dataclass(frozen=True)
 class TrialResult:
     """status: completed | diverged | failed. ``records``: one flat dict per checkpoint.
-    ``kernels``: step → Θ_t on the eval set (M, M) float64, for the kept checkpoints."""
+    ``kernels``: step → Θ_t on the eval set (M, M) float64, for the kept checkpoints;
+    ``outputs``: step → f_t on the eval set (M, k) float64, likewise."""
 
     trial_id: str
     spec: TrialSpec
     status: str
     records: list[Record]
     kernels: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    outputs: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     error: str | None = None
     device: str = "cpu"
     wall_seconds: float = 0.0
@@ -79,17 +82,25 @@ def resolve_device(device: str) -> str:
 
 
 def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
-    key = ("data", spec.dataset, spec.n_train, spec.n_eval, spec.data_seed, spec.dim,
-           spec.teacher, spec.data_path)
-    return cache.get(key, lambda: make_dataset(
-        spec.dataset, n_train=spec.n_train, n_eval=spec.n_eval, seed=spec.data_seed,
-        dim=spec.dim, teacher=spec.teacher, path=spec.data_path))
+    key = ("data", *_data_key(spec))
+    return cache.get(key, lambda: dataset_for(spec))
+
+
+def _data_key(spec: TrialSpec) -> tuple:
+    return (spec.dataset, spec.n_train, spec.n_eval, spec.data_seed, spec.dim, spec.teacher,
+            spec.data_path, spec.train_inputs)
+
+
+def dataset_for(spec: TrialSpec) -> Dataset:
+    """The trial's data set, rebuilt deterministically from its spec."""
+    return make_dataset(spec.dataset, n_train=spec.n_train, n_eval=spec.n_eval,
+                        seed=spec.data_seed, dim=spec.dim, teacher=spec.teacher,
+                        path=spec.data_path, train_inputs=spec.train_inputs)
 
 
 def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache):
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
-    key = ("limit", spec.dataset, spec.n_train, spec.n_eval, spec.data_seed, spec.dim,
-           spec.teacher, spec.data_path, spec.depth, spec.activation, spec.weight_std,
+    key = ("limit", *_data_key(spec), spec.depth, spec.activation, spec.weight_std,
            spec.bias_std, spec.parametrization,
            spec.width if spec.parametrization == "standard" else None)
     x = np.concatenate([data.x_eval, data.x_train])
@@ -109,19 +120,25 @@ def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = 
     started = time.perf_counter()
     records: list[Record] = []
     kernels: dict[int, np.ndarray] = {}
+    outputs: dict[int, np.ndarray] = {}
     timers = {"train": 0.0, "kernel": 0.0}
     device = "cpu"
     try:
         device = resolve_device(spec.device)
-        status = _run(spec, cache, device, records, kernels, timers, on_checkpoint)
+        status = _run(spec, cache, device, records, (kernels, outputs), timers, on_checkpoint)
         error = None
     except Exception:  # a trial's failure is data, not a crash of the sweep
         status, error = "failed", traceback.format_exc()
-    return TrialResult(spec.trial_id, spec, status, records, kernels, error, device,
+    return TrialResult(spec.trial_id, spec, status, records, kernels, outputs, error, device,
                        time.perf_counter() - started, timers["train"], timers["kernel"])
 
 
-def _run(spec, cache, device, records, kernels, timers, on_checkpoint) -> str:
+def _keep(policy: str, step: int, last: int) -> bool:
+    return policy == "all" or (policy == "first_last" and step in (0, last))
+
+
+def _run(spec, cache, device, records, kept, timers, on_checkpoint) -> str:
+    kernels, kept_outputs = kept
     dtype = getattr(torch, spec.dtype)
     data = _data(spec, cache)
     limit = _limits(spec, data, cache)
@@ -191,10 +208,10 @@ def _run(spec, cache, device, records, kernels, timers, on_checkpoint) -> str:
         if step == 0 and out_dim >= 2:  # the k logits are k samples of the GP Σ^(L)
             sigma0 = f_ev @ f_ev.T / out_dim
             rec["dist_nngp"] = rel_frobenius(sigma0, limit.nngp[:m, :m])
-        keep = spec.keep_kernels == "all" or (spec.keep_kernels == "first_last"
-                                              and step in (0, spec.steps))
-        if keep:
+        if _keep(spec.keep_kernels, step, spec.steps):
             kernels[step] = theta.copy()
+        if _keep(spec.keep_outputs, step, spec.steps):
+            kept_outputs[step] = f_ev.copy()
         sync()
         now = time.perf_counter()
         timers["kernel"] += now - t0

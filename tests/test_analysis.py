@@ -117,6 +117,18 @@ def test_jacot_fig1_at_cpu_scale(ray_local, tmp_path):
     check_report(result["report"]["html"], len(names))
 
 
+def test_jacot_fig2_at_cpu_scale(ray_local, tmp_path):
+    out = _run_smoke("jacot2018_fig2", tmp_path)
+    result = _analyze()(out)
+    wide = result["checks"][max(result["checks"])]
+    # the wide network's seed spread matches the infinite-width Gaussian's, and its median
+    # stays inside that Gaussian's 10–90 % band
+    assert 0.6 < wide["spread_ratio"] < 1.5, result["checks"]
+    assert wide["median_inside_inf_band"] > 0.9, result["checks"]
+    assert "jacot_fig2" in {p.stem for p in result["report"]["figures"]}
+    check_report(result["report"]["html"], len(result["report"]["figures"]))
+
+
 @pytest.mark.parametrize("name", ["quickstart", "width_depth_scaling", "digits"])
 def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
     out = _run_smoke(name, tmp_path)

@@ -143,7 +143,8 @@ def test_sqlite_default_and_sync_after_server_was_down(ray_local, tmp_path):
 
 def test_parquet_schema_round_trip_and_kernels(tmp_path):
     r = run_trial(TrialSpec(width=16, keep_kernels="first_last", **TINY))
-    paths = {s: store.save_kernel(tmp_path, r.trial_id, s, k) for s, k in r.kernels.items()}
+    paths = {s: store.save_array(tmp_path, "kernels", r.trial_id, s, k)
+             for s, k in r.kernels.items()}
     store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(),
                       status=r.status, records=r.records, kernel_paths=paths)
     for table, schema in (("trials", store.TRIALS_SCHEMA), ("checkpoints",
@@ -229,3 +230,17 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(tmp_path / "ui", ignore_errors=True)
+
+
+def test_report_is_logged_to_the_parent_run(ray_local, tmp_path):
+    spec = spec_for(tmp_path, "rep")
+    summary = run_sweep(spec, quiet=True)
+    out = subprocess.run([sys.executable, "-m", "ntksweep.cli", "report", summary.out_dir],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = MlflowClient(summary.tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    parent = [r for r in client.search_runs([exp.experiment_id])
+              if r.data.tags.get("ntksweep.role") == "sweep"][0]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "dist_inf_vs_width.png", "sweep.yaml"} <= arts

@@ -205,3 +205,26 @@ def test_spec_validation_and_identity():
     assert a.lr == 1.0 and a.trial_id == TrialSpec(width=128, lr=1.0).trial_id
     assert a.trial_id != a.replace(seed=1).trial_id
     assert a.trial_id == a.replace(device="cuda").trial_id   # same measurement elsewhere
+
+
+def test_infinite_width_output_law_matches_monte_carlo():
+    # f_0 ~ N(0, Σ) on [test; train], pushed through the Θ flow: the sample mean and
+    # variance of f_t(x) must match the closed-form Gaussian law.
+    from ntksweep.kernels.metrics import kernel_flow_gaussian
+
+    rng = np.random.default_rng(5)
+    n, m, samples = 5, 4, 40000
+    a = rng.normal(size=(n + m, 7))
+    theta = a @ a.T
+    b = rng.normal(size=(n + m, n + m))
+    sigma = b @ b.T / (n + m)
+    y = rng.normal(size=(n, 1))
+    t = 0.8
+    f0 = rng.multivariate_normal(np.zeros(n + m), sigma, size=samples).T    # (n+m, S)
+    ft = kernel_flow_prediction(theta[n:, :n], theta[:n, :n], f0[n:], f0[:n],
+                                np.repeat(y, samples, 1), t)                 # (m, S)
+    mean, var = kernel_flow_gaussian(theta[n:, :n], theta[:n, :n], np.diag(sigma)[n:],
+                                     sigma[n:, :n], sigma[:n, :n], y, t)
+    se = np.sqrt(var / samples)
+    assert np.all(np.abs(ft.mean(1) - mean[:, 0]) < 5 * se)
+    np.testing.assert_allclose(ft.var(1), var, rtol=0.05)

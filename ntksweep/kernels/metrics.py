@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "kernel_flow_prediction"]
+__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "kernel_flow_prediction",
+           "kernel_flow_gaussian"]
 
 
 def rel_frobenius(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,13 +59,47 @@ def kernel_flow_prediction(
             theta_XX.transpose(0, 2, 1, 3).reshape(n * k, n * k),
             f0_x.reshape(-1, 1), f0_X.reshape(-1, 1), y.reshape(-1, 1), t, n_train=n)
         return flat.reshape(*flat.shape[:-2], m, k)
-    lam, v = np.linalg.eigh(0.5 * (theta_XX + theta_XX.T))
-    lam = np.clip(lam, 0.0, None)
-    times = np.atleast_1d(np.asarray(t, dtype=np.float64))
-    rate = 2.0 * times[:, None] / (n_train or n)                                    # (T, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gain = np.where(lam > 1e-12 * max(lam.max(), 1e-300),
-                        -np.expm1(-rate * lam) / np.where(lam > 0, lam, 1.0), rate)  # (T, N)
+    v, gain = _flow_gain(theta_XX, np.atleast_1d(np.asarray(t, dtype=np.float64)), n_train or n)
     residual = v.T @ (y - f0_X)                                         # (N, k) in eigenbasis
     out = f0_x + np.einsum("mn,tn,nk->tmk", theta_xX @ v, gain, residual)
     return out if np.ndim(t) else out[0]
+
+
+def _flow_gain(theta_XX: np.ndarray, times: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Θ(X,X) = V Λ Vᵀ and (1 − e^{−2tλ/N})/λ for each time, (T, N), written with expm1 so
+    that it tends to 2t/N as λ → 0 (singular kernels are fine)."""
+    lam, v = np.linalg.eigh(0.5 * (theta_XX + theta_XX.T))
+    lam = np.clip(lam, 0.0, None)
+    rate = 2.0 * times[:, None] / n                                     # (T, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(lam > 1e-12 * max(lam.max(), 1e-300),
+                        -np.expm1(-rate * lam) / np.where(lam > 0, lam, 1.0), rate)
+    return v, gain
+
+
+def kernel_flow_gaussian(
+    theta_xX: np.ndarray,
+    theta_XX: np.ndarray,
+    sigma_xx: np.ndarray,
+    sigma_xX: np.ndarray,
+    sigma_XX: np.ndarray,
+    y: np.ndarray,
+    t: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The law of f_t(x) in the infinite-width limit (Jacot et al. 2018, Fig. 2): with
+    f_0 ~ GP(0, Σ) independently per output and the Θ flow of ``kernel_flow_prediction``,
+    f_t(x) = f_0(x) + A(x)(Y − f_0(X)), A(x) = Θ(x,X)Θ(X,X)⁻¹(I − e^{−(2/N)tΘ(X,X)}), so
+    f_t(x) is Gaussian with
+
+        mean  A(x) Y                                                     (M, k)
+        var   Σ(x,x) − 2 A(x) Σ(X,x) + A(x) Σ(X,X) A(x)ᵀ                 (M,), every output.
+
+    Shapes: theta_xX, sigma_xX (M, N); theta_XX, sigma_XX (N, N); sigma_xx (M,) (the
+    diagonal Σ(x, x)); y (N, k).
+    """
+    v, gain = _flow_gain(theta_XX, np.array([float(t)]), y.shape[0])
+    a = (theta_xX @ v * gain[0]) @ v.T                                  # A (M, N)
+    mean = a @ y
+    var = sigma_xx - 2 * np.einsum("mn,mn->m", a, sigma_xX) \
+        + np.einsum("mn,nl,ml->m", a, sigma_XX, a)
+    return mean, np.clip(var, 0.0, None)

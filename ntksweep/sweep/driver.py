@@ -162,16 +162,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
         actors.append(a)
         return a
 
-    def finish(state, status, error, summary=None, kernels=None):
+    def finish(state, status, error, summary=None, arrays=None):
         trial, attempt = state["trial"], state["attempt"]
-        paths = {int(step): store.save_kernel(out, trial.trial_id, step, k)
-                 for step, k in (kernels or {}).items()}
+        paths = {kind: {int(step): store.save_array(out, kind, trial.trial_id, step, a)
+                        for step, a in kept.items()} for kind, kept in (arrays or {}).items()}
         summary = summary or {}
         store.write_trial(out, trial_id=trial.trial_id, sweep_id=sid, spec=trial.to_dict(),
                           status=status, records=state["records"], attempts=attempt, error=error,
                           device=summary.get("device", ""), host=state["worker"].get("host", ""),
                           wall_seconds=summary.get("wall_seconds", float("nan")),
-                          kernel_paths=paths)
+                          kernel_paths=paths.get("kernels"), output_paths=paths.get("outputs"))
         tracker.end_trial(state["run_id"], status, {
             "device": summary.get("device"), "error": (error or "")[-4000:] or None,
             "train_seconds": summary.get("train_seconds"),
@@ -234,10 +234,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                     tracker.log_record(state["run_id"], item[1])
                     _event(on_event, "record", trial=state["trial"].trial_id, record=item[1])
                 else:  # the last item: hand the actor its next trial now, not at end-of-stream
-                    _, summary, kernels = item
+                    _, summary, arrays = item
                     running.pop(gen)
                     idle.append(state["actor"])
-                    finish(state, summary["status"], summary["error"], summary, kernels)
+                    finish(state, summary["status"], summary["error"], summary, arrays)
                     _event(on_event, "end", trial=state["trial"].trial_id,
                            status=summary["status"])
             progress.set_postfix(running=len(running), failed=counts["failed"],

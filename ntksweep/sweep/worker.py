@@ -34,7 +34,8 @@ class TrialWorker:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
     def run(self, spec_dict: dict):
-        """Stream ("record", dict) per checkpoint, then ("result", summary, kernels).
+        """Stream ("record", dict) per checkpoint, then ("result", summary, arrays) with the
+        kept {'kernels': {step: Θ_t}, 'outputs': {step: f_t}}.
 
         A CPU actor on a GPU node still sees every GPU (Ray leaves CUDA_VISIBLE_DEVICES
         unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
@@ -60,11 +61,11 @@ class TrialWorker:
         summary = {"status": result.status, "error": result.error, "device": result.device,
                    "wall_seconds": result.wall_seconds, "train_seconds": result.train_seconds,
                    "kernel_seconds": result.kernel_seconds, "n_records": len(result.records)}
-        kernels = dict(result.kernels)  # numpy: zero-copy through the object store
+        arrays = {"kernels": dict(result.kernels), "outputs": dict(result.outputs)}  # numpy
         del result
         box.clear()
         self._free()
-        yield ("result", summary, kernels)
+        yield ("result", summary, arrays)
 
     def _free(self) -> None:
         # reference counting already freed the model; a full collection (tens of ms with
