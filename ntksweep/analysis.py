@@ -240,6 +240,7 @@ def fig2_bands(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Path) -
     from .config import TRIAL_FIELDS, TrialSpec
     from .kernels import analytic_kernels
     from .kernels.metrics import kernel_flow_gaussian
+    from .store import plain_value
     from .trial import dataset_for
 
     last = ckpts[ckpts.outputs_path.notna()].sort_values("step").groupby("trial_id").tail(1)
@@ -247,7 +248,7 @@ def fig2_bands(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Path) -
     for width, g in last.groupby("width", sort=True):
         outs = np.stack([np.load(Path(out_dir) / p)[:, 0] for p in g.outputs_path])   # (S, M)
         spec_row = trials[trials.trial_id == g.trial_id.iloc[0]].iloc[0]
-        spec = TrialSpec.from_dict({k: _plain(spec_row[k]) for k in TRIAL_FIELDS
+        spec = TrialSpec.from_dict({k: plain_value(spec_row[k]) for k in TRIAL_FIELDS
                                     if k in spec_row.index and k != "checkpoint_steps"})
         data = dataset_for(spec)
         m = data.x_eval.shape[0]
@@ -288,11 +289,3 @@ def fig_jacot_fig2(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Pat
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and np.isnan(v):
-        return None
-    return v

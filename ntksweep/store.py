@@ -31,7 +31,7 @@ from .config import TRIAL_FIELDS
 from .trial import RECORD_COLUMNS
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
-           "load_results", "finished_trials", "DONE_STATUSES"]
+           "load_results", "finished_trials", "plain_value", "DONE_STATUSES"]
 
 SCHEMA_VERSION = "1"
 PARTITIONS = ("width", "depth")
@@ -173,6 +173,15 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
     trials = trials.sort_values(["width", "depth", "trial_id"], ignore_index=True)
     ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
     return trials, ckpts
+
+
+def plain_value(v):
+    """A value read back from a table as plain Python: numpy scalars unwrapped, NaN → None."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v
 
 
 def finished_trials(out: str | Path) -> dict[str, str]:

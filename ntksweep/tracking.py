@@ -240,7 +240,7 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
     """Push every trial in the Parquet store that MLflow lacks (no finished child run with
     its trial_id): one child per missing trial with its params, metric histories and status.
     Idempotent: a second call pushes nothing."""
-    from .store import load_results
+    from .store import load_results, plain_value
 
     trials, ckpts = load_results(out_dir)
     tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True)
@@ -253,12 +253,13 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
     for _, row in trials.iterrows():
         if row["trial_id"] in existing:
             continue
-        spec = {c: _plain(row[c]) for c in spec_cols}
+        spec = {c: plain_value(row[c]) for c in spec_cols}
         run_id = tracker.start_trial(row["trial_id"], int(row["attempts"]), spec,
                                      {"synced": "true"})
         for _, rec in ckpts[ckpts["trial_id"] == row["trial_id"]].iterrows():
-            tracker.log_record(run_id, {k: _plain(v) for k, v in rec.items()
-                                        if isinstance(_plain(v), (int, float))})
+            values = {k: plain_value(v) for k, v in rec.items()}
+            tracker.log_record(run_id, {k: v for k, v in values.items()
+                                        if isinstance(v, (int, float))})
         tracker.end_trial(run_id, row["status"], {"error": row["error"] or None})
         pushed += 1
     tracker.close("FINISHED", {"synced_trials": pushed})
@@ -271,14 +272,6 @@ def _spec_names() -> set[str]:
     from .config import TRIAL_FIELDS
 
     return set(TRIAL_FIELDS)
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
 
 
 def ui_command(uri: str, port: int = 5000) -> list[str]:
