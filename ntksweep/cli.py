@@ -81,19 +81,16 @@ def cmd_run(args) -> int:
 
 # --------------------------------------------------------------------------- trial
 def cmd_trial(args) -> int:
+    import yaml
+
     from .spec import parse_overrides
     from .trial import run_trial
 
-    fields = {}
-    if args.spec:
-        import yaml
-
-        fields.update(yaml.safe_load(Path(args.spec).read_text()) or {})
+    fields = (yaml.safe_load(Path(args.spec).read_text()) or {}) if args.spec else {}
     fields.update(parse_overrides(args.set or []))
-    for name in TRIAL_FIELDS:
-        value = getattr(args, name, None)
-        if value is not None:
-            fields[name] = parse_overrides([f"{name}={value}"])[name]
+    # per-field flags are parsed like --set values (YAML scalars: 1e-3, null, [1, 2])
+    fields.update({name: yaml.safe_load(getattr(args, name)) for name in TRIAL_FIELDS
+                   if getattr(args, name, None) is not None})
     spec = TrialSpec.from_dict(fields)
     print(f"trial {spec.trial_id}: width={spec.width} depth={spec.depth} "
           f"activation={spec.activation} dataset={spec.dataset} lr={spec.lr} steps={spec.steps}")

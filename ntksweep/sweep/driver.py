@@ -78,14 +78,18 @@ def prepare_output_dir(spec: SweepSpec, force: bool = False) -> Path:
     return out
 
 
+def _plan_state(status: str | None) -> str:
+    """'todo', a done status (skipped on resume), or 'rerun:<status>' (failed, killed)."""
+    if status is None:
+        return "todo"
+    return status if status in store.DONE_STATUSES else f"rerun:{status}"
+
+
 def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
     """What a run would do: every trial with its id and whether it is already done."""
-    trials = spec.trials()
     done = store.finished_trials(spec.out_dir) if spec.out_dir.exists() else {}
     rows = [{"trial_id": t.trial_id, **{k: getattr(t, k) for k in spec.axes()},
-             "state": done.get(t.trial_id, "todo") if done.get(t.trial_id) in
-             store.DONE_STATUSES else ("rerun:" + done[t.trial_id] if t.trial_id in done
-                                       else "todo")} for t in trials]
+             "state": _plan_state(done.get(t.trial_id))} for t in spec.trials()]
     return {"sweep_id": sweep_id_of(spec), "out_dir": str(spec.out_dir), "trials": rows,
             "axes": {k: list(v) for k, v in spec.axes().items()}}
 
