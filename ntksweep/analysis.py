@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from .store import load_array  # noqa: E402
+
 __all__ = ["PowerLaw", "bootstrap_ci", "seed_summary", "fit_power_law", "width_exponents",
            "depth_trend", "fig_dist_vs_width", "fig_dist_over_time", "fig_depth_width_heatmap",
            "save_figure"]
@@ -191,7 +193,7 @@ def circle_kernel_rows(ckpts: pd.DataFrame, out_dir: str | Path, step: int | str
         g = g.sort_values("step")
         pick = g.iloc[0] if step == "first" else g.iloc[-1] if step == "last" else \
             g[g.step == step].iloc[0]
-        row0 = np.load(Path(out_dir) / pick.kernel_path)[0]
+        row0 = load_array(out_dir, pick.kernel_path)[0]
         gamma = np.linspace(0, 2 * np.pi, len(row0), endpoint=False)
         gamma = np.where(gamma > np.pi, gamma - 2 * np.pi, gamma)   # Jacot plots γ ∈ (−π, π]
         rows.append(pd.DataFrame({"trial_id": tid, "width": pick.width, "depth": pick.depth,
@@ -246,7 +248,7 @@ def fig2_bands(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Path) -
     last = ckpts[ckpts.outputs_path.notna()].sort_values("step").groupby("trial_id").tail(1)
     rows = []
     for width, g in last.groupby("width", sort=True):
-        outs = np.stack([np.load(Path(out_dir) / p)[:, 0] for p in g.outputs_path])   # (S, M)
+        outs = np.stack([load_array(out_dir, p)[:, 0] for p in g.outputs_path])   # (S, M)
         spec_row = trials[trials.trial_id == g.trial_id.iloc[0]].iloc[0]
         spec = TrialSpec.from_dict({k: plain_value(spec_row[k]) for k in TRIAL_FIELDS
                                     if k in spec_row.index and k != "checkpoint_steps"})

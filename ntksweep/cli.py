@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
 
     summary = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri,
                         force=args.force, quiet=args.quiet, num_cpus=args.num_cpus)
-    out = Path(summary.out_dir)
+    out = summary.out_dir
     parts = [f"{v} {k}" for k, v in sorted(summary.counts.items())]
     parts += [f"{summary.skipped} already done"] if summary.skipped else []
     parts += [f"{summary.retried} retried"] if summary.retried else []
@@ -68,7 +68,7 @@ def cmd_run(args) -> int:
     if summary.tracking_degraded:
         print(f"MLflow tracking stopped mid-sweep ({summary.tracking_degraded}); Parquet is "
               f"complete. Push the rest later with: ntksweep sync {out}")
-    print(f"\nResults in {out}/")
+    print(f"\nResults in {out}")
     print(f"  pandas:    import ntksweep; trials, ckpts = ntksweep.load_results({str(out)!r})")
     print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
     if summary.interrupted:
@@ -108,12 +108,13 @@ def cmd_trial(args) -> int:
 
 
 # --------------------------------------------------------------------------- report
-def _report(out: Path, tracking_uri: str | None = None) -> None:
+def _report(out: str, tracking_uri: str | None = None, dest: str | None = None) -> None:
     from .report import make_report
 
-    res = make_report(out)
-    print(f"report: {res['html']} ({len(res['figures'])} figures in {out / 'report'})")
-    meta = _sweep_meta(str(out))
+    res = make_report(out, dest)
+    print(f"report: {res['html']} ({len(res['figures'])} figures in "
+          f"{Path(res['html']).parent / 'report'})")
+    meta = _sweep_meta(out)
     uri = tracking_uri or meta.get("tracking_uri")
     if uri:  # figures and page also become artifacts of the sweep's parent run
         from .tracking import Tracker
@@ -125,16 +126,18 @@ def _report(out: Path, tracking_uri: str | None = None) -> None:
 
 
 def cmd_report(args) -> int:
-    _report(Path(args.out), args.tracking_uri)
+    _report(args.out, args.tracking_uri, args.html_dir)
     return 0
 
 
 # --------------------------------------------------------------------------- ui / sync
 def _sweep_meta(out: str) -> dict:
-    marker = Path(out) / "sweep.json"
-    if not marker.exists():
+    from .store import read_text
+
+    marker = read_text(out, "sweep.json")
+    if marker is None:
         raise SpecError(f"{out!r} is not an ntksweep output dir (no sweep.json)")
-    return json.loads(marker.read_text())
+    return json.loads(marker)
 
 
 def cmd_ui(args) -> int:
@@ -155,8 +158,9 @@ def cmd_sync(args) -> int:
 
     meta = _sweep_meta(args.out)
     uri = args.tracking_uri or meta["tracking_uri"]
-    spec_yaml = (Path(args.out) / "sweep.yaml").read_text() if (Path(args.out) / "sweep.yaml") \
-        .exists() else ""
+    from .store import read_text
+
+    spec_yaml = read_text(args.out, "sweep.yaml") or ""
     res = sync_from_store(args.out, uri, meta["name"], meta["sweep_id"], spec_yaml)
     print(f"synced {args.out} → {uri}: {res['pushed']} trials pushed, "
           f"{res['already_there']} already there")
@@ -177,8 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "quick-start sweep.")
     r.add_argument("spec", nargs="?", help=f"sweep spec YAML (default: {DEFAULT_SPEC})")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a base field or top-level key, e.g. --set steps=50")
-    r.add_argument("--out", help="output dir (default: the spec's output_dir)")
+                   help="override a base field, a top-level key, a grid axis or a resource, "
+                   "e.g. --set steps=50 --set grid.width=[4096,8192] "
+                   "--set resources.gpus_per_trial=1")
+    r.add_argument("--out", help="output dir: a path, a shared mount or s3://bucket/prefix "
+                   "(default: the spec's output_dir)")
     r.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); "
                    "default: start a local Ray")
     r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -212,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="figures, fitted exponents and an HTML report of a sweep",
                         description="Read a sweep's Parquet and write OUT/report.html and "
-                        "OUT/report/*.png|svg; also log them to the sweep's MLflow parent run.")
-    rp.add_argument("out", help="the sweep's output dir")
+                        "OUT/report/*.png|svg (for an s3:// OUT: ./<name>-report/); also log "
+                        "them to the sweep's MLflow parent run.")
+    rp.add_argument("out", help="the sweep's output dir (a path or s3://bucket/prefix)")
+    rp.add_argument("--html-dir", help="write the page and figures here instead")
     rp.add_argument("--tracking-uri", help="default: the URI the sweep was run with")
     rp.set_defaults(func=cmd_report)
 

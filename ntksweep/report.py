@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis
-from .store import load_results
+from .store import is_uri, load_results, read_text
 
-__all__ = ["make_report"]
+__all__ = ["make_report", "default_report_dir"]
 
 
 def _img(path: Path) -> str:
@@ -20,14 +20,22 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def make_report(out_dir: str | Path) -> dict:
-    """Write figures to OUT/report/ and OUT/report.html; returns {'html': path, 'figures': [...],
-    'exponents': DataFrame}."""
-    out = Path(out_dir)
+def default_report_dir(out_dir: str | Path) -> Path:
+    """OUT itself for a local sweep; for an object-store sweep a local ./<name>-report."""
+    if not is_uri(out_dir):
+        return Path(out_dir)
+    return Path(str(out_dir).split("?")[0].rstrip("/").rsplit("/", 1)[-1] + "-report")
+
+
+def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
+    """Write figures to DEST/report/ and DEST/report.html (DEST: see ``default_report_dir``);
+    returns {'html': path, 'figures': [...], 'exponents': DataFrame}."""
+    out = out_dir
     trials, ckpts = load_results(out)
     if trials.empty:
         raise ValueError(f"{out} has no finished trials to report on")
-    figdir = out / "report"
+    dest = Path(dest) if dest is not None else default_report_dir(out)
+    figdir = dest / "report"
     figures: list[Path] = []
     ok = trials[trials.status.isin(["completed", "diverged"])]
 
@@ -57,14 +65,15 @@ def make_report(out_dir: str | Path) -> dict:
         add(analysis.fig_jacot_fig2(ok, ckpts[ckpts.trial_id.isin(ok.trial_id)], out),
             "jacot_fig2")
     status = trials.status.value_counts().rename_axis("status").reset_index(name="trials")
-    spec_text = (out / "sweep.yaml").read_text() if (out / "sweep.yaml").exists() else ""
+    spec_text = read_text(out, "sweep.yaml") or ""
+    title = html.escape(Path(str(out).split("?")[0]).name)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>ntksweep report: {html.escape(out.name)}</title>",
+        f"<title>ntksweep report: {title}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "img{max-width:100%} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
         "padding:2px 6px;font-size:13px}</style></head><body>",
-        f"<h1>ntksweep report: {html.escape(out.name)}</h1>",
+        f"<h1>ntksweep report: {title}</h1>",
         "<h2>Trials</h2>", status.to_html(index=False),
     ]
     for title, table in tables:
@@ -73,6 +82,7 @@ def make_report(out_dir: str | Path) -> dict:
     parts += [f"<figure>{_img(p)}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
               for p in figures]
     parts += ["<h2>Sweep spec</h2>", f"<pre>{html.escape(spec_text)}</pre>", "</body></html>"]
-    page = out / "report.html"
+    dest.mkdir(parents=True, exist_ok=True)
+    page = dest / "report.html"
     page.write_text("\n".join(parts))
     return {"html": page, "figures": figures, "exponents": exps}

@@ -6,7 +6,8 @@
     grid: {width: [64, 256, 1024], seed: [0, 1, 2]}   # Cartesian product
     zip:                                              # axes that vary together
       - {lr: [1.0, 0.5], steps: [100, 200]}
-    resources: {gpus_per_trial: auto, cpus_per_trial: 1, max_workers: null}
+    resources: {gpus_per_trial: auto, cpus_per_trial: 1, max_workers: null}  # null: fill the
+                                     # cluster as it is; N: request N actors (autoscaling)
     retries: 2                       # re-runs of a trial whose worker process died
     tracking_uri: null               # MLflow; default: SQLite inside output_dir
     smoke: {base: {steps: 3}, grid: {width: [8, 16]}}   # tiny CPU version (--smoke)
@@ -54,8 +55,9 @@ class SweepSpec:
     source: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def out_dir(self) -> Path:
-        return Path(self.output_dir or Path("ntksweep-out") / self.name)
+    def out_dir(self) -> str:
+        """A local path or an object-store URI (``s3://bucket/prefix``): kept as a string."""
+        return self.output_dir or str(Path("ntksweep-out") / self.name)
 
     def axes(self) -> dict[str, tuple]:
         axes = dict(self.grid)
@@ -132,7 +134,7 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
             else:
                 raw[key] = value
         raw["output_dir"] = str(raw.get("output_dir") or Path("ntksweep-out") / str(
-            raw.get("name", "sweep"))) + "-smoke"
+            raw.get("name", "sweep"))).rstrip("/") + "-smoke"
     raw.pop("smoke", None)
 
     def err(msg: str, *path: str) -> SpecError:
@@ -146,7 +148,12 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
             raise err(f"unknown key {key!r}{hint}", key)
     base = dict(raw.get("base") or {})
     for key, value in (overrides or {}).items():
-        if key in TOP_LEVEL and key not in ("base", "grid", "zip", "resources"):
+        section, _, sub = key.partition(".")
+        if section in ("resources", "grid") and sub:  # --set resources.max_workers=8
+            raw[section] = {**(raw.get(section) or {}), sub: value}
+        elif key == "resources" and isinstance(value, dict):
+            raw[key] = {**(raw.get(key) or {}), **value}
+        elif key in TOP_LEVEL and key not in ("base", "grid", "zip", "resources"):
             raw[key] = value
         elif key in TRIAL_FIELDS:
             base[key] = value

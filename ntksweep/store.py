@@ -1,6 +1,7 @@
 """The Parquet store: the only pyarrow code (DESIGN.md).
 
-Layout of an output dir::
+An output dir is a local path, a shared mount, or an object-store URI (``s3://bucket/prefix``
+through pyarrow's filesystems; any other fsspec scheme through fsspec). Layout::
 
     trials/width=256/depth=3/<trial_id>.parquet       one row per trial (spec, status, finals)
     checkpoints/width=256/depth=3/<trial_id>.parquet  one row per trial × checkpoint
@@ -10,14 +11,18 @@ Layout of an output dir::
 One explicit, versioned schema per table (built from ``TrialSpec`` and ``RECORD_COLUMNS``),
 hive partitions typed int64, every file written under a hidden name and renamed atomically:
 readers never see half a file, and rewriting a trial replaces it (never duplicates it).
-The checkpoints file is written before the trials file, so a trials row means complete.
+On an object store there is no rename, but none is needed: a PUT (or a completed multipart
+upload) is atomic — readers see the whole object or nothing. The checkpoints file is written
+before the trials file, so a trials row means complete.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
-import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +30,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import TRIAL_FIELDS
 from .trial import RECORD_COLUMNS
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
-           "load_results", "finished_trials", "plain_value", "DONE_STATUSES"]
+           "load_array", "load_results", "finished_trials", "plain_value", "DONE_STATUSES",
+           "is_uri", "join", "check_writable", "write_text", "read_text"]
 
 SCHEMA_VERSION = "1"
 PARTITIONS = ("width", "depth")
@@ -92,27 +99,128 @@ def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _partition_dir(root: Path, table: str, spec: dict[str, Any]) -> Path:
-    return root / table / f"width={int(spec['width'])}" / f"depth={int(spec['depth'])}"
+# -- where an output dir lives --------------------------------------------------------------
+def is_uri(out: str | Path) -> bool:
+    """``s3://…``-style output dirs (object stores); everything else is a local path."""
+    return "://" in str(out)
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def join(out: str | Path, *parts: str) -> str:
+    """``out/part/…`` for a local path or a URI (``Path`` would fold ``s3://`` to ``s3:/``)."""
+    return "/".join([str(out).rstrip("/"), *parts]) if is_uri(out) else str(Path(out, *parts))
+
+
+@dataclass(frozen=True)
+class _Location:
+    fs: pafs.FileSystem
+    root: str      # the output dir inside ``fs``
+    local: bool    # rename is atomic here (and only here)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def make_dirs(self, path: str) -> None:
+        # object stores have no directories: their "markers" would only be extra objects
+        if self.fs.type_name not in ("s3", "gcs"):
+            self.fs.create_dir(path, recursive=True)
+
+
+def _locate(out: str | Path) -> _Location:
+    if not is_uri(out):
+        return _Location(pafs.LocalFileSystem(), str(Path(out).resolve()), True)
+    return _locate_uri(str(out))
+
+
+@functools.lru_cache(maxsize=16)
+def _locate_uri(uri: str) -> _Location:
+    # s3:// credentials and endpoint come from the usual AWS settings (AWS_ENDPOINT_URL for
+    # MinIO/moto, AWS_PROFILE, …) or from query options: s3://b/p?endpoint_override=host:9000
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as arrow_error:
+        try:  # a scheme pyarrow does not build in (memory://, gcs via gcsfs, …): fsspec's
+            import fsspec
+
+            spec_fs, root = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as e:
+            raise ValueError(f"output dir {uri!r}: no filesystem handles this URI ({arrow_error};"
+                             f" fsspec: {e}); use a local path or s3://bucket/prefix") from None
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(spec_fs))
+    return _Location(fs, root.rstrip("/"), isinstance(fs, pafs.LocalFileSystem))
+
+
+def _write_atomic(loc: _Location, rel: str, write) -> None:
+    """Call ``write(path)`` so that readers of ``rel`` never see a partial file."""
+    dest = loc.path(rel)
+    parent, name = dest.rsplit("/", 1)
+    loc.make_dirs(parent)
+    if not loc.local:
+        write(dest)  # an object PUT is atomic
+        return
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"  # hidden: dataset readers skip it
+    write(tmp)
+    loc.fs.move(tmp, dest)
+
+
+def _write_bytes(loc: _Location, rel: str, data: bytes) -> None:
+    def write(path):
+        with loc.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    _write_atomic(loc, rel, write)
+
+
+def _atomic_write(table: pa.Table, loc: _Location, rel: str) -> None:
+    _write_atomic(loc, rel, lambda path: pq.write_table(table, path, filesystem=loc.fs))
+
+
+def write_text(out: str | Path, name: str, text: str) -> None:
+    """A small text file (sweep.yaml, sweep.json) in the output dir, atomically."""
+    _write_bytes(_locate(out), name, text.encode())
+
+
+def read_text(out: str | Path, name: str) -> str | None:
+    """A text file of the output dir, or None if it does not exist."""
+    loc = _locate(out)
+    try:
+        with loc.fs.open_input_stream(loc.path(name)) as f:
+            return f.read().decode()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def check_writable(out: str | Path) -> None:
+    """Create the output dir and prove we can write to it (and delete) before any trial runs."""
+    try:
+        loc = _locate(out)
+        loc.make_dirs(loc.root)
+        probe = loc.path(f".probe-{uuid.uuid4().hex}")
+        with loc.fs.open_output_stream(probe) as f:
+            f.write(b"")
+        loc.fs.delete_file(probe)
+    except OSError as e:
+        raise ValueError(f"output dir {str(out)!r} is not writable ({e}); choose another with "
+                         "output_dir: or --out (for s3:// check the bucket exists and the AWS "
+                         "credentials/AWS_ENDPOINT_URL)") from None
 
 
 def save_array(out: str | Path, kind: str, trial_id: str, step: int, matrix: np.ndarray) -> str:
     """Write a kept array ('kernels': Θ_t, 'outputs': f_t) as .npy, atomically; returns its
     path relative to ``out``."""
-    rel = Path(kind) / trial_id / f"step_{int(step)}.npy"
-    path = Path(out) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
-    np.save(tmp, np.asarray(matrix))
-    os.replace(tmp, path)
-    return str(rel)
+    rel = f"{kind}/{trial_id}/step_{int(step)}.npy"
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(matrix))
+    _write_bytes(_locate(out), rel, buf.getvalue())
+    return rel
+
+
+def load_array(out: str | Path, rel: str) -> np.ndarray:
+    """A kept array by the relative path stored in a checkpoint row."""
+    loc = _locate(out)
+    if loc.local:
+        return np.load(loc.path(rel))
+    with loc.fs.open_input_stream(loc.path(rel)) as f:
+        return np.load(io.BytesIO(f.read()))
 
 
 def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str, Any],
@@ -122,7 +230,7 @@ def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str
                 kernel_paths: dict[int, str] | None = None,
                 output_paths: dict[int, str] | None = None) -> None:
     """Write one trial's checkpoints file, then its trials row (the completion marker)."""
-    root = Path(out)
+    loc = _locate(out)
     values = _spec_values(spec)
     kernel_paths, output_paths = kernel_paths or {}, output_paths or {}
     cols: dict[str, list] = {f.name: [] for f in CHECKPOINTS_SCHEMA}
@@ -133,8 +241,8 @@ def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str
         row.update({c: rec.get(c) for c in RECORD_COLUMNS})
         for name in cols:
             cols[name].append(row[name])
-    _atomic_write(pa.table(cols, schema=CHECKPOINTS_SCHEMA),
-                  _partition_dir(root, "checkpoints", spec) / f"{trial_id}.parquet")
+    _atomic_write(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
+                  _partition_file("checkpoints", spec, trial_id))
     final = records[-1] if records else {}
     first = records[0] if records else {}
     row = {"trial_id": trial_id, "sweep_id": sweep_id, "status": status, "attempts": attempts,
@@ -144,16 +252,20 @@ def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str
            "init_dist_nngp": first.get("dist_nngp"), **values}
     row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
-    _atomic_write(table, _partition_dir(root, "trials", spec) / f"{trial_id}.parquet")
+    _atomic_write(table, loc, _partition_file("trials", spec, trial_id))
 
 
-def _read(root: Path, table: str, schema: pa.Schema, filters) -> pd.DataFrame:
+def _partition_file(table: str, spec: dict[str, Any], trial_id: str) -> str:
+    return f"{table}/width={int(spec['width'])}/depth={int(spec['depth'])}/{trial_id}.parquet"
+
+
+def _read(loc: _Location, table: str, schema: pa.Schema, filters) -> pd.DataFrame:
     full = schema.append(pa.field("width", pa.int64())).append(pa.field("depth", pa.int64()))
-    path = root / table
-    if not path.is_dir():
+    path = loc.path(table)
+    if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
         return full.empty_table().to_pandas()
-    dataset = ds.dataset(path, format="parquet", partitioning=_PARTITIONING, schema=full,
-                         exclude_invalid_files=False, ignore_prefixes=[".", "_"])
+    dataset = ds.dataset(path, filesystem=loc.fs, format="parquet", partitioning=_PARTITIONING,
+                         schema=full, exclude_invalid_files=False, ignore_prefixes=[".", "_"])
     expr = None
     for key, value in (filters or {}).items():
         values = value if isinstance(value, (list, tuple, set)) else [value]
@@ -167,9 +279,9 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
     """(trials, checkpoints) DataFrames of an output dir, optionally filtered, e.g.
     ``filters={"width": [256, 1024], "depth": 3}`` (partition filters read only the
     matching files). Sorted by width, depth, seed (and step)."""
-    root = Path(out)
-    trials = _read(root, "trials", TRIALS_SCHEMA, filters)
-    ckpts = _read(root, "checkpoints", CHECKPOINTS_SCHEMA, filters)
+    loc = _locate(out)
+    trials = _read(loc, "trials", TRIALS_SCHEMA, filters)
+    ckpts = _read(loc, "checkpoints", CHECKPOINTS_SCHEMA, filters)
     trials = trials.sort_values(["width", "depth", "trial_id"], ignore_index=True)
     ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
     return trials, ckpts
@@ -186,6 +298,6 @@ def plain_value(v):
 
 def finished_trials(out: str | Path) -> dict[str, str]:
     """trial_id → status of every trial with a trials row (what resume consults)."""
-    trials = _read(Path(out), "trials", TRIALS_SCHEMA, None)
+    trials = _read(_locate(out), "trials", TRIALS_SCHEMA, None)
     return dict(zip(trials["trial_id"], trials["status"]))
 

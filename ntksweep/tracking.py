@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import queue
 import socket
 import subprocess
@@ -87,6 +88,8 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
                  *, required: bool = False):
         self.uri, self.sweep_id = uri, sweep_id
+        # MLflow prints a "View run" line per finished run on a server: 10^4 lines per sweep
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.degraded: str | None = None
         self.client = MlflowClient(tracking_uri=uri)
         self.parent_id = None

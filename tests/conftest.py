@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from servers import MlflowServer, MotoS3
 
 # Local test clusters: Ray 2.60's token auth is for shared clusters (shared/NOTES.md).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -39,3 +40,26 @@ def _stop_ray_at_exit():
     import ray
 
     ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` process on localhost (SQLite backend in tmp_path)."""
+    server = MlflowServer(tmp_path / "mlflow-server").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3-compatible server (moto) with one bucket; this process's AWS settings point
+    at it, as a user's would at MinIO."""
+    from ntksweep import store
+
+    server = MotoS3().start()
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    store._locate_uri.cache_clear()  # filesystems built for another endpoint
+    yield server
+    store._locate_uri.cache_clear()
+    server.stop()

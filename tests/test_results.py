@@ -3,7 +3,6 @@ Parquet store's schema, atomicity, resume and filters, and refusals before any t
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
+from servers import MlflowServer, free_port
 
 import ntksweep
 from ntksweep import store
@@ -25,50 +25,6 @@ from ntksweep.trial import RECORD_COLUMNS, run_trial
 
 TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
         "checkpoints": 3, "device": "cpu"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` process with a SQLite backend, started and stopped here."""
-
-    def __init__(self, root: Path, port: int):
-        self.root, self.port = root, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc = None
-
-    def start(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-             str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-             "--default-artifact-root", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
-                return self
-            except OSError:
-                assert self.proc.poll() is None, "mlflow server exited"
-                time.sleep(0.5)
-        raise TimeoutError("mlflow server did not start")
-
-    def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server = MlflowServer(tmp_path / "mlflow-server", free_port()).start()
-    yield server
-    server.stop()
 
 
 def spec_for(tmp_path, name="r", **top):

@@ -112,8 +112,13 @@ def test_two_node_cluster_runs_trials_on_both_nodes(ray_fresh, tmp_path):
     try:
         nodes = set()
         spec = sweep(tmp_path, grid={"width": [8, 16, 32], "seed": [0, 1]})
-        summary = run_sweep(spec, quiet=True, on_event=lambda k, d: k == "start" and nodes.add(
-            d["worker"]["node_id"]))
+        # the single-machine SQLite default is refused on 2 nodes, before anything is written
+        with pytest.raises(ValueError, match="2 nodes.*--tracking-uri"):
+            run_sweep(spec, quiet=True)
+        assert not Path(spec.out_dir).exists()
+        summary = run_sweep(spec, quiet=True, tracking_uri=f"sqlite:///{tmp_path}/explicit.db",
+                            on_event=lambda k, d: k == "start" and nodes.add(
+                                d["worker"]["node_id"]))
     finally:
         ray.shutdown()
         cluster.shutdown()

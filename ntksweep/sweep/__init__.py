@@ -1,7 +1,7 @@
 """Everything that talks to Ray lives in this package (DESIGN.md: one adapter per system)."""
 
-from .driver import SweepSummary, plan_sweep, prepare_output_dir, run_sweep, sweep_id_of
+from .driver import SweepSummary, check_output_dir, plan_sweep, run_sweep, sweep_id_of
 from .shard import RayTileExecutor
 
-__all__ = ["RayTileExecutor", "SweepSummary", "plan_sweep", "prepare_output_dir", "run_sweep",
+__all__ = ["RayTileExecutor", "SweepSummary", "plan_sweep", "check_output_dir", "run_sweep",
            "sweep_id_of"]

@@ -18,7 +18,6 @@ import signal
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -30,7 +29,8 @@ from ..spec import SweepSpec
 from ..tracking import Tracker, check_tracking_uri, default_tracking_uri
 from .worker import TrialWorker
 
-__all__ = ["SweepSummary", "run_sweep", "plan_sweep", "sweep_id_of", "prepare_output_dir"]
+__all__ = ["SweepSummary", "run_sweep", "plan_sweep", "sweep_id_of", "check_output_dir",
+           "default_tracking_for", "check_single_node_tracking"]
 
 
 @dataclass(frozen=True)
@@ -55,27 +55,42 @@ def sweep_id_of(spec: SweepSpec) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def prepare_output_dir(spec: SweepSpec, force: bool = False) -> Path:
-    """Create/validate the output dir before any trial starts; refuse a dir that holds a
-    different sweep unless ``force``."""
+def check_output_dir(spec: SweepSpec, force: bool = False) -> str:
+    """Refuse an output dir (a path or an ``s3://`` URI) that holds a different sweep unless
+    ``force``; reads only."""
     out = spec.out_dir
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"output dir {str(out)!r} is not writable ({e.strerror}); choose "
-                         "another with output_dir: or --out") from None
-    marker = out / "sweep.json"
+    held = store.read_text(out, "sweep.json")
     sid = sweep_id_of(spec)
-    if marker.exists() and not force:
-        held = json.loads(marker.read_text())
+    if held is not None and not force:
+        held = json.loads(held)
         if held.get("sweep_id") != sid:
-            raise ValueError(f"output dir {str(out)!r} holds a different sweep "
+            raise ValueError(f"output dir {out!r} holds a different sweep "
                              f"({held.get('name')!r}, id {held.get('sweep_id')}); use another "
                              "output dir, or --force to add to it anyway")
     return out
+
+
+def default_tracking_for(out: str) -> str:
+    """The embedded default: SQLite inside a local output dir. An object store cannot hold a
+    SQLite database, so there a tracking server must be named."""
+    if store.is_uri(out) and not out.startswith("file://"):
+        raise ValueError(f"output dir {out!r} is in an object store, where the default SQLite "
+                         "MLflow store cannot live: start `mlflow server` and pass "
+                         "--tracking-uri http://HOST:5000 (or tracking_uri: in the spec, or "
+                         "MLFLOW_TRACKING_URI)")
+    return default_tracking_uri(out.removeprefix("file://"))
+
+
+def check_single_node_tracking(uri: str, explicit: bool) -> None:
+    """The SQLite default is for one machine: a multi-node sweep needs a tracking server that
+    every user and node can reach (and that outlives the head node's disk)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1 and not explicit and uri.startswith("sqlite:"):
+        raise ValueError(f"this Ray cluster has {len(alive)} nodes, but MLflow would use the "
+                         f"single-machine SQLite default ({uri}); start `mlflow server` "
+                         "(cluster/README.md) and pass --tracking-uri http://HOST:5000, or set "
+                         "tracking_uri: in the spec (an explicit sqlite:/// URI is accepted "
+                         "if you want the file on the driver's node)")
 
 
 def _plan_state(status: str | None) -> str:
@@ -87,28 +102,34 @@ def _plan_state(status: str | None) -> str:
 
 def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
     """What a run would do: every trial with its id and whether it is already done."""
-    done = store.finished_trials(spec.out_dir) if spec.out_dir.exists() else {}
+    done = store.finished_trials(spec.out_dir)
     rows = [{"trial_id": t.trial_id, **{k: getattr(t, k) for k in spec.axes()},
              "state": _plan_state(done.get(t.trial_id))} for t in spec.trials()]
-    return {"sweep_id": sweep_id_of(spec), "out_dir": str(spec.out_dir), "trials": rows,
+    return {"sweep_id": sweep_id_of(spec), "out_dir": spec.out_dir, "trials": rows,
             "axes": {k: list(v) for k, v in spec.axes().items()}}
 
 
 def _worker_shape(spec: SweepSpec, n_trials: int) -> tuple[int, float, float]:
+    """How many actors, with how many GPUs/CPUs each. ``max_workers`` given: that many are
+    requested (on an autoscaling cluster the ones that do not fit yet wait for new nodes);
+    otherwise as many as the cluster holds now."""
     res = ray.cluster_resources()
     gpus = spec.resources.gpus_per_trial
     if gpus == "auto":
         gpus = 1.0 if res.get("GPU", 0) >= 1 else 0.0
     cpus = spec.resources.cpus_per_trial
+    cap = spec.resources.max_workers
+    if cap:
+        return min(cap, n_trials), float(gpus), float(cpus)
     if gpus > 0:
         n = int(res.get("GPU", 0) // gpus)
         if n < 1:
             raise ValueError(f"resources.gpus_per_trial={gpus} but the Ray cluster has "
-                             f"{res.get('GPU', 0)} GPUs; set gpus_per_trial: 0 for CPU workers")
+                             f"{res.get('GPU', 0)} GPUs; set gpus_per_trial: 0 for CPU workers, "
+                             "or max_workers: N to wait for an autoscaler to add GPU nodes")
     else:
         n = int(res.get("CPU", 1) // cpus)
-    n = max(1, min(n, n_trials, spec.resources.max_workers or n))
-    return n, float(gpus), float(cpus)
+    return max(1, min(n, n_trials)), float(gpus), float(cpus)
 
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str | None = None,
@@ -116,35 +137,42 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
               on_event=None) -> SweepSummary:
     """Run every trial of ``spec`` not already done in its output dir; see the module doc."""
     started = time.perf_counter()
-    uri = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") \
-        or default_tracking_uri(spec.out_dir)
+    explicit = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = explicit or default_tracking_for(spec.out_dir)
     check_tracking_uri(uri)
-    out = prepare_output_dir(spec, force)
+    out = check_output_dir(spec, force)
     sid = sweep_id_of(spec)
     trials = spec.trials()
     done = store.finished_trials(out)
     todo = deque((t, 1) for t in trials if done.get(t.trial_id) not in store.DONE_STATUSES)
     skipped = len(trials) - len(todo)
-    sweep_yaml = yaml.safe_dump(spec.source, sort_keys=False)
-    (out / "sweep.yaml").write_text(sweep_yaml)
-    (out / "sweep.json").write_text(json.dumps({"sweep_id": sid, "name": spec.name,
-                                                "tracking_uri": uri}, indent=1))
-    tracker = Tracker(uri, spec.name, sid, sweep_yaml)
-
-    if not todo:  # everything already done: no Ray, nothing to schedule
-        tracker.close("FINISHED")
-        return SweepSummary(sid, str(out), len(trials), skipped, {}, 0,
-                            time.perf_counter() - started, False, uri, tracker.degraded)
     started_ray = False
-    if not ray.is_initialized():
+    if todo and not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else num_cpus,
                  include_dashboard=False, log_to_driver=not quiet)
         started_ray = True
+    try:
+        if todo:
+            check_single_node_tracking(uri, bool(explicit))
+            n_workers, gpus, cpus = _worker_shape(spec, len(todo))
+        store.check_writable(out)
+        sweep_yaml = yaml.safe_dump(spec.source, sort_keys=False)
+        store.write_text(out, "sweep.yaml", sweep_yaml)
+        store.write_text(out, "sweep.json", json.dumps({"sweep_id": sid, "name": spec.name,
+                                                        "tracking_uri": uri}, indent=1))
+        tracker = Tracker(uri, spec.name, sid, sweep_yaml)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    if not todo:  # everything already done: no Ray, nothing to schedule
+        tracker.close("FINISHED")
+        return SweepSummary(sid, out, len(trials), skipped, {}, 0,
+                            time.perf_counter() - started, False, uri, tracker.degraded)
     counts: Counter = Counter()
     retried = 0
     interrupted = False
     workers: list[dict] = []
-    n_workers, gpus, cpus = _worker_shape(spec, max(len(todo), 1))
     actors: list = []
     running: dict = {}  # generator → state
     progress = _progress(len(todo), quiet)
@@ -158,13 +186,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    start_failures: list = []
+    starting: dict = {}  # describe() ref → actor: an actor takes trials once it is up
+    infos: dict = {}
+
     def new_actor():
         threads = str(max(1, int(cpus)))  # BLAS/OpenMP pools sized to the actor's CPU share
         env = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus,
                                 runtime_env={"env_vars": env}).remote(int(cpus))
         actors.append(a)
-        return a
+        starting[a.describe.remote()] = a
 
     def finish(state, status, error, summary=None, arrays=None):
         trial, attempt = state["trial"], state["attempt"]
@@ -194,16 +226,28 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     try:
         idle = []
         for _ in range(n_workers):
-            a = new_actor()
-            idle.append(a)
-        infos = dict(zip(idle, ray.get([a.describe.remote() for a in idle])))
-        workers = list(infos.values())
+            new_actor()
         while (todo or running) and not stop_requested:
             while todo and idle:
                 a = idle.pop()
                 launch(a, infos[a])
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            for gen in ready:
+            ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref in starting:  # an actor came up (on a node that may be new)
+                    actor = starting.pop(ref)
+                    try:
+                        infos[actor] = ray.get(ref)
+                    except (RayActorError, ActorDiedError) as e:
+                        start_failures.append(e)  # its node went away, or it cannot start
+                        if len(start_failures) > 2 * n_workers + spec.retries:
+                            raise RuntimeError(f"trial workers keep failing to start; last: "
+                                               f"{e}") from None
+                        new_actor()
+                        continue
+                    workers.append(infos[actor])
+                    idle.append(actor)
+                    continue
+                gen = ref
                 state = running[gen]
                 try:
                     item = ray.get(next(gen))
@@ -216,10 +260,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                     actor = state["actor"]
                     tracker.end_trial(state["run_id"], "failed", {"error": f"worker died: {e}"})
                     _kill(actor)
-                    replacement = new_actor()
-                    infos[replacement] = ray.get(replacement.describe.remote())
-                    workers.append(infos[replacement])
-                    idle.append(replacement)
+                    new_actor()
                     if state["attempt"] <= spec.retries:
                         retried += 1
                         todo.appendleft((state["trial"], state["attempt"] + 1))
@@ -263,7 +304,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                        "diverged": counts["diverged"]})
         if started_ray:
             ray.shutdown()
-    return SweepSummary(sid, str(out), len(trials), skipped, dict(counts), retried,
+    return SweepSummary(sid, out, len(trials), skipped, dict(counts), retried,
                         time.perf_counter() - started, interrupted, uri, tracker.degraded, workers)
 
 

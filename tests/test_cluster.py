@@ -1,0 +1,291 @@
+"""Clusters: a 2-node Ray of `ray start` processes with token auth, a real `mlflow server`,
+the sweep submitted with `ray job submit`; an S3-compatible server (moto) as the output dir;
+fsspec-only schemes; and the deployment files under cluster/, checked by their tools' rules."""
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from servers import RayNodes
+
+import ntksweep
+from ntksweep import store
+from ntksweep.spec import load_sweep_spec
+from ntksweep.sweep import run_sweep
+
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
+        "checkpoints": 3, "device": "cpu"}
+
+
+def tiny_spec(name, out, grid=None, **base):
+    return {"name": name, "output_dir": str(out), "base": {**TINY, **base},
+            "grid": grid or {"width": [8, 16], "seed": [0, 1]},
+            "resources": {"cpus_per_trial": 1}}
+
+
+# ---------------------------------------------------------------- cluster in a box
+@pytest.mark.slow
+def test_cluster_in_a_box_ray_job_submit(tmp_path, mlflow_server):
+    """Head and worker as separate `ray start` processes (token auth on), a real MLflow
+    server, and the sweep submitted as a Ray job: trials on both nodes, each exactly once in
+    MLflow and in Parquet."""
+    raw = tiny_spec("box", tmp_path / "out", grid={"width": [8, 16, 32], "seed": [0, 1]})
+    spec_file = tmp_path / "box.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    expected = sorted(t.trial_id for t in load_sweep_spec(raw).trials())
+    nodes = RayNodes(cpus_per_node=1).start(n_workers=1)
+    try:
+        entry = (f"{shlex.quote(sys.executable)} -m ntksweep.cli run {spec_file} "
+                 f"--address auto --tracking-uri {mlflow_server.uri} --quiet")
+        job = subprocess.run(["ray", "job", "submit", "--address", nodes.dashboard,
+                              "--submission-id", "ntksweep-box", "--", *shlex.split(entry)],
+                             env=nodes.env, capture_output=True, text=True, timeout=400)
+        assert job.returncode == 0 and "succeeded" in job.stdout, \
+            job.stdout[-3000:] + job.stderr[-3000:] + nodes.logs()
+    finally:
+        nodes.stop()
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("box")
+    children = client.search_runs([exp.experiment_id], "tags.`ntksweep.role` = 'trial'")
+    assert sorted(r.data.tags["trial_id"] for r in children) == expected
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert len({r.data.tags["node_id"] for r in children}) == 2      # both nodes ran trials
+    history = client.get_metric_history(children[0].info.run_id, "dist_inf")
+    assert len(history) == 3
+    trials, ckpts = ntksweep.load_results(tmp_path / "out")
+    assert sorted(trials.trial_id) == expected and set(trials.status) == {"completed"}
+    assert len(ckpts) == 3 * len(expected) and not ckpts.duplicated(["trial_id", "step"]).any()
+
+
+# ---------------------------------------------------------------- object storage
+def test_sweep_to_s3_resumes_there_and_reads_back(ray_local, s3, tmp_path):
+    out = f"s3://{s3.bucket}/sweeps/tiny"
+    raw = tiny_spec("s3tiny", out, keep_kernels="first_last")
+    spec = load_sweep_spec(raw)
+    # SQLite cannot live in a bucket: the default is refused before anything is written
+    with pytest.raises(ValueError, match="object store.*--tracking-uri"):
+        run_sweep(spec, quiet=True)
+    assert s3.keys() == []
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = run_sweep(spec, tracking_uri=uri, quiet=True)
+    assert first.counts == {"completed": 4}
+    keys = s3.keys("sweeps/tiny/")
+    rows = [k for k in keys if k.startswith("sweeps/tiny/trials/width=")]
+    assert len(rows) == 4 and not any("/.tmp-" in k or ".probe-" in k for k in keys)
+    assert "sweeps/tiny/sweep.json" in keys and any("/kernels/" in k for k in keys)
+
+    # lose one finished trial (its completion row): the re-run redoes exactly that one
+    s3.client().delete_object(Bucket=s3.bucket, Key=rows[0])
+    again = run_sweep(spec, tracking_uri=uri, quiet=True)
+    assert again.skipped == 3 and again.counts == {"completed": 1}
+
+    trials, ckpts = ntksweep.load_results(out)
+    assert sorted(trials.trial_id) == sorted(t.trial_id for t in spec.trials())
+    assert not ckpts.duplicated(["trial_id", "step"]).any() and len(ckpts) == 12
+    assert len(ntksweep.load_results(out, {"width": 8})[0]) == 2
+    # the same sweep on local disk gives the same numbers (the store is only transport)
+    local = run_sweep(load_sweep_spec({**raw, "output_dir": str(tmp_path / "local")}),
+                      quiet=True)
+    _, local_ckpts = ntksweep.load_results(local.out_dir)
+    cols = ["trial_id", "step", "dist_inf", "dist_init", "train_loss"]
+    pd.testing.assert_frame_equal(ckpts[cols].reset_index(drop=True),
+                                  local_ckpts[cols].reset_index(drop=True))
+    path = ckpts.kernel_path.dropna().iloc[0]
+    np.testing.assert_array_equal(store.load_array(out, path),
+                                  store.load_array(local.out_dir, path))
+
+
+def test_cli_against_s3(s3, tmp_path):
+    out = f"s3://{s3.bucket}/cli"
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec("clis3", out, grid={"width": [8]})))
+    run = subprocess.run([sys.executable, "-m", "ntksweep.cli", "run", str(spec_file),
+                          "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--quiet",
+                          "--num-cpus", "1"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **s3.env})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"Results in {out}" in run.stdout
+    dry = subprocess.run([sys.executable, "-m", "ntksweep.cli", "run", str(spec_file),
+                          "--dry-run"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **s3.env})
+    assert "1 already done" in dry.stdout, dry.stdout + dry.stderr
+    report = subprocess.run([sys.executable, "-m", "ntksweep.cli", "report", out,
+                             "--html-dir", str(tmp_path / "rep"), "--tracking-uri",
+                             f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, **s3.env})
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (tmp_path / "rep" / "report.html").read_text().count("<h1>ntksweep report: cli") == 1
+
+
+def test_unreachable_bucket_is_refused_before_any_trial(ray_local, s3, tmp_path):
+    spec = load_sweep_spec(tiny_spec("nob", f"s3://no-such-bucket-{s3.port}/x"))
+    with pytest.raises(ValueError, match="not writable.*bucket"):
+        run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path}/m.db", quiet=True)
+
+
+def test_fsspec_only_scheme_round_trip():
+    """A scheme pyarrow lacks goes through fsspec (here its in-memory filesystem)."""
+    out = "memory://ntksweep-test/run"
+    spec = {**TINY, "width": 8, "seed": 0}
+    records = [{"step": s, "t": float(s), "dist_inf": 0.1 / (s + 1)} for s in (0, 3, 6)]
+    store.check_writable(out)
+    kernel = np.arange(16.0).reshape(4, 4)
+    rel = store.save_array(out, "kernels", "abc", 6, kernel)
+    store.write_trial(out, trial_id="abc", sweep_id="s", spec=spec, status="completed",
+                      records=records, kernel_paths={6: rel})
+    trials, ckpts = ntksweep.load_results(out)
+    assert list(trials.trial_id) == ["abc"] and trials.width.dtype == np.int64
+    assert list(ckpts.step) == [0, 3, 6] and ckpts.dist_inf.iloc[2] == pytest.approx(0.1 / 7)
+    np.testing.assert_array_equal(store.load_array(out, ckpts.kernel_path.iloc[2]), kernel)
+    assert store.finished_trials(out) == {"abc": "completed"}
+
+
+def test_unknown_scheme_is_a_clear_error():
+    with pytest.raises(ValueError, match="no filesystem handles this URI"):
+        ntksweep.load_results("nosuchscheme://bucket/x")
+
+
+# ---------------------------------------------------------------- deployment files
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_ray_up_config_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(config))           # Ray's JSON schema for `ray up`
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["max_workers"] >= 1 and "--gpus all" in config["docker"]["worker_run_options"]
+    assert any("pip install" in c and "ntksweep" in c for c in config["setup_commands"])
+    assert any("mlflow server" in c for c in config["head_start_ray_commands"])
+    assert config["available_node_types"][config["head_node_type"]]["resources"]["CPU"] == 0
+
+
+def test_kuberay_manifests_are_consistent():
+    cluster, = _docs(CLUSTER / "kuberay" / "raycluster.yaml")
+    job, = _docs(CLUSTER / "kuberay" / "rayjob.yaml")
+    mlflow = {d["kind"]: d for d in _docs(CLUSTER / "kuberay" / "mlflow.yaml")}
+    pvc, = _docs(CLUSTER / "kuberay" / "results-pvc.yaml")
+    for doc in (cluster, job):
+        assert doc["apiVersion"] == "ray.io/v1"
+    assert (cluster["kind"], job["kind"]) == ("RayCluster", "RayJob")
+    import ray
+
+    assert cluster["spec"]["rayVersion"] == ray.__version__      # what the tests ran
+    workers = cluster["spec"]["workerGroupSpecs"][0]
+    limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] >= 1 and workers["maxReplicas"] >= workers["minReplicas"]
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    # the job finds the cluster by name and writes where the head mounts the results volume
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    mount = head["containers"][0]["volumeMounts"][0]
+    claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in head["volumes"]}
+    assert claim[mount["name"]] == pvc["metadata"]["name"]
+    entry = shlex.split(job["spec"]["entrypoint"])
+    assert entry[:2] == ["ntksweep", "run"]
+    assert entry[entry.index("--out") + 1].startswith(mount["mountPath"] + "/")
+    # the entrypoint's spec and overrides are valid for ntksweep itself
+    spec_path = Path(entry[2].replace("/home/ray/ntksweep/", str(CLUSTER.parent) + "/"))
+    sets = [entry[i + 1] for i, a in enumerate(entry) if a == "--set"]
+    from ntksweep.spec import parse_overrides
+
+    spec = load_sweep_spec(spec_path, parse_overrides(sets))
+    assert spec.resources.gpus_per_trial == 1 and spec.resources.max_workers >= 1
+    # MLflow: the URI the job uses is a host the server allows, served by the Service
+    deploy, service = mlflow["Deployment"], mlflow["Service"]
+    uri = entry[entry.index("--tracking-uri") + 1]
+    host = uri.split("//")[1]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    allowed = next(a.split("=", 1)[1] for a in args if a.startswith("--allowed-hosts="))
+    assert host in allowed.split(",")
+    assert host.split(".")[0] == service["metadata"]["name"]
+    assert int(host.split(":")[1]) == service["spec"]["ports"][0]["port"]
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"] \
+        == deploy["spec"]["template"]["metadata"]["labels"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == uri
+
+
+def test_slurm_script_and_dockerfile():
+    script = CLUSTER / "slurm" / "ntksweep.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "#SBATCH --nodes" in text and "ray start --head" in text and "ntksweep run" in text
+    lines = [ln.strip() for ln in (CLUSTER / "Dockerfile").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    import ray
+
+    assert lines[0] == f"FROM rayproject/ray:{ray.__version__}-py311-gpu"
+    copied = [ln.split()[-2] for ln in lines if ln.startswith("COPY")]
+    for part in ("ntksweep", "experiments"):
+        assert part in copied and (CLUSTER.parent / part).is_dir()
+    assert any(ln.startswith("RUN pip install") and "[cluster]" in ln for ln in lines)
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "cluster" in extras
+
+
+SRUN = """#!/usr/bin/env bash
+# stand-in for SLURM's srun on a one-node 'allocation': drop srun's options, run the command
+while [[ $# -gt 0 && $1 == -* ]]; do
+  case $1 in -w|--nodelist|-N|-n) shift 2 ;; *) shift ;; esac
+done
+exec "$@"
+"""
+SCONTROL = """#!/usr/bin/env bash
+# stand-in for `scontrol show hostnames LIST`
+tr ',' '\\n' <<< "$3"
+"""
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_a_sweep(tmp_path):
+    """The batch script itself, end to end on this machine: only srun and scontrol are
+    stand-ins (a one-node allocation); Ray, MLflow and the sweep are real."""
+    from servers import free_port
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    spec_file = tmp_path / "slurmy.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec("slurmy", tmp_path / "unused")))
+    temp = f"/tmp/ntk-slurm-{free_port()}"
+    ports = " ".join(f"--{p}={free_port()}" for p in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port"))
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_JOB_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(tmp_path),
+           "SLURM_CPUS_PER_TASK": "2", "SLURM_GPUS_PER_NODE": "0",
+           "NTKSWEEP_OUT": str(tmp_path / "results"), "RAY_PORT": str(free_port()),
+           "MLFLOW_PORT": str(free_port()), "RAY_START_ARGS": f"--temp-dir={temp} {ports}"}
+    env.pop("RAY_AUTH_MODE", None)       # the script turns token auth on itself
+    try:
+        run = subprocess.run(["bash", str(CLUSTER / "slurm" / "ntksweep.sbatch"), str(spec_file),
+                              "--set", "steps=4"], env=env, capture_output=True, text=True,
+                             timeout=400)
+    finally:
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "results" / "slurmy"
+    trials, _ = ntksweep.load_results(out)
+    assert len(trials) == 4 and set(trials.status) == {"completed"}
+    assert set(trials.steps) == {4}                          # the extra options reached it
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")      # the server's store, now closed
+    exp = client.get_experiment_by_name("slurmy")
+    children = client.search_runs([exp.experiment_id], "tags.`ntksweep.role` = 'trial'")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
