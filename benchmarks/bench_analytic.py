@@ -1,5 +1,9 @@
 """Θ_∞ speed: N = 4096 points, depth 10, relu on one CPU core (issue #2 goal: well under 1 s).
 
+Prints, from one run, the fused ReLU/leaky-ReLU path against the generic dual path (the
+same recursion through ``duals.relu_dual``), and the other closed forms. Best of --repeats,
+interleaved, because shared machines are noisy.
+
     python benchmarks/bench_analytic.py [--n 4096] [--depth 10] [--threads 1]
 """
 
@@ -13,8 +17,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--depth", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--activations", default="relu,erf,gelu,tanh")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--activations", default="relu,leaky_relu,erf,gelu,tanh")
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -25,16 +29,25 @@ def main() -> None:
     from ntksweep import analytic_kernels
 
     x = np.random.default_rng(0).normal(size=(args.n, 16))
-    print(f"analytic Θ_∞: N={args.n}, depth={args.depth}, threads={args.threads}")
+    print(f"analytic Θ_∞: N={args.n}, depth={args.depth}, threads={args.threads}, "
+          f"best of {args.repeats}")
     for act in args.activations.split(","):
         n = args.n if act != "tanh" else min(args.n, 512)  # quadrature: points² per pair
         xs = x[:n]
-        best = float("inf")
+        variants = {"fused": True, "generic": False} if act in ("relu", "leaky_relu") \
+            else {"": True}
+        best = dict.fromkeys(variants, float("inf"))
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            analytic_kernels(xs, depth=args.depth, activation=act, bias_std=0.1)
-            best = min(best, time.perf_counter() - t0)
-        print(f"  {act:<8} N={n:<5} {best * 1e3:9.1f} ms   ({n * n / best / 1e6:7.1f} M pairs/s)")
+            for name, fused in variants.items():
+                t0 = time.perf_counter()
+                k = analytic_kernels(xs, depth=args.depth, activation=act, bias_std=0.1,
+                                     fused=fused)
+                best[name] = min(best[name], time.perf_counter() - t0)
+                assert np.isfinite(k.ntk).all()
+        line = "   ".join(f"{name or 'time'} {t * 1e3:7.1f} ms" for name, t in best.items())
+        if len(best) == 2:
+            line += f"   → fused {best['generic'] / best['fused']:.2f}× faster"
+        print(f"  {act:<10} N={n:<5} {line}   ({n * n / min(best.values()) / 1e6:6.1f} M pairs/s)")
 
 
 if __name__ == "__main__":

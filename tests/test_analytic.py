@@ -84,6 +84,25 @@ def test_relu_diagonal_is_geometric_series():
     np.testing.assert_allclose(np.diag(k.ntk), theta, rtol=1e-12)
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_fused_arccos_path_equals_generic_duals(activation, cross):
+    """The fused in-place layer (its own algebra: ė cos θ + B sin θ) against the recursion
+    through duals.arccos_dual, across tile edges (n not a multiple of the tile), with a
+    duplicate point, an antipodal pair and a zero input."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(37, 5))
+    x[3], x[4], x[5] = x[0], -x[1], 0.0
+    x2 = rng.normal(size=(23, 5)) if cross else None
+    for sb in (0.0, 0.2):
+        kw = dict(depth=6, activation=activation, weight_std=1.3, bias_std=sb, tile=16)
+        fused, generic = analytic_kernels(x, x2, **kw), analytic_kernels(x, x2, fused=False, **kw)
+        np.testing.assert_allclose(fused.ntk, generic.ntk, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(fused.nngp, generic.nngp, rtol=1e-12, atol=1e-300)
+        if not cross:
+            np.testing.assert_array_equal(fused.ntk[3], fused.ntk[0])   # duplicate rows
+
+
 def _independent_recursion(x, depth, sigma, dsigma, sw, sb):
     """Per-pair recursion with scipy's adaptive 2-D integration (no Gauss–Hermite)."""
     n = len(x)

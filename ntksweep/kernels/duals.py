@@ -35,16 +35,21 @@ MAX_QUADRATURE_POINTS = 301
 
 _ONE = torch.ones((), dtype=torch.float64)
 
+# Correlations within 8 ulp of ±1 are taken as exactly ±1: such angles (< 1e-7 rad) are below
+# what float64 dot products resolve, and without this a point paired with itself (or with a
+# duplicate) gets the √ulp ≈ 1e-8 angle of a last-bit mismatch between Σ(x, x') and
+# √(Σ(x,x) Σ(x',x')) instead of θ = 0 — a 1e-8 relative error on the kernel's diagonal.
+SNAP = 1.0 - 8 * float(np.finfo(np.float64).eps)
+
 
 def _norms_and_angle(k11: Tensor, k12: Tensor, k22: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """√(k11 k22), cos θ = k12/√(k11 k22) clamped to [−1, 1], and θ ∈ [0, π].
 
-    √(k11 k22) rather than √k11 √k22: for identical points it is exactly k11, so the
-    diagonal gets cos θ = 1 and θ = 0 exactly. A zero variance forces k12 = 0 and so
-    cos θ = 0 (uncorrelated). In-place ops: this is the hot loop of every sweep.
+    |cos θ| within 8 ulp of 1 becomes exactly 1 (``SNAP``), so a point with itself gets
+    θ = 0. A zero variance forces k12 = 0 and so cos θ = 0 (uncorrelated).
     """
     prod = torch.sqrt(k11.clamp(min=1e-150) * k22.clamp(min=1e-150))  # > 0: no 0/0
-    cos = torch.div(k12, prod).clamp_(-1.0, 1.0)
+    cos = torch.div(k12, prod).mul_(1.0 / SNAP).clamp_(-1.0, 1.0)
     return prod, cos, torch.acos(cos)
 
 
