@@ -69,36 +69,48 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--trivial", type=int, default=200)
     p.add_argument("--heavy", type=int, default=24)
+    p.add_argument("--only", choices=["sweep", "logging"], help="run one part")
     args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only != "logging":
+            sweep_part(tmp, args)
+        if args.only != "sweep":
+            logging_part(tmp)
+
+
+def sweep_part(tmp, args):
     import ray
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        trivial = {"n_train": 4, "n_eval": 4, "width": 4, "depth": 1, "steps": 1,
-                   "checkpoints": 2}
-        wall, trial_s, startup = sweep(tmp, "trivial", trivial, args.trivial, 2)
-        overhead = wall / args.trivial - trial_s / 2
-        steady = (wall - startup) / args.trivial - trial_s / 2
-        print(f"{args.trivial} trivial trials on 2 workers: {wall:.1f} s wall (of which "
-              f"{startup:.1f} s one-off store/actor start-up), mean trial {trial_s * 1e3:.1f} ms")
-        print(f"  orchestration overhead {overhead * 1e3:.1f} ms/trial overall, "
-              f"{steady * 1e3:.1f} ms/trial once the actors are up")
-        heavy = {"n_train": 64, "n_eval": 64, "width": 512, "depth": 3, "steps": 150,
-                 "checkpoints": 4}
-        w1, _, s1 = sweep(tmp, "one", heavy, args.heavy, 1)
-        w2, _, s2 = sweep(tmp, "two", heavy, args.heavy, 2)
-        print(f"{args.heavy} CPU-bound trials: 1 worker {w1:.1f} s, 2 workers {w2:.1f} s → "
-              f"speed-up {w1 / w2:.2f}× end to end; {(w1 - s1) / (w2 - s2):.2f}× once the "
-              f"actors are up (start-up {s1:.1f} s / {s2:.1f} s)")
-        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    trivial = {"n_train": 4, "n_eval": 4, "width": 4, "depth": 1, "steps": 1,
+               "checkpoints": 2}
+    wall, trial_s, startup = sweep(tmp, "trivial", trivial, args.trivial, 2)
+    overhead = wall / args.trivial - trial_s / 2
+    steady = (wall - startup) / args.trivial - trial_s / 2
+    print(f"{args.trivial} trivial trials on 2 workers: {wall:.1f} s wall (of which "
+          f"{startup:.1f} s one-off store/actor start-up), mean trial {trial_s * 1e3:.1f} ms")
+    print(f"  orchestration overhead {overhead * 1e3:.1f} ms/trial overall, "
+          f"{steady * 1e3:.1f} ms/trial once the actors are up")
+    heavy = {"n_train": 64, "n_eval": 64, "width": 512, "depth": 3, "steps": 150,
+             "checkpoints": 4}
+    w1, _, s1 = sweep(tmp, "one", heavy, args.heavy, 1)
+    w2, _, s2 = sweep(tmp, "two", heavy, args.heavy, 2)
+    print(f"{args.heavy} CPU-bound trials: 1 worker {w1:.1f} s, 2 workers {w2:.1f} s → "
+          f"speed-up {w1 / w2:.2f}× end to end; {(w1 - s1) / (w2 - s2):.2f}× once the "
+          f"actors are up (start-up {s1:.1f} s / {s2:.1f} s)")
+    ray.shutdown()
 
-        rate, per = logging_rate(f"sqlite:///{tmp}/bench.db")
-        print(f"MLflow SQLite: {rate:,.0f} metric points/s batched; driver "
-              f"{per * 1e3:.3f} ms per checkpoint record")
+
+def logging_part(tmp):
+    rate, per = logging_rate(f"sqlite:///{tmp}/bench.db")
+    print(f"MLflow SQLite: {rate:,.0f} metric points/s batched; driver "
+          f"{per * 1e3:.3f} ms per checkpoint record")
+    for workers in (4, 1):  # 4: mlflow server's default
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host",
                                    "127.0.0.1", "--port", str(port), "--backend-store-uri",
-                                   f"sqlite:///{tmp}/server.db", "--workers", "1"],
+                                   f"sqlite:///{tmp}/server{workers}.db", "--workers",
+                                   str(workers)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(240):
@@ -107,9 +119,10 @@ def main():
                     break
                 except OSError:
                     time.sleep(0.5)
+            logging_rate(f"http://127.0.0.1:{port}", 100)  # warm the server's workers
             rate, per = logging_rate(f"http://127.0.0.1:{port}")
-            print(f"MLflow server (localhost): {rate:,.0f} metric points/s batched; driver "
-                  f"{per * 1e3:.3f} ms per checkpoint record")
+            print(f"MLflow server (localhost, --workers {workers}): {rate:,.0f} metric "
+                  f"points/s batched; driver {per * 1e3:.3f} ms per checkpoint record")
         finally:
             server.terminate()
             server.wait(30)

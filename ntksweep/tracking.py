@@ -20,13 +20,17 @@ import os
 import queue
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from . import __version__
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED",
             "killed": "KILLED"}
 _BATCH = 1000
+# Batches in flight at once: a tracking server handles requests in parallel (run it with
+# --workers N), while a SQLite file has one writer, so there one is enough.
+_SENDERS = {"http": 4, "https": 4}
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
 
@@ -76,13 +83,35 @@ def _metrics(record: dict[str, Any], now_ms: int) -> list[Metric]:
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+@dataclass
+class _Pending:
+    """What a child run has not sent yet."""
+
+    params: list[Param] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    tags: list[RunTag] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.metrics or self.tags)
+
+    def take(self) -> tuple[list[Param], list[Metric], list[RunTag]]:
+        out = self.params, self.metrics, self.tags
+        self.params, self.metrics, self.tags = [], [], []
+        return out
+
+
 class Tracker:
     """Parent/child MLflow runs for one sweep, written from the driver process only.
 
     Every call returns at once: a single background thread performs the MLflow requests in
     order (so the driver's scheduling loop never waits on SQLite fsyncs or HTTP round
-    trips) and sends metrics in batches — when 1000 points are waiting, when a trial ends,
-    or when the queue goes idle (so the UI stays live). ``close()`` drains the queue.
+    trips). A child run's params, metrics and tags wait in one buffer that goes out as one
+    ``log_batch`` — when 1000 points are waiting, when the trial ends, or when the queue
+    goes idle (so the UI stays live). So a long trial shows its params at once, and when
+    short trials outpace the writer, each costs four requests: create (with its tags), the
+    spec artifact, one batch, terminate. To a tracking server up to four batches are in
+    flight at once (a run is terminated only after its own batches landed).
+    ``close()`` drains the queue.
     """
 
     def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
@@ -94,9 +123,12 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.parent_id = None
         self._runs: dict[int, str] = {}           # handle → MLflow run id
-        self._buffers: dict[int, list[Metric]] = {}
+        self._buffers: dict[int, _Pending] = {}
         self._handles = itertools.count()
         self._queue: queue.Queue = queue.Queue()
+        senders = _SENDERS.get(urlparse(uri).scheme, 1)
+        self._senders = ThreadPoolExecutor(senders, "mlflow-send") if senders > 1 else None
+        self._inflight: dict[int, list[Future]] = {}
         try:
             self._open(experiment, sweep_yaml)
         except Exception as e:  # noqa: BLE001  (server down, network, auth…)
@@ -140,6 +172,11 @@ class Tracker:
                 continue
             if op is None:
                 self._flush_all()
+                try:
+                    for handle in list(self._inflight):
+                        self._settle(handle)
+                except Exception as e:  # noqa: BLE001
+                    self._disable("log_batch", e)
                 return
             if self.degraded:
                 continue
@@ -154,14 +191,30 @@ class Tracker:
     def _flush(self, handle: int) -> None:
         buf, run_id = self._buffers.get(handle), self._runs.get(handle)
         if buf and run_id and not self.degraded:
-            self._buffers[handle] = []
-            for lo in range(0, len(buf), _BATCH):
-                self.client.log_batch(run_id, metrics=buf[lo:lo + _BATCH])
+            params, metrics, tags = buf.take()
+            if self._senders is None:
+                self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+            else:
+                self._inflight.setdefault(handle, []).append(self._senders.submit(
+                    self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags))
+
+    def _settle(self, handle: int, *, block: bool = True) -> None:
+        """Wait for (or, ``block=False``, collect the finished of) this run's batches in
+        flight; a failed one raises here, on the writer thread (→ degraded)."""
+        futures = self._inflight.pop(handle, [])
+        pending = [f for f in futures if not (block or f.done())]
+        if pending:
+            self._inflight[handle] = pending
+        for f in futures:
+            if f not in pending:
+                f.result()
 
     def _flush_all(self) -> None:
         try:
             for handle in list(self._buffers):
                 self._flush(handle)
+            for handle in list(self._inflight):
+                self._settle(handle, block=False)
         except Exception as e:  # noqa: BLE001
             self._disable("log_batch", e)
 
@@ -169,7 +222,8 @@ class Tracker:
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
                     worker: dict[str, Any] | None = None) -> int:
         handle = next(self._handles)
-        self._buffers[handle] = []
+        self._buffers[handle] = _Pending(params=_flat_params(spec))
+        spec_json = json.dumps(spec, indent=1)
 
         def start_trial():
             tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
@@ -179,11 +233,18 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=f"{trial_id}-a{attempt}",
                                          tags=tags)
             self._runs[handle] = run.info.run_id
-            self.client.log_batch(run.info.run_id, params=_flat_params(spec))
-            self.client.log_text(run.info.run_id, json.dumps(spec, indent=1), "trial_spec.json")
+            self._log_text(run.info.artifact_uri, spec_json, "trial_spec.json")
 
         self._submit(start_trial)
         return handle
+
+    def _log_text(self, artifact_uri: str, text: str, name: str) -> None:
+        # straight to the run's artifact repository: MlflowClient.log_text would first look
+        # the run up again (one more request per trial) to learn this same artifact URI
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            get_artifact_repository(artifact_uri, tracking_uri=self.uri).log_artifact(str(path))
 
     def log_record(self, handle: int | None, record: dict[str, Any]) -> None:
         if handle is None or self.degraded:
@@ -191,10 +252,11 @@ class Tracker:
         metrics = _metrics(record, int(time.time() * 1000))
 
         def log_record():
-            buf = self._buffers.setdefault(handle, [])
-            buf.extend(metrics)
-            if len(buf) >= _BATCH:
-                self._flush(handle)
+            buf = self._buffers.get(handle)
+            if buf is not None:
+                buf.metrics.extend(metrics)
+                if len(buf.metrics) >= _BATCH:
+                    self._flush(handle)
 
         self._submit(log_record)
 
@@ -206,11 +268,14 @@ class Tracker:
                                                 if v is not None]]
 
         def end_trial():
-            self._flush(handle)
+            buf = self._buffers.get(handle)
+            if buf is not None:
+                buf.tags.extend(run_tags)
+            self._flush(handle)  # params, the last metrics and these tags: one batch
+            self._settle(handle)
             run_id = self._runs.pop(handle, None)
             self._buffers.pop(handle, None)
             if run_id:
-                self.client.log_batch(run_id, tags=run_tags)
                 self.client.set_terminated(run_id, TERMINAL.get(status, "FAILED"))
 
         self._submit(end_trial)
@@ -236,6 +301,8 @@ class Tracker:
             self._submit(close)
         self._queue.put(None)
         self._thread.join()
+        if self._senders is not None:
+            self._senders.shutdown(wait=True)
 
 
 def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,
