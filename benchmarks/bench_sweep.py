@@ -110,7 +110,8 @@ def logging_part(tmp):
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host",
                                    "127.0.0.1", "--port", str(port), "--backend-store-uri",
                                    f"sqlite:///{tmp}/server{workers}.db", "--workers",
-                                   str(workers)],
+                                   str(workers), "--artifacts-destination",
+                                   f"{tmp}/artifacts{workers}"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(240):
