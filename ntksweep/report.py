@@ -20,11 +20,14 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
+def _dir_name(out_dir: str | Path) -> str:
+    """The last component of a path or URI (``s3://b/sweeps/x?opt=1`` → ``x``)."""
+    return Path(str(out_dir).split("?")[0]).name
+
+
 def default_report_dir(out_dir: str | Path) -> Path:
     """OUT itself for a local sweep; for an object-store sweep a local ./<name>-report."""
-    if not is_uri(out_dir):
-        return Path(out_dir)
-    return Path(str(out_dir).split("?")[0].rstrip("/").rsplit("/", 1)[-1] + "-report")
+    return Path(f"{_dir_name(out_dir)}-report") if is_uri(out_dir) else Path(out_dir)
 
 
 def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
@@ -66,14 +69,14 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
             "jacot_fig2")
     status = trials.status.value_counts().rename_axis("status").reset_index(name="trials")
     spec_text = read_text(out, "sweep.yaml") or ""
-    title = html.escape(Path(str(out).split("?")[0]).name)
+    name = html.escape(_dir_name(out))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>ntksweep report: {title}</title>",
+        f"<title>ntksweep report: {name}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "img{max-width:100%} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
         "padding:2px 6px;font-size:13px}</style></head><body>",
-        f"<h1>ntksweep report: {title}</h1>",
+        f"<h1>ntksweep report: {name}</h1>",
         "<h2>Trials</h2>", status.to_html(index=False),
     ]
     for title, table in tables:

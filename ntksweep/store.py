@@ -38,7 +38,7 @@ from .trial import RECORD_COLUMNS
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
            "load_array", "load_results", "finished_trials", "plain_value", "DONE_STATUSES",
-           "is_uri", "join", "check_writable", "write_text", "read_text"]
+           "is_uri", "check_writable", "write_text", "read_text"]
 
 SCHEMA_VERSION = "1"
 PARTITIONS = ("width", "depth")
@@ -105,11 +105,6 @@ def is_uri(out: str | Path) -> bool:
     return "://" in str(out)
 
 
-def join(out: str | Path, *parts: str) -> str:
-    """``out/part/…`` for a local path or a URI (``Path`` would fold ``s3://`` to ``s3:/``)."""
-    return "/".join([str(out).rstrip("/"), *parts]) if is_uri(out) else str(Path(out, *parts))
-
-
 @dataclass(frozen=True)
 class _Location:
     fs: pafs.FileSystem
@@ -162,21 +157,22 @@ def _write_atomic(loc: _Location, rel: str, write) -> None:
     loc.fs.move(tmp, dest)
 
 
-def _write_bytes(loc: _Location, rel: str, data: bytes) -> None:
+def _write_stream(loc: _Location, rel: str, fill) -> None:
+    """``fill(stream)`` writes the file's content; atomically, as ``_write_atomic``."""
     def write(path):
         with loc.fs.open_output_stream(path) as f:
-            f.write(data)
+            fill(f)
 
     _write_atomic(loc, rel, write)
 
 
-def _atomic_write(table: pa.Table, loc: _Location, rel: str) -> None:
+def _write_table(table: pa.Table, loc: _Location, rel: str) -> None:
     _write_atomic(loc, rel, lambda path: pq.write_table(table, path, filesystem=loc.fs))
 
 
 def write_text(out: str | Path, name: str, text: str) -> None:
     """A small text file (sweep.yaml, sweep.json) in the output dir, atomically."""
-    _write_bytes(_locate(out), name, text.encode())
+    _write_stream(_locate(out), name, lambda f: f.write(text.encode()))
 
 
 def read_text(out: str | Path, name: str) -> str | None:
@@ -208,9 +204,8 @@ def save_array(out: str | Path, kind: str, trial_id: str, step: int, matrix: np.
     """Write a kept array ('kernels': Θ_t, 'outputs': f_t) as .npy, atomically; returns its
     path relative to ``out``."""
     rel = f"{kind}/{trial_id}/step_{int(step)}.npy"
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(matrix))
-    _write_bytes(_locate(out), rel, buf.getvalue())
+    # streamed: an N × N kernel is never held twice in memory
+    _write_stream(_locate(out), rel, lambda f: np.save(f, np.asarray(matrix)))
     return rel
 
 
@@ -241,8 +236,8 @@ def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str
         row.update({c: rec.get(c) for c in RECORD_COLUMNS})
         for name in cols:
             cols[name].append(row[name])
-    _atomic_write(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
-                  _partition_file("checkpoints", spec, trial_id))
+    _write_table(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
+                 _partition_file("checkpoints", spec, trial_id))
     final = records[-1] if records else {}
     first = records[0] if records else {}
     row = {"trial_id": trial_id, "sweep_id": sweep_id, "status": status, "attempts": attempts,
@@ -252,7 +247,7 @@ def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str
            "init_dist_nngp": first.get("dist_nngp"), **values}
     row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
-    _atomic_write(table, loc, _partition_file("trials", spec, trial_id))
+    _write_table(table, loc, _partition_file("trials", spec, trial_id))
 
 
 def _partition_file(table: str, spec: dict[str, Any], trial_id: str) -> str:

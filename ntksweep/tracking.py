@@ -43,13 +43,21 @@ TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED",
             "killed": "KILLED"}
 _BATCH = 1000
 # Batches in flight at once: a tracking server handles requests in parallel (run it with
-# --workers N), while a SQLite file has one writer, so there one is enough.
+# --workers N), while a SQLite file has one writer, so there one sender is enough.
 _SENDERS = {"http": 4, "https": 4}
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    """The embedded default: SQLite inside a local output dir. An object store cannot hold a
+    SQLite database, so for an ``s3://…`` output dir a tracking server must be named."""
+    out = str(out_dir).removeprefix("file://")
+    if "://" in out:
+        raise ValueError(f"output dir {out!r} is in an object store, where the default SQLite "
+                         "MLflow store cannot live: start `mlflow server` and pass "
+                         "--tracking-uri http://HOST:5000 (or tracking_uri: in the spec, or "
+                         "MLFLOW_TRACKING_URI)")
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -126,8 +134,7 @@ class Tracker:
         self._buffers: dict[int, _Pending] = {}
         self._handles = itertools.count()
         self._queue: queue.Queue = queue.Queue()
-        senders = _SENDERS.get(urlparse(uri).scheme, 1)
-        self._senders = ThreadPoolExecutor(senders, "mlflow-send") if senders > 1 else None
+        self._senders = ThreadPoolExecutor(_SENDERS.get(urlparse(uri).scheme, 1), "mlflow-send")
         self._inflight: dict[int, list[Future]] = {}
         try:
             self._open(experiment, sweep_yaml)
@@ -171,12 +178,7 @@ class Tracker:
                 self._flush_all()  # idle: make what is buffered visible
                 continue
             if op is None:
-                self._flush_all()
-                try:
-                    for handle in list(self._inflight):
-                        self._settle(handle)
-                except Exception as e:  # noqa: BLE001
-                    self._disable("log_batch", e)
+                self._flush_all(block=True)
                 return
             if self.degraded:
                 continue
@@ -192,29 +194,27 @@ class Tracker:
         buf, run_id = self._buffers.get(handle), self._runs.get(handle)
         if buf and run_id and not self.degraded:
             params, metrics, tags = buf.take()
-            if self._senders is None:
-                self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-            else:
-                self._inflight.setdefault(handle, []).append(self._senders.submit(
-                    self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags))
+            self._inflight.setdefault(handle, []).append(self._senders.submit(
+                self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags))
 
     def _settle(self, handle: int, *, block: bool = True) -> None:
-        """Wait for (or, ``block=False``, collect the finished of) this run's batches in
-        flight; a failed one raises here, on the writer thread (→ degraded)."""
+        """Wait for this run's batches in flight (``block=False``: only collect the finished
+        ones); a failed one raises here, on the writer thread (→ degraded)."""
         futures = self._inflight.pop(handle, [])
-        pending = [f for f in futures if not (block or f.done())]
-        if pending:
-            self._inflight[handle] = pending
+        if not block:
+            if pending := [f for f in futures if not f.done()]:
+                self._inflight[handle] = pending
+            futures = [f for f in futures if f.done()]
         for f in futures:
-            if f not in pending:
-                f.result()
+            f.result()
 
-    def _flush_all(self) -> None:
+    def _flush_all(self, block: bool = False) -> None:
+        """Send what is buffered; collect (``block``: wait for) what is in flight."""
         try:
             for handle in list(self._buffers):
                 self._flush(handle)
             for handle in list(self._inflight):
-                self._settle(handle, block=False)
+                self._settle(handle, block=block)
         except Exception as e:  # noqa: BLE001
             self._disable("log_batch", e)
 
@@ -301,8 +301,7 @@ class Tracker:
             self._submit(close)
         self._queue.put(None)
         self._thread.join()
-        if self._senders is not None:
-            self._senders.shutdown(wait=True)
+        self._senders.shutdown(wait=True)
 
 
 def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,

@@ -72,7 +72,7 @@ def theta_step(theta: Tensor, sigma_dot: Tensor, layer_term: Tensor) -> Tensor:
 
 
 class ArcCosLayer:
-    """One layer of the (leaky-)ReLU recursion on a (r, c) tile, in place in preallocated
+    """The (leaky-)ReLU recursion on one (r, c) tile at a time, in place in preallocated
     buffers: the hot loop of most sweeps, 12 vectorised passes per layer, no allocation.
 
     With a the negative slope (0: ReLU), A = (1+a²)/2, B = (1−a)²/(2π) and
@@ -80,54 +80,44 @@ class ArcCosLayer:
         E[σ'σ'] = e_dot,   E[σσ] = s1 s2 (e_dot cos θ + B sin θ),
     so, in the NTK parametrization, with ė = σ_w² e_dot,
         Σ^(ℓ+1) = s1 s2 (ė cos θ + σ_w² B sin θ) + σ_b²,   Θ^(ℓ+1) = ė Θ^(ℓ) + Σ^(ℓ+1).
+
+    ``diag1``/``diag2``: Σ^(ℓ)(x, x) per layer for the rows' and the columns' points. Their
+    square roots divide Σ(x, x') with the rows' side shrunk by ``duals.SNAP`` (so |cos θ|
+    within 8 ulp of 1 becomes 1, as in ``duals``); the shrink is undone in E[σσ].
     """
 
-    def __init__(self, tile: int, slope: float, weight_std: float, bias_std: float):
+    def __init__(self, tile: int, slope: float, weight_std: float, bias_std: float,
+                 diag1: list[Tensor], diag2: list[Tensor]):
         w2 = weight_std**2
         self.w2 = w2
         self.w2a = torch.tensor(w2 * (1 + slope * slope) / 2, dtype=torch.float64)
         self.w2b = w2 * (1 - slope) ** 2 / (2 * math.pi)
-        self.unsnap = 1.0 / SNAP
         self.b2 = torch.tensor(bias_std**2, dtype=torch.float64)
         self.one = torch.ones((), dtype=torch.float64)
-        self.bufs = [torch.empty(tile, tile, dtype=torch.float64) for _ in range(7)]
+        # > 0: a zero input with zero bias is uncorrelated with everything, as in ``duals``
+        self.std1 = [d.clamp(min=1e-150).sqrt_().mul_(SNAP)[:, None] for d in diag1]  # (n1, 1)
+        self.std2 = [d.clamp(min=1e-150).sqrt_()[None, :] for d in diag2]           # (1, n2)
+        self.sigma, self.theta, self.spare, self.prod, self.cos, self.sin, self.e_dot = (
+            torch.empty(tile, tile, dtype=torch.float64) for _ in range(7))
 
-    @staticmethod
-    def stds(diagonal: Tensor) -> Tensor:
-        """√Σ(x, x) per point, kept > 0 (a zero input with zero bias is uncorrelated with
-        everything, as in ``duals``)."""
-        return diagonal.clamp(min=1e-150).sqrt()
-
-    def start(self, e0: Tensor) -> tuple[Tensor, Tensor]:
-        """Σ^(1) = Θ^(1) = σ_w² x·x'/n0 + σ_b², into buffers."""
+    def run(self, e0: Tensor, rows: slice, cols: slice, depth: int) -> tuple[Tensor, Tensor]:
+        """(Σ^(L), Θ^(L)) on the tile from E^(0) = x·x'/n0 (r, c); views of the buffers."""
         r, c = e0.shape
-        sigma, theta = self.bufs[0][:r, :c], self.bufs[1][:r, :c]
-        torch.add(self.b2, e0, alpha=self.w2, out=sigma)
-        return sigma, theta.copy_(sigma)
-
-    def __call__(self, sigma: Tensor, theta: Tensor, s1: Tensor, s2: Tensor
-                 ) -> tuple[Tensor, Tensor]:
-        """(Σ^(ℓ+1), Θ^(ℓ+1)) from Σ^(ℓ), Θ^(ℓ) and the standard deviations s1 (r, 1),
-        already multiplied by ``duals.SNAP`` (so |cos θ| within 8 ulp of 1 becomes 1, as in
-        ``duals``), and s2 (1, c). Returns views of this layer's
-        buffers."""
-        r, c = sigma.shape
-        prod, cos, sin, e_dot, spare = (b[:r, :c] for b in self.bufs[2:])
-        torch.mul(s1, s2, out=prod)                                        # s1 s2 · SNAP
-        torch.div(sigma, prod, out=cos).clamp_(-1.0, 1.0)                  # cos θ
-        torch.addcmul(self.one, cos, cos, value=-1.0, out=sin).sqrt_()     # |cos| ≤ 1: ≥ 0
-        torch.acos(cos, out=e_dot)
-        torch.add(self.w2a, e_dot, alpha=-self.w2b, out=e_dot)             # ė = σ_w²(A − Bθ)
-        sin.mul_(self.w2b * self.unsnap).addcmul_(e_dot, cos, value=self.unsnap)
-        sin.mul_(prod)                                                     # σ_w² E[σσ]
-        torch.add(self.b2, sin, out=sigma)                                 # Σ^(ℓ+1)
-        torch.addcmul(sigma, theta, e_dot, out=spare)                      # Θ^(ℓ+1)
-        i, j = self._index(theta), self._index(spare)
-        self.bufs[i], self.bufs[j] = self.bufs[j], self.bufs[i]            # spare ↔ theta
-        return sigma, spare
-
-    def _index(self, view: Tensor) -> int:
-        return next(k for k, b in enumerate(self.bufs) if b.data_ptr() == view.data_ptr())
+        sigma, theta, spare = (b[:r, :c] for b in (self.sigma, self.theta, self.spare))
+        prod, cos, sin, e_dot = (b[:r, :c] for b in (self.prod, self.cos, self.sin, self.e_dot))
+        torch.add(self.b2, e0, alpha=self.w2, out=sigma)                   # Σ^(1)
+        theta.copy_(sigma)                                                 # Θ^(1)
+        for ell in range(depth - 1):
+            torch.mul(self.std1[ell][rows], self.std2[ell][:, cols], out=prod)  # s1 s2 · SNAP
+            torch.div(sigma, prod, out=cos).clamp_(-1.0, 1.0)              # cos θ
+            torch.addcmul(self.one, cos, cos, value=-1.0, out=sin).sqrt_()  # |cos| ≤ 1: ≥ 0
+            torch.acos(cos, out=e_dot)
+            torch.add(self.w2a, e_dot, alpha=-self.w2b, out=e_dot)         # ė = σ_w²(A − Bθ)
+            sin.mul_(self.w2b / SNAP).addcmul_(e_dot, cos, value=1.0 / SNAP).mul_(prod)
+            torch.add(self.b2, sin, out=sigma)                             # Σ^(ℓ+1)
+            torch.addcmul(sigma, theta, e_dot, out=spare)                  # Θ^(ℓ+1)
+            theta, spare = spare, theta
+        return sigma, theta
 
 
 def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -229,9 +219,7 @@ def analytic_kernels(
     ntk, nngp = torch.empty(n1, n2, dtype=torch.float64), torch.empty(n1, n2, dtype=torch.float64)
     slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(activation)
     if fused and slope is not None and not quadrature and parametrization == "ntk":
-        arccos = ArcCosLayer(tile, slope, weight_std, bias_std)
-        std1 = [ArcCosLayer.stds(d) * SNAP for d in diag1]
-        std2 = [ArcCosLayer.stds(d) for d in diag2]
+        arccos = ArcCosLayer(tile, slope, weight_std, bias_std, diag1, diag2)
     else:
         arccos = None
     for i in range(0, n1, tile):
@@ -240,10 +228,7 @@ def analytic_kernels(
             cols = slice(j, min(j + tile, n2))
             e = a[rows] @ b[cols].T / a.shape[1]                         # E^(0) = x·x'/n0
             if arccos is not None:
-                sigma, theta = arccos.start(e)
-                for ell in range(1, depth):
-                    sigma, theta = arccos(sigma, theta, std1[ell - 1][rows, None],
-                                          std2[ell - 1][None, cols])
+                sigma, theta = arccos.run(e, rows, cols, depth)
                 _store(ntk, nngp, rows, cols, theta, sigma, symmetric, i, j)
                 continue
             sigma = affine(e, weight_std, bias_std)                      # Σ^(1)

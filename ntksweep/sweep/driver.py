@@ -30,7 +30,7 @@ from ..tracking import Tracker, check_tracking_uri, default_tracking_uri
 from .worker import TrialWorker
 
 __all__ = ["SweepSummary", "run_sweep", "plan_sweep", "sweep_id_of", "check_output_dir",
-           "default_tracking_for", "check_single_node_tracking"]
+           "check_single_node_tracking"]
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,6 @@ def check_output_dir(spec: SweepSpec, force: bool = False) -> str:
                              f"({held.get('name')!r}, id {held.get('sweep_id')}); use another "
                              "output dir, or --force to add to it anyway")
     return out
-
-
-def default_tracking_for(out: str) -> str:
-    """The embedded default: SQLite inside a local output dir. An object store cannot hold a
-    SQLite database, so there a tracking server must be named."""
-    if store.is_uri(out) and not out.startswith("file://"):
-        raise ValueError(f"output dir {out!r} is in an object store, where the default SQLite "
-                         "MLflow store cannot live: start `mlflow server` and pass "
-                         "--tracking-uri http://HOST:5000 (or tracking_uri: in the spec, or "
-                         "MLFLOW_TRACKING_URI)")
-    return default_tracking_uri(out.removeprefix("file://"))
 
 
 def check_single_node_tracking(uri: str, explicit: bool) -> None:
@@ -138,7 +127,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     """Run every trial of ``spec`` not already done in its output dir; see the module doc."""
     started = time.perf_counter()
     explicit = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    uri = explicit or default_tracking_for(spec.out_dir)
+    uri = explicit or default_tracking_uri(spec.out_dir)
     check_tracking_uri(uri)
     out = check_output_dir(spec, force)
     sid = sweep_id_of(spec)
@@ -186,7 +175,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    start_failures: list = []
+    start_failures = 0
     starting: dict = {}  # describe() ref → actor: an actor takes trials once it is up
     infos: dict = {}
 
@@ -238,8 +227,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                     try:
                         infos[actor] = ray.get(ref)
                     except (RayActorError, ActorDiedError) as e:
-                        start_failures.append(e)  # its node went away, or it cannot start
-                        if len(start_failures) > 2 * n_workers + spec.retries:
+                        start_failures += 1  # its node went away, or it cannot start
+                        if start_failures > 2 * n_workers + spec.retries:
                             raise RuntimeError(f"trial workers keep failing to start; last: "
                                                f"{e}") from None
                         new_actor()
