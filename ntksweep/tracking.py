@@ -19,6 +19,7 @@ import math
 import os
 import queue
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -32,6 +33,8 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from . import __version__
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED",
             "killed": "KILLED"}
 _BATCH = 1000
+_LIVE_SECONDS = 2.0  # what a run has buffered reaches the UI at most this late
 # Batches in flight at once: a tracking server handles requests in parallel (run it with
 # --workers N), while a SQLite file has one writer, so there one sender is enough.
 _SENDERS = {"http": 4, "https": 4}
@@ -72,6 +76,49 @@ def check_tracking_uri(uri: str) -> None:
         raise ValueError(f"tracking URI {uri!r}: SQLite URIs look like sqlite:////abs/path.db")
 
 
+# -- the embedded SQLite store: write-ahead log, no fsync per commit ----------------------
+_RELAXED_DBS: set[str] = set()
+
+
+def _sqlite_path(uri: str) -> str | None:
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return os.path.realpath(uri.removeprefix("sqlite:///").split("?")[0])
+
+
+def tune_sqlite(uri: str) -> None:
+    """Put a SQLite tracking store in WAL mode and commit with ``synchronous=NORMAL``.
+
+    MLflow commits once per call (a run costs five or more), and in SQLite's default
+    rollback-journal mode each commit fsyncs the journal and the database: most of the
+    writer's time on a local disk. In WAL mode with NORMAL a commit appends to the log and
+    syncs only at checkpoints. The database stays consistent; what an OS crash or power cut
+    can lose is the last commits, which ``ntksweep sync`` restores from Parquet (the store of
+    record). WAL mode is a property of the file (readers such as ``ntksweep ui`` use it too);
+    NORMAL is per connection, hence the engine hook. Not for a database on a network
+    filesystem (WAL needs shared memory), which the single-machine default never is.
+    """
+    path = _sqlite_path(uri)
+    if path is None or path in _RELAXED_DBS:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sqlite3.connect(path, timeout=5) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as e:  # locked by another writer: keep its journal mode
+        log.info("SQLite store %s stays in its journal mode (%s)", path, e)
+    _RELAXED_DBS.add(path)
+    if not event.contains(Engine, "connect", _relax_sqlite_sync):
+        event.listen(Engine, "connect", _relax_sqlite_sync)
+
+
+def _relax_sqlite_sync(dbapi_conn, _record) -> None:
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        main = dbapi_conn.execute("PRAGMA database_list").fetchone()
+        if main and main[2] and os.path.realpath(main[2]) in _RELAXED_DBS:
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+
 def _git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -98,6 +145,7 @@ class _Pending:
     params: list[Param] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
     tags: list[RunTag] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)  # when the oldest item came in
 
     def __bool__(self) -> bool:
         return bool(self.params or self.metrics or self.tags)
@@ -107,6 +155,11 @@ class _Pending:
         self.params, self.metrics, self.tags = [], [], []
         return out
 
+    def add_metrics(self, metrics: list[Metric]) -> None:
+        if not self:
+            self.since = time.monotonic()
+        self.metrics.extend(metrics)
+
 
 class Tracker:
     """Parent/child MLflow runs for one sweep, written from the driver process only.
@@ -114,10 +167,10 @@ class Tracker:
     Every call returns at once: a single background thread performs the MLflow requests in
     order (so the driver's scheduling loop never waits on SQLite fsyncs or HTTP round
     trips). A child run's params, metrics and tags wait in one buffer that goes out as one
-    ``log_batch`` — when 1000 points are waiting, when the trial ends, or when the queue
-    goes idle (so the UI stays live). So a long trial shows its params at once, and when
-    short trials outpace the writer, each costs four requests: create (with its tags), the
-    spec artifact, one batch, terminate. To a tracking server up to four batches are in
+    ``log_batch`` — when 1000 points are waiting, when the trial ends, or when its oldest
+    item has waited ``_LIVE_SECONDS`` (so the UI stays live). So a long trial shows its
+    params within seconds, and a short trial costs four requests: create (with its tags),
+    the spec artifact, one batch, terminate. To a tracking server up to four batches are in
     flight at once (a run is terminated only after its own batches landed).
     ``close()`` drains the queue.
     """
@@ -128,6 +181,7 @@ class Tracker:
         # MLflow prints a "View run" line per finished run on a server: 10^4 lines per sweep
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.degraded: str | None = None
+        tune_sqlite(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.parent_id = None
         self._runs: dict[int, str] = {}           # handle → MLflow run id
@@ -175,17 +229,16 @@ class Tracker:
             try:
                 op = self._queue.get(timeout=0.5)
             except queue.Empty:
-                self._flush_all()  # idle: make what is buffered visible
-                continue
+                op = False
             if op is None:
                 self._flush_all(block=True)
                 return
-            if self.degraded:
-                continue
-            try:
-                op()
-            except Exception as e:  # noqa: BLE001  (any client/server/network error)
-                self._disable(getattr(op, "__name__", "request"), e)
+            if op and not self.degraded:
+                try:
+                    op()
+                except Exception as e:  # noqa: BLE001  (any client/server/network error)
+                    self._disable(getattr(op, "__name__", "request"), e)
+            self._flush_all(stale_only=True)
 
     def _submit(self, fn) -> None:
         self._queue.put(fn)
@@ -208,11 +261,15 @@ class Tracker:
         for f in futures:
             f.result()
 
-    def _flush_all(self, block: bool = False) -> None:
-        """Send what is buffered; collect (``block``: wait for) what is in flight."""
+    def _flush_all(self, block: bool = False, stale_only: bool = False) -> None:
+        """Send what is buffered (``stale_only``: what has waited ``_LIVE_SECONDS``, so a
+        short trial goes out as one batch at its end and a long one stays live in the UI);
+        collect (``block``: wait for) what is in flight."""
+        now = time.monotonic()
         try:
-            for handle in list(self._buffers):
-                self._flush(handle)
+            for handle, buf in list(self._buffers.items()):
+                if not stale_only or (buf and now - buf.since >= _LIVE_SECONDS):
+                    self._flush(handle)
             for handle in list(self._inflight):
                 self._settle(handle, block=block)
         except Exception as e:  # noqa: BLE001
@@ -254,7 +311,7 @@ class Tracker:
         def log_record():
             buf = self._buffers.get(handle)
             if buf is not None:
-                buf.metrics.extend(metrics)
+                buf.add_metrics(metrics)
                 if len(buf.metrics) >= _BATCH:
                     self._flush(handle)
 

@@ -97,6 +97,59 @@ def test_sqlite_default_and_sync_after_server_was_down(ray_local, tmp_path):
         server.stop()
 
 
+def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
+    import sqlite3
+
+    import sqlalchemy
+
+    from ntksweep.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    tracker = Tracker(uri, "wal", "s1", required=True)
+    tracker.close()
+    with sqlite3.connect(tmp_path / "out" / "mlflow.db") as conn:  # WAL: a property of the file
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    def synchronous(db_uri):  # any engine on the tuned file commits without an fsync each
+        engine = sqlalchemy.create_engine(db_uri)
+        try:
+            with engine.connect() as conn:
+                return conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        finally:
+            engine.dispose()
+
+    assert synchronous(uri) == 1                                      # NORMAL
+    assert synchronous(f"sqlite:///{tmp_path / 'other.db'}") == 2     # others keep FULL
+
+
+def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path):
+    from ntksweep.tracking import _LIVE_SECONDS, Tracker
+
+    uri = f"sqlite:///{tmp_path / 'live.db'}"
+    tracker = Tracker(uri, "live", "s1", required=True)
+    handle = tracker.start_trial("t1", 1, {"width": 8, "depth": 2})
+    tracker.log_record(handle, {"step": 0, "train_loss": 0.5})
+    reader = MlflowClient(uri)
+    exp = reader.get_experiment_by_name("live")
+
+    def child():
+        runs = reader.search_runs([exp.experiment_id], "tags.trial_id = 't1'")
+        return runs[0] if runs else None
+
+    deadline = time.monotonic() + _LIVE_SECONDS + 10
+    while time.monotonic() < deadline and not (child() and child().data.metrics):
+        time.sleep(0.2)
+    run = child()
+    assert run.info.status == "RUNNING"                       # the trial has not ended
+    assert run.data.metrics == {"train_loss": 0.5} and run.data.params["width"] == "8"
+    tracker.log_record(handle, {"step": 1, "train_loss": 0.25})
+    tracker.end_trial(handle, "completed")
+    tracker.close()
+    history = reader.get_metric_history(run.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.25)]
+    assert reader.get_run(run.info.run_id).info.status == "FINISHED"
+
+
 def test_parquet_schema_round_trip_and_kernels(tmp_path):
     r = run_trial(TrialSpec(width=16, keep_kernels="first_last", **TINY))
     paths = {s: store.save_array(tmp_path, "kernels", r.trial_id, s, k)
