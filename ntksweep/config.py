@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -65,12 +66,13 @@ class TrialSpec:
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # every field is a scalar or a tuple of ints: no deep copy (dataclasses.asdict) needed
+        d = {name: getattr(self, name) for name in TRIAL_FIELDS}
         if d["checkpoint_steps"] is not None:
             d["checkpoint_steps"] = list(d["checkpoint_steps"])
         return d
 
-    @property
+    @functools.cached_property  # frozen: computed once (the driver asks per event)
     def trial_id(self) -> str:
         """12 hex chars of sha1 over the canonical JSON of every field (device excluded:
         the same trial on another device is the same measurement)."""

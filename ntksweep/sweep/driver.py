@@ -140,6 +140,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
         ray.init(address=address, num_cpus=None if address else num_cpus,
                  include_dashboard=False, log_to_driver=not quiet)
         started_ray = True
+    actors: list = []
+    starting: dict = {}  # describe() ref → actor: an actor takes trials once it is up
+
+    def new_actor():
+        threads = str(max(1, int(cpus)))  # BLAS/OpenMP pools sized to the actor's CPU share
+        env = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus,
+                                runtime_env={"env_vars": env}).remote(int(cpus))
+        actors.append(a)
+        starting[a.describe.remote()] = a
+
     try:
         if todo:
             check_single_node_tracking(uri, bool(explicit))
@@ -149,20 +160,19 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
         store.write_text(out, "sweep.yaml", sweep_yaml)
         store.write_text(out, "sweep.json", json.dumps({"sweep_id": sid, "name": spec.name,
                                                         "tracking_uri": uri}, indent=1))
+        for _ in range(n_workers if todo else 0):
+            new_actor()  # they boot (seconds: a process, torch) while MLflow opens its store
         tracker = Tracker(uri, spec.name, sid, sweep_yaml)
     except BaseException:
+        for a in actors:
+            _kill(a)
         if started_ray:
             ray.shutdown()
         raise
-    if not todo:  # everything already done: no Ray, nothing to schedule
-        tracker.close("FINISHED")
-        return SweepSummary(sid, out, len(trials), skipped, {}, 0,
-                            time.perf_counter() - started, False, uri, tracker.degraded)
     counts: Counter = Counter()
     retried = 0
     interrupted = False
     workers: list[dict] = []
-    actors: list = []
     running: dict = {}  # generator → state
     progress = _progress(len(todo), quiet)
 
@@ -176,16 +186,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     start_failures = 0
-    starting: dict = {}  # describe() ref → actor: an actor takes trials once it is up
     infos: dict = {}
-
-    def new_actor():
-        threads = str(max(1, int(cpus)))  # BLAS/OpenMP pools sized to the actor's CPU share
-        env = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus,
-                                runtime_env={"env_vars": env}).remote(int(cpus))
-        actors.append(a)
-        starting[a.describe.remote()] = a
 
     def finish(state, status, error, summary=None, arrays=None):
         trial, attempt = state["trial"], state["attempt"]
@@ -214,8 +215,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
 
     try:
         idle = []
-        for _ in range(n_workers):
-            new_actor()
         while (todo or running) and not stop_requested:
             while todo and idle:
                 a = idle.pop()
