@@ -1,5 +1,6 @@
 """Sweeps on real Ray: local, a 2-node cluster on this machine, killed workers, a killed
-driver, failing trials, bad specs, GPU placement with logical GPUs."""
+driver, failing trials, bad specs, GPU placement with logical GPUs (and with the real ones
+when this machine has any)."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -98,6 +100,42 @@ def test_gpu_actors_get_their_own_device(ray_fresh, tmp_path):
     visible = sorted(w["cuda_visible_devices"] for w in summary.workers)
     assert visible == ["0", "1"]
     assert summary.counts == {"completed": 4}
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.skipif(_cuda_devices() == 0, reason="needs a CUDA GPU")
+def test_sweep_on_real_gpus_matches_cpu(ray_fresh, tmp_path):
+    """Ray finds the real GPUs itself; one actor per GPU, each seeing only its own device
+    (cuda:0 inside the actor), and the measurements agree with the same trials on the CPU."""
+    import ray
+
+    grid = {"width": [64, 256], "seed": [0, 1, 2]}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert ray.cluster_resources().get("GPU") == _cuda_devices()
+        gpu = run_sweep(sweep(tmp_path, "gpu", grid, {"device": "auto"},
+                              resources={"gpus_per_trial": 1, "cpus_per_trial": 1}), quiet=True)
+        cpu = run_sweep(sweep(tmp_path, "cpu", grid), quiet=True)
+    finally:
+        ray.shutdown()
+    assert gpu.counts == cpu.counts == {"completed": 6}
+    visible = [w["cuda_visible_devices"] for w in gpu.workers]
+    assert len(visible) == min(_cuda_devices(), 6) and len(set(visible)) == len(visible)
+    assert all(v and w["gpu_ids"] == v for v, w in zip(visible, gpu.workers))
+    g_trials, g_ckpts = ntksweep.load_results(gpu.out_dir)
+    c_trials, c_ckpts = ntksweep.load_results(cpu.out_dir)
+    assert set(g_trials.run_device) == {"cuda:0"} and set(c_trials.run_device) == {"cpu"}
+    key = ["trial_id", "step"]
+    g, c = g_ckpts.sort_values(key).reset_index(), c_ckpts.sort_values(key).reset_index()
+    assert list(g.trial_id) == list(c.trial_id) and list(g.step) == list(c.step)
+    # same seeded initialisation; float32 on two devices: agreement to float32 round-off
+    for col in ("dist_inf", "dist_init", "train_loss"):
+        np.testing.assert_allclose(g[col], c[col], rtol=2e-3, atol=1e-6, err_msg=col)
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(ray_fresh, tmp_path):
