@@ -95,11 +95,16 @@ def test_gpu_actors_get_their_own_device(ray_fresh, tmp_path):
     try:
         spec = sweep(tmp_path, resources={"gpus_per_trial": 1, "cpus_per_trial": 1})
         summary = run_sweep(spec, quiet=True)
+        # gpus_per_trial: auto with every trial on device: cpu takes no GPU (a GPU each would
+        # cap the CPU actors at one per GPU)
+        cpu_trials = run_sweep(sweep(tmp_path, "cpu", grid={"width": [8, 16, 32]}), quiet=True)
     finally:
         ray.shutdown()
     visible = sorted(w["cuda_visible_devices"] for w in summary.workers)
     assert visible == ["0", "1"]
     assert summary.counts == {"completed": 4}
+    assert cpu_trials.counts == {"completed": 3} and len(cpu_trials.workers) == 2
+    assert all(w["gpu_ids"] == "" for w in cpu_trials.workers)
 
 
 def _cuda_devices() -> int:

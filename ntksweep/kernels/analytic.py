@@ -73,17 +73,17 @@ def theta_step(theta: Tensor, sigma_dot: Tensor, layer_term: Tensor) -> Tensor:
 
 class ArcCosLayer:
     """The (leaky-)ReLU recursion on one (r, c) tile at a time, in place in preallocated
-    buffers: the hot loop of most sweeps, 12 vectorised passes per layer, no allocation.
+    buffers: the hot loop of most sweeps, 11 vectorised passes per layer, no allocation.
 
     With a the negative slope (0: ReLU), A = (1+a²)/2, B = (1−a)²/(2π) and
     e_dot = A − Bθ, the arc-cosine expectations of ``duals.arccos_dual`` read
         E[σ'σ'] = e_dot,   E[σσ] = s1 s2 (e_dot cos θ + B sin θ),
-    so, in the NTK parametrization, with ė = σ_w² e_dot,
-        Σ^(ℓ+1) = s1 s2 (ė cos θ + σ_w² B sin θ) + σ_b²,   Θ^(ℓ+1) = ė Θ^(ℓ) + Σ^(ℓ+1).
+    so, in the NTK parametrization, with ė = σ_w² e_dot and s1 s2 cos θ = Σ^(ℓ)(x, x'),
+        Σ^(ℓ+1) = ė Σ^(ℓ) + σ_w² B s1 s2 sin θ + σ_b²,   Θ^(ℓ+1) = ė Θ^(ℓ) + Σ^(ℓ+1).
 
     ``diag1``/``diag2``: Σ^(ℓ)(x, x) per layer for the rows' and the columns' points. Their
     square roots divide Σ(x, x') with the rows' side shrunk by ``duals.SNAP`` (so |cos θ|
-    within 8 ulp of 1 becomes 1, as in ``duals``); the shrink is undone in E[σσ].
+    within 8 ulp of 1 becomes 1, as in ``duals``); the shrink is undone in Σ^(ℓ+1).
     """
 
     def __init__(self, tile: int, slope: float, weight_std: float, bias_std: float,
@@ -92,32 +92,38 @@ class ArcCosLayer:
         self.w2 = w2
         self.w2a = torch.tensor(w2 * (1 + slope * slope) / 2, dtype=torch.float64)
         self.w2b = w2 * (1 - slope) ** 2 / (2 * math.pi)
+        self.w2b_sq = torch.tensor(self.w2b**2, dtype=torch.float64)
         self.b2 = torch.tensor(bias_std**2, dtype=torch.float64)
-        self.one = torch.ones((), dtype=torch.float64)
         # > 0: a zero input with zero bias is uncorrelated with everything, as in ``duals``
         self.std1 = [d.clamp(min=1e-150).sqrt_().mul_(SNAP)[:, None] for d in diag1]  # (n1, 1)
         self.std2 = [d.clamp(min=1e-150).sqrt_()[None, :] for d in diag2]           # (1, n2)
-        self.sigma, self.theta, self.spare, self.prod, self.cos, self.sin, self.e_dot = (
-            torch.empty(tile, tile, dtype=torch.float64) for _ in range(7))
+        self.sigma, self.theta, self.spare, self.prod, self.cos, self.sin = (
+            torch.empty(tile, tile, dtype=torch.float64) for _ in range(6))
 
-    def run(self, e0: Tensor, rows: slice, cols: slice, depth: int) -> tuple[Tensor, Tensor]:
-        """(Σ^(L), Θ^(L)) on the tile from E^(0) = x·x'/n0 (r, c); views of the buffers."""
+    def run(self, e0: Tensor, rows: slice, cols: slice, depth: int,
+            sigma_out: Tensor, theta_out: Tensor) -> None:
+        """Σ^(L) and Θ^(L) on the tile, from E^(0) = x·x'/n0 (r, c), written into
+        ``sigma_out`` and ``theta_out`` (views of the result matrices: no copy)."""
         r, c = e0.shape
         sigma, theta, spare = (b[:r, :c] for b in (self.sigma, self.theta, self.spare))
-        prod, cos, sin, e_dot = (b[:r, :c] for b in (self.prod, self.cos, self.sin, self.e_dot))
+        prod, cos, sin = (b[:r, :c] for b in (self.prod, self.cos, self.sin))
+        if depth == 1:
+            sigma, theta = sigma_out, theta_out
         torch.add(self.b2, e0, alpha=self.w2, out=sigma)                   # Σ^(1)
         theta.copy_(sigma)                                                 # Θ^(1)
         for ell in range(depth - 1):
-            torch.mul(self.std1[ell][rows], self.std2[ell][:, cols], out=prod)  # s1 s2 · SNAP
+            last = ell == depth - 2
+            torch.mul(self.std1[ell][rows], self.std2[ell][:, cols], out=prod)  # s1 s2 SNAP
             torch.div(sigma, prod, out=cos).clamp_(-1.0, 1.0)              # cos θ
-            torch.addcmul(self.one, cos, cos, value=-1.0, out=sin).sqrt_()  # |cos| ≤ 1: ≥ 0
-            torch.acos(cos, out=e_dot)
+            torch.addcmul(self.w2b_sq, cos, cos, value=-self.w2b**2, out=sin).sqrt_()
+            sin.mul_(prod)                                                 # σ_w²B s1s2 sin θ·SNAP
+            e_dot = torch.acos(cos, out=cos)                               # θ
             torch.add(self.w2a, e_dot, alpha=-self.w2b, out=e_dot)         # ė = σ_w²(A − Bθ)
-            sin.mul_(self.w2b / SNAP).addcmul_(e_dot, cos, value=1.0 / SNAP).mul_(prod)
-            torch.add(self.b2, sin, out=sigma)                             # Σ^(ℓ+1)
-            torch.addcmul(sigma, theta, e_dot, out=spare)                  # Θ^(ℓ+1)
+            sin.addcmul_(sigma, e_dot)                                     # (ė Σ + …)·SNAP
+            sigma = sigma_out if last else sigma
+            torch.add(self.b2, sin, alpha=1.0 / SNAP, out=sigma)           # Σ^(ℓ+1)
+            torch.addcmul(sigma, theta, e_dot, out=theta_out if last else spare)  # Θ^(ℓ+1)
             theta, spare = spare, theta
-        return sigma, theta
 
 
 def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -159,13 +165,18 @@ def _check_hyper(depth, activation, weight_std, bias_std, parametrization, width
                          "with width)")
 
 
-def _store(ntk, nngp, rows, cols, theta, sigma, symmetric, i, j) -> None:
-    """Write one tile (and its mirror image below the diagonal)."""
-    if symmetric and i == j:  # quadrature and BLAS treat u, v asymmetrically
-        theta, sigma = 0.5 * (theta + theta.T), 0.5 * (sigma + sigma.T)
-    ntk[rows, cols], nngp[rows, cols] = theta, sigma
-    if symmetric and j > i:
-        ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
+def _mirror(ntk, nngp, rows, cols, scratch, diagonal: bool) -> None:
+    """Symmetric case: copy the tile at (rows, cols) to (cols, rows), or symmetrize a
+    diagonal tile (quadrature and BLAS treat u and v asymmetrically, in the last bits).
+    Through a contiguous scratch: a transposed copy into strided rows is ~2× slower."""
+    for m in (ntk, nngp):
+        tile = m[rows, cols]
+        t = scratch[:tile.shape[1], :tile.shape[0]]
+        t.copy_(tile.T)
+        if diagonal:
+            tile.add_(t).mul_(0.5)
+        else:
+            m[cols, rows].copy_(t)
 
 
 def analytic_kernels(
@@ -222,22 +233,26 @@ def analytic_kernels(
         arccos = ArcCosLayer(tile, slope, weight_std, bias_std, diag1, diag2)
     else:
         arccos = None
+    scratch = torch.empty(tile, tile, dtype=torch.float64)
     for i in range(0, n1, tile):
         rows = slice(i, min(i + tile, n1))
         for j in range(i if symmetric else 0, n2, tile):
             cols = slice(j, min(j + tile, n2))
             e = a[rows] @ b[cols].T / a.shape[1]                         # E^(0) = x·x'/n0
             if arccos is not None:
-                sigma, theta = arccos.run(e, rows, cols, depth)
-                _store(ntk, nngp, rows, cols, theta, sigma, symmetric, i, j)
-                continue
-            sigma = affine(e, weight_std, bias_std)                      # Σ^(1)
-            theta = layer_term(e, sigma, 0)                              # Θ^(1)
-            for layer in range(1, depth):
-                e, e_dot = dual(diag1[layer - 1][rows, None], sigma, diag2[layer - 1][None, cols])
-                sigma = affine(e, weight_std, bias_std)                  # Σ^(ℓ+1)
-                theta = theta_step(theta, e_dot.mul_(weight_std**2), layer_term(e, sigma, layer))
-            _store(ntk, nngp, rows, cols, theta, sigma, symmetric, i, j)
+                arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
+            else:
+                sigma = affine(e, weight_std, bias_std)                  # Σ^(1)
+                theta = layer_term(e, sigma, 0)                          # Θ^(1)
+                for layer in range(1, depth):
+                    e, e_dot = dual(diag1[layer - 1][rows, None], sigma,
+                                    diag2[layer - 1][None, cols])
+                    sigma = affine(e, weight_std, bias_std)              # Σ^(ℓ+1)
+                    theta = theta_step(theta, e_dot.mul_(weight_std**2),
+                                       layer_term(e, sigma, layer))
+                ntk[rows, cols], nngp[rows, cols] = theta, sigma
+            if symmetric:
+                _mirror(ntk, nngp, rows, cols, scratch, i == j)
     return AnalyticKernels(
         ntk=ntk.numpy(),
         nngp=nngp.numpy(),

@@ -98,14 +98,17 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
             "axes": {k: list(v) for k, v in spec.axes().items()}}
 
 
-def _worker_shape(spec: SweepSpec, n_trials: int) -> tuple[int, float, float]:
+def _worker_shape(spec: SweepSpec, n_trials: int, cpu_only: bool = False
+                  ) -> tuple[int, float, float]:
     """How many actors, with how many GPUs/CPUs each. ``max_workers`` given: that many are
     requested (on an autoscaling cluster the ones that do not fit yet wait for new nodes);
-    otherwise as many as the cluster holds now."""
+    otherwise as many as the cluster holds now. ``gpus_per_trial: auto`` takes one GPU per
+    actor on a cluster with GPUs, unless every trial asks for ``device: cpu`` (then a GPU
+    would only cap the actors at one per GPU)."""
     res = ray.cluster_resources()
     gpus = spec.resources.gpus_per_trial
     if gpus == "auto":
-        gpus = 1.0 if res.get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if res.get("GPU", 0) >= 1 and not cpu_only else 0.0
     cpus = spec.resources.cpus_per_trial
     cap = spec.resources.max_workers
     if cap:
@@ -154,7 +157,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     try:
         if todo:
             check_single_node_tracking(uri, bool(explicit))
-            n_workers, gpus, cpus = _worker_shape(spec, len(todo))
+            n_workers, gpus, cpus = _worker_shape(spec, len(todo),
+                                                  all(t.device == "cpu" for t, _ in todo))
         store.check_writable(out)
         sweep_yaml = yaml.safe_dump(spec.source, sort_keys=False)
         store.write_text(out, "sweep.yaml", sweep_yaml)

@@ -26,6 +26,7 @@ class TrialWorker:
         torch.set_num_threads(max(1, num_threads))  # its CPU share: actors must not oversubscribe
         self.cache = TrialCache()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        self._allocated = 0  # CUDA bytes still allocated after the last trial
 
     def describe(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(),
@@ -68,10 +69,16 @@ class TrialWorker:
         yield ("result", summary, arrays)
 
     def _free(self) -> None:
-        # reference counting already freed the model; a full collection (tens of ms with
-        # torch loaded) is worth it only to hand cached GPU memory back between trials
-        if self.gpu_ids:
-            import torch
+        """Hand the trial's cached GPU memory back. Reference counting has already freed the
+        model; a full ``gc.collect`` (100+ ms with torch loaded: measured on an H100 host, a
+        200 ms floor per short trial) runs only when allocated memory grew since the last
+        trial, i.e. when reference cycles are holding tensors."""
+        if not self.gpu_ids:
+            return
+        import torch
 
-            gc.collect()
+        if torch.cuda.is_initialized():
+            if torch.cuda.memory_allocated() > self._allocated:
+                gc.collect()
+            self._allocated = torch.cuda.memory_allocated()
             torch.cuda.empty_cache()
