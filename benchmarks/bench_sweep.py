@@ -15,6 +15,7 @@ one run on this machine.
 """
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -53,12 +54,12 @@ def sweep(tmp, name, base, n, workers):
 
 
 _PLAIN = """
-import sys, time
+import json, sys, time
 import torch
 from ntksweep.config import TrialSpec
 from ntksweep.trial import TrialCache, run_trial
 torch.set_num_threads(1)
-base, n, cache = eval(sys.argv[1]), int(sys.argv[2]), TrialCache()
+base, n, cache = json.loads(sys.argv[1]), int(sys.argv[2]), TrialCache()
 run_trial(TrialSpec.from_dict({**base, "seed": 10**6}), cache=cache)  # warm, like an actor
 print(flush=True)
 sys.stdin.readline()
@@ -71,7 +72,7 @@ print(flush=True)
 def plain_ceiling(base, n):
     """Throughput of two plain processes side by side ÷ one alone, n trials each."""
     def wall(procs):
-        ps = [subprocess.Popen([sys.executable, "-c", _PLAIN, repr({"device": "cpu", **base}),
+        ps = [subprocess.Popen([sys.executable, "-c", _PLAIN, json.dumps({"device": "cpu", **base}),
                                 str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
               for _ in range(procs)]

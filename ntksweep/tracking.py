@@ -46,6 +46,8 @@ TERMINAL = {"completed": "FINISHED", "diverged": "FINISHED", "failed": "FAILED",
             "killed": "KILLED"}
 _BATCH = 1000
 _LIVE_SECONDS = 2.0  # what a run has buffered reaches the UI at most this late
+_TICK = 0.5          # the writer's idle wait, and how often it looks for stale buffers
+_IDLE = object()     # "the queue stayed empty for a tick" (None means: stop)
 # Batches in flight at once: a tracking server handles requests in parallel (run it with
 # --workers N), while a SQLite file has one writer, so there one sender is enough.
 _SENDERS = {"http": 4, "https": 4}
@@ -225,20 +227,25 @@ class Tracker:
                     "still go to Parquet; run `ntksweep sync` later", self.degraded)
 
     def _serve(self) -> None:
+        next_sweep = 0.0
         while True:
             try:
-                op = self._queue.get(timeout=0.5)
+                op = self._queue.get(timeout=_TICK)
             except queue.Empty:
-                op = False
+                op = _IDLE
             if op is None:
                 self._flush_all(block=True)
                 return
-            if op and not self.degraded:
+            if op is not _IDLE and not self.degraded:
                 try:
                     op()
                 except Exception as e:  # noqa: BLE001  (any client/server/network error)
                     self._disable(getattr(op, "__name__", "request"), e)
-            self._flush_all(stale_only=True)
+            # what has waited _LIVE_SECONDS goes out; looked for once per tick, not per op
+            # (a busy queue carries one op per checkpoint record of every running trial)
+            if (now := time.monotonic()) >= next_sweep:
+                self._flush_all(stale_only=True)
+                next_sweep = now + _TICK
 
     def _submit(self, fn) -> None:
         self._queue.put(fn)
