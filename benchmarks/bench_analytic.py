@@ -19,6 +19,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--activations", default="relu,leaky_relu,erf,gelu,tanh")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--bias-stds", default="0,0.1", help="σ_b values (0: the default network)")
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -31,7 +32,8 @@ def main() -> None:
     x = np.random.default_rng(0).normal(size=(args.n, 16))
     print(f"analytic Θ_∞: N={args.n}, depth={args.depth}, threads={args.threads}, "
           f"best of {args.repeats}")
-    for act in args.activations.split(","):
+    for act, bias_std in ((a, float(b)) for a in args.activations.split(",")
+                          for b in args.bias_stds.split(",")):
         n = args.n if act != "tanh" else min(args.n, 512)  # quadrature: points² per pair
         xs = x[:n]
         variants = {"fused": True, "generic": False} if act in ("relu", "leaky_relu") \
@@ -40,14 +42,14 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, fused in variants.items():
                 t0 = time.perf_counter()
-                k = analytic_kernels(xs, depth=args.depth, activation=act, bias_std=0.1,
+                k = analytic_kernels(xs, depth=args.depth, activation=act, bias_std=bias_std,
                                      fused=fused)
                 best[name] = min(best[name], time.perf_counter() - t0)
                 assert np.isfinite(k.ntk).all()
         line = "   ".join(f"{name or 'time'} {t * 1e3:7.1f} ms" for name, t in best.items())
         if len(best) == 2:
             line += f"   → fused {best['generic'] / best['fused']:.2f}× faster"
-        print(f"  {act:<10} N={n:<5} {line}   ({n * n / min(best.values()) / 1e6:6.1f} M pairs/s)")
+        print(f"  {act:<10} σ_b={bias_std:<4} N={n:<5} {line}   ({n * n / min(best.values()) / 1e6:6.1f} M pairs/s)")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,20 @@ def test_fused_arccos_path_equals_generic_duals(activation, cross):
             np.testing.assert_array_equal(fused.ntk[3], fused.ntk[0])   # duplicate rows
 
 
+@pytest.mark.parametrize("tile", [16, (8, 16), (5, 3), (64, 512)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_mirrored_blocks_equal_the_full_cross_kernel(tile, fused):
+    """x2 None computes the blocks on and above the diagonal and mirrors them; x2 = a copy of
+    x computes every block. Block shapes that do not divide n (37), rectangular ones, and
+    one (5, 3) narrower than tall (widened to hold the diagonal square)."""
+    x = np.random.default_rng(3).normal(size=(37, 4))
+    kw = dict(depth=5, activation="relu", bias_std=0.3, tile=tile, fused=fused)
+    sym, cross = analytic_kernels(x, **kw), analytic_kernels(x, x.copy(), **kw)
+    for a, b in ((sym.ntk, cross.ntk), (sym.nngp, cross.nngp)):
+        np.testing.assert_array_equal(a, a.T)
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
 def _independent_recursion(x, depth, sigma, dsigma, sw, sb):
     """Per-pair recursion with scipy's adaptive 2-D integration (no Gauss–Hermite)."""
     n = len(x)
@@ -231,6 +245,7 @@ def test_standard_parametrization_linear_closed_form():
     (dict(depth=2, bias_std=-0.1), "bias_std must be"),
     (dict(depth=2, parametrization="muP"), "parametrization must be"),
     (dict(depth=2, parametrization="standard"), "needs width"),
+    (dict(depth=2, tile=(0, 64)), "tile must be an int or \\(rows, cols\\) of ints >= 1"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -30,6 +30,8 @@ from torch import Tensor
 from ..activations import LEAKY_RELU_SLOPE, get_activation
 from .duals import SNAP, get_dual
 
+_ONE = torch.ones((), dtype=torch.float64)
+
 __all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs"]
 
 
@@ -72,7 +74,7 @@ def theta_step(theta: Tensor, sigma_dot: Tensor, layer_term: Tensor) -> Tensor:
 
 
 class ArcCosLayer:
-    """The (leaky-)ReLU recursion on one (r, c) tile at a time, in place in preallocated
+    """The (leaky-)ReLU recursion on one (r, c) block at a time, in place in four preallocated
     buffers: the hot loop of most sweeps, 11 vectorised passes per layer, no allocation.
 
     With a the negative slope (0: ReLU), A = (1+a²)/2, B = (1−a)²/(2π) and
@@ -81,49 +83,52 @@ class ArcCosLayer:
     so, in the NTK parametrization, with ė = σ_w² e_dot and s1 s2 cos θ = Σ^(ℓ)(x, x'),
         Σ^(ℓ+1) = ė Σ^(ℓ) + σ_w² B s1 s2 sin θ + σ_b²,   Θ^(ℓ+1) = ė Θ^(ℓ) + Σ^(ℓ+1).
 
-    ``diag1``/``diag2``: Σ^(ℓ)(x, x) per layer for the rows' and the columns' points. Their
-    square roots divide Σ(x, x') with the rows' side shrunk by ``duals.SNAP`` (so |cos θ|
-    within 8 ulp of 1 becomes 1, as in ``duals``); the shrink is undone in Σ^(ℓ+1).
+    ``diag1``/``diag2``: Σ^(ℓ)(x, x) per layer for the rows' and the columns' points. cos θ
+    multiplies Σ(x, x') by their reciprocal square roots, the rows' side shrunk by
+    ``duals.SNAP`` (so |cos θ| within 8 ulp of 1 becomes 1, as in ``duals``); the sin θ term
+    uses the unshrunk s1 s2. Multiplying by per-row and per-column vectors (broadcast) costs
+    less than forming s1 s2 and dividing by it.
     """
 
-    def __init__(self, tile: int, slope: float, weight_std: float, bias_std: float,
-                 diag1: list[Tensor], diag2: list[Tensor]):
+    def __init__(self, shape: tuple[int, int], slope: float, weight_std: float,
+                 bias_std: float, diag1: list[Tensor], diag2: list[Tensor]):
         w2 = weight_std**2
         self.w2 = w2
         self.w2a = torch.tensor(w2 * (1 + slope * slope) / 2, dtype=torch.float64)
         self.w2b = w2 * (1 - slope) ** 2 / (2 * math.pi)
-        self.w2b_sq = torch.tensor(self.w2b**2, dtype=torch.float64)
         self.b2 = torch.tensor(bias_std**2, dtype=torch.float64)
         # > 0: a zero input with zero bias is uncorrelated with everything, as in ``duals``
-        self.std1 = [d.clamp(min=1e-150).sqrt_().mul_(SNAP)[:, None] for d in diag1]  # (n1, 1)
-        self.std2 = [d.clamp(min=1e-150).sqrt_()[None, :] for d in diag2]           # (1, n2)
-        self.sigma, self.theta, self.spare, self.prod, self.cos, self.sin = (
-            torch.empty(tile, tile, dtype=torch.float64) for _ in range(6))
+        std1 = [d.clamp(min=1e-150).sqrt() for d in diag1]
+        std2 = [d.clamp(min=1e-150).sqrt() for d in diag2]
+        self.inv1 = [(1.0 / (s * SNAP))[:, None] for s in std1]       # (n1, 1)
+        self.inv2 = [(1.0 / s)[None, :] for s in std2]                 # (1, n2)
+        self.bstd1 = [(self.w2b * s)[:, None] for s in std1]          # σ_w² B s1, (n1, 1)
+        self.std2 = [s[None, :] for s in std2]                          # (1, n2)
+        self.buffers = [torch.empty(shape, dtype=torch.float64) for _ in range(4)]
 
     def run(self, e0: Tensor, rows: slice, cols: slice, depth: int,
             sigma_out: Tensor, theta_out: Tensor) -> None:
-        """Σ^(L) and Θ^(L) on the tile, from E^(0) = x·x'/n0 (r, c), written into
+        """Σ^(L) and Θ^(L) on the block, from E^(0) = x·x'/n0 (r, c), written into
         ``sigma_out`` and ``theta_out`` (views of the result matrices: no copy)."""
         r, c = e0.shape
-        sigma, theta, spare = (b[:r, :c] for b in (self.sigma, self.theta, self.spare))
-        prod, cos, sin = (b[:r, :c] for b in (self.prod, self.cos, self.sin))
+        sigma, theta, cos, sin = (b[:r, :c] for b in self.buffers)
         if depth == 1:
             sigma, theta = sigma_out, theta_out
         torch.add(self.b2, e0, alpha=self.w2, out=sigma)                   # Σ^(1)
         theta.copy_(sigma)                                                 # Θ^(1)
         for ell in range(depth - 1):
             last = ell == depth - 2
-            torch.mul(self.std1[ell][rows], self.std2[ell][:, cols], out=prod)  # s1 s2 SNAP
-            torch.div(sigma, prod, out=cos).clamp_(-1.0, 1.0)              # cos θ
-            torch.addcmul(self.w2b_sq, cos, cos, value=-self.w2b**2, out=sin).sqrt_()
-            sin.mul_(prod)                                                 # σ_w²B s1s2 sin θ·SNAP
+            torch.mul(sigma, self.inv1[ell][rows], out=cos)
+            cos.mul_(self.inv2[ell][:, cols]).clamp_(-1.0, 1.0)            # cos θ (snapped)
+            torch.addcmul(_ONE, cos, cos, value=-1.0, out=sin).sqrt_()     # sin θ
+            sin.mul_(self.bstd1[ell][rows])
+            torch.addcmul(self.b2, sin, self.std2[ell][:, cols], out=sin)  # σ_w²B s1s2 sin θ + σ_b²
             e_dot = torch.acos(cos, out=cos)                               # θ
             torch.add(self.w2a, e_dot, alpha=-self.w2b, out=e_dot)         # ė = σ_w²(A − Bθ)
-            sin.addcmul_(sigma, e_dot)                                     # (ė Σ + …)·SNAP
-            sigma = sigma_out if last else sigma
-            torch.add(self.b2, sin, alpha=1.0 / SNAP, out=sigma)           # Σ^(ℓ+1)
-            torch.addcmul(sigma, theta, e_dot, out=theta_out if last else spare)  # Θ^(ℓ+1)
-            theta, spare = spare, theta
+            new_sigma, new_theta = (sigma_out, theta_out) if last else (sigma, theta)
+            torch.addcmul(sin, sigma, e_dot, out=new_sigma)                # Σ^(ℓ+1)
+            torch.addcmul(new_sigma, theta, e_dot, out=new_theta)          # Θ^(ℓ+1)
+            sigma, theta = new_sigma, new_theta
 
 
 def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -165,18 +170,36 @@ def _check_hyper(depth, activation, weight_std, bias_std, parametrization, width
                          "with width)")
 
 
-def _mirror(ntk, nngp, rows, cols, scratch, diagonal: bool) -> None:
-    """Symmetric case: copy the tile at (rows, cols) to (cols, rows), or symmetrize a
-    diagonal tile (quadrature and BLAS treat u and v asymmetrically, in the last bits).
-    Through a contiguous scratch: a transposed copy into strided rows is ~2× slower."""
+def _blocks(n1: int, n2: int, symmetric: bool, shape: tuple[int, int]):
+    """(rows, cols) of each block to compute: bands of h rows, cut into chunks of w columns;
+    for a symmetric kernel each band starts at the diagonal (only the upper triangle)."""
+    h, w = shape
+    for i in range(0, n1, h):
+        rows = slice(i, min(i + h, n1))
+        for j in range(i if symmetric else 0, n2, w):
+            yield rows, slice(j, min(j + w, n2))
+
+
+def _mirror(ntk: np.ndarray, nngp: np.ndarray, rows: slice, cols: slice) -> None:
+    """Symmetric case: copy the block at (rows, cols) to (cols, rows). A block that starts on
+    the diagonal (cols.start == rows.start) holds the square (rows, rows): that part is
+    symmetrized instead (quadrature and BLAS treat u and v asymmetrically, in the last bits).
+    numpy, not torch: its transposed copy into rows 32 KB apart is ~2.4× faster (measured)."""
+    upper = max(cols.start, rows.stop)                 # columns from here lie above the square
     for m in (ntk, nngp):
-        tile = m[rows, cols]
-        t = scratch[:tile.shape[1], :tile.shape[0]]
-        t.copy_(tile.T)
-        if diagonal:
-            tile.add_(t).mul_(0.5)
-        else:
-            m[cols, rows].copy_(t)
+        if cols.start < rows.stop:
+            square = m[rows, rows]
+            square[...] = (square + square.T) * 0.5
+        if upper < cols.stop:
+            np.copyto(m[upper:cols.stop, rows], m[rows, upper:cols.stop].T)
+
+
+def _block_shape(tile: int | tuple[int, int], symmetric: bool) -> tuple[int, int]:
+    h, w = (tile, tile) if isinstance(tile, (int, np.integer)) else tile
+    if h < 1 or w < 1:
+        raise ValueError(f"tile must be an int or (rows, cols) of ints >= 1; got {tile!r}")
+    # a symmetric band's first chunk must hold its whole diagonal square
+    return int(h), int(max(w, h) if symmetric else w)
 
 
 def analytic_kernels(
@@ -191,7 +214,7 @@ def analytic_kernels(
     width: int | None = None,
     quadrature: bool | None = None,
     quadrature_points: int | None = None,
-    tile: int = 128,
+    tile: int | tuple[int, int] = (64, 512),
     fused: bool = True,
 ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1).
@@ -200,9 +223,11 @@ def analytic_kernels(
     ``quadrature=True`` forces quadrature even where a closed form exists (for checks);
     ``width`` is needed only for the standard parametrization. ReLU and leaky ReLU (NTK
     parametrization) take the fused in-place ``ArcCosLayer`` path unless ``fused=False``
-    (the generic dual path, kept for checks). The recursion runs through
-    all layers one (tile × tile) block at a time so the block stays in cache; with x2 None
-    only the upper-triangular blocks are computed and mirrored.
+    (the generic dual path, kept for checks). The recursion runs through all layers one
+    block of ``tile`` = (rows, cols) pairs at a time (an int: square) so that the block stays
+    in cache: 64 × 512 keeps the fused path's four buffers in a 2 MB L2 while amortising
+    each op's ~3 µs dispatch. With x2 None only the blocks on and above the diagonal are
+    computed and mirrored.
     """
     _check_hyper(depth, activation, weight_std, bias_std, parametrization, width)
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
@@ -227,35 +252,35 @@ def analytic_kernels(
     diag1 = diagonal_sigmas(a)
     diag2 = diag1 if symmetric else diagonal_sigmas(b)
     n1, n2 = a.shape[0], b.shape[0]
-    ntk, nngp = torch.empty(n1, n2, dtype=torch.float64), torch.empty(n1, n2, dtype=torch.float64)
+    shape = _block_shape(tile, symmetric)
+    # numpy's allocations of this size get transparent huge pages: ~3× fewer page faults
+    ntk_np, nngp_np = np.empty((n1, n2)), np.empty((n1, n2))
+    ntk, nngp = torch.from_numpy(ntk_np), torch.from_numpy(nngp_np)
     slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(activation)
     if fused and slope is not None and not quadrature and parametrization == "ntk":
-        arccos = ArcCosLayer(tile, slope, weight_std, bias_std, diag1, diag2)
+        arccos = ArcCosLayer(shape, slope, weight_std, bias_std, diag1, diag2)
     else:
         arccos = None
-    scratch = torch.empty(tile, tile, dtype=torch.float64)
-    for i in range(0, n1, tile):
-        rows = slice(i, min(i + tile, n1))
-        for j in range(i if symmetric else 0, n2, tile):
-            cols = slice(j, min(j + tile, n2))
-            e = a[rows] @ b[cols].T / a.shape[1]                         # E^(0) = x·x'/n0
-            if arccos is not None:
-                arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
-            else:
-                sigma = affine(e, weight_std, bias_std)                  # Σ^(1)
-                theta = layer_term(e, sigma, 0)                          # Θ^(1)
-                for layer in range(1, depth):
-                    e, e_dot = dual(diag1[layer - 1][rows, None], sigma,
-                                    diag2[layer - 1][None, cols])
-                    sigma = affine(e, weight_std, bias_std)              # Σ^(ℓ+1)
-                    theta = theta_step(theta, e_dot.mul_(weight_std**2),
-                                       layer_term(e, sigma, layer))
-                ntk[rows, cols], nngp[rows, cols] = theta, sigma
-            if symmetric:
-                _mirror(ntk, nngp, rows, cols, scratch, i == j)
+    b_t = (b / b.shape[1]).T                                             # (d, n2), 1/n0 folded in
+    for rows, cols in _blocks(n1, n2, symmetric, shape):
+        e = a[rows] @ b_t[:, cols]                                       # E^(0) = x·x'/n0
+        if arccos is not None:
+            arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
+        else:
+            sigma = affine(e, weight_std, bias_std)                      # Σ^(1)
+            theta = layer_term(e, sigma, 0)                              # Θ^(1)
+            for layer in range(1, depth):
+                e, e_dot = dual(diag1[layer - 1][rows, None], sigma,
+                                diag2[layer - 1][None, cols])
+                sigma = affine(e, weight_std, bias_std)                  # Σ^(ℓ+1)
+                theta = theta_step(theta, e_dot.mul_(weight_std**2),
+                                   layer_term(e, sigma, layer))
+            ntk[rows, cols], nngp[rows, cols] = theta, sigma
+        if symmetric:
+            _mirror(ntk_np, nngp_np, rows, cols)
     return AnalyticKernels(
-        ntk=ntk.numpy(),
-        nngp=nngp.numpy(),
+        ntk=ntk_np,
+        nngp=nngp_np,
         depth=int(depth),
         activation=activation,
         weight_std=float(weight_std),
