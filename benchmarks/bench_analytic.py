@@ -49,7 +49,8 @@ def main() -> None:
         line = "   ".join(f"{name or 'time'} {t * 1e3:7.1f} ms" for name, t in best.items())
         if len(best) == 2:
             line += f"   → fused {best['generic'] / best['fused']:.2f}× faster"
-        print(f"  {act:<10} σ_b={bias_std:<4} N={n:<5} {line}   ({n * n / min(best.values()) / 1e6:6.1f} M pairs/s)")
+        rate = n * n / min(best.values()) / 1e6
+        print(f"  {act:<10} σ_b={bias_std:<4} N={n:<5} {line}   ({rate:6.1f} M pairs/s)")
 
 
 if __name__ == "__main__":
