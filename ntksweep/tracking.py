@@ -33,6 +33,13 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request, verify_rest_response
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -52,6 +59,7 @@ _IDLE = object()     # "the queue stayed empty for a tick" (None means: stop)
 # --workers N), while a SQLite file has one writer, so there one sender is enough.
 _SENDERS = {"http": 4, "https": 4}
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
+_LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:
@@ -140,6 +148,44 @@ def _metrics(record: dict[str, Any], now_ms: int) -> list[Metric]:
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def _chunks(metrics: list[Metric], params: list[Param], tags: list[RunTag]):
+    """(metrics, params, tags) slices within one log-batch request's limits (1000 metrics,
+    100 params, 100 tags, 1000 in all), as ``MlflowClient.log_batch`` cuts them."""
+    while metrics or params or tags:
+        p, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+        t, tags = tags[:MAX_PARAMS_TAGS_PER_BATCH], tags[MAX_PARAMS_TAGS_PER_BATCH:]
+        room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(p) - len(t))
+        m, metrics = metrics[:room], metrics[room:]
+        yield m, p, t
+
+
+def rest_log_batch(uri: str):
+    """``log_batch(run_id, metrics, params, tags)`` for an http(s) tracking server, posting
+    the REST API's documented ``runs/log-batch`` JSON itself; None for other stores.
+
+    Why: MlflowClient turns every point into a protobuf and prints it to JSON with protobuf's
+    pure-Python printer — half of the client's CPU per point (measured against a local
+    server: 27–55 → 15 µs per point, 4,100–6,000 → 5,600–7,200 points/s on 2 cores). Auth,
+    TLS and retries stay MLflow's: ``http_request`` with the host credentials its RestStore
+    reads for the same URI (token, basic auth, certificates).
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
+        return None
+
+    def log_batch(run_id: str, metrics: list[Metric], params: list[Param],
+                  tags: list[RunTag]) -> None:
+        for m, p, t in _chunks(metrics, params, tags):
+            body = {"run_id": run_id,
+                    "metrics": [{"key": x.key, "value": x.value, "timestamp": x.timestamp,
+                                 "step": x.step} for x in m],
+                    "params": [{"key": x.key, "value": x.value} for x in p],
+                    "tags": [{"key": x.key, "value": x.value} for x in t]}
+            response = http_request(get_default_host_creds(uri), _LOG_BATCH, "POST", json=body)
+            verify_rest_response(response, _LOG_BATCH)
+
+    return log_batch
+
+
 @dataclass
 class _Pending:
     """What a child run has not sent yet."""
@@ -185,6 +231,7 @@ class Tracker:
         self.degraded: str | None = None
         tune_sqlite(uri)
         self.client = MlflowClient(tracking_uri=uri)
+        self._log_batch = rest_log_batch(uri) or self._client_log_batch
         self.parent_id = None
         self._runs: dict[int, str] = {}           # handle → MLflow run id
         self._buffers: dict[int, _Pending] = {}
@@ -255,7 +302,11 @@ class Tracker:
         if buf and run_id and not self.degraded:
             params, metrics, tags = buf.take()
             self._inflight.setdefault(handle, []).append(self._senders.submit(
-                self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags))
+                self._log_batch, run_id, metrics, params, tags))
+
+    def _client_log_batch(self, run_id: str, metrics: list[Metric], params: list[Param],
+                          tags: list[RunTag]) -> None:
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
     def _settle(self, handle: int, *, block: bool = True) -> None:
         """Wait for this run's batches in flight (``block=False``: only collect the finished

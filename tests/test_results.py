@@ -150,6 +150,48 @@ def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path):
     assert reader.get_run(run.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("n_metrics, n_params, n_tags", [
+    (0, 0, 0), (1000, 0, 0), (1001, 0, 0), (950, 100, 0), (2500, 250, 130), (0, 101, 0)])
+def test_chunks_respect_every_log_batch_limit(n_metrics, n_params, n_tags):
+    from mlflow.entities import Metric, Param, RunTag
+
+    from ntksweep.tracking import _chunks
+
+    metrics = [Metric(f"m{i}", float(i), 0, i) for i in range(n_metrics)]
+    params = [Param(f"p{i}", str(i)) for i in range(n_params)]
+    tags = [RunTag(f"t{i}", str(i)) for i in range(n_tags)]
+    chunks = list(_chunks(metrics, params, tags))
+    for m, p, t in chunks:
+        assert len(m) <= 1000 and len(p) <= 100 and len(t) <= 100
+        assert 0 < len(m) + len(p) + len(t) <= 1000
+    assert [x for c in chunks for x in c[0]] == metrics
+    assert [x for c in chunks for x in c[1]] == params
+    assert [x for c in chunks for x in c[2]] == tags
+
+
+def test_batches_to_a_server_are_cut_to_the_rest_limits(tmp_path, mlflow_server):
+    """The tracker posts log-batch JSON itself to a server: 150 params (over the 100 a
+    request may carry) and 1,500 points (over 1,000) arrive whole, in order, once."""
+    from ntksweep.tracking import Tracker
+
+    spec = {f"p{i:03d}": i for i in range(150)}
+    tracker = Tracker(mlflow_server.uri, "limits", "s1", required=True)
+    handle = tracker.start_trial("t1", 1, spec)
+    for step in range(500):
+        tracker.log_record(handle, {"step": step, "a": step / 2, "b": -step, "c": 1.0})
+    tracker.end_trial(handle, "completed")
+    tracker.close()
+    assert tracker.degraded is None
+    reader = MlflowClient(mlflow_server.uri)
+    exp = reader.get_experiment_by_name("limits")
+    run = reader.search_runs([exp.experiment_id], "tags.trial_id = 't1'")[0]
+    assert run.data.params == {k: str(v) for k, v in spec.items()}
+    for key, f in (("a", lambda s: s / 2), ("b", lambda s: -s), ("c", lambda s: 1.0)):
+        history = reader.get_metric_history(run.info.run_id, key)
+        assert sorted((m.step, m.value) for m in history) == [(s, f(s)) for s in range(500)]
+    assert run.info.status == "FINISHED"
+
+
 def test_parquet_schema_round_trip_and_kernels(tmp_path):
     r = run_trial(TrialSpec(width=16, keep_kernels="first_last", **TINY))
     paths = {s: store.save_array(tmp_path, "kernels", r.trial_id, s, k)
