@@ -11,7 +11,8 @@ one run on this machine.
 3. MLflow logging throughput, batched, to SQLite and to a local `mlflow server`
    (goal ≥ 5,000 metric points/s), and the driver's time per checkpoint record.
 
-    python benchmarks/bench_sweep.py [--trivial 200] [--heavy 12]
+    python benchmarks/bench_sweep.py [--trivial 200] [--repeats 3] [--only sweep|logging]
+                                     [--heavy 24 | --spec experiments/quickstart.yaml]
 """
 
 import argparse
@@ -25,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ntksweep  # noqa: E402
@@ -34,10 +37,15 @@ from ntksweep.tracking import Tracker  # noqa: E402
 from ntksweep.trial import RECORD_COLUMNS  # noqa: E402
 
 
-def sweep(tmp, name, base, n, workers):
+def seeds_spec(base, n):
+    """A sweep of n seeds of one CPU trial."""
+    return {"base": {"device": "cpu", **base}, "grid": {"seed": list(range(n))}}
+
+
+def sweep(tmp, name, raw, workers):
     """(wall s, mean trial s, start-up s, driver CPU s per trial once the actors are up)."""
-    spec = load_sweep_spec({"name": name, "output_dir": str(Path(tmp) / name),
-                            "base": {"device": "cpu", **base}, "grid": {"seed": list(range(n))},
+    n = len(load_sweep_spec({**raw, "name": name}).trials())
+    spec = load_sweep_spec({**raw, "name": name, "output_dir": str(Path(tmp) / name),
                             "resources": {"cpus_per_trial": 1, "max_workers": workers}})
     first = []
 
@@ -59,23 +67,29 @@ import torch
 from ntksweep.config import TrialSpec
 from ntksweep.trial import TrialCache, run_trial
 torch.set_num_threads(1)
-base, n, cache = json.loads(sys.argv[1]), int(sys.argv[2]), TrialCache()
-run_trial(TrialSpec.from_dict({**base, "seed": 10**6}), cache=cache)  # warm, like an actor
+trials, cache = json.loads(sys.stdin.readline()), TrialCache()
+run_trial(TrialSpec.from_dict({**trials[0], "seed": 10**6}), cache=cache)  # warm, like an actor
 print(flush=True)
 sys.stdin.readline()
-for seed in range(n):
-    run_trial(TrialSpec.from_dict({**base, "seed": seed}), cache=cache)
+for t in trials:
+    run_trial(TrialSpec.from_dict(t), cache=cache)
 print(flush=True)
 """
 
 
-def plain_ceiling(base, n):
-    """Throughput of two plain processes side by side ÷ one alone, n trials each."""
-    def wall(procs):
-        ps = [subprocess.Popen([sys.executable, "-c", _PLAIN, json.dumps({"device": "cpu", **base}),
-                                str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-              for _ in range(procs)]
+def plain_ceiling(raw):
+    """Throughput of two plain processes side by side (each half of the sweep's trials,
+    alternately dealt) ÷ one process running all of them."""
+    trials = [{**t.to_dict(), "device": "cpu"} for t in load_sweep_spec(
+        {**raw, "name": "plain"}).trials()]
+
+    def wall(shares):
+        ps = [subprocess.Popen([sys.executable, "-c", _PLAIN], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in shares]
+        for p, share in zip(ps, shares):
+            p.stdin.write(json.dumps(share) + "\n")
+            p.stdin.flush()
         for p in ps:
             p.stdout.readline()
         t0 = time.perf_counter()
@@ -87,8 +101,8 @@ def plain_ceiling(base, n):
             p.wait()
         return time.perf_counter() - t0
 
-    one, two = wall(1), wall(2)
-    return one, two, 2 * one / two
+    one, two = wall([trials]), wall([trials[0::2], trials[1::2]])
+    return one, two, one / two
 
 
 def logging_rate(uri, n_records=500):
@@ -116,6 +130,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--trivial", type=int, default=200)
     p.add_argument("--heavy", type=int, default=24)
+    p.add_argument("--spec", help="measure the speed-up on this sweep spec's trials instead "
+                                  "of --heavy seeds of a ~0.6 s trial")
     p.add_argument("--repeats", type=int, default=3, help="rounds of each measurement")
     p.add_argument("--only", choices=["sweep", "logging"], help="run one part")
     args = p.parse_args()
@@ -132,13 +148,21 @@ def sweep_part(tmp, args):
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    trivial = {"n_train": 4, "n_eval": 4, "width": 4, "depth": 1, "steps": 1,
-               "checkpoints": 2}
-    heavy = {"n_train": 64, "n_eval": 64, "width": 512, "depth": 3, "steps": 150,
-             "checkpoints": 4}
+    trivial = seeds_spec({"n_train": 4, "n_eval": 4, "width": 4, "depth": 1, "steps": 1,
+                          "checkpoints": 2}, args.trivial)
+    if args.spec:   # a real sweep's trials, e.g. the quick start's (0.3–4 s each)
+        raw = yaml.safe_load(Path(args.spec).read_text())
+        heavy = {k: raw[k] for k in ("base", "grid", "zip") if k in raw}
+        heavy["base"] = {**heavy.get("base", {}), "device": "cpu"}
+        what = args.spec
+    else:
+        heavy = seeds_spec({"n_train": 64, "n_eval": 64, "width": 512, "depth": 3,
+                            "steps": 150, "checkpoints": 4}, args.heavy)
+        what = "~0.6 s each"
+    n_heavy = len(load_sweep_spec({**heavy, "name": "count"}).trials())
     best_triv = best_speed = None
     for r in range(args.repeats):
-        wall, trial_s, startup, cpu = sweep(tmp, f"trivial{r}", trivial, args.trivial, 2)
+        wall, trial_s, startup, cpu = sweep(tmp, f"trivial{r}", trivial, 2)
         overhead = wall / args.trivial - trial_s / 2
         steady = (wall - startup) / args.trivial - trial_s / 2
         print(f"[{r + 1}] {args.trivial} trivial trials on 2 workers: {wall:.1f} s wall (of "
@@ -147,16 +171,15 @@ def sweep_part(tmp, args):
               f"{overhead * 1e3:.1f} ms/trial overall, {steady * 1e3:.1f} once the actors are up")
         if best_triv is None or steady < best_triv[1]:
             best_triv = (overhead, steady)
-        w1, t1, s1, c1 = sweep(tmp, f"one{r}", heavy, args.heavy, 1)
-        w2, t2, s2, c2 = sweep(tmp, f"two{r}", heavy, args.heavy, 2)
-        one, two, ceiling = plain_ceiling(heavy, args.heavy // 2)
+        w1, t1, s1, c1 = sweep(tmp, f"one{r}", heavy, 1)
+        w2, t2, s2, c2 = sweep(tmp, f"two{r}", heavy, 2)
+        one, two, ceiling = plain_ceiling(heavy)
         speed, e2e = (w1 - s1) / (w2 - s2), w1 / w2
-        print(f"[{r + 1}] {args.heavy} CPU-bound trials: 1 worker {w1:.1f} s, 2 workers "
+        print(f"[{r + 1}] {n_heavy} CPU-bound trials ({what}): 1 worker {w1:.1f} s, 2 workers "
               f"{w2:.1f} s → {e2e:.2f}× end to end, {speed:.2f}× once the actors are up "
               f"(start-up {s1:.1f} / {s2:.1f} s; mean trial {t1:.2f} / {t2:.2f} s; driver CPU "
               f"{c1 * 1e3:.0f} / {c2 * 1e3:.0f} ms per trial); ceiling without Ray/MLflow/"
-              f"driver: {args.heavy // 2} trials in one process {one:.1f} s, {args.heavy} in "
-              f"two {two:.1f} s → {ceiling:.2f}×")
+              f"driver: one process {one:.1f} s, two {two:.1f} s → {ceiling:.2f}×")
         if best_speed is None or speed > best_speed[0]:
             best_speed = (speed, e2e, ceiling)
     print(f"best of {args.repeats}: orchestration overhead {best_triv[1] * 1e3:.1f} ms/trial "

@@ -89,12 +89,14 @@ def test_relu_diagonal_is_geometric_series():
 def test_fused_arccos_path_equals_generic_duals(activation, cross):
     """The fused in-place layer (its own algebra: ė cos θ + B sin θ) against the recursion
     through duals.arccos_dual, across tile edges (n not a multiple of the tile), with a
-    duplicate point, an antipodal pair and a zero input."""
+    duplicate point, an antipodal pair and (but for the last case: σ_b = 0 without a zero
+    input is the normalised ρ, Θ/(s1 s2) recursion) a zero input."""
     rng = np.random.default_rng(7)
     x = rng.normal(size=(37, 5))
-    x[3], x[4], x[5] = x[0], -x[1], 0.0
+    x[3], x[4] = x[0], -x[1]
     x2 = rng.normal(size=(23, 5)) if cross else None
-    for sb in (0.0, 0.2):
+    for sb, zero in ((0.0, True), (0.2, True), (0.0, False)):
+        x[5] = 0.0 if zero else x[6] / 3
         kw = dict(depth=6, activation=activation, weight_std=1.3, bias_std=sb, tile=16)
         fused, generic = analytic_kernels(x, x2, **kw), analytic_kernels(x, x2, fused=False, **kw)
         np.testing.assert_allclose(fused.ntk, generic.ntk, rtol=1e-12, atol=1e-300)
