@@ -277,10 +277,31 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
                 time.sleep(0.5)
         else:
             raise AssertionError("MLflow UI did not answer")
+        assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI
     finally:
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(tmp_path / "ui", ignore_errors=True)
+
+
+def _job_runners_under(pid: int) -> list[int]:
+    """MLflow job-runner processes descending from ``pid`` (Linux /proc)."""
+    parent, cmdline = {}, {}
+    for d in Path("/proc").iterdir():
+        try:
+            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline[int(d.name)] = (d / "cmdline").read_bytes().decode(errors="replace")
+        except (ValueError, OSError):
+            continue
+
+    def descends(p: int) -> bool:
+        while p > 1:
+            if p == pid:
+                return True
+            p = parent.get(p, 0)
+        return False
+
+    return [p for p, c in cmdline.items() if "_job_runner" in c and descends(p)]
 
 
 def test_report_is_logged_to_the_parent_run(ray_local, tmp_path):
