@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ntksweep  # noqa: E402
 from ntksweep.spec import load_sweep_spec  # noqa: E402
 from ntksweep.sweep import run_sweep  # noqa: E402
-from ntksweep.tracking import Tracker  # noqa: E402
+from ntksweep.tracking import SERVER_ENV, Tracker  # noqa: E402
 from ntksweep.trial import RECORD_COLUMNS  # noqa: E402
 
 
@@ -195,7 +195,7 @@ def logging_part(tmp, repeats):
     otherwise keeps one of the 2 cores busy importing for ~20 s after /health answers."""
     rates = [logging_rate(f"sqlite:///{tmp}/bench{r}.db") for r in range(repeats)]
     report("MLflow SQLite", rates)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **SERVER_ENV}
     for workers in (4, 1):  # 4: mlflow server's default
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host",

@@ -141,16 +141,15 @@ def _sweep_meta(out: str) -> dict:
 
 
 def cmd_ui(args) -> int:
-    from .tracking import ui_command
+    from .tracking import SERVER_ENV, ui_command
 
     meta = _sweep_meta(args.out)
     uri = args.tracking_uri or meta["tracking_uri"]
     cmd = ui_command(uri, args.port)
     print(f"MLflow UI for {args.out}: http://127.0.0.1:{args.port}  ({' '.join(cmd)})",
           flush=True)
-    # MLflow 3's job runner serves GenAI scorers, not these runs, and keeps a core busy
-    # importing for ~20 s after start-up; set the variable to true to have it anyway
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    for name, value in SERVER_ENV.items():  # a value the user set wins
+        os.environ.setdefault(name, value)
     # replace this process: signals (Ctrl-C, a test's terminate) reach the server itself
     os.execvp(cmd[0], cmd)
     return 1  # not reached

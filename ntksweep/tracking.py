@@ -60,6 +60,9 @@ _IDLE = object()     # "the queue stayed empty for a tick" (None means: stop)
 _SENDERS = {"http": 4, "https": 4}
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+# For an `mlflow server` serving sweeps: MLflow 3 also starts a job runner for its GenAI
+# scorers (unused by tracking) that keeps a core busy importing for ~20 s after start-up
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:

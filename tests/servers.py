@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from ntksweep.tracking import SERVER_ENV
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,11 +54,6 @@ def _stop(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 60
         proc.wait(10)
 
 
-# MLflow 3's server also starts a job runner (GenAI scorers; unused by tracking) that keeps a
-# core busy importing for ~20 s after /health answers: on 2 cores that is half the machine
-SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
 class MlflowServer:
     """A real `mlflow server` process with a SQLite backend."""
 
@@ -71,7 +68,8 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
              str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/server.db",
              "--default-artifact-root", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SERVER_ENV)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **SERVER_ENV})  # no job runner: half of a 2-core machine
         wait_until(lambda: _http_ok(f"{self.uri}/health"), "mlflow server", self.proc)
         return self
 
