@@ -88,6 +88,43 @@ def test_failing_trial_is_recorded_and_sweep_goes_on(ray_local, tmp_path):
     assert_each_trial_once(summary.out_dir, spec)
 
 
+def test_a_failing_driver_leaves_no_run_running(ray_local, tmp_path):
+    """An error in the driver itself (here: a progress callback that raises) propagates, and
+    MLflow is left consistent: the running trials' runs killed, the sweep's run failed."""
+    from mlflow.tracking import MlflowClient
+
+    spec = sweep(tmp_path, base={"steps": 300, "checkpoints": 30, "width": 64})
+
+    def on_event(kind, data):
+        if kind == "record" and data["record"]["step"] >= 1:
+            raise RuntimeError("callback broke")
+
+    with pytest.raises(RuntimeError, match="callback broke"):
+        run_sweep(spec, quiet=True, on_event=on_event)
+    client = MlflowClient(f"sqlite:///{Path(spec.out_dir).resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    status = {r.data.tags["ntksweep.role"]: r.info.status for r in runs
+              if r.data.tags["ntksweep.role"] == "sweep"}
+    children = [r for r in runs if r.data.tags["ntksweep.role"] == "trial"]
+    assert status == {"sweep": "FAILED"}
+    assert children and {r.info.status for r in children} == {"KILLED"}
+    assert len(ntksweep.load_results(spec.out_dir)[0]) == 0   # nothing half-written
+
+
+def test_records_ready_together_travel_as_one_item():
+    import queue
+
+    from ntksweep.sweep.worker import _DONE, _ready
+
+    items = queue.Queue()
+    for x in ("a", "b"):
+        items.put(x)
+    assert _ready(items) == ["a", "b"]                 # does not wait for more
+    for x in ("c", _DONE, "never"):
+        items.put(x)
+    assert _ready(items) == ["c", _DONE]               # nothing is taken past the end
+
+
 def test_gpu_actors_get_their_own_device(ray_fresh, tmp_path):
     import ray
 

@@ -175,7 +175,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
         raise
     counts: Counter = Counter()
     retried = 0
-    interrupted = False
     workers: list[dict] = []
     running: dict = {}  # generator → state
     progress = _progress(len(todo), quiet)
@@ -217,12 +216,23 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                         "run_id": run_id, "worker": worker_info}
         _event(on_event, "start", trial=trial.trial_id, attempt=attempt, worker=worker_info)
 
+    idle: list = []
+
+    def hand_out():
+        while todo and idle and not stop_requested:
+            a = idle.pop()
+            launch(a, infos[a])
+
+    def record(state, records):
+        for rec in records:
+            state["records"].append(rec)
+            tracker.log_record(state["run_id"], rec)
+            _event(on_event, "record", trial=state["trial"].trial_id, record=rec)
+
+    shown, crashed = None, False
     try:
-        idle = []
         while (todo or running) and not stop_requested:
-            while todo and idle:
-                a = idle.pop()
-                launch(a, infos[a])
+            hand_out()
             ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref in starting:  # an actor came up (on a node that may be new)
@@ -266,32 +276,36 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                     idle.append(state["actor"])
                     finish(state, "failed", str(e))
                     continue
-                if item[0] == "record":
-                    state["records"].append(item[1])
-                    tracker.log_record(state["run_id"], item[1])
-                    _event(on_event, "record", trial=state["trial"].trial_id, record=item[1])
-                else:  # the last item: hand the actor its next trial now, not at end-of-stream
-                    _, summary, arrays = item
+                if item[0] == "records":
+                    record(state, item[1])
+                else:  # the last item: the actor takes its next trial before this one is
+                    _, summary, arrays, tail = item  # written (not at end-of-stream)
+                    record(state, tail)
                     running.pop(gen)
                     idle.append(state["actor"])
+                    hand_out()
                     finish(state, summary["status"], summary["error"], summary, arrays)
                     _event(on_event, "end", trial=state["trial"].trial_id,
                            status=summary["status"])
-            progress.set_postfix(running=len(running), failed=counts["failed"],
-                                 diverged=counts["diverged"], retried=retried, refresh=False)
+            if shown != (now := (len(running), counts["failed"], counts["diverged"], retried)):
+                shown = now
+                progress.set_postfix(running=now[0], failed=now[1], diverged=now[2],
+                                     retried=now[3], refresh=False)
     except KeyboardInterrupt:  # a second Ctrl-C while waiting on Ray
         stop_requested.append(signal.SIGINT)
+    except BaseException:
+        crashed = True
+        raise
     finally:
-        if stop_requested:
-            interrupted = True
-            for state in running.values():
-                tracker.end_trial(state["run_id"], "killed")
+        interrupted = bool(stop_requested)
+        for state in running.values():  # stopped, or the driver itself failed
+            tracker.end_trial(state["run_id"], "killed")
         for s, handler in old.items():
             signal.signal(s, handler)
         progress.close()
         for a in actors:
             _kill(a)
-        tracker.close("KILLED" if interrupted else "FINISHED",
+        tracker.close("FAILED" if crashed else "KILLED" if interrupted else "FINISHED",
                       {"completed": counts["completed"], "failed": counts["failed"],
                        "diverged": counts["diverged"]})
         if started_ray:
