@@ -50,9 +50,9 @@ class TrialWorker:
         summary, arrays, [dict, …]) with the records not yet sent and the kept
         {'kernels': {step: Θ_t}, 'outputs': {step: f_t}}.
 
-        Records that are ready together travel as one item: each item is a round trip
-        through Ray and a wake-up of the driver, and a short trial's checkpoints come
-        faster than that (a 30 ms trial: one item instead of three).
+        Records that are ready together travel as one item, and those still queued when
+        the trial ends ride with its result: each item is a round trip through Ray and a
+        wake-up of the driver, and a short trial's checkpoints can come faster than that.
 
         A CPU actor on a GPU node still sees every GPU (Ray leaves CUDA_VISIBLE_DEVICES
         unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
