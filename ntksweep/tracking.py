@@ -234,7 +234,8 @@ class Tracker:
         self.degraded: str | None = None
         tune_sqlite(uri)
         self.client = MlflowClient(tracking_uri=uri)
-        self._log_batch = rest_log_batch(uri) or self._client_log_batch
+        # (run_id, metrics, params, tags): the REST path for servers, else the client's
+        self._log_batch = rest_log_batch(uri) or self.client.log_batch
         self.parent_id = None
         self._runs: dict[int, str] = {}           # handle → MLflow run id
         self._buffers: dict[int, _Pending] = {}
@@ -306,10 +307,6 @@ class Tracker:
             params, metrics, tags = buf.take()
             self._inflight.setdefault(handle, []).append(self._senders.submit(
                 self._log_batch, run_id, metrics, params, tags))
-
-    def _client_log_batch(self, run_id: str, metrics: list[Metric], params: list[Param],
-                          tags: list[RunTag]) -> None:
-        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
     def _settle(self, handle: int, *, block: bool = True) -> None:
         """Wait for this run's batches in flight (``block=False``: only collect the finished
