@@ -45,44 +45,69 @@ def seeds_spec(base, n):
     return {"base": {"device": "cpu", **base}, "grid": {"seed": list(range(n))}}
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(all, stolen) CPU ticks of this machine so far (Linux /proc/stat; None elsewhere).
+    Steal is time the hypervisor gave this VM's vCPUs to someone else: on a shared VM it
+    slows every process, and it is what makes two plain processes' speed-up swing."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    return sum(ticks), ticks[7]
+
+
+def steal_between(a, b) -> float:
+    """The fraction of the vCPUs' time stolen between two ``cpu_ticks()`` (nan if unknown)."""
+    if a is None or b is None or b[0] == a[0]:
+        return float("nan")
+    return (b[1] - a[1]) / (b[0] - a[0])
+
+
 @dataclass(frozen=True)
 class SweepTimes:
     wall: float      # run_sweep, end to end (s)
     startup: float   # until the first trial started: a fresh MLflow store, actors booting
     steady: float    # from the moment every actor had started a trial until run_sweep
                      # returned (its last trial written, MLflow drained, actors stopped)
-    n_steady: int    # trials started in that window (all of them ran entirely inside it)
+    done: float      # trials' worth of work inside that window: each trial counts with
+                     # the share of its time (driver's start → end event) that lies inside
     trial: float     # mean trial wall time (s), as the worker measured it
     cpu: float       # the driver's CPU per trial (all its threads) from the first start (s)
+    steal: float     # share of the vCPUs' time stolen by the hypervisor in the window
 
     @property
     def rate(self) -> float:
-        """Trials per second once the actors are up; conservative: a trial already running
-        when the last actor came up is not counted, though it ran partly inside the window."""
-        return self.n_steady / self.steady
+        """Trials per second once the actors are up."""
+        return self.done / self.steady
 
 
 def sweep(tmp, name, raw, workers) -> SweepTimes:
     n = len(load_sweep_spec({**raw, "name": name}).trials())
     spec = load_sweep_spec({**raw, "name": name, "output_dir": str(Path(tmp) / name),
                             "resources": {"cpus_per_trial": 1, "max_workers": workers}})
-    starts, first = [], {}
+    first, spans, up = {}, {}, {}
 
     def on_event(kind, data):
         now = time.perf_counter()
         if kind == "start":
-            starts.append(now)
+            spans[data["trial"]] = [now, None]
             first.setdefault(data["worker"]["pid"], (now, time.process_time()))
+            if len(first) == workers and not up:
+                up.update(t=now, ticks=cpu_ticks())
+        elif kind == "end":
+            spans[data["trial"]][1] = now
 
     t0 = time.perf_counter()
     summary = run_sweep(spec, quiet=True, on_event=on_event)
-    wall, cpu = time.perf_counter() - t0, time.process_time()  # process_time: all threads
+    wall, cpu, ticks = time.perf_counter() - t0, time.process_time(), cpu_ticks()
     trials, _ = ntksweep.load_results(summary.out_dir)
     assert len(trials) == n and set(trials.status) == {"completed"}
+    end = t0 + wall
+    done = sum(max(0.0, min(e, end) - max(s, up["t"])) / (e - s) for s, e in spans.values())
     t_first, cpu_first = min(first.values())
-    up = max(t for t, _ in first.values())
-    return SweepTimes(wall, t_first - t0, t0 + wall - up, sum(t >= up for t in starts),
-                      trials.wall_seconds.mean(), (cpu - cpu_first) / n)
+    return SweepTimes(wall, t_first - t0, end - up["t"], done, trials.wall_seconds.mean(),
+                      (cpu - cpu_first) / n, steal_between(up["ticks"], ticks))
 
 
 _PLAIN = """
@@ -101,9 +126,20 @@ print(flush=True)
 """
 
 
-def plain_ceiling(raw):
-    """(s, s): one plain process running all of the sweep's trials, and two side by side
-    each running half of them (alternately dealt)."""
+@dataclass(frozen=True)
+class Ceiling:
+    one: float          # one plain process running all of the sweep's trials (s)
+    two: float          # two side by side, each running half of them (alternately dealt)
+    steal_one: float    # share of the vCPUs' time stolen during each
+    steal_two: float
+
+    @property
+    def speedup(self) -> float:
+        return self.one / self.two
+
+
+def plain_ceiling(raw) -> Ceiling:
+    """The machine's own 1 → 2 speed-up on the sweep's trials: no Ray, MLflow or driver."""
     trials = [{**t.to_dict(), "device": "cpu"} for t in load_sweep_spec(
         {**raw, "name": "plain"}).trials()]
 
@@ -116,16 +152,17 @@ def plain_ceiling(raw):
             p.stdin.flush()
         for p in ps:
             p.stdout.readline()
-        t0 = time.perf_counter()
+        t0, ticks = time.perf_counter(), cpu_ticks()
         for p in ps:
             p.stdin.write("\n")
             p.stdin.flush()
         for p in ps:
             p.stdout.readline()
             p.wait()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, steal_between(ticks, cpu_ticks())
 
-    return wall([trials]), wall([trials[0::2], trials[1::2]])
+    (one, s1), (two, s2) = wall([trials]), wall([trials[0::2], trials[1::2]])
+    return Ceiling(one, two, s1, s2)
 
 
 def logging_rate(uri, n_records=500):
@@ -152,7 +189,9 @@ def free_port():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--trivial", type=int, default=200)
-    p.add_argument("--heavy", type=int, default=24)
+    p.add_argument("--heavy", type=int, default=24, help="CPU-bound trials in the speed-up")
+    p.add_argument("--steps", type=int, default=150,
+                   help="training steps of those trials (150: ~0.6 s each on this VM)")
     p.add_argument("--spec", help="measure the speed-up on this sweep spec's trials instead "
                                   "of --heavy seeds of a ~0.6 s trial")
     p.add_argument("--repeats", type=int, default=3, help="rounds of each measurement")
@@ -182,8 +221,8 @@ def sweep_part(tmp, args):
         what = args.spec
     else:
         heavy = seeds_spec({"n_train": 64, "n_eval": 64, "width": 512, "depth": 3,
-                            "steps": 150, "checkpoints": 4}, args.heavy)
-        what = "~0.6 s each"
+                            "steps": args.steps, "checkpoints": 4}, args.heavy)
+        what = f"{args.steps} steps each"
     n_heavy = len(load_sweep_spec({**heavy, "name": "count"}).trials())
     overheads, ones, twos, plains = [], [], [], []
     for r in range(args.repeats):
@@ -191,31 +230,33 @@ def sweep_part(tmp, args):
         overheads.append((1 / t.rate - t.trial / 2, t.wall / args.trivial - t.trial / 2))
         print(f"[{r + 1}] {args.trivial} trivial trials on 2 workers: {t.wall:.1f} s wall "
               f"({t.startup:.1f} s one-off store/actor start-up), mean trial "
-              f"{t.trial * 1e3:.1f} ms, driver CPU {t.cpu * 1e3:.0f} ms/trial → overhead "
+              f"{t.trial * 1e3:.1f} ms, driver CPU {t.cpu * 1e3:.0f} ms/trial, stolen "
+              f"{t.steal:.0%} → overhead "
               f"{overheads[-1][0] * 1e3:.1f} ms/trial once the actors are up, "
               f"{overheads[-1][1] * 1e3:.1f} overall")
         one, two = sweep(tmp, f"one{r}", heavy, 1), sweep(tmp, f"two{r}", heavy, 2)
         ones.append(one)
         twos.append(two)
-        plains.append(plain_ceiling(heavy))
-        p1, p2 = plains[-1]
+        plains.append(c := plain_ceiling(heavy))
         print(f"[{r + 1}] {n_heavy} CPU-bound trials ({what}): 1 worker {one.wall:.1f} s, "
               f"2 workers {two.wall:.1f} s → {two.rate / one.rate:.2f}× once the actors are up, "
               f"{one.wall / two.wall:.2f}× end to end (start-up {one.startup:.1f} / "
               f"{two.startup:.1f} s; mean trial {one.trial:.2f} / {two.trial:.2f} s; driver "
-              f"CPU {one.cpu * 1e3:.0f} / {two.cpu * 1e3:.0f} ms per trial); ceiling without "
-              f"Ray/MLflow/driver: one process {p1:.1f} s, two {p2:.1f} s → {p1 / p2:.2f}×")
+              f"CPU {one.cpu * 1e3:.0f} / {two.cpu * 1e3:.0f} ms per trial; stolen "
+              f"{one.steal:.0%} / {two.steal:.0%}); ceiling without Ray/MLflow/driver: one "
+              f"process {c.one:.1f} s, two {c.two:.1f} s → {c.speedup:.2f}× (stolen "
+              f"{c.steal_one:.0%} / {c.steal_two:.0%})")
     up = sorted(o for o, _ in overheads)
     speed = max(t.rate for t in twos) / max(t.rate for t in ones)
     e2e = min(t.wall for t in ones) / min(t.wall for t in twos)
-    ceiling = min(p for p, _ in plains) / min(p for _, p in plains)
+    ceiling = min(c.one for c in plains) / min(c.two for c in plains)
     rounds = ", ".join(f"{b.rate / a.rate:.2f}×" for a, b in zip(ones, twos))
     print(f"fastest of {args.repeats} rounds: orchestration overhead {up[0] * 1e3:.1f} ms/trial "
           f"once the actors are up (median {up[len(up) // 2] * 1e3:.1f}; overall "
           f"{min(o for _, o in overheads) * 1e3:.1f}); speed-up 1 → 2 workers {speed:.2f}× once "
           f"up ({e2e:.2f}× end to end; round by round {rounds}); the machine's ceiling, two "
           f"plain processes vs one, {ceiling:.2f}× (round by round "
-          f"{', '.join(f'{a / b:.2f}×' for a, b in plains)})")
+          f"{', '.join(f'{c.speedup:.2f}×' for c in plains)})")
     ray.shutdown()
 
 

@@ -43,10 +43,19 @@ def test_local_sweep_end_to_end(ray_local, tmp_path):
     trials, ckpts = assert_each_trial_once(summary.out_dir, spec)
     assert set(trials.status) == {"completed"} and len(ckpts) == 4 * 3
     assert events.count("record") == 12          # records streamed live, one per checkpoint
+    # each actor's thread pools match its CPU share (torch defaults to every core here)
+    assert [(w["torch_threads"], w["omp_num_threads"]) for w in summary.workers] == [(1, "1")] * 2
     # resume: nothing left to do, nothing written twice
     again = run_sweep(spec, quiet=True)
     assert again.skipped == 4 and again.counts == {}
     assert_each_trial_once(summary.out_dir, spec)
+
+
+def test_an_actor_with_two_cpus_runs_two_threads(ray_local, tmp_path):
+    spec = sweep(tmp_path, grid={"seed": [0]}, resources={"cpus_per_trial": 2})
+    summary = run_sweep(spec, quiet=True)
+    assert summary.counts == {"completed": 1}
+    assert [(w["torch_threads"], w["omp_num_threads"]) for w in summary.workers] == [(2, "2")]
 
 
 def test_killed_worker_process_is_replaced_and_trial_rerun(ray_local, tmp_path):

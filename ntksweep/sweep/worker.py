@@ -40,10 +40,14 @@ class TrialWorker:
         self._allocated = 0  # CUDA bytes still allocated after the last trial
 
     def describe(self) -> dict:
+        import torch
+
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "gpu_ids": ",".join(self.gpu_ids),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "torch_threads": torch.get_num_threads(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
     def run(self, spec_dict: dict):
         """Stream ("records", [dict, …]) as checkpoints are measured, then ("result",
