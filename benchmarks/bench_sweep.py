@@ -9,12 +9,13 @@ one run on this machine.
 2. Speed-up from 1 to 2 workers on CPU-bound trials (goal ≥ 1.8× on 2 cores): trials per
    second once the actors are up, beside the machine's own ceiling measured in the same
    rounds: the same trials in one plain process vs two side by side (no Ray, no MLflow,
-   no driver).
+   no driver). Every run prints the share of the vCPUs' time the hypervisor stole
+   (/proc/stat) while it ran: on a shared VM that, not the code, is most of the noise.
 3. MLflow logging throughput, batched, to SQLite and to a local `mlflow server`
    (goal ≥ 5,000 metric points/s), and the driver's time per checkpoint record.
 
     python benchmarks/bench_sweep.py [--trivial 200] [--repeats 3] [--only sweep|logging]
-                                     [--heavy 24 | --spec experiments/quickstart.yaml]
+                                     [--heavy 24 [--steps 150] | --spec experiments/quickstart.yaml]
 """
 
 import argparse

@@ -134,12 +134,29 @@ class RayNodes:
                 "--runtime-env-agent-port", str(free_port()),
                 "--metrics-export-port", str(free_port())]
 
-    def _start(self, args: list[str], log: str) -> None:
+    def _start(self, args: list[str], log: str) -> subprocess.Popen:
         out = open(self.temp_dir / log, "w")  # noqa: SIM115  (closed with the process)
         self.procs.append(subprocess.Popen(
             ["ray", "start", "--block", "--node-ip-address", "127.0.0.1",
              "--num-cpus", str(self.cpus), *self._node_ports(), *args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT))
+        return self.procs[-1]
+
+    def _start_node(self, args: list[str], name: str, nodes: int) -> None:
+        """Start one node and wait until the cluster has ``nodes`` alive. A raylet gives its
+        dashboard agent a fixed 15 s to write its port file and exits when it is late
+        (ray-project/ray#65983: "The current node timed out during startup"), which a
+        loaded 2-core VM sometimes is: that node is started again, twice at most."""
+        for attempt in range(3):
+            log = f"{name}.{attempt}.log"
+            proc = self._start(args, log)
+            try:
+                wait_until(lambda: self.alive_nodes() == nodes, f"ray {name}", proc, timeout=180)
+                return
+            except RuntimeError:
+                if "timed out during startup" not in (self.temp_dir / log).read_text():
+                    raise
+        raise RuntimeError(f"ray {name} timed out during startup 3 times")
 
     def alive_nodes(self) -> int:
         res = subprocess.run(["ray", "status", "--address", self.address], env=self.env,
@@ -151,14 +168,17 @@ class RayNodes:
 
     def start(self, n_workers: int = 1) -> RayNodes:
         self.temp_dir.mkdir(parents=True)
-        self._start(["--head", "--port", str(self.gcs_port), "--include-dashboard", "true",
-                     "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                     str(self.dashboard_port), "--temp-dir", str(self.temp_dir)], "head.log")
-        wait_until(lambda: self.alive_nodes() == 1, "ray head", self.procs[0], timeout=180)
-        for i in range(n_workers):
-            self._start(["--address", self.address], f"worker{i}.log")
-        wait_until(lambda: self.alive_nodes() == 1 + n_workers, "ray worker nodes",
-                   self.procs[-1], timeout=180)
+        try:
+            self._start_node(["--head", "--port", str(self.gcs_port), "--include-dashboard",
+                              "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                              str(self.dashboard_port), "--temp-dir", str(self.temp_dir)],
+                             "head", 1)
+            for i in range(n_workers):
+                self._start_node(["--address", self.address], f"worker{i}", 2 + i)
+        except (RuntimeError, TimeoutError) as e:  # say why: the logs go with the temp dir
+            logs = self.logs()
+            self.stop()
+            raise RuntimeError(f"{e}; `ray start` said:\n{logs}") from None
         return self
 
     def logs(self) -> str:
