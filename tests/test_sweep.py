@@ -37,8 +37,16 @@ def assert_each_trial_once(out, spec):
 
 def test_local_sweep_end_to_end(ray_local, tmp_path):
     spec = sweep(tmp_path)
-    events = []
-    summary = run_sweep(spec, quiet=True, on_event=lambda k, d: events.append(k))
+    events, started = [], []
+
+    def on_event(kind, data):
+        events.append(kind)
+        if kind == "start":
+            started.append(width_of[data["trial"]])
+
+    width_of = {t.trial_id: t.width for t in spec.trials()}
+    summary = run_sweep(spec, quiet=True, on_event=on_event)
+    assert started == [16, 16, 8, 8]              # the longest first, not in grid order
     assert summary.counts == {"completed": 4}
     trials, ckpts = assert_each_trial_once(summary.out_dir, spec)
     assert set(trials.status) == {"completed"} and len(ckpts) == 4 * 3

@@ -136,7 +136,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     sid = sweep_id_of(spec)
     trials = spec.trials()
     done = store.finished_trials(out)
-    todo = deque((t, 1) for t in trials if done.get(t.trial_id) not in store.DONE_STATUSES)
+    todo = deque(sorted(((t, 1) for t in trials if done.get(t.trial_id) not in store.DONE_STATUSES),
+                        key=lambda item: -_work(item[0])))  # longest first, else grid order
     skipped = len(trials) - len(todo)
     started_ray = False
     if todo and not ray.is_initialized():
@@ -313,6 +314,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
             ray.shutdown()
     return SweepSummary(sid, out, len(trials), skipped, dict(counts), retried,
                         time.perf_counter() - started, interrupted, uri, tracker.degraded, workers)
+
+
+def _work(t) -> float:
+    """A trial's multiply-adds, roughly, to start the longest first (LPT scheduling): a sweep
+    in grid order ends on its widest trials, one per worker, while the other workers idle.
+    Weights ≈ depth·width²; training passes over them steps × (batch) times; each
+    checkpoint's empirical NTK on the eval set ≈ M² passes."""
+    per_step = t.batch_size if t.optimizer == "sgd" and t.batch_size else t.n_train
+    n_checkpoints = len(t.checkpoint_steps) if t.checkpoint_steps else t.checkpoints
+    return t.depth * t.width ** 2 * (t.steps * per_step + n_checkpoints * t.n_eval ** 2)
 
 
 def _kill(actor) -> None:
