@@ -25,6 +25,7 @@ import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from .. import store
+from ..config import TrialSpec
 from ..spec import SweepSpec
 from ..tracking import Tracker, check_tracking_uri, default_tracking_uri
 from .worker import TrialWorker
@@ -136,8 +137,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     sid = sweep_id_of(spec)
     trials = spec.trials()
     done = store.finished_trials(out)
-    todo = deque(sorted(((t, 1) for t in trials if done.get(t.trial_id) not in store.DONE_STATUSES),
-                        key=lambda item: -_work(item[0])))  # longest first, else grid order
+    pending = [t for t in trials if done.get(t.trial_id) not in store.DONE_STATUSES]
+    # longest first; the sort is stable (also reversed), so ties stay in grid order
+    todo = deque((t, 1) for t in sorted(pending, key=_work, reverse=True))
     skipped = len(trials) - len(todo)
     started_ray = False
     if todo and not ray.is_initialized():
@@ -152,7 +154,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
         # actor sizes torch's pool itself. An env_vars runtime_env would make Ray start a
         # dedicated process per actor (measured: ~1 s later up) and leave the workers it
         # prestarted for this driver idle, polling, on the cores the trials need.
-        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus).remote(max(1, int(cpus)))
+        a = TrialWorker.options(num_gpus=gpus, num_cpus=cpus).remote(int(cpus))
         actors.append(a)
         starting[a.describe.remote()] = a
 
@@ -316,7 +318,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                         time.perf_counter() - started, interrupted, uri, tracker.degraded, workers)
 
 
-def _work(t) -> float:
+def _work(t: TrialSpec) -> float:
     """A trial's multiply-adds, roughly, to start the longest first (LPT scheduling): a sweep
     in grid order ends on its widest trials, one per worker, while the other workers idle.
     Weights ≈ depth·width²; training passes over them steps × (batch) times; each
