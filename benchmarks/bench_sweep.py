@@ -3,9 +3,10 @@ one run on this machine.
 
 1. ≥ 200 trivial trials through the whole driver (Ray actors, streaming, MLflow SQLite,
    Parquet): overhead per trial = time per trial − mean trial time ÷ workers (goal
-   ≤ 50 ms per trial), once the actors are up (from the moment every actor has started a
-   trial until run_sweep returns with everything written and MLflow drained) and overall
-   (with the one-off start-up: a fresh MLflow store, actor processes importing torch).
+   ≤ 50 ms per trial), once the actors are up (from the moment every actor has ended a
+   trial, so is warm, until run_sweep returns with everything written and MLflow drained)
+   and overall (with the one-off start-up: a fresh MLflow store, actors importing torch
+   and warming up).
 2. Speed-up from 1 to 2 workers on CPU-bound trials (goal ≥ 1.8× on 2 cores): trials per
    second once the actors are up, beside the machine's own ceiling measured in the same
    rounds: the same trials in one plain process vs two side by side (no Ray, no MLflow,
@@ -15,7 +16,8 @@ one run on this machine.
    (goal ≥ 5,000 metric points/s), and the driver's time per checkpoint record.
 
     python benchmarks/bench_sweep.py [--trivial 200] [--repeats 3] [--only sweep|logging]
-                                     [--heavy 24 [--steps 150] | --spec experiments/quickstart.yaml]
+                                     [--heavy 24 [--steps 150] [--width 512]
+                                      | --spec experiments/quickstart.yaml]
 """
 
 import argparse
@@ -69,8 +71,9 @@ def steal_between(a, b) -> float:
 class SweepTimes:
     wall: float      # run_sweep, end to end (s)
     startup: float   # until the first trial started: a fresh MLflow store, actors booting
-    steady: float    # from the moment every actor had started a trial until run_sweep
-                     # returned (its last trial written, MLflow drained, actors stopped)
+    steady: float    # from the moment every actor had ended a trial (so is warm, as the
+                     # plain processes of the ceiling are) until run_sweep returned (its
+                     # last trial written, MLflow drained, actors stopped)
     done: float      # trials' worth of work inside that window: each trial counts with
                      # the share of its time (driver's start → end event) that lies inside
     trial: float     # mean trial wall time (s), as the worker measured it
@@ -87,17 +90,19 @@ def sweep(tmp, name, raw, workers) -> SweepTimes:
     n = len(load_sweep_spec({**raw, "name": name}).trials())
     spec = load_sweep_spec({**raw, "name": name, "output_dir": str(Path(tmp) / name),
                             "resources": {"cpus_per_trial": 1, "max_workers": workers}})
-    first, spans, up = {}, {}, {}
+    first, spans, worker_of, warm, up = {}, {}, {}, set(), {}
 
     def on_event(kind, data):
         now = time.perf_counter()
         if kind == "start":
             spans[data["trial"]] = [now, None]
-            first.setdefault(data["worker"]["pid"], (now, time.process_time()))
-            if len(first) == workers and not up:
-                up.update(t=now, ticks=cpu_ticks())
+            worker_of[data["trial"]] = pid = data["worker"]["pid"]
+            first.setdefault(pid, (now, time.process_time()))
         elif kind == "end":
             spans[data["trial"]][1] = now
+            warm.add(worker_of[data["trial"]])
+            if len(warm) == workers and not up:
+                up.update(t=now, ticks=cpu_ticks())
 
     t0 = time.perf_counter()
     summary = run_sweep(spec, quiet=True, on_event=on_event)
@@ -193,6 +198,10 @@ def main():
     p.add_argument("--heavy", type=int, default=24, help="CPU-bound trials in the speed-up")
     p.add_argument("--steps", type=int, default=150,
                    help="training steps of those trials (150: ~0.6 s each on this VM)")
+    p.add_argument("--width", type=int, default=512,
+                   help="their width (512: a 1 MB hidden weight matrix, its gradient and the "
+                        "checkpoints' kernel work outgrow a core's L2, so two trials contend "
+                        "for the shared L3 and memory; 64: cache-resident)")
     p.add_argument("--spec", help="measure the speed-up on this sweep spec's trials instead "
                                   "of --heavy seeds of a ~0.6 s trial")
     p.add_argument("--repeats", type=int, default=3, help="rounds of each measurement")
@@ -221,9 +230,9 @@ def sweep_part(tmp, args):
         heavy["base"] = {**heavy.get("base", {}), "device": "cpu"}
         what = args.spec
     else:
-        heavy = seeds_spec({"n_train": 64, "n_eval": 64, "width": 512, "depth": 3,
+        heavy = seeds_spec({"n_train": 64, "n_eval": 64, "width": args.width, "depth": 3,
                             "steps": args.steps, "checkpoints": 4}, args.heavy)
-        what = f"{args.steps} steps each"
+        what = f"width {args.width}, {args.steps} steps each"
     n_heavy = len(load_sweep_spec({**heavy, "name": "count"}).trials())
     overheads, ones, twos, plains = [], [], [], []
     for r in range(args.repeats):

@@ -20,8 +20,8 @@ from .kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius, t
 from .models import MLP
 from .train import loss_value, train
 
-__all__ = ["TrialResult", "TrialCache", "run_trial", "dataset_for", "resolve_device", "N_EIGS",
-           "RECORD_COLUMNS"]
+__all__ = ["TrialResult", "TrialCache", "run_trial", "warm_up", "dataset_for", "resolve_device",
+           "N_EIGS", "RECORD_COLUMNS"]
 
 N_EIGS = 3
 Record = dict[str, Any]
@@ -131,6 +131,15 @@ def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = 
         status, error = "failed", traceback.format_exc()
     return TrialResult(spec.trial_id, spec, status, records, kernels, outputs, error, device,
                        time.perf_counter() - started, timers["train"], timers["kernel"])
+
+
+def warm_up(device: str = "cpu") -> TrialResult:
+    """Run a tiny trial on ``device`` so that a process's one-off costs are paid here and not
+    inside its first real trial's wall time: torch.optim's first optimizer imports
+    torch._dynamo (2.2–2.5 s on one core of this project's CPU VM, torch 2.13: a 2 s trial
+    measured 4.3 s when it came first), and on a GPU the CUDA context starts (seconds)."""
+    return run_trial(TrialSpec.from_dict({"n_train": 2, "n_eval": 2, "width": 2, "depth": 2,
+                                          "steps": 1, "checkpoints": 1, "device": device}))
 
 
 def _keep(policy: str, step: int, last: int) -> bool:

@@ -1,6 +1,9 @@
 """Trials: the kernel-flow prediction against the ODE and exact linear models; the physics
 of wide networks; data sets; divergence; reproducibility; bad inputs."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +137,32 @@ def test_same_spec_same_records():
     assert a == b
     c = strip(run_trial(spec.replace(seed=1)).records)
     assert a != c
+
+
+_FIRST_TRIAL = """
+import sys
+from ntksweep.config import TrialSpec
+from ntksweep.trial import run_trial, warm_up
+if sys.argv[1] == "warm":
+    assert warm_up().status == "completed"
+before = set(sys.modules)
+r = run_trial(TrialSpec.from_dict({"n_train": 8, "n_eval": 8, "width": 16, "depth": 3,
+                                   "steps": 3, "checkpoints": 2, "device": "cpu"}))
+assert r.status == "completed", r.error
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_after_warm_up_a_first_trial_imports_nothing(warm):
+    """An actor warms up before its first trial, so that trial's wall time holds no one-off
+    imports (torch 2.13's first optimizer imports torch._dynamo: seconds). Without the
+    warm-up, the same first trial in a fresh process does import (the check is not vacuous)."""
+    out = subprocess.run([sys.executable, "-c", _FIRST_TRIAL, "warm" if warm else "cold"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    imported = out.stdout.split()
+    assert (imported == []) if warm else (imported != []), imported
 
 
 def test_records_are_flat_and_streamed():

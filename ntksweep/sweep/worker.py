@@ -11,7 +11,7 @@ import threading
 import ray
 
 from ..config import TrialSpec
-from ..trial import TrialCache, run_trial
+from ..trial import TrialCache, run_trial, warm_up
 
 _DONE = object()
 
@@ -38,6 +38,14 @@ class TrialWorker:
         self.cache = TrialCache()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self._allocated = 0  # CUDA bytes still allocated after the last trial
+        # One-off costs (imports, the CUDA context) are paid beside start-up, and kept out
+        # of the first trial's wall time: run() waits for this before it starts the clock.
+        # In a thread, so that describe() answers at once and the driver hands this actor
+        # a trial as soon as it is up, as before (blocking here, the first actor warm could
+        # take a short sweep's every trial). A failure shows again, recorded, in real trials.
+        self._warm = threading.Thread(target=warm_up, args=("cuda:0" if self.gpu_ids else "cpu",),
+                                      daemon=True, name="warm-up")
+        self._warm.start()
 
     def describe(self) -> dict:
         import torch
@@ -61,6 +69,7 @@ class TrialWorker:
         A CPU actor on a GPU node still sees every GPU (Ray leaves CUDA_VISIBLE_DEVICES
         unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
         """
+        self._warm.join()
         spec = TrialSpec.from_dict(spec_dict)
         if spec.device == "auto":
             spec = spec.replace(device="cuda:0" if self.gpu_ids else "cpu")
