@@ -199,9 +199,8 @@ def main():
     p.add_argument("--steps", type=int, default=150,
                    help="training steps of those trials (150: ~0.6 s each on this VM)")
     p.add_argument("--width", type=int, default=512,
-                   help="their width (512: a 1 MB hidden weight matrix, its gradient and the "
-                        "checkpoints' kernel work outgrow a core's L2, so two trials contend "
-                        "for the shared L3 and memory; 64: cache-resident)")
+                   help="their width (512: ~0.1 GFLOP per step, arithmetic-bound; 64: ~2 MFLOP "
+                        "per step, bound by per-op dispatch and Python: 2000 steps ~1.5–2 s)")
     p.add_argument("--spec", help="measure the speed-up on this sweep spec's trials instead "
                                   "of --heavy seeds of a ~0.6 s trial")
     p.add_argument("--repeats", type=int, default=3, help="rounds of each measurement")
