@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import TrialSpec
 
-__all__ = ["checkpoint_schedule", "loss_value", "train"]
+__all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train"]
 
 
 def checkpoint_schedule(spec: TrialSpec) -> list[int]:
@@ -25,6 +25,12 @@ def checkpoint_schedule(spec: TrialSpec) -> list[int]:
         steps = {0, *np.unique(np.geomspace(1, spec.steps, max(spec.checkpoints - 1, 1))
                                 .round().astype(int)).tolist()}
     return sorted(steps | {0, spec.steps})
+
+
+def batch_rows(spec: TrialSpec, n: int) -> int:
+    """Rows per optimisation step out of n training points: all of them for gd, else a
+    minibatch of ``batch_size`` (32 when unset)."""
+    return n if spec.optimizer == "gd" else min(spec.batch_size or 32, n)
 
 
 def loss_value(spec: TrialSpec, out: torch.Tensor, y: torch.Tensor,
@@ -53,7 +59,7 @@ def train(
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
     gen = torch.Generator().manual_seed(spec.seed)
     n = x.shape[0]
-    batch = n if spec.optimizer == "gd" else min(spec.batch_size or 32, n)
+    batch = batch_rows(spec, n)
     first_loss = None
     model.train()
     for step in range(spec.steps + 1):

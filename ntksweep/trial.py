@@ -138,8 +138,8 @@ def warm_up(device: str = "cpu") -> TrialResult:
     inside its first real trial's wall time: torch.optim's first optimizer imports
     torch._dynamo (2.2–2.5 s on one core of this project's CPU VM, torch 2.13: a 2 s trial
     measured 4.3 s when it came first), and on a GPU the CUDA context starts (seconds)."""
-    return run_trial(TrialSpec.from_dict({"n_train": 2, "n_eval": 2, "width": 2, "depth": 2,
-                                          "steps": 1, "checkpoints": 1, "device": device}))
+    return run_trial(TrialSpec(n_train=2, n_eval=2, width=2, depth=2, steps=1, checkpoints=1,
+                               device=device))
 
 
 def _keep(policy: str, step: int, last: int) -> bool:
