@@ -219,11 +219,14 @@ class Tracker:
     order (so the driver's scheduling loop never waits on SQLite fsyncs or HTTP round
     trips). A child run's params, metrics and tags wait in one buffer that goes out as one
     ``log_batch`` — when 1000 points are waiting, when the trial ends, or when its oldest
-    item has waited ``_LIVE_SECONDS`` (so the UI stays live). So a long trial shows its
-    params within seconds, and a short trial costs four requests: create (with its tags),
-    the spec artifact, one batch, terminate. To a tracking server up to four batches are in
-    flight at once (a run is terminated only after its own batches landed).
-    ``close()`` drains the queue.
+    item has waited ``_LIVE_SECONDS`` (so the UI stays live). A run is created with its
+    first batch, carrying every tag known by then: a long trial shows in the UI within
+    seconds of its start, and a short one costs four requests — create (with its start and
+    end tags), the spec artifact, one batch of params and metrics, terminate — where
+    creating it at its start would add a batch of end tags (~15 % of MLflow's CPU per run on
+    SQLite). Start and end times are the driver's, not the writer's. To a tracking server up
+    to four batches are in flight at once (a run is terminated only after its own batches
+    landed). ``close()`` drains the queue.
     """
 
     def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
@@ -238,6 +241,7 @@ class Tracker:
         self._log_batch = rest_log_batch(uri) or self.client.log_batch
         self.parent_id = None
         self._runs: dict[int, str] = {}           # handle → MLflow run id
+        self._unborn: dict[int, tuple] = {}       # handle → what creating its run needs
         self._buffers: dict[int, _Pending] = {}
         self._handles = itertools.count()
         self._queue: queue.Queue = queue.Queue()
@@ -302,11 +306,23 @@ class Tracker:
         self._queue.put(fn)
 
     def _flush(self, handle: int) -> None:
-        buf, run_id = self._buffers.get(handle), self._runs.get(handle)
-        if buf and run_id and not self.degraded:
-            params, metrics, tags = buf.take()
+        buf = self._buffers.get(handle)
+        if not buf or self.degraded:
+            return
+        params, metrics, tags = buf.take()
+        if handle in self._unborn:  # the run's first batch: its tags go in with its creation
+            self._create(handle, tags)
+            tags = []
+        if params or metrics or tags:
             self._inflight.setdefault(handle, []).append(self._senders.submit(
-                self._log_batch, run_id, metrics, params, tags))
+                self._log_batch, self._runs[handle], metrics, params, tags))
+
+    def _create(self, handle: int, tags: list[RunTag]) -> None:
+        name, start_ms, start_tags, spec_json = self._unborn.pop(handle)
+        run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name,
+                                     tags={**start_tags, **{t.key: t.value for t in tags}})
+        self._runs[handle] = run.info.run_id
+        self._log_text(run.info.artifact_uri, spec_json, "trial_spec.json")
 
     def _settle(self, handle: int, *, block: bool = True) -> None:
         """Wait for this run's batches in flight (``block=False``: only collect the finished
@@ -337,20 +353,16 @@ class Tracker:
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
                     worker: dict[str, Any] | None = None) -> int:
         handle = next(self._handles)
+        if self.degraded:
+            return handle
+        tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
+                "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
+                "status": "running", "ntksweep.version": __version__,
+                **{k: str(v) for k, v in (worker or {}).items()}}
+        # nothing to send yet: the writer creates the run with its first batch (_flush)
+        self._unborn[handle] = (f"{trial_id}-a{attempt}", int(time.time() * 1000), tags,
+                                json.dumps(spec, indent=1))
         self._buffers[handle] = _Pending(params=_flat_params(spec))
-        spec_json = json.dumps(spec, indent=1)
-
-        def start_trial():
-            tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
-                    "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
-                    "status": "running", "ntksweep.version": __version__,
-                    **{k: str(v) for k, v in (worker or {}).items()}}
-            run = self.client.create_run(self.experiment_id, run_name=f"{trial_id}-a{attempt}",
-                                         tags=tags)
-            self._runs[handle] = run.info.run_id
-            self._log_text(run.info.artifact_uri, spec_json, "trial_spec.json")
-
-        self._submit(start_trial)
         return handle
 
     def _log_text(self, artifact_uri: str, text: str, name: str) -> None:
@@ -381,6 +393,7 @@ class Tracker:
             return
         run_tags = [RunTag("status", status), *[RunTag(k, str(v)) for k, v in (tags or {}).items()
                                                 if v is not None]]
+        end_ms = int(time.time() * 1000)
 
         def end_trial():
             buf = self._buffers.get(handle)
@@ -391,7 +404,7 @@ class Tracker:
             run_id = self._runs.pop(handle, None)
             self._buffers.pop(handle, None)
             if run_id:
-                self.client.set_terminated(run_id, TERMINAL.get(status, "FAILED"))
+                self.client.set_terminated(run_id, TERMINAL.get(status, "FAILED"), end_ms)
 
         self._submit(end_trial)
 

@@ -122,9 +122,10 @@ def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
     assert synchronous(f"sqlite:///{tmp_path / 'other.db'}") == 2     # others keep FULL
 
 
-def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path):
+def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path, monkeypatch):
     from ntksweep.tracking import _LIVE_SECONDS, Tracker
 
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'live.db'}"
     tracker = Tracker(uri, "live", "s1", required=True)
     handle = tracker.start_trial("t1", 1, {"width": 8, "depth": 2})
@@ -148,6 +149,45 @@ def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path):
     history = reader.get_metric_history(run.info.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.25)]
     assert reader.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_runs_carry_the_drivers_times_and_end_tags_even_when_the_writer_lags(tmp_path,
+                                                                             monkeypatch):
+    """40 trials started and ended back to back: the writer (~50 ms of SQLite per run) is
+    seconds behind the calls, yet each run's start and end are the moments of the calls, and
+    its end tags and status are there."""
+    from ntksweep.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'lag.db'}"
+    tracker = Tracker(uri, "lag", "s1", required=True)
+    called = {}
+    for i in range(40):
+        before = int(time.time() * 1000)
+        handle = tracker.start_trial(f"t{i}", 1, {"width": i})
+        started = int(time.time() * 1000)
+        tracker.log_record(handle, {"step": 0, "train_loss": 1.0 / (i + 1)})
+        time.sleep(0.002)
+        ending = int(time.time() * 1000)
+        tracker.end_trial(handle, "diverged" if i % 2 else "failed", {"error": f"e{i}"})
+        called[f"t{i}"] = (before, started, ending, int(time.time() * 1000))
+    last_call = int(time.time() * 1000)
+    tracker.close()
+    assert int(time.time() * 1000) - last_call > 500          # the writer did lag behind
+    reader = MlflowClient(uri)
+    exp = reader.get_experiment_by_name("lag")
+    runs = reader.search_runs([exp.experiment_id], "tags.`ntksweep.role` = 'trial'",
+                              max_results=100)
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(called)
+    for run in runs:
+        i = int(run.data.tags["trial_id"][1:])
+        before, started, ending, ended = called[f"t{i}"]
+        assert before <= run.info.start_time <= started
+        assert ending <= run.info.end_time <= ended
+        assert run.info.status == ("FINISHED" if i % 2 else "FAILED")
+        assert run.data.tags["status"] == ("diverged" if i % 2 else "failed")
+        assert run.data.tags["error"] == f"e{i}" and run.data.params == {"width": str(i)}
+        assert run.data.metrics == {"train_loss": 1.0 / (i + 1)}
 
 
 @pytest.mark.parametrize("n_metrics, n_params, n_tags", [
