@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 
 from . import __version__
 
-__all__ = ["Tracker", "default_tracking_uri", "check_tracking_uri", "sync_from_store",
+__all__ = ["Tracker", "Untracked", "default_tracking_uri", "check_tracking_uri", "sync_from_store",
            "TERMINAL"]
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ class _Pending:
     metrics: list[Metric] = field(default_factory=list)
     tags: list[RunTag] = field(default_factory=list)
     since: float = field(default_factory=time.monotonic)  # when the oldest item came in
+    ended: bool = False  # the trial has ended: its end request will send all of it at once
 
     def __bool__(self) -> bool:
         return bool(self.params or self.metrics or self.tags)
@@ -342,7 +343,9 @@ class Tracker:
         now = time.monotonic()
         try:
             for handle, buf in list(self._buffers.items()):
-                if not stale_only or (buf and now - buf.since >= _LIVE_SECONDS):
+                # a lagging writer would find every trial stale; an ended one goes out whole
+                if not stale_only or (buf and not buf.ended
+                                      and now - buf.since >= _LIVE_SECONDS):
                     self._flush(handle)
             for handle in list(self._inflight):
                 self._settle(handle, block=block)
@@ -394,6 +397,8 @@ class Tracker:
         run_tags = [RunTag("status", status), *[RunTag(k, str(v)) for k, v in (tags or {}).items()
                                                 if v is not None]]
         end_ms = int(time.time() * 1000)
+        if (pending := self._buffers.get(handle)) is not None:
+            pending.ended = True
 
         def end_trial():
             buf = self._buffers.get(handle)
@@ -430,6 +435,25 @@ class Tracker:
         self._queue.put(None)
         self._thread.join()
         self._senders.shutdown(wait=True)
+
+
+class Untracked:
+    """A Tracker that tracks nothing: a sweep run with ``--no-tracking`` (Parquet only;
+    ``ntksweep sync`` pushes it to MLflow later)."""
+
+    degraded = None
+
+    def start_trial(self, *args, **kwargs) -> None:
+        return None
+
+    def log_record(self, *args) -> None:
+        pass
+
+    def end_trial(self, *args) -> None:
+        pass
+
+    def close(self, *args) -> None:
+        pass
 
 
 def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,
