@@ -86,7 +86,7 @@ class SweepTimes:
         return self.done / self.steady
 
 
-def sweep(tmp, name, raw, workers) -> SweepTimes:
+def sweep(tmp, name, raw, workers, tracking=True) -> SweepTimes:
     n = len(load_sweep_spec({**raw, "name": name}).trials())
     spec = load_sweep_spec({**raw, "name": name, "output_dir": str(Path(tmp) / name),
                             "resources": {"cpus_per_trial": 1, "max_workers": workers}})
@@ -105,7 +105,7 @@ def sweep(tmp, name, raw, workers) -> SweepTimes:
                 up.update(t=now, ticks=cpu_ticks())
 
     t0 = time.perf_counter()
-    summary = run_sweep(spec, quiet=True, on_event=on_event)
+    summary = run_sweep(spec, quiet=True, on_event=on_event, tracking=tracking)
     wall, cpu, ticks = time.perf_counter() - t0, time.process_time(), cpu_ticks()
     trials, _ = ntksweep.load_results(summary.out_dir)
     assert len(trials) == n and set(trials.status) == {"completed"}
@@ -233,16 +233,17 @@ def sweep_part(tmp, args):
                             "steps": args.steps, "checkpoints": 4}, args.heavy)
         what = f"width {args.width}, {args.steps} steps each"
     n_heavy = len(load_sweep_spec({**heavy, "name": "count"}).trials())
-    overheads, ones, twos, plains = [], [], [], []
+    overheads, bare, ones, twos, plains = [], [], [], [], []
     for r in range(args.repeats):
-        t = sweep(tmp, f"trivial{r}", trivial, 2)
-        overheads.append((1 / t.rate - t.trial / 2, t.wall / args.trivial - t.trial / 2))
-        print(f"[{r + 1}] {args.trivial} trivial trials on 2 workers: {t.wall:.1f} s wall "
-              f"({t.startup:.1f} s one-off store/actor start-up), mean trial "
-              f"{t.trial * 1e3:.1f} ms, driver CPU {t.cpu * 1e3:.0f} ms/trial, stolen "
-              f"{t.steal:.0%} → overhead "
-              f"{overheads[-1][0] * 1e3:.1f} ms/trial once the actors are up, "
-              f"{overheads[-1][1] * 1e3:.1f} overall")
+        for tracking, kept in ((True, overheads), (False, bare)):
+            t = sweep(tmp, f"trivial{r}{'' if tracking else '-untracked'}", trivial, 2, tracking)
+            kept.append((1 / t.rate - t.trial / 2, t.wall / args.trivial - t.trial / 2))
+            print(f"[{r + 1}] {args.trivial} trivial trials on 2 workers, "
+                  f"{'MLflow (SQLite)' if tracking else 'untracked (Parquet only)'}: "
+                  f"{t.wall:.1f} s wall ({t.startup:.1f} s one-off store/actor start-up), mean "
+                  f"trial {t.trial * 1e3:.1f} ms, driver CPU {t.cpu * 1e3:.0f} ms/trial, stolen "
+                  f"{t.steal:.0%} → overhead {kept[-1][0] * 1e3:.1f} ms/trial once the actors "
+                  f"are up, {kept[-1][1] * 1e3:.1f} overall")
         one, two = sweep(tmp, f"one{r}", heavy, 1), sweep(tmp, f"two{r}", heavy, 2)
         ones.append(one)
         twos.append(two)
@@ -256,13 +257,18 @@ def sweep_part(tmp, args):
               f"process {c.one:.1f} s, two {c.two:.1f} s → {c.speedup:.2f}× (stolen "
               f"{c.steal_one:.0%} / {c.steal_two:.0%})")
     up = sorted(o for o, _ in overheads)
+    up_bare = sorted(o for o, _ in bare)
+    mlflow_share = sorted(a[0] - b[0] for a, b in zip(overheads, bare))
     speed = max(t.rate for t in twos) / max(t.rate for t in ones)
     e2e = min(t.wall for t in ones) / min(t.wall for t in twos)
     ceiling = min(c.one for c in plains) / min(c.two for c in plains)
     rounds = ", ".join(f"{b.rate / a.rate:.2f}×" for a, b in zip(ones, twos))
     print(f"fastest of {args.repeats} rounds: orchestration overhead {up[0] * 1e3:.1f} ms/trial "
           f"once the actors are up (median {up[len(up) // 2] * 1e3:.1f}; overall "
-          f"{min(o for _, o in overheads) * 1e3:.1f}); speed-up 1 → 2 workers {speed:.2f}× once "
+          f"{min(o for _, o in overheads) * 1e3:.1f}), of which MLflow's runs (the same "
+          f"sweep untracked: {up_bare[0] * 1e3:.1f}, median {up_bare[len(up) // 2] * 1e3:.1f}; "
+          f"difference by round, median {mlflow_share[len(up) // 2] * 1e3:.1f}); "
+          f"speed-up 1 → 2 workers {speed:.2f}× once "
           f"up ({e2e:.2f}× end to end; round by round {rounds}); the machine's ceiling, two "
           f"plain processes vs one, {ceiling:.2f}× (round by round "
           f"{', '.join(f'{c.speedup:.2f}×' for c in plains)})")

@@ -58,7 +58,8 @@ def cmd_run(args) -> int:
     from .sweep import run_sweep
 
     summary = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri,
-                        force=args.force, quiet=args.quiet, num_cpus=args.num_cpus)
+                        force=args.force, quiet=args.quiet, num_cpus=args.num_cpus,
+                        tracking=not args.no_tracking)
     out = summary.out_dir
     parts = [f"{v} {k}" for k, v in sorted(summary.counts.items())]
     parts += [f"{summary.skipped} already done"] if summary.skipped else []
@@ -70,12 +71,15 @@ def cmd_run(args) -> int:
               f"complete. Push the rest later with: ntksweep sync {out}")
     print(f"\nResults in {out}")
     print(f"  pandas:    import ntksweep; trials, ckpts = ntksweep.load_results({str(out)!r})")
-    print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
+    if summary.tracking_uri:
+        print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
+    else:
+        print(f"  MLflow:    not tracked (--no-tracking); push the runs with: ntksweep sync {out}")
     if summary.interrupted:
         print("Interrupted: finished trials are saved; run the same command again to resume.")
         return 130
     if args.report:
-        _report(out, summary.tracking_uri)
+        _report(out, summary.tracking_uri, track=bool(summary.tracking_uri))
     return 0 if not summary.counts.get("failed") else 1
 
 
@@ -108,7 +112,8 @@ def cmd_trial(args) -> int:
 
 
 # --------------------------------------------------------------------------- report
-def _report(out: str, tracking_uri: str | None = None, dest: str | None = None) -> None:
+def _report(out: str, tracking_uri: str | None = None, dest: str | None = None,
+            track: bool = True) -> None:
     from .report import make_report
 
     res = make_report(out, dest)
@@ -116,7 +121,7 @@ def _report(out: str, tracking_uri: str | None = None, dest: str | None = None) 
           f"{Path(res['html']).parent / 'report'})")
     meta = _sweep_meta(out)
     uri = tracking_uri or meta.get("tracking_uri")
-    if uri:  # figures and page also become artifacts of the sweep's parent run
+    if uri and track:  # figures and page also become artifacts of the sweep's parent run
         from .tracking import Tracker
 
         tracker = Tracker(uri, meta["name"], meta["sweep_id"])
@@ -140,11 +145,17 @@ def _sweep_meta(out: str) -> dict:
     return json.loads(marker)
 
 
+def _tracking_uri(given: str | None, meta: dict) -> str:
+    if uri := given or meta.get("tracking_uri"):
+        return uri
+    raise SpecError("this sweep ran with --no-tracking into an object store, so it names no "
+                    "MLflow store: pass --tracking-uri http://HOST:5000")
+
+
 def cmd_ui(args) -> int:
     from .tracking import SERVER_ENV, ui_command
 
-    meta = _sweep_meta(args.out)
-    uri = args.tracking_uri or meta["tracking_uri"]
+    uri = _tracking_uri(args.tracking_uri, _sweep_meta(args.out))
     cmd = ui_command(uri, args.port)
     print(f"MLflow UI for {args.out}: http://127.0.0.1:{args.port}  ({' '.join(cmd)})",
           flush=True)
@@ -159,7 +170,7 @@ def cmd_sync(args) -> int:
     from .tracking import sync_from_store
 
     meta = _sweep_meta(args.out)
-    uri = args.tracking_uri or meta["tracking_uri"]
+    uri = _tracking_uri(args.tracking_uri, meta)
     from .store import read_text
 
     spec_yaml = read_text(args.out, "sweep.yaml") or ""
@@ -193,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                    "or SQLite inside the output dir)")
+    r.add_argument("--no-tracking", action="store_true",
+                   help="write Parquet only, no MLflow runs; push them later with `ntksweep "
+                   "sync OUT`. For sweeps of many short trials: MLflow's SQL store spends "
+                   "~50 ms of CPU per run on a laptop core, which then bounds the sweep")
     r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.add_argument("--force", action="store_true",
                    help="use an output dir that holds a different sweep")

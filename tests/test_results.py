@@ -97,6 +97,19 @@ def test_sqlite_default_and_sync_after_server_was_down(ray_local, tmp_path):
         server.stop()
 
 
+def test_an_untracked_sweep_writes_parquet_only_and_sync_pushes_it_later(ray_local, tmp_path):
+    spec = spec_for(tmp_path, "untracked")
+    summary = run_sweep(spec, quiet=True, tracking=False)
+    assert summary.tracking_uri == "" and summary.counts == {"completed": 4}
+    out = Path(summary.out_dir)
+    assert not (out / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert len(ntksweep.load_results(out)[0]) == 4
+    sync = subprocess.run([sys.executable, "-m", "ntksweep.cli", "sync", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert sync.returncode == 0 and "4 trials pushed" in sync.stdout, sync.stdout + sync.stderr
+    check_mlflow(f"sqlite:///{out / 'mlflow.db'}", spec, summary)   # the default store
+
+
 def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
     import sqlite3
 

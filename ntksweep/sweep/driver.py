@@ -27,7 +27,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from .. import store
 from ..config import TrialSpec
 from ..spec import SweepSpec
-from ..tracking import Tracker, check_tracking_uri, default_tracking_uri
+from ..tracking import Tracker, Untracked, check_tracking_uri, default_tracking_uri
 from ..train import batch_rows
 from .worker import TrialWorker
 
@@ -45,7 +45,7 @@ class SweepSummary:
     retried: int
     wall_seconds: float
     interrupted: bool = False
-    tracking_uri: str = ""
+    tracking_uri: str = ""                # "" when the sweep was not tracked in MLflow
     tracking_degraded: str | None = None
     workers: list[dict] = field(default_factory=list)
 
@@ -128,12 +128,20 @@ def _worker_shape(spec: SweepSpec, n_trials: int, cpu_only: bool = False
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str | None = None,
               force: bool = False, quiet: bool = False, num_cpus: int | None = None,
-              on_event=None) -> SweepSummary:
-    """Run every trial of ``spec`` not already done in its output dir; see the module doc."""
+              tracking: bool = True, on_event=None) -> SweepSummary:
+    """Run every trial of ``spec`` not already done in its output dir; see the module doc.
+    ``tracking=False``: Parquet only, no MLflow runs (``ntksweep sync`` pushes them later);
+    the output dir still names the tracking URI that sync would use."""
     started = time.perf_counter()
     explicit = tracking_uri or spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    uri = explicit or default_tracking_uri(spec.out_dir)
-    check_tracking_uri(uri)
+    try:
+        uri = explicit or default_tracking_uri(spec.out_dir)
+    except ValueError:  # an object-store output dir: only an untracked sweep needs no server
+        if tracking:
+            raise
+        uri = ""
+    if uri:
+        check_tracking_uri(uri)
     out = check_output_dir(spec, force)
     sid = sweep_id_of(spec)
     trials = spec.trials()
@@ -161,7 +169,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
 
     try:
         if todo:
-            check_single_node_tracking(uri, bool(explicit))
+            if tracking:
+                check_single_node_tracking(uri, bool(explicit))
             n_workers, gpus, cpus = _worker_shape(spec, len(todo),
                                                   all(t.device == "cpu" for t, _ in todo))
         store.check_writable(out)
@@ -171,7 +180,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                                                         "tracking_uri": uri}, indent=1))
         for _ in range(n_workers if todo else 0):
             new_actor()  # they boot (seconds: a process, torch) while MLflow opens its store
-        tracker = Tracker(uri, spec.name, sid, sweep_yaml)
+        tracker = Tracker(uri, spec.name, sid, sweep_yaml) if tracking else Untracked()
     except BaseException:
         for a in actors:
             _kill(a)
@@ -316,7 +325,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
         if started_ray:
             ray.shutdown()
     return SweepSummary(sid, out, len(trials), skipped, dict(counts), retried,
-                        time.perf_counter() - started, interrupted, uri, tracker.degraded, workers)
+                        time.perf_counter() - started, interrupted, uri if tracking else "",
+                        tracker.degraded, workers)
 
 
 def _work(t: TrialSpec) -> float:
