@@ -6,7 +6,9 @@ one run on this machine.
    ≤ 50 ms per trial), once the actors are up (from the moment every actor has ended a
    trial, so is warm, until run_sweep returns with everything written and MLflow drained)
    and overall (with the one-off start-up: a fresh MLflow store, actors importing torch
-   and warming up).
+   and warming up). Each round runs the sweep twice: tracked in MLflow's SQLite store (the
+   default) and untracked (``--no-tracking``: Ray, the driver's loop and Parquet only), so
+   the difference is what MLflow's runs cost the sweep.
 2. Speed-up from 1 to 2 workers on CPU-bound trials (goal ≥ 1.8× on 2 cores): trials per
    second once the actors are up, beside the machine's own ceiling measured in the same
    rounds: the same trials in one plain process vs two side by side (no Ray, no MLflow,
@@ -263,11 +265,12 @@ def sweep_part(tmp, args):
     e2e = min(t.wall for t in ones) / min(t.wall for t in twos)
     ceiling = min(c.one for c in plains) / min(c.two for c in plains)
     rounds = ", ".join(f"{b.rate / a.rate:.2f}×" for a, b in zip(ones, twos))
-    print(f"fastest of {args.repeats} rounds: orchestration overhead {up[0] * 1e3:.1f} ms/trial "
-          f"once the actors are up (median {up[len(up) // 2] * 1e3:.1f}; overall "
-          f"{min(o for _, o in overheads) * 1e3:.1f}), of which MLflow's runs (the same "
-          f"sweep untracked: {up_bare[0] * 1e3:.1f}, median {up_bare[len(up) // 2] * 1e3:.1f}; "
-          f"difference by round, median {mlflow_share[len(up) // 2] * 1e3:.1f}); "
+    mid = len(up) // 2
+    print(f"fastest of {args.repeats} rounds: overhead once the actors are up "
+          f"{up[0] * 1e3:.1f} ms/trial tracked in MLflow (median {up[mid] * 1e3:.1f}; overall "
+          f"{min(o for _, o in overheads) * 1e3:.1f}), {up_bare[0] * 1e3:.1f} untracked "
+          f"(median {up_bare[mid] * 1e3:.1f}; overall {min(o for _, o in bare) * 1e3:.1f}); "
+          f"MLflow's share, round by round, median {mlflow_share[mid] * 1e3:.1f} ms/trial; "
           f"speed-up 1 → 2 workers {speed:.2f}× once "
           f"up ({e2e:.2f}× end to end; round by round {rounds}); the machine's ceiling, two "
           f"plain processes vs one, {ceiling:.2f}× (round by round "
