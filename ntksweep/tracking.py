@@ -224,7 +224,7 @@ class Tracker:
     first batch, carrying every tag known by then: a long trial shows in the UI within
     seconds of its start, and a short one costs four requests — create (with its start and
     end tags), the spec artifact, one batch of params and metrics, terminate — where
-    creating it at its start would add a batch of end tags (~15 % of MLflow's CPU per run on
+    creating it at its start would add a batch of end tags (~10 % of MLflow's CPU per run on
     SQLite). Start and end times are the driver's, not the writer's. To a tracking server up
     to four batches are in flight at once (a run is terminated only after its own batches
     landed). ``close()`` drains the queue.
