@@ -125,6 +125,15 @@ def tune_sqlite(uri: str) -> None:
         event.listen(Engine, "connect", _relax_sqlite_sync)
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store's file. MLflow's own
+    default there is ``./mlruns`` under whatever directory the driver runs in, which would
+    leave an output dir without its artifacts and litter the user's working directory. A
+    server or another database keeps its own default (None)."""
+    path = _sqlite_path(uri)
+    return str(Path(path).parent / "mlartifacts") if path else None
+
+
 def _relax_sqlite_sync(dbapi_conn, _record) -> None:
     if isinstance(dbapi_conn, sqlite3.Connection):
         main = dbapi_conn.execute("PRAGMA database_list").fetchone()
@@ -259,7 +268,8 @@ class Tracker:
 
     def _open(self, experiment: str, sweep_yaml: str) -> None:
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_root(self.uri))
         found = self.client.search_runs(
             [self.experiment_id],
             f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'sweep'",

@@ -109,6 +109,9 @@ def test_an_untracked_sweep_writes_parquet_only_and_sync_pushes_it_later(ray_loc
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert sync.returncode == 0 and "4 trials pushed" in sync.stdout, sync.stdout + sync.stderr
     check_mlflow(f"sqlite:///{out / 'mlflow.db'}", spec, summary)   # the default store
+    # its artifacts live in the output dir too, not in the directory sync ran from
+    assert len(list((out / "mlartifacts").rglob("trial_spec.json"))) == 4
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
@@ -343,6 +346,16 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
         else:
             raise AssertionError("MLflow UI did not answer")
         assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI
+        # a trial's spec artifact, kept in the output dir, comes back through the UI
+        uri = f"sqlite:///{Path(summary.out_dir) / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        run = client.search_runs([client.get_experiment_by_name("ui").experiment_id],
+                                 "tags.`ntksweep.role` = 'trial'", max_results=1)[0]
+        assert run.info.artifact_uri.startswith(str(Path(summary.out_dir).resolve()))
+        served = urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?path="
+                                        f"trial_spec.json&run_uuid={run.info.run_id}",
+                                        timeout=30).read()
+        assert json.loads(served)["width"] == int(run.data.params["width"])
     finally:
         proc.terminate()
         proc.wait(30)
