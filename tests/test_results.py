@@ -142,7 +142,7 @@ def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
 def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path, monkeypatch):
     from ntksweep.tracking import _LIVE_SECONDS, Tracker
 
-    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
+    monkeypatch.chdir(tmp_path)  # whatever MLflow writes relative to the cwd stays out of the repo
     uri = f"sqlite:///{tmp_path / 'live.db'}"
     tracker = Tracker(uri, "live", "s1", required=True)
     handle = tracker.start_trial("t1", 1, {"width": 8, "depth": 2})
