@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
         print("Interrupted: finished trials are saved; run the same command again to resume.")
         return 130
     if args.report:
-        _report(out, summary.tracking_uri, track=bool(summary.tracking_uri))
+        _report(out, summary.tracking_uri)
     return 0 if not summary.counts.get("failed") else 1
 
 
@@ -112,26 +112,27 @@ def cmd_trial(args) -> int:
 
 
 # --------------------------------------------------------------------------- report
-def _report(out: str, tracking_uri: str | None = None, dest: str | None = None,
-            track: bool = True) -> None:
+def _report(out: str, tracking_uri: str, dest: str | None = None) -> None:
+    """Write the report; with a ``tracking_uri`` its figures and page also become artifacts
+    of the sweep's parent run ("": an untracked sweep, nothing goes to MLflow)."""
     from .report import make_report
 
     res = make_report(out, dest)
     print(f"report: {res['html']} ({len(res['figures'])} figures in "
           f"{Path(res['html']).parent / 'report'})")
-    meta = _sweep_meta(out)
-    uri = tracking_uri or meta.get("tracking_uri")
-    if uri and track:  # figures and page also become artifacts of the sweep's parent run
+    if tracking_uri:
         from .tracking import Tracker
 
-        tracker = Tracker(uri, meta["name"], meta["sweep_id"])
+        meta = _sweep_meta(out)
+        tracker = Tracker(tracking_uri, meta["name"], meta["sweep_id"])
         for path in [res["html"], *res["figures"]]:
             tracker.log_sweep_artifact(path)
         tracker.close("FINISHED")
 
 
 def cmd_report(args) -> int:
-    _report(args.out, args.tracking_uri, args.html_dir)
+    _report(args.out, args.tracking_uri or _sweep_meta(args.out).get("tracking_uri", ""),
+            args.html_dir)
     return 0
 
 

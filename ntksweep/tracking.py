@@ -125,7 +125,7 @@ def tune_sqlite(uri: str) -> None:
         event.listen(Engine, "connect", _relax_sqlite_sync)
 
 
-def artifact_root(uri: str) -> str | None:
+def _artifact_root(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: beside a SQLite store's file. MLflow's own
     default there is ``./mlruns`` under whatever directory the driver runs in, which would
     leave an output dir without its artifacts and litter the user's working directory. A
@@ -269,7 +269,7 @@ class Tracker:
     def _open(self, experiment: str, sweep_yaml: str) -> None:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_root(self.uri))
+            experiment, artifact_location=_artifact_root(self.uri))
         found = self.client.search_runs(
             [self.experiment_id],
             f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'sweep'",
