@@ -24,7 +24,7 @@ import time
 
 import torch
 
-NT_STRUCTURED_SECONDS = (0.05, 0.09)  # shared/NOTES.md, measured on this 2-core machine
+NT_STRUCTURED_SECONDS = (0.05, 0.09)  # neural-tangents 0.6.5 on the 2-core VM: RESULTS.md
 
 
 def best_time(fn, repeats: int, sync) -> float:

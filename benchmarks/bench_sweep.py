@@ -19,7 +19,7 @@ one run on this machine.
 
     python benchmarks/bench_sweep.py [--trivial 200] [--repeats 3] [--only sweep|logging]
                                      [--heavy 24 [--steps 150] [--width 512]
-                                      | --spec experiments/quickstart.yaml]
+                                      | --spec ntksweep/specs/quickstart.yaml]
 """
 
 import argparse
@@ -39,10 +39,11 @@ import yaml
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ntksweep  # noqa: E402
-from ntksweep.spec import load_sweep_spec  # noqa: E402
+from ntksweep.records import RECORD_COLUMNS  # noqa: E402
 from ntksweep.sweep import run_sweep  # noqa: E402
-from ntksweep.tracking import SERVER_ENV, Tracker  # noqa: E402
-from ntksweep.trial import RECORD_COLUMNS  # noqa: E402
+from ntksweep.sweep_spec import load_sweep_spec  # noqa: E402
+from ntksweep.tracking.tracker import Tracker  # noqa: E402
+from ntksweep.tracking.uri import SERVER_ENV  # noqa: E402
 
 
 def seeds_spec(base, n):
@@ -121,7 +122,7 @@ def sweep(tmp, name, raw, workers, tracking=True) -> SweepTimes:
 _PLAIN = """
 import json, sys, time
 import torch
-from ntksweep.config import TrialSpec
+from ntksweep.trial_spec import TrialSpec
 from ntksweep.trial import TrialCache, run_trial
 torch.set_num_threads(1)
 trials, cache = json.loads(sys.stdin.readline()), TrialCache()

@@ -6,8 +6,8 @@ steps, ~20 checkpoints; training time vs NTK work (goal: kernels ≤ 30 % of the
 
 import argparse
 
-from ntksweep.config import TrialSpec
 from ntksweep.trial import run_trial
+from ntksweep.trial_spec import TrialSpec
 
 
 def main() -> None:

@@ -12,8 +12,7 @@ import sys
 import numpy as np
 
 import ntksweep
-from ntksweep import analysis
-from ntksweep.kernels import analytic_kernels
+from ntksweep import analysis, store
 from ntksweep.report import make_report
 
 
@@ -26,13 +25,10 @@ def run(out: str) -> dict:
     checks = {}
     if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
         rows = analysis.circle_kernel_rows(ckpts, out, "first")
-        spec = trials.iloc[0]
         for width, g in rows.groupby("width"):
             mean = g.groupby("gamma").theta.mean()
-            x = np.stack([np.cos(mean.index), np.sin(mean.index)], 1)
-            limit = analytic_kernels(np.array([[1.0, 0.0]]), x, depth=int(spec.depth),
-                                     activation=spec.activation, weight_std=spec.weight_std,
-                                     bias_std=spec.bias_std).ntk[0]
+            spec = store.spec_from_row(trials[trials.width == width].iloc[0])
+            limit = analysis.circle_limit(spec, mean.index.to_numpy())
             gap = float(np.max(np.abs(mean.values - limit) / np.abs(limit)))
             moved = float(trials[trials.width == width].final_dist_init.mean())
             checks[int(width)] = {"max_rel_gap_theta0": gap, "dist_init_T": moved}

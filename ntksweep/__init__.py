@@ -1,18 +1,42 @@
-"""ntksweep: how far are finite networks from their infinite-width NTK limit?"""
+"""ntksweep: how far are finite networks from their infinite-width NTK limit?
 
-from .activations import ACTIVATIONS, get_activation
-from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
-from .models import MLP
+The public surface, loaded on first use (so that ``import ntksweep.records`` or
+``ntksweep.store`` does not pull in torch, Ray or MLflow):
 
-__version__ = "0.1.0"
+- specs: ``TrialSpec``, ``SweepSpec``, ``load_sweep_spec``
+- running: ``run_trial`` (one trial, in process), ``run_sweep`` (a sweep on Ray)
+- results: ``load_results`` (the Parquet store as pandas DataFrames)
+- kernels: ``analytic_kernels`` (Θ_∞ and Σ), ``empirical_ntk`` (Θ of a finite net), ``MLP``
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ntksweep")  # one source of truth: pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_EXPORTS = {
+    "TrialSpec": ".trial_spec", "SweepSpec": ".sweep_spec", "load_sweep_spec": ".sweep_spec",
+    "run_trial": ".trial", "run_sweep": ".sweep", "load_results": ".store",
+    "analytic_kernels": ".kernels", "AnalyticKernels": ".kernels",
+    "empirical_ntk": ".kernels", "MLP": ".models", "ACTIVATIONS": ".activations",
+    "get_activation": ".activations", "UserError": ".errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
 
 
-def load_results(out, filters=None):
-    """(trials, checkpoints) pandas DataFrames of a sweep's output dir; see ntksweep.store."""
-    from .store import load_results as _load
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ntksweep' has no attribute {name!r}")
 
-    return _load(out, filters)
 
-
-__all__ = ["ACTIVATIONS", "MLP", "AnalyticKernels", "analytic_kernels", "empirical_ntk",
-           "get_activation", "load_results", "__version__"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SpecError
+
 __all__ = ["Activation", "ACTIVATIONS", "get_activation", "LEAKY_RELU_SLOPE"]
 
 LEAKY_RELU_SLOPE = 0.01  # torch's default negative slope
@@ -31,7 +33,6 @@ class Activation:
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     derivative: Callable[[torch.Tensor], torch.Tensor]
-    smooth: bool  # analytic: quadrature converges spectrally fast
 
 
 def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -51,20 +52,19 @@ def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
-        Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype), smooth=False),
+        Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype)),
         Activation(
             "leaky_relu",
             lambda x: torch.nn.functional.leaky_relu(x, LEAKY_RELU_SLOPE),
             lambda x: torch.where(x > 0, x.new_ones(()), x.new_full((), LEAKY_RELU_SLOPE)),
-            smooth=False,
         ),
-        Activation("erf", torch.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x * x), True),
-        Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2, smooth=True),
-        Activation("gelu", lambda x: x * _normal_cdf(x), _gelu_derivative, smooth=True),
-        Activation("identity", lambda x: x, torch.ones_like, smooth=True),
-        Activation("sigmoid", torch.sigmoid, _sigmoid_derivative, smooth=True),
-        Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, smooth=True),
-        Activation("sin", torch.sin, torch.cos, smooth=True),
+        Activation("erf", torch.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x * x)),
+        Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2),
+        Activation("gelu", lambda x: x * _normal_cdf(x), _gelu_derivative),
+        Activation("identity", lambda x: x, torch.ones_like),
+        Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
+        Activation("softplus", torch.nn.functional.softplus, torch.sigmoid),
+        Activation("sin", torch.sin, torch.cos),
     ]
 }
 
@@ -75,4 +75,4 @@ def get_activation(name: str) -> Activation:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):
         known = ", ".join(sorted(ACTIVATIONS))
-        raise ValueError(f"unknown activation {name!r}; choose one of: {known}") from None
+        raise SpecError(f"unknown activation {name!r}; choose one of: {known}") from None

@@ -18,11 +18,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from .store import load_array  # noqa: E402
+from .store import load_array, spec_from_row  # noqa: E402
+from .trial import dataset_for, limit_kernels  # noqa: E402
+from .trial_spec import TrialSpec  # noqa: E402
 
 __all__ = ["PowerLaw", "bootstrap_ci", "seed_summary", "fit_power_law", "width_exponents",
            "depth_trend", "fig_dist_vs_width", "fig_dist_over_time", "fig_depth_width_heatmap",
-           "save_figure"]
+           "circle_kernel_rows", "circle_limit", "fig_jacot_fig1", "fig2_bands",
+           "fig_jacot_fig2", "save_figure"]
 
 
 @dataclass(frozen=True)
@@ -202,11 +205,17 @@ def circle_kernel_rows(ckpts: pd.DataFrame, out_dir: str | Path, step: int | str
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
+def circle_limit(spec: TrialSpec, gamma: np.ndarray) -> np.ndarray:
+    """Θ_∞(x0, x(γ)) (len(γ),) of the trial's own architecture (its parametrization and, for
+    the standard one, its width), x0 = (1, 0), x(γ) = (cos γ, sin γ)."""
+    x = np.stack([np.cos(gamma), np.sin(gamma)], 1)
+    return limit_kernels(spec, np.array([[1.0, 0.0]]), x).ntk[0]
+
+
 def fig_jacot_fig1(ckpts: pd.DataFrame, out_dir: str | Path):
     """Jacot et al. (2018) Fig. 1: Θ(x0, x(γ)) on the unit circle at t = 0 and after
-    training, for each width (seeds as thin lines), against Θ_∞ (dashed)."""
-    from .kernels import analytic_kernels
-
+    training, for each width (seeds as thin lines), against each width's Θ_∞ (dashed; one
+    curve in the NTK parametrization, whose limit does not depend on the width)."""
     first, last = circle_kernel_rows(ckpts, out_dir, "first"), \
         circle_kernel_rows(ckpts, out_dir, "last")
     fig, ax = plt.subplots(figsize=(7, 4.6))
@@ -219,13 +228,18 @@ def fig_jacot_fig1(ckpts: pd.DataFrame, out_dir: str | Path):
             ax.plot(a.gamma, a.theta, color=c, lw=0.8, alpha=0.6)
             ax.plot(b.gamma, b.theta, color=c, lw=0.8, alpha=0.6, ls="-.")
         ax.plot([], [], color=c, label=f"n={width}: t=0 (solid), t={last.t.max():g} (dash-dot)")
-    spec = ckpts[ckpts.kernel_path.notna()].iloc[0]
+    kept = ckpts[ckpts.kernel_path.notna()]
     gamma = np.linspace(-np.pi, np.pi, 181)
-    x = np.stack([np.cos(gamma), np.sin(gamma)], 1)
-    limit = analytic_kernels(np.array([[1.0, 0.0]]), x, depth=int(spec.depth),
-                             activation=spec.activation, weight_std=spec.weight_std,
-                             bias_std=spec.bias_std).ntk[0]
-    ax.plot(gamma, limit, "k--", lw=1.5, label="Θ∞")
+    limits = {}  # one per distinct limit: per width only in the standard parametrization
+    for _, row in kept.drop_duplicates("width").iterrows():
+        spec = spec_from_row(row)
+        key = tuple(spec.kernel_args().values())
+        if key not in limits:
+            limits[key] = (row.width, circle_limit(spec, gamma))
+    for width, limit in limits.values():
+        ax.plot(gamma, limit, "k--", lw=1.5,
+                label="Θ∞" if len(limits) == 1 else f"Θ∞ (n={width})")
+    spec = kept.iloc[0]
     ax.set_xlabel("γ   (x = (cos γ, sin γ), x0 = (1, 0))")
     ax.set_ylabel("Θ(x0, x)")
     ax.set_title(f"NTK on the circle: depth {int(spec.depth)}, {spec.activation}, "
@@ -239,24 +253,16 @@ def fig2_bands(trials: pd.DataFrame, ckpts: pd.DataFrame, out_dir: str | Path) -
     """Per (width, γ): the seed quantiles (10/50/90 %) of the network outputs f_T(x(γ)) kept
     at the last checkpoint, and the infinite-width Gaussian's mean and 10/90 % quantiles
     (``kernel_flow_gaussian`` with Θ_∞ and Σ on the trial's own training set)."""
-    from .config import TRIAL_FIELDS, TrialSpec
-    from .kernels import analytic_kernels
     from .kernels.metrics import kernel_flow_gaussian
-    from .store import plain_value
-    from .trial import dataset_for
 
     last = ckpts[ckpts.outputs_path.notna()].sort_values("step").groupby("trial_id").tail(1)
     rows = []
     for width, g in last.groupby("width", sort=True):
         outs = np.stack([load_array(out_dir, p)[:, 0] for p in g.outputs_path])   # (S, M)
-        spec_row = trials[trials.trial_id == g.trial_id.iloc[0]].iloc[0]
-        spec = TrialSpec.from_dict({k: plain_value(spec_row[k]) for k in TRIAL_FIELDS
-                                    if k in spec_row.index and k != "checkpoint_steps"})
+        spec = spec_from_row(trials[trials.trial_id == g.trial_id.iloc[0]].iloc[0])
         data = dataset_for(spec)
         m = data.x_eval.shape[0]
-        lim = analytic_kernels(np.concatenate([data.x_eval, data.x_train]), depth=spec.depth,
-                               activation=spec.activation, weight_std=spec.weight_std,
-                               bias_std=spec.bias_std)
+        lim = limit_kernels(spec, np.concatenate([data.x_eval, data.x_train]))
         mean, var = kernel_flow_gaussian(lim.ntk[:m, m:], lim.ntk[m:, m:],
                                          np.diag(lim.nngp)[:m], lim.nngp[:m, m:],
                                          lim.nngp[m:, m:], data.y_train, float(g.t.iloc[0]))

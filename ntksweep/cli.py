@@ -9,7 +9,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .config import TRIAL_FIELDS, SpecError, TrialSpec
+from .errors import UserError
+from .trial_spec import TRIAL_FIELDS, TrialSpec
 
 DEFAULT_SPEC = "quickstart (embedded)"
 
@@ -34,7 +35,7 @@ def _table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from .spec import load_sweep_spec, parse_overrides
+    from .sweep_spec import load_sweep_spec, parse_overrides
 
     overrides = parse_overrides(args.set or [])
     if args.out:
@@ -87,7 +88,7 @@ def cmd_run(args) -> int:
 def cmd_trial(args) -> int:
     import yaml
 
-    from .spec import parse_overrides
+    from .sweep_spec import parse_overrides
     from .trial import run_trial
 
     fields = (yaml.safe_load(Path(args.spec).read_text()) or {}) if args.spec else {}
@@ -121,45 +122,46 @@ def _report(out: str, tracking_uri: str, dest: str | None = None) -> None:
     print(f"report: {res['html']} ({len(res['figures'])} figures in "
           f"{Path(res['html']).parent / 'report'})")
     if tracking_uri:
-        from .tracking import Tracker
+        from .tracking.tracker import Tracker
 
         meta = _sweep_meta(out)
-        tracker = Tracker(tracking_uri, meta["name"], meta["sweep_id"])
+        tracker = Tracker(tracking_uri, meta.name, meta.sweep_id)
         for path in [res["html"], *res["figures"]]:
             tracker.log_sweep_artifact(path)
         tracker.close("FINISHED")
 
 
 def cmd_report(args) -> int:
-    _report(args.out, args.tracking_uri or _sweep_meta(args.out).get("tracking_uri", ""),
-            args.html_dir)
+    meta = _sweep_meta(args.out)
+    uri = _tracking_uri(args, meta) if (args.tracking_uri or meta.tracking_uri) else ""
+    _report(args.out, uri, args.html_dir)
     return 0
 
 
 # --------------------------------------------------------------------------- ui / sync
-def _sweep_meta(out: str) -> dict:
-    from .store import read_text
+def _sweep_meta(out: str):
+    from .store import read_meta
 
-    marker = read_text(out, "sweep.json")
-    if marker is None:
-        raise SpecError(f"{out!r} is not an ntksweep output dir (no sweep.json)")
-    return json.loads(marker)
+    meta = read_meta(out)
+    if meta is None:
+        raise UserError(f"{out!r} is not an ntksweep output dir (no sweep.json)")
+    return meta
 
 
-def _tracking_uri(given: str | None, meta: dict) -> str:
-    if uri := given or meta.get("tracking_uri"):
-        return uri
-    raise SpecError("this sweep ran with --no-tracking into an object store, so it names no "
-                    "MLflow store: pass --tracking-uri http://HOST:5000")
+def _tracking_uri(args, meta) -> str:
+    """--tracking-uri, $MLFLOW_TRACKING_URI, or the store the sweep ran with."""
+    from .tracking.uri import resolve_tracking_uri
+
+    return resolve_tracking_uri(args.tracking_uri, recorded=meta.tracking_uri)[0]
 
 
 def cmd_ui(args) -> int:
-    from .tracking import SERVER_ENV, ui_command
+    from .tracking.uri import SERVER_ENV, redact, ui_command
 
-    uri = _tracking_uri(args.tracking_uri, _sweep_meta(args.out))
-    cmd = ui_command(uri, args.port)
-    print(f"MLflow UI for {args.out}: http://127.0.0.1:{args.port}  ({' '.join(cmd)})",
-          flush=True)
+    uri = _tracking_uri(args, _sweep_meta(args.out))
+    cmd = ui_command(uri, args.port, args.host)
+    print(f"MLflow UI for {args.out}: http://{args.host}:{args.port}  "
+          f"({redact(' '.join(cmd))})", flush=True)
     for name, value in SERVER_ENV.items():  # a value the user set wins
         os.environ.setdefault(name, value)
     # replace this process: signals (Ctrl-C, a test's terminate) reach the server itself
@@ -168,15 +170,15 @@ def cmd_ui(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .tracking import sync_from_store
+    from .store import read_text
+    from .sync import sync_from_store
+    from .tracking.uri import redact
 
     meta = _sweep_meta(args.out)
-    uri = _tracking_uri(args.tracking_uri, meta)
-    from .store import read_text
-
+    uri = _tracking_uri(args, meta)
     spec_yaml = read_text(args.out, "sweep.yaml") or ""
-    res = sync_from_store(args.out, uri, meta["name"], meta["sweep_id"], spec_yaml)
-    print(f"synced {args.out} → {uri}: {res['pushed']} trials pushed, "
+    res = sync_from_store(args.out, uri, meta.name, meta.sweep_id, spec_yaml)
+    print(f"synced {args.out} → {redact(uri)}: {res['pushed']} trials pushed, "
           f"{res['already_there']} already there")
     return 0
 
@@ -187,8 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntksweep",
         description="Measure how far finite networks' NTKs are from their infinite-width "
                     "limit, over sweeps on Ray, tracked in MLflow, stored in Parquet.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"ntksweep {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_run, _add_trial, _add_ui, _add_report, _add_sync):
+        add(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="run a sweep spec (YAML) on Ray",
                        description="Run every trial of a sweep spec not already done in its "
                        "output dir (re-running resumes). Without SPEC, runs the embedded "
@@ -218,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", action="store_true", help="write the report when done")
     r.set_defaults(func=cmd_run)
 
+
+def _add_trial(sub) -> None:
     t = sub.add_parser("trial", help="run one trial and print its checkpoint records",
                        description="Run one trial in this process (no Ray, MLflow or Parquet) "
                        "and print its records as a table.")
@@ -229,12 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"(default: {f.default!r})")
     t.set_defaults(func=cmd_trial)
 
-    u = sub.add_parser("ui", help="serve the MLflow UI on a sweep's tracking store")
+
+def _add_ui(sub) -> None:
+    u = sub.add_parser("ui", help="serve the MLflow UI on a sweep's tracking store",
+                       description="Serve the MLflow UI on the store a sweep was tracked in "
+                       "(its SQLite file in the output dir by default).")
     u.add_argument("out", help="the sweep's output dir")
-    u.add_argument("--port", type=int, default=5000)
-    u.add_argument("--tracking-uri")
+    u.add_argument("--port", type=int, default=5000, help="port to serve on (default 5000)")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    u.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the store the "
+                   "sweep was run with")
     u.set_defaults(func=cmd_ui)
 
+
+def _add_report(sub) -> None:
     rp = sub.add_parser("report", help="figures, fitted exponents and an HTML report of a sweep",
                         description="Read a sweep's Parquet and write OUT/report.html and "
                         "OUT/report/*.png|svg (for an s3:// OUT: ./<name>-report/); also log "
@@ -244,19 +263,33 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tracking-uri", help="default: the URI the sweep was run with")
     rp.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("sync", help="push to MLflow what a sweep's Parquet has and MLflow lacks")
+
+def _add_sync(sub) -> None:
+    s = sub.add_parser("sync", help="push to MLflow what a sweep's Parquet has and MLflow lacks",
+                       description="Push to MLflow every trial of a sweep's Parquet store that "
+                       "has no run with its status there (after --no-tracking, or a tracking "
+                       "outage). Running it twice pushes nothing the second time.")
     s.add_argument("out", help="the sweep's output dir")
     s.add_argument("--tracking-uri", help="default: the URI the sweep was run with")
     s.set_defaults(func=cmd_sync)
-    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `ntksweep` alone: what it can do
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
-    except (SpecError, ValueError) as e:
+    except UserError as e:  # anything else is a bug: it keeps its traceback
         print(f"ntksweep: error: {e}", file=sys.stderr)
         return 2
 

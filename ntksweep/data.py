@@ -8,8 +8,8 @@
   width-64 ReLU network).
 - ``digits``: scikit-learn's bundled 8×8 digits (nothing downloaded), features standardised,
   labels one-hot minus their mean (regression targets) or class ids (cross-entropy).
-- ``file``: the user's arrays — .npz with X, y (optional X_eval, y_eval), a .npy dict with
-  those keys, or Parquet with feature columns and a ``y`` column (pyarrow via pandas).
+- ``file``: the user's arrays — .npz of plain numeric arrays X, y (optional X_eval, y_eval;
+  never unpickled), or Parquet with feature columns and a ``y`` column (read by pandas).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .errors import DataFileError, SpecError
 
 __all__ = ["Dataset", "DATASETS", "make_dataset"]
 
@@ -63,7 +65,7 @@ def _circle(n_train: int, n_eval: int, seed: int, train_inputs: str = "gaussian"
 
 def _sphere(n_train: int, n_eval: int, seed: int, dim: int, teacher: str) -> Dataset:
     if teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
+        raise SpecError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_train + n_eval, dim))
     x *= np.sqrt(dim) / np.linalg.norm(x, axis=1, keepdims=True)
@@ -85,7 +87,7 @@ def _digits(n_train: int, n_eval: int, seed: int) -> Dataset:
     bunch = load_digits()
     x, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
     if n_train + n_eval > len(x):
-        raise ValueError(f"digits has {len(x)} images; n_train + n_eval = {n_train + n_eval}")
+        raise SpecError(f"digits has {len(x)} images; n_train + n_eval = {n_train + n_eval}")
     order = np.random.default_rng(seed).permutation(len(x))
     tr, ev = order[:n_train], order[n_train:n_train + n_eval]
     mean, std = x[tr].mean(0), x[tr].std(0)
@@ -96,39 +98,45 @@ def _digits(n_train: int, n_eval: int, seed: int) -> Dataset:
 
 def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Dataset:
     if not path:
-        raise ValueError("dataset 'file' needs data_path=<.npz, .npy or .parquet file>")
+        raise SpecError("dataset 'file' needs data_path=<.npz or .parquet file>")
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"data file {path!r} does not exist")
+        raise DataFileError(f"data file {path!r} does not exist")
     if p.suffix == ".parquet":
         import pandas as pd
 
         df = pd.read_parquet(p)
         if "y" not in df.columns:
-            raise ValueError(f"{path}: Parquet data needs a 'y' column beside the feature columns")
+            raise DataFileError(f"{path}: Parquet data needs a 'y' column beside the feature "
+                                "columns")
         arrays = {"X": df.drop(columns=["y"]).to_numpy(np.float64), "y": df["y"].to_numpy()}
-    elif p.suffix in (".npz", ".npy"):
-        loaded = np.load(p, allow_pickle=p.suffix == ".npy")
-        arrays = dict(loaded) if p.suffix == ".npz" else loaded.item() if loaded.dtype == object \
-            else None
-        if not isinstance(arrays, dict):
-            raise ValueError(f"{path}: a .npy data file must hold a dict with keys X and y; "
-                             "save arrays with np.savez(path, X=..., y=...) instead")
+    elif p.suffix == ".npz":
+        try:  # plain arrays only: a pickled object in a data file could run code on load
+            with np.load(p, allow_pickle=False) as loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+        except ValueError as e:
+            raise DataFileError(f"{path}: holds pickled objects, which are never loaded (they "
+                                f"can run code): save plain numeric arrays ({e})") from None
+    elif p.suffix == ".npy":
+        raise DataFileError(f"{path}: a data file must hold a dict of plain arrays X and y "
+                            "(optional X_eval, y_eval), and a .npy file holds one array (a "
+                            "pickled dict is never loaded: it can run code); save with "
+                            "np.savez(path, X=..., y=...)")
     else:
-        raise ValueError(f"{path}: unsupported data file type {p.suffix!r}; use .npz, .npy or "
-                         ".parquet")
+        raise DataFileError(f"{path}: unsupported data file type {p.suffix!r}; use .npz or "
+                            ".parquet")
     for key in ("X", "y"):
         if key not in arrays:
-            raise ValueError(f"{path}: missing array {key!r} (found: {', '.join(arrays)})")
+            raise DataFileError(f"{path}: missing array {key!r} (found: {', '.join(arrays)})")
 
     def checked(x, y, which):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         x = x.reshape(len(x), -1)
         y = y.reshape(len(y), -1)
         if len(x) != len(y):
-            raise ValueError(f"{path}: {which} has {len(x)} inputs but {len(y)} labels")
+            raise DataFileError(f"{path}: {which} has {len(x)} inputs but {len(y)} labels")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            raise ValueError(f"{path}: {which} contains NaN or inf")
+            raise DataFileError(f"{path}: {which} contains NaN or inf")
         return x, y
 
     x, y = checked(arrays["X"], arrays["y"], "X/y")
@@ -136,11 +144,11 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Datase
         xe, ye = checked(arrays["X_eval"], arrays.get("y_eval", np.zeros(len(arrays["X_eval"]))),
                          "X_eval/y_eval")
         if xe.shape[1] != x.shape[1] or ye.shape[1] != y.shape[1]:
-            raise ValueError(f"{path}: X_eval/y_eval have {xe.shape[1]} features/{ye.shape[1]} "
+            raise DataFileError(f"{path}: X_eval/y_eval have {xe.shape[1]} features/{ye.shape[1]} "
                              f"outputs but X/y have {x.shape[1]}/{y.shape[1]}")
         return Dataset(p.name, x[:n_train], y[:n_train], xe[:n_eval], ye[:n_eval])
     if n_train + n_eval > len(x):
-        raise ValueError(f"{path}: {len(x)} points, fewer than n_train + n_eval = "
+        raise DataFileError(f"{path}: {len(x)} points, fewer than n_train + n_eval = "
                          f"{n_train + n_eval}")
     order = np.random.default_rng(seed).permutation(len(x))
     tr, ev = order[:n_train], order[n_train:n_train + n_eval]
@@ -152,7 +160,7 @@ def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: in
                  train_inputs: str = "gaussian") -> Dataset:
     """Build a data set by name; same arguments → identical arrays."""
     if n_train < 1 or n_eval < 1:
-        raise ValueError(f"n_train and n_eval must be >= 1; got {n_train}, {n_eval}")
+        raise SpecError(f"n_train and n_eval must be >= 1; got {n_train}, {n_eval}")
     if name == "circle":
         return _circle(n_train, n_eval, seed, train_inputs)
     if name == "sphere":
@@ -161,4 +169,4 @@ def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: in
         return _digits(n_train, n_eval, seed)
     if name == "file":
         return _load_file(path, n_train, n_eval, seed)
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    raise SpecError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

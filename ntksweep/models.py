@@ -1,6 +1,7 @@
 """Fully connected networks in Jacot's NTK parametrization (default) or the standard one.
 
-Depth L = number of weight matrices (DESIGN.md): L−1 hidden layers of width n.
+Depth L = number of weight matrices (docs/ARCHITECTURE.md, Conventions): L−1 hidden layers
+of width n.
 
 NTK parametrization:      z^(ℓ+1) = (σ_w/√n_ℓ) W^(ℓ) a^(ℓ) + σ_b b^(ℓ),   W, b ~ N(0, 1)
 Standard parametrization: z^(ℓ+1) = W^(ℓ) a^(ℓ) + b^(ℓ),  W ~ N(0, σ_w²/n_ℓ), b ~ N(0, σ_b²)
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from .activations import get_activation
+from .errors import SpecError
+from .hyper import check_network
 
 __all__ = ["Dense", "MLP"]
 
@@ -89,22 +92,14 @@ class MLP(nn.Module):
         device: str | torch.device = "cpu",
     ):
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1 (number of weight matrices); "
-                             f"got {depth!r}")
+        check_network(depth=depth, activation=activation, weight_std=weight_std,
+                      bias_std=bias_std, parametrization=parametrization, width=width)
         hidden = [int(width)] * (depth - 1) if isinstance(width, int) else [int(w) for w in width]
         if len(hidden) != depth - 1 or any(w < 1 for w in hidden):
-            raise ValueError(f"width must be a positive int or {depth - 1} positive ints; "
-                             f"got {width!r}")
+            raise SpecError(f"width must be a positive int or {depth - 1} positive ints; "
+                            f"got {width!r}")
         if in_dim < 1 or out_dim < 1:
-            raise ValueError(f"in_dim and out_dim must be >= 1; got {in_dim}, {out_dim}")
-        if parametrization not in ("ntk", "standard"):
-            raise ValueError("parametrization must be 'ntk' or 'standard'; "
-                             f"got {parametrization!r}")
-        if not math.isfinite(weight_std) or weight_std <= 0:
-            raise ValueError(f"weight_std must be a finite number > 0; got {weight_std!r}")
-        if not math.isfinite(bias_std) or bias_std < 0:
-            raise ValueError(f"bias_std must be a finite number >= 0; got {bias_std!r}")
+            raise SpecError(f"in_dim and out_dim must be >= 1; got {in_dim}, {out_dim}")
         self.act = get_activation(activation)
         self.activation = activation
         self.parametrization = parametrization

@@ -1,4 +1,4 @@
-"""The Parquet store: the only pyarrow code (DESIGN.md).
+"""The Parquet store: the only pyarrow code (docs/ARCHITECTURE.md: one adapter per system).
 
 An output dir is a local path, a shared mount, or an object-store URI (``s3://bucket/prefix``
 through pyarrow's filesystems; any other fsspec scheme through fsspec). Layout::
@@ -33,16 +33,16 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .config import TRIAL_FIELDS
-from .trial import RECORD_COLUMNS
+from .errors import OutputDirError
+from .records import RECORD_COLUMNS, Status, SweepMeta, TrialOutcome
+from .trial_spec import TRIAL_FIELDS, TrialSpec
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
-           "load_array", "load_results", "finished_trials", "plain_value", "DONE_STATUSES",
-           "is_uri", "check_writable", "write_text", "read_text"]
+           "load_array", "load_results", "finished_trials", "plain_value", "spec_from_row",
+           "is_uri", "check_writable", "write_text", "read_text", "read_meta", "write_meta"]
 
 SCHEMA_VERSION = "1"
 PARTITIONS = ("width", "depth")
-DONE_STATUSES = ("completed", "diverged")  # deterministic outcomes: resume skips them
 _PARTITIONING = ds.partitioning(pa.schema([(p, pa.int64()) for p in PARTITIONS]), flavor="hive")
 
 
@@ -138,8 +138,9 @@ def _locate_uri(uri: str) -> _Location:
 
             spec_fs, root = fsspec.core.url_to_fs(uri)
         except (ImportError, ValueError) as e:
-            raise ValueError(f"output dir {uri!r}: no filesystem handles this URI ({arrow_error};"
-                             f" fsspec: {e}); use a local path or s3://bucket/prefix") from None
+            raise OutputDirError(f"output dir {uri!r}: no filesystem handles this URI "
+                                 f"({arrow_error}; fsspec: {e}); use a local path or "
+                                 "s3://bucket/prefix") from None
         fs = pafs.PyFileSystem(pafs.FSSpecHandler(spec_fs))
     return _Location(fs, root.rstrip("/"), isinstance(fs, pafs.LocalFileSystem))
 
@@ -195,9 +196,9 @@ def check_writable(out: str | Path) -> None:
             f.write(b"")
         loc.fs.delete_file(probe)
     except OSError as e:
-        raise ValueError(f"output dir {str(out)!r} is not writable ({e}); choose another with "
-                         "output_dir: or --out (for s3:// check the bucket exists and the AWS "
-                         "credentials/AWS_ENDPOINT_URL)") from None
+        raise OutputDirError(f"output dir {str(out)!r} is not writable ({e}); choose another "
+                             "with output_dir: or --out (for s3:// check the bucket exists and "
+                             "the AWS credentials/AWS_ENDPOINT_URL)") from None
 
 
 def save_array(out: str | Path, kind: str, trial_id: str, step: int, matrix: np.ndarray) -> str:
@@ -218,36 +219,37 @@ def load_array(out: str | Path, rel: str) -> np.ndarray:
         return np.load(io.BytesIO(f.read()))
 
 
-def write_trial(out: str | Path, *, trial_id: str, sweep_id: str, spec: dict[str, Any],
-                status: str, records: list[dict[str, Any]], attempts: int = 1,
-                error: str | None = None, device: str = "", host: str = "",
-                wall_seconds: float = float("nan"),
-                kernel_paths: dict[int, str] | None = None,
-                output_paths: dict[int, str] | None = None) -> None:
-    """Write one trial's checkpoints file, then its trials row (the completion marker)."""
+def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialOutcome, *,
+                attempts: int = 1, host: str = "") -> None:
+    """Write one trial attempt's outcome: its kept arrays, its checkpoints file, then its
+    trials row (the completion marker)."""
     loc = _locate(out)
-    values = _spec_values(spec)
-    kernel_paths, output_paths = kernel_paths or {}, output_paths or {}
+    spec_dict = spec.to_dict()
+    values = _spec_values(spec_dict)
+    paths = {kind: {int(step): save_array(out, kind, outcome.trial_id, step, a)
+                    for step, a in kept.items()}
+             for kind, kept in (("kernels", outcome.kernels), ("outputs", outcome.outputs))}
+    records = outcome.records
     cols: dict[str, list] = {f.name: [] for f in CHECKPOINTS_SCHEMA}
     for rec in records:
-        row = {"trial_id": trial_id, "sweep_id": sweep_id, **values,
-               "kernel_path": kernel_paths.get(int(rec["step"])),
-               "outputs_path": output_paths.get(int(rec["step"]))}
+        row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, **values,
+               "kernel_path": paths["kernels"].get(int(rec["step"])),
+               "outputs_path": paths["outputs"].get(int(rec["step"]))}
         row.update({c: rec.get(c) for c in RECORD_COLUMNS})
         for name in cols:
             cols[name].append(row[name])
     _write_table(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
-                 _partition_file("checkpoints", spec, trial_id))
-    final = records[-1] if records else {}
-    first = records[0] if records else {}
-    row = {"trial_id": trial_id, "sweep_id": sweep_id, "status": status, "attempts": attempts,
-           "error": error, "run_device": device, "host": host, "wall_seconds": wall_seconds,
-           "n_checkpoints": len(records), "final_step": final.get("step"),
-           "final_t": final.get("t"), "init_dist_inf": first.get("dist_inf"),
-           "init_dist_nngp": first.get("dist_nngp"), **values}
+                 _partition_file("checkpoints", spec_dict, outcome.trial_id))
+    final, first = outcome.final, outcome.first
+    row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, "status": str(outcome.status),
+           "attempts": attempts, "error": outcome.error, "run_device": outcome.device,
+           "host": host, "wall_seconds": outcome.wall_seconds, "n_checkpoints": len(records),
+           "final_step": final.get("step"), "final_t": final.get("t"),
+           "init_dist_inf": first.get("dist_inf"), "init_dist_nngp": first.get("dist_nngp"),
+           **values}
     row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
-    _write_table(table, loc, _partition_file("trials", spec, trial_id))
+    _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id))
 
 
 def _partition_file(table: str, spec: dict[str, Any], trial_id: str) -> str:
@@ -273,7 +275,7 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, checkpoints) DataFrames of an output dir, optionally filtered, e.g.
     ``filters={"width": [256, 1024], "depth": 3}`` (partition filters read only the
-    matching files). Sorted by width, depth, seed (and step)."""
+    matching files). Sorted by width, depth, trial_id (and step)."""
     loc = _locate(out)
     trials = _read(loc, "trials", TRIALS_SCHEMA, filters)
     ckpts = _read(loc, "checkpoints", CHECKPOINTS_SCHEMA, filters)
@@ -291,8 +293,31 @@ def plain_value(v):
     return v
 
 
-def finished_trials(out: str | Path) -> dict[str, str]:
+def spec_from_row(row) -> TrialSpec:
+    """The ``TrialSpec`` of a trials or checkpoints row (a pandas Series or a dict): the
+    inverse of the spec columns written by ``write_trial``."""
+    values = {}
+    for name in TRIAL_FIELDS:
+        if name in row:
+            v = plain_value(row[name])
+            if name == "checkpoint_steps" and isinstance(v, str):
+                v = json.loads(v)
+            values[name] = v
+    return TrialSpec.from_dict(values)
+
+
+def finished_trials(out: str | Path) -> dict[str, Status]:
     """trial_id → status of every trial with a trials row (what resume consults)."""
     trials = _read(_locate(out), "trials", TRIALS_SCHEMA, None)
-    return dict(zip(trials["trial_id"], trials["status"]))
+    return {tid: Status(s) for tid, s in zip(trials["trial_id"], trials["status"])}
+
+
+def read_meta(out: str | Path) -> SweepMeta | None:
+    """The output dir's ``sweep.json``, or None where there is none (not an ntksweep dir)."""
+    text = read_text(out, "sweep.json")
+    return None if text is None else SweepMeta.from_json(text)
+
+
+def write_meta(out: str | Path, meta: SweepMeta) -> None:
+    write_text(out, "sweep.json", meta.to_json())
 

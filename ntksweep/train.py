@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrialSpec
+from .trial_spec import TrialSpec
 
 __all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train"]
 

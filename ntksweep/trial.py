@@ -1,57 +1,29 @@
 """One trial end to end: build data and network, train, and measure the NTK against Θ_∞ and
 Θ_0 at every checkpoint. Pure: no Ray, MLflow or Parquet here — records are plain dicts
-streamed to ``on_checkpoint`` as they are produced and returned in a ``TrialResult``."""
+(``records.RECORD_COLUMNS``) streamed to ``on_checkpoint`` as they are produced and returned
+in a ``records.TrialOutcome``."""
 
 from __future__ import annotations
 
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import TrialSpec
 from .data import Dataset, make_dataset
-from .kernels import analytic_kernels, empirical_ntk
+from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius, top_eigenvalues
 from .models import MLP
+from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
+from .trial_spec import TrialSpec
 
-__all__ = ["TrialResult", "TrialCache", "run_trial", "warm_up", "dataset_for", "resolve_device",
-           "N_EIGS", "RECORD_COLUMNS"]
-
-N_EIGS = 3
-Record = dict[str, Any]
-# the columns of every checkpoint record, in order (the store's schema is built from these)
-RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
-                  "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
-                  "f_change", "gap_inf", "gap_lin", "dist_nngp", "train_seconds", "kernel_seconds")
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """status: completed | diverged | failed. ``records``: one flat dict per checkpoint.
-    ``kernels``: step → Θ_t on the eval set (M, M) float64, for the kept checkpoints;
-    ``outputs``: step → f_t on the eval set (M, k) float64, likewise."""
-
-    trial_id: str
-    spec: TrialSpec
-    status: str
-    records: list[Record]
-    kernels: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    outputs: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    error: str | None = None
-    device: str = "cpu"
-    wall_seconds: float = 0.0
-    train_seconds: float = 0.0
-    kernel_seconds: float = 0.0
-
-    @property
-    def final(self) -> Record:
-        return self.records[-1] if self.records else {}
+__all__ = ["TrialCache", "run_trial", "warm_up", "dataset_for", "limit_kernels",
+           "resolve_device"]
 
 
 class TrialCache:
@@ -61,11 +33,9 @@ class TrialCache:
     def __init__(self, max_items: int = 64):
         self._items: dict[tuple, Any] = {}
         self.max_items = max_items
-        self.hits = 0
 
     def get(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key in self._items:
-            self.hits += 1
             return self._items[key]
         if len(self._items) >= self.max_items:
             self._items.pop(next(iter(self._items)))
@@ -81,63 +51,59 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
-    key = ("data", *_data_key(spec))
-    return cache.get(key, lambda: dataset_for(spec))
-
-
-def _data_key(spec: TrialSpec) -> tuple:
-    return (spec.dataset, spec.n_train, spec.n_eval, spec.data_seed, spec.dim, spec.teacher,
-            spec.data_path, spec.train_inputs)
-
-
 def dataset_for(spec: TrialSpec) -> Dataset:
     """The trial's data set, rebuilt deterministically from its spec."""
-    return make_dataset(spec.dataset, n_train=spec.n_train, n_eval=spec.n_eval,
-                        seed=spec.data_seed, dim=spec.dim, teacher=spec.teacher,
-                        path=spec.data_path, train_inputs=spec.train_inputs)
+    return make_dataset(spec.dataset, **spec.data_args())
 
 
-def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache):
+def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None
+                  ) -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
+    standard one, its width) on x1 (n1, d) × x2 (n2, d): what every comparison with the limit
+    uses, in trials and in figures alike."""
+    return analytic_kernels(x1, x2, **spec.kernel_args())
+
+
+def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
+    return cache.get(("data", *spec.data_args().values()), lambda: dataset_for(spec))
+
+
+def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
-    key = ("limit", *_data_key(spec), spec.depth, spec.activation, spec.weight_std,
-           spec.bias_std, spec.parametrization,
-           spec.width if spec.parametrization == "standard" else None)
+    key = ("limit", *spec.data_args().values(), *spec.kernel_args().values())
     x = np.concatenate([data.x_eval, data.x_train])
-    return cache.get(key, lambda: analytic_kernels(
-        x, depth=spec.depth, activation=spec.activation, weight_std=spec.weight_std,
-        bias_std=spec.bias_std, parametrization=spec.parametrization, width=spec.width))
+    return cache.get(key, lambda: limit_kernels(spec, x))
 
 
 def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = None,
-              cache: TrialCache | None = None) -> TrialResult:
-    """Train one network and measure its NTK at every checkpoint (see DESIGN.md).
+              cache: TrialCache | None = None) -> TrialOutcome:
+    """Train one network and measure its NTK at every checkpoint (docs/ARCHITECTURE.md,
+    "A trial").
 
     A trial that raises returns status 'failed' with the traceback and every record made
     before the error; a diverging one returns 'diverged' with its records up to then.
     """
     cache = cache or TrialCache()
     started = time.perf_counter()
-    records: list[Record] = []
-    kernels: dict[int, np.ndarray] = {}
-    outputs: dict[int, np.ndarray] = {}
-    timers = {"train": 0.0, "kernel": 0.0}
-    device = "cpu"
+    run = None
+    device, status, error = "cpu", Status.FAILED, None
     try:
         device = resolve_device(spec.device)
-        status = _run(spec, cache, device, records, (kernels, outputs), timers, on_checkpoint)
-        error = None
+        run = _Run(spec, cache, device, on_checkpoint)
+        status = Status(run.train())
     except Exception:  # a trial's failure is data, not a crash of the sweep
-        status, error = "failed", traceback.format_exc()
-    return TrialResult(spec.trial_id, spec, status, records, kernels, outputs, error, device,
-                       time.perf_counter() - started, timers["train"], timers["kernel"])
+        error = traceback.format_exc()
+    records, kernels, outputs, timers = ([], {}, {}, {}) if run is None else \
+        (run.records, run.kernels, run.outputs, run.timers)
+    return TrialOutcome(spec.trial_id, status, records, kernels, outputs, error, device,
+                        time.perf_counter() - started, timers.get("train", 0.0),
+                        timers.get("kernel", 0.0))
 
 
-def warm_up(device: str = "cpu") -> TrialResult:
-    """Run a tiny trial on ``device`` so that a process's one-off costs are paid here and not
-    inside its first real trial's wall time: torch.optim's first optimizer imports
-    torch._dynamo (2.2–2.5 s on one core of this project's CPU VM, torch 2.13: a 2 s trial
-    measured 4.3 s when it came first), and on a GPU the CUDA context starts (seconds)."""
+def warm_up(device: str = "cpu") -> TrialOutcome:
+    """Run a tiny trial on ``device`` so that a process's one-off costs (torch.optim's first
+    optimizer imports torch._dynamo; on a GPU the CUDA context starts) are paid here and not
+    inside its first real trial's wall time."""
     return run_trial(TrialSpec(n_train=2, n_eval=2, width=2, depth=2, steps=1, checkpoints=1,
                                device=device))
 
@@ -146,88 +112,126 @@ def _keep(policy: str, step: int, last: int) -> bool:
     return policy == "all" or (policy == "first_last" and step in (0, last))
 
 
-def _run(spec, cache, device, records, kept, timers, on_checkpoint) -> str:
-    kernels, kept_outputs = kept
-    dtype = getattr(torch, spec.dtype)
-    data = _data(spec, cache)
-    limit = _limits(spec, data, cache)
-    m = data.x_eval.shape[0]
-    out_dim = 10 if spec.loss == "cross_entropy" else data.out_dim
-    model = MLP(data.in_dim, spec.width, spec.depth, activation=spec.activation,
-                weight_std=spec.weight_std, bias_std=spec.bias_std, out_dim=out_dim,
-                parametrization=spec.parametrization, seed=spec.seed, dtype=dtype, device=device)
-    as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-    x_tr, y_tr, x_ev, y_ev = map(as_t, (data.x_train, data.y_train, data.x_eval, data.y_eval))
-    lab_tr = lab_ev = None
-    if data.labels_train is not None:
-        lab_tr = torch.as_tensor(data.labels_train, device=device)
-        lab_ev = torch.as_tensor(data.labels_eval, device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    ntk_kw = dict(method=spec.ntk_method, memory_budget=spec.memory_budget, trace=True)
+@dataclass(frozen=True)
+class _Tensors:
+    """The data on the trial's device and dtype: x (N, d) / (M, d), y (N, k) / (M, k);
+    class labels (N,) / (M,) or None."""
 
-    theta_inf = limit.ntk[:m, :m]
-    eig_inf = top_eigenvalues(theta_inf, N_EIGS)
-    state: dict[str, Any] = {}
-    mse = spec.loss == "mse"
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_ev: torch.Tensor
+    y_ev: torch.Tensor
+    lab_tr: torch.Tensor | None
+    lab_ev: torch.Tensor | None
 
-    def outputs(x):
+
+class _Run:
+    """One trial's network, data and limit, and its checkpoint measurements (``measure``)."""
+
+    def __init__(self, spec: TrialSpec, cache: TrialCache, device: str, on_checkpoint):
+        self.spec, self.device, self.on_checkpoint = spec, device, on_checkpoint
+        dtype = getattr(torch, spec.dtype)
+        self.data = data = _data(spec, cache)
+        self.limit = _limits(spec, data, cache)
+        self.m = data.x_eval.shape[0]
+        self.out_dim = 10 if spec.loss == "cross_entropy" else data.out_dim
+        self.model = MLP(data.in_dim, spec.width, spec.depth, activation=spec.activation,
+                         weight_std=spec.weight_std, bias_std=spec.bias_std,
+                         out_dim=self.out_dim, parametrization=spec.parametrization,
+                         seed=spec.seed, dtype=dtype, device=device)
+        as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+        labels = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
+        self.t = _Tensors(*map(as_t, (data.x_train, data.y_train, data.x_eval, data.y_eval)),
+                          labels(data.labels_train), labels(data.labels_eval))
+        self.theta_inf = self.limit.ntk[:self.m, :self.m]
+        self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
+        self.records: list[Record] = []
+        self.kernels: dict[int, np.ndarray] = {}
+        self.outputs: dict[int, np.ndarray] = {}
+        self.timers = {"train": 0.0, "kernel": 0.0}
+        self._resume: float | None = None
+        self.init: dict[str, np.ndarray] = {}   # Θ_0 on [eval; train], f_0 on eval and train
+
+    def train(self) -> str:
+        t = self.t
+        return train(self.model, self.spec, t.x_tr, t.y_tr, t.lab_tr, self.measure)
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def _outputs(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return model(x).double().cpu().numpy()
+            return self.model(x).double().cpu().numpy()
 
-    def measure(step: int) -> None:
-        sync()
+    def _loss(self, f: np.ndarray, y: torch.Tensor, labels: torch.Tensor | None) -> float:
+        with torch.no_grad():
+            return loss_value(self.spec, torch.as_tensor(f), y.double().cpu(),
+                              None if labels is None else labels.cpu()).item()
+
+    def _ntk(self, x: torch.Tensor) -> np.ndarray:
+        return empirical_ntk(self.model, x, method=self.spec.ntk_method,
+                             memory_budget=self.spec.memory_budget,
+                             trace=True).double().cpu().numpy()
+
+    def measure(self, step: int) -> None:
+        """The checkpoint record at ``step`` (before that step's update)."""
+        self._sync()
         t0 = time.perf_counter()
-        timers["train"] += t0 - state.get("resume", t0)
-        f_ev, f_tr = outputs(x_ev), outputs(x_tr)
-        with torch.no_grad():
-            train_loss = loss_value(spec, torch.as_tensor(f_tr), y_tr.double().cpu(),
-                                    None if lab_tr is None else lab_tr.cpu()).item()
-            eval_loss = loss_value(spec, torch.as_tensor(f_ev), y_ev.double().cpu(),
-                                   None if lab_ev is None else lab_ev.cpu()).item()
+        self.timers["train"] += t0 - (self._resume or t0)
+        t, m = self.t, self.m
+        f_ev, f_tr = self._outputs(t.x_ev), self._outputs(t.x_tr)
         if step == 0:  # Θ_0 on [eval; train]: the linearised network's kernel
-            theta0_all = empirical_ntk(model, torch.cat([x_ev, x_tr]), **ntk_kw).double().cpu()
-            state["theta0_all"] = theta0_all.numpy()
-            state["f0_ev"], state["f0_tr"] = f_ev, f_tr
-            theta = state["theta0_all"][:m, :m]
+            self.init = {"theta0": self._ntk(torch.cat([t.x_ev, t.x_tr])), "f_ev": f_ev,
+                         "f_tr": f_tr}
+            theta = self.init["theta0"][:m, :m]
         else:
-            theta = empirical_ntk(model, x_ev, **ntk_kw).double().cpu().numpy()
-        theta0 = state["theta0_all"][:m, :m]
+            theta = self._ntk(t.x_ev)
+        rec: Record = {"step": step, "t": self.spec.lr * step,
+                       "train_loss": self._loss(f_tr, t.y_tr, t.lab_tr),
+                       "eval_loss": self._loss(f_ev, t.y_ev, t.lab_ev)}
+        rec.update(self._kernel_metrics(theta))
+        rec.update(self._function_metrics(step, f_ev))
+        if _keep(self.spec.keep_kernels, step, self.spec.steps):
+            self.kernels[step] = theta.copy()
+        if _keep(self.spec.keep_outputs, step, self.spec.steps):
+            self.outputs[step] = f_ev.copy()
+        self._sync()
+        self.timers["kernel"] += time.perf_counter() - t0
+        rec["train_seconds"], rec["kernel_seconds"] = self.timers["train"], self.timers["kernel"]
+        self.records.append(rec)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(rec)
+        self._resume = time.perf_counter()
+
+    def _kernel_metrics(self, theta: np.ndarray) -> Record:
+        """Θ_t (M, M) against Θ_∞ and Θ_0: distances, alignments, top eigenvalues."""
+        theta0 = self.init["theta0"][:self.m, :self.m]
+        nan = float("nan")
         finite = bool(np.isfinite(theta).all())
-        t = spec.lr * step
-        rec: Record = {"step": step, "t": t, "train_loss": train_loss, "eval_loss": eval_loss}
-        rec["dist_inf"] = rel_frobenius(theta, theta_inf) if finite else float("nan")
-        rec["dist_init"] = rel_frobenius(theta, theta0) if finite else float("nan")
-        rec["align_inf"] = alignment(theta, theta_inf) if finite else float("nan")
-        rec["align_init"] = alignment(theta, theta0) if finite else float("nan")
+        rec = {"dist_inf": rel_frobenius(theta, self.theta_inf) if finite else nan,
+               "dist_init": rel_frobenius(theta, theta0) if finite else nan,
+               "align_inf": alignment(theta, self.theta_inf) if finite else nan,
+               "align_init": alignment(theta, theta0) if finite else nan}
         eig = top_eigenvalues(theta, N_EIGS) if finite else np.full(N_EIGS, np.nan)
         for i in range(N_EIGS):
-            rec[f"eig{i + 1}"] = float(eig[i]) if i < len(eig) else float("nan")
-            rec[f"eig{i + 1}_inf"] = float(eig_inf[i]) if i < len(eig_inf) else float("nan")
-        rec["f_change"] = float(np.sqrt(np.mean((f_ev - state["f0_ev"]) ** 2)))
-        rec["gap_inf"] = rec["gap_lin"] = float("nan")
-        if mse:
-            pred_inf = kernel_flow_prediction(limit.ntk[:m, m:], limit.ntk[m:, m:], state["f0_ev"],
-                                              state["f0_tr"], data.y_train, t)
-            t0_all = state["theta0_all"]
-            pred_lin = kernel_flow_prediction(t0_all[:m, m:], t0_all[m:, m:], state["f0_ev"],
-                                              state["f0_tr"], data.y_train, t)
-            rec["gap_inf"] = float(np.sqrt(np.mean((f_ev - pred_inf) ** 2)))
-            rec["gap_lin"] = float(np.sqrt(np.mean((f_ev - pred_lin) ** 2)))
-        rec["dist_nngp"] = float("nan")
-        if step == 0 and out_dim >= 2:  # the k logits are k samples of the GP Σ^(L)
-            sigma0 = f_ev @ f_ev.T / out_dim
-            rec["dist_nngp"] = rel_frobenius(sigma0, limit.nngp[:m, :m])
-        if _keep(spec.keep_kernels, step, spec.steps):
-            kernels[step] = theta.copy()
-        if _keep(spec.keep_outputs, step, spec.steps):
-            kept_outputs[step] = f_ev.copy()
-        sync()
-        now = time.perf_counter()
-        timers["kernel"] += now - t0
-        rec["train_seconds"], rec["kernel_seconds"] = timers["train"], timers["kernel"]
-        records.append(rec)
-        if on_checkpoint is not None:
-            on_checkpoint(rec)
-        state["resume"] = time.perf_counter()
+            rec[f"eig{i + 1}"] = float(eig[i]) if i < len(eig) else nan
+            rec[f"eig{i + 1}_inf"] = float(self.eig_inf[i]) if i < len(self.eig_inf) else nan
+        return rec
 
-    return train(model, spec, x_tr, y_tr, lab_tr, measure)
+    def _function_metrics(self, step: int, f_ev: np.ndarray) -> Record:
+        """f_t on the eval set (M, k) against f_0, the kernel-flow predictions with Θ_∞ and
+        Θ_0, and (step 0, k ≥ 2 outputs) the NNGP Σ^(L)."""
+        m, init, lim = self.m, self.init, self.limit
+        nan = float("nan")
+        rec = {"f_change": float(np.sqrt(np.mean((f_ev - init["f_ev"]) ** 2))),
+               "gap_inf": nan, "gap_lin": nan, "dist_nngp": nan}
+        if self.spec.loss == "mse":
+            t = self.spec.lr * step
+            for name, kernel in (("gap_inf", lim.ntk), ("gap_lin", init["theta0"])):
+                pred = kernel_flow_prediction(kernel[:m, m:], kernel[m:, m:], init["f_ev"],
+                                              init["f_tr"], self.data.y_train, t)
+                rec[name] = float(np.sqrt(np.mean((f_ev - pred) ** 2)))
+        if step == 0 and self.out_dim >= 2:  # the k logits are k samples of the GP Σ^(L)
+            rec["dist_nngp"] = rel_frobenius(f_ev @ f_ev.T / self.out_dim, lim.nngp[:m, :m])
+        return rec

@@ -3,7 +3,7 @@ import os
 import pytest
 from servers import MlflowServer, MotoS3
 
-# Local test clusters: Ray 2.60's token auth is for shared clusters (shared/NOTES.md).
+# Local test clusters: Ray 2.60's token auth is for shared clusters (docs/ARCHITECTURE.md, Ray).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # A tracking server that is down must fail fast in tests, not after minutes of retries.

@@ -13,12 +13,17 @@ import pytest
 
 import ntksweep
 from ntksweep import analysis, store
-from ntksweep.config import TrialSpec
-from ntksweep.spec import load_sweep_spec
 from ntksweep.sweep import run_sweep
+from ntksweep.sweep_spec import load_sweep_spec
 from ntksweep.trial import TrialCache, run_trial
+from ntksweep.trial_spec import TrialSpec
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+QUICKSTART = Path(ntksweep.__file__).parent / "specs" / "quickstart.yaml"  # the embedded default
+
+
+def spec_path(name: str) -> Path:
+    return QUICKSTART if name == "quickstart" else EXPERIMENTS / f"{name}.yaml"
 SLOPE_TOL = 0.1
 
 
@@ -29,9 +34,8 @@ def init_trials(tmp_path, widths, depths, seeds, **kw):
     for w in widths:
         for d in depths:
             for s in seeds:
-                r = run_trial(TrialSpec(width=w, depth=d, seed=s, **base), cache=cache)
-                store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="t",
-                                  spec=r.spec.to_dict(), status=r.status, records=r.records)
+                spec = TrialSpec(width=w, depth=d, seed=s, **base)
+                store.write_trial(tmp_path, "t", spec, run_trial(spec, cache=cache))
     return ntksweep.load_results(tmp_path)[0]
 
 
@@ -64,7 +68,7 @@ def test_init_distance_grows_with_depth(tmp_path):
 
 
 def _run_smoke(name, tmp_path):
-    spec = load_sweep_spec(EXPERIMENTS / f"{name}.yaml", {"output_dir": str(tmp_path / name)},
+    spec = load_sweep_spec(spec_path(name), {"output_dir": str(tmp_path / name)},
                            smoke=True)
     summary = run_sweep(spec, quiet=True)
     assert summary.counts.get("failed", 0) == 0, summary
@@ -137,13 +141,13 @@ def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
     assert figures and all(p.exists() and p.with_suffix(".svg").exists() for p in figures)
     check_report(result["report"]["html"], len(figures))
     trials, ckpts = ntksweep.load_results(out)
-    assert len(trials) == len(load_sweep_spec(EXPERIMENTS / f"{name}.yaml", smoke=True).trials())
+    assert len(trials) == len(load_sweep_spec(spec_path(name), smoke=True).trials())
     if name == "width_depth_scaling":
         assert {"depth_width_heatmap"} <= {p.stem for p in figures}
 
 
 def test_every_experiment_spec_is_documented_and_valid():
-    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+    for path in [*sorted(EXPERIMENTS.glob("*.yaml")), QUICKSTART]:
         head = path.read_text().split("\n")
         comments = "\n".join(line for line in head[:14] if line.startswith("#"))
         for needle in ("Question", "ntksweep run", "Runtime", "Expected"):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ntksweep import MLP, analytic_kernels, empirical_ntk
-from ntksweep.kernels import tiling
+from ntksweep.kernels import empirical, ntk_methods, tiling
 
 MC_RTOL = 0.05  # relative Frobenius error allowed for a 50-network Monte-Carlo mean
 
@@ -75,8 +75,8 @@ def test_cnn_through_generic_paths():
     trace = empirical_ntk(model, x1, x2, trace=True)
     torch.testing.assert_close(trace, expected.diagonal(dim1=2, dim2=3).mean(-1))
     # auto prefers NTK-vector products when the Jacobian does not fit the budget
-    assert tiling._choose_method(model, "auto", 7, 2, 8, budget=1000) == "ntk_vps"
-    assert tiling._choose_method(model, "auto", 7, 2, 8, budget=None) == "jacobian"
+    assert empirical._choose_method(model, "auto", 7, 2, 8, budget=1000) == "ntk_vps"
+    assert empirical._choose_method(model, "auto", 7, 2, 8, budget=None) == "jacobian"
 
 
 def test_model_is_left_unchanged():
@@ -168,7 +168,7 @@ def test_out_of_memory_tile_is_split_and_retried(monkeypatch):
     model = MLP(3, 8, 2, seed=0, dtype=torch.float64)
     x = torch.randn(9, 3, dtype=torch.float64)
     full = empirical_ntk(model, x)
-    real = tiling.METHODS["structured"]
+    real = ntk_methods.METHODS["structured"]
     calls = []
 
     def flaky(m, a, b=None):
@@ -177,7 +177,7 @@ def test_out_of_memory_tile_is_split_and_retried(monkeypatch):
             raise torch.cuda.OutOfMemoryError("simulated: tile too large")
         return real(m, a, b)
 
-    monkeypatch.setitem(tiling.METHODS, "structured", flaky)
+    monkeypatch.setitem(ntk_methods.METHODS, "structured", flaky)
     torch.testing.assert_close(empirical_ntk(model, x, method="structured"), full)
     assert max(calls) == 9 and min(calls) <= 2
 

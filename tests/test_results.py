@@ -19,10 +19,11 @@ from servers import MlflowServer, free_port
 
 import ntksweep
 from ntksweep import store
-from ntksweep.config import TrialSpec
-from ntksweep.spec import load_sweep_spec
+from ntksweep.records import RECORD_COLUMNS
 from ntksweep.sweep import run_sweep
-from ntksweep.trial import RECORD_COLUMNS, run_trial
+from ntksweep.sweep_spec import load_sweep_spec
+from ntksweep.trial import run_trial
+from ntksweep.trial_spec import TrialSpec
 
 TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
         "checkpoints": 3, "device": "cpu"}
@@ -119,7 +120,7 @@ def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
 
     import sqlalchemy
 
-    from ntksweep.tracking import Tracker
+    from ntksweep.tracking.tracker import Tracker
 
     uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     tracker = Tracker(uri, "wal", "s1", required=True)
@@ -140,7 +141,7 @@ def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
 
 
 def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path, monkeypatch):
-    from ntksweep.tracking import _LIVE_SECONDS, Tracker
+    from ntksweep.tracking.tracker import _LIVE_SECONDS, Tracker
 
     monkeypatch.chdir(tmp_path)  # whatever MLflow writes relative to the cwd stays out of the repo
     uri = f"sqlite:///{tmp_path / 'live.db'}"
@@ -170,12 +171,13 @@ def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path, monkeypatch):
 
 def test_runs_carry_the_drivers_times_and_end_tags_even_when_the_writer_lags(tmp_path,
                                                                              monkeypatch):
-    """80 trials started and ended back to back: the writer (~50 ms of SQLite per run) falls
-    seconds behind the calls, beyond the live UI's ``_LIVE_SECONDS``. Yet each run's start
+    """80 trials started and ended back to back, each batch delayed 50 ms (injected, so that
+    the writer falls seconds behind the calls on any machine, beyond the live UI's
+    ``_LIVE_SECONDS``, however fast its SQLite writes are). Yet each run's start
     and end are the moments of the calls, its end tags and status are there, and each
     went out as one batch (a stale ended trial is not split into a live batch and a last
     one)."""
-    from ntksweep.tracking import _LIVE_SECONDS, Tracker
+    from ntksweep.tracking.tracker import _LIVE_SECONDS, Tracker
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'lag.db'}"
@@ -185,6 +187,7 @@ def test_runs_carry_the_drivers_times_and_end_tags_even_when_the_writer_lags(tmp
 
     def counted(run_id, *args):
         batches[run_id] += 1
+        time.sleep(0.05)  # a slow store: the lag this test is about
         return send(run_id, *args)
 
     tracker._log_batch = counted
@@ -223,7 +226,7 @@ def test_runs_carry_the_drivers_times_and_end_tags_even_when_the_writer_lags(tmp
 def test_chunks_respect_every_log_batch_limit(n_metrics, n_params, n_tags):
     from mlflow.entities import Metric, Param, RunTag
 
-    from ntksweep.tracking import _chunks
+    from ntksweep.tracking.mlflow_api import chunks as _chunks
 
     metrics = [Metric(f"m{i}", float(i), 0, i) for i in range(n_metrics)]
     params = [Param(f"p{i}", str(i)) for i in range(n_params)]
@@ -240,7 +243,7 @@ def test_chunks_respect_every_log_batch_limit(n_metrics, n_params, n_tags):
 def test_batches_to_a_server_are_cut_to_the_rest_limits(tmp_path, mlflow_server):
     """The tracker posts log-batch JSON itself to a server: 150 params (over the 100 a
     request may carry) and 1,500 points (over 1,000) arrive whole, in order, once."""
-    from ntksweep.tracking import Tracker
+    from ntksweep.tracking.tracker import Tracker
 
     spec = {f"p{i:03d}": i for i in range(150)}
     tracker = Tracker(mlflow_server.uri, "limits", "s1", required=True)
@@ -261,11 +264,9 @@ def test_batches_to_a_server_are_cut_to_the_rest_limits(tmp_path, mlflow_server)
 
 
 def test_parquet_schema_round_trip_and_kernels(tmp_path):
-    r = run_trial(TrialSpec(width=16, keep_kernels="first_last", **TINY))
-    paths = {s: store.save_array(tmp_path, "kernels", r.trial_id, s, k)
-             for s, k in r.kernels.items()}
-    store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(),
-                      status=r.status, records=r.records, kernel_paths=paths)
+    spec = TrialSpec(width=16, keep_kernels="first_last", **TINY)
+    r = run_trial(spec)
+    store.write_trial(tmp_path, "x", spec, r)
     for table, schema in (("trials", store.TRIALS_SCHEMA), ("checkpoints",
                                                            store.CHECKPOINTS_SCHEMA)):
         f = next((tmp_path / table).rglob("*.parquet"))
@@ -283,13 +284,12 @@ def test_parquet_schema_round_trip_and_kernels(tmp_path):
 
 
 def test_half_written_files_are_never_visible_and_rewrites_do_not_duplicate(tmp_path):
-    r = run_trial(TrialSpec(width=8, **TINY))
-    kw = dict(trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(), status=r.status,
-              records=r.records)
-    store.write_trial(tmp_path, **kw)
+    spec = TrialSpec(width=8, **TINY)
+    r = run_trial(spec)
+    store.write_trial(tmp_path, "x", spec, r)
     part = next((tmp_path / "trials").rglob("*.parquet")).parent
     (part / ".tmp-deadbeef-partial.parquet").write_bytes(b"PAR1 half a file")
-    store.write_trial(tmp_path, **kw)                      # a re-run replaces, never appends
+    store.write_trial(tmp_path, "x", spec, r)              # a re-run replaces, never appends
     trials, ckpts = ntksweep.load_results(tmp_path)
     assert len(trials) == 1 and len(ckpts) == len(r.records)
     assert len(pd.read_parquet(tmp_path / "trials")) == 1  # plain pandas skips hidden files
@@ -297,9 +297,8 @@ def test_half_written_files_are_never_visible_and_rewrites_do_not_duplicate(tmp_
 
 def test_filters_read_only_matching_partitions(tmp_path):
     for w in (8, 16, 32):
-        r = run_trial(TrialSpec(width=w, **TINY))
-        store.write_trial(tmp_path, trial_id=r.trial_id, sweep_id="x", spec=r.spec.to_dict(),
-                          status=r.status, records=r.records)
+        spec = TrialSpec(width=w, **TINY)
+        store.write_trial(tmp_path, "x", spec, run_trial(spec))
     for f in (tmp_path / "checkpoints").glob("width=32/*/*.parquet"):
         f.write_bytes(b"corrupt")   # never read when filtered away
     trials, ckpts = ntksweep.load_results(tmp_path, {"width": [8, 16]})

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import ntksweep
-from ntksweep.spec import SpecError, load_sweep_spec
 from ntksweep.sweep import run_sweep
+from ntksweep.sweep_spec import SpecError, load_sweep_spec
 
 TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
         "checkpoints": 3, "device": "cpu"}

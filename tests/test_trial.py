@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy.linalg import expm
 
-from ntksweep.config import SpecError, TrialSpec
 from ntksweep.data import make_dataset
 from ntksweep.kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius
 from ntksweep.train import checkpoint_schedule
 from ntksweep.trial import run_trial
+from ntksweep.trial_spec import SpecError, TrialSpec
 
 SMALL = dict(n_train=16, n_eval=16, steps=40, checkpoints=5, device="cpu")
 
@@ -141,7 +141,7 @@ def test_same_spec_same_records():
 
 _FIRST_TRIAL = """
 import sys
-from ntksweep.config import TrialSpec
+from ntksweep.trial_spec import TrialSpec
 from ntksweep.trial import run_trial, warm_up
 if sys.argv[1] == "warm":
     assert warm_up().status == "completed"
@@ -167,10 +167,10 @@ def test_after_warm_up_a_first_trial_imports_nothing(warm):
 
 def test_records_are_flat_and_streamed():
     seen = []
-    r = run_trial(TrialSpec(width=32, keep_kernels="first_last", **SMALL),
-                  on_checkpoint=seen.append)
+    spec = TrialSpec(width=32, keep_kernels="first_last", **SMALL)
+    r = run_trial(spec, on_checkpoint=seen.append)
     assert r.status == "completed" and seen == r.records
-    assert [rec["step"] for rec in r.records] == checkpoint_schedule(r.spec)
+    assert [rec["step"] for rec in r.records] == checkpoint_schedule(spec)
     for rec in r.records:
         assert all(isinstance(v, (int, float)) for v in rec.values())
     assert set(r.kernels) == {0, SMALL["steps"]} and r.kernels[0].shape == (16, 16)

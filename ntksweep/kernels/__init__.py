@@ -4,7 +4,8 @@ Pure maths: no Ray, MLflow or Parquet imports here.
 """
 
 from .analytic import AnalyticKernels, analytic_kernels
-from .tiling import SerialExecutor, Tile, TileComputation, TileExecutor, empirical_ntk
+from .empirical import empirical_ntk
+from .tiling import SerialExecutor, Tile, TileComputation, TileExecutor
 
 __all__ = ["AnalyticKernels", "SerialExecutor", "Tile", "TileComputation", "TileExecutor",
            "analytic_kernels", "empirical_ntk"]

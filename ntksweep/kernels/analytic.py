@@ -1,7 +1,7 @@
 """Infinite-width kernels of a fully connected network: the NNGP Σ^(L) and the NTK Θ_∞^(L).
 
 Jacot, Gabriel & Hongler (NeurIPS 2018), Theorem 1 / Proposition 1, in the conventions of
-DESIGN.md (depth L = number of weight matrices, NTK parametrization):
+docs/ARCHITECTURE.md (depth L = number of weight matrices, NTK parametrization):
 
     Σ^(1)(x, x')   = σ_w² x·x'/n0 + σ_b²                          Θ^(1) = Σ^(1)
     Σ^(ℓ+1)        = σ_w² E[σ(u)σ(v)] + σ_b²     (u, v) ~ N(0, Σ^(ℓ) on {x, x'})
@@ -21,27 +21,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..activations import LEAKY_RELU_SLOPE, get_activation
+from ..activations import LEAKY_RELU_SLOPE
+from ..errors import SpecError
+from ..hyper import check_network
 from .duals import SNAP, get_dual
 
 _ONE = torch.ones((), dtype=torch.float64)
 
 __all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs"]
-
-
-class Cov(NamedTuple):
-    """A covariance on {x1} ∪ {x2}: k11 = diag on x1 (n1, 1), k12 (n1, n2),
-    k22 = diag on x2 (1, n2)."""
-
-    k11: Tensor
-    k12: Tensor
-    k22: Tensor
 
 
 @dataclass(frozen=True)
@@ -55,12 +47,6 @@ class AnalyticKernels:
     weight_std: float
     bias_std: float
     parametrization: str
-
-
-def input_gram(x1: Tensor, x2: Tensor) -> Cov:
-    """x·x'/n0 on both diagonals and across."""
-    n0 = x1.shape[1]
-    return Cov((x1 * x1).sum(1, keepdim=True) / n0, x1 @ x2.T / n0, (x2 * x2).sum(1)[None] / n0)
 
 
 def affine(e: Tensor, weight_std: float, bias_std: float) -> Tensor:
@@ -172,35 +158,19 @@ def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
             x = x.detach().cpu().double().numpy()
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (points, features); got shape {x.shape}")
+            raise SpecError(f"{name} must be 2-D (points, features); got shape {x.shape}")
         if not np.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf; clean the inputs first")
+            raise SpecError(f"{name} contains NaN or inf; clean the inputs first")
         return x
 
     a = convert(x1, "x1")
     symmetric = x2 is None
     b = a if symmetric else convert(x2, "x2")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(
+        raise SpecError(
             f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; both need the same input dim"
         )
     return a, b, symmetric
-
-
-def _check_hyper(depth, activation, weight_std, bias_std, parametrization, width):
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError("depth must be an integer >= 1 (number of weight matrices); "
-                         f"got {depth!r}")
-    get_activation(activation)
-    if not np.isfinite(weight_std) or weight_std <= 0:
-        raise ValueError(f"weight_std must be a finite number > 0; got {weight_std!r}")
-    if not np.isfinite(bias_std) or bias_std < 0:
-        raise ValueError(f"bias_std must be a finite number >= 0; got {bias_std!r}")
-    if parametrization not in ("ntk", "standard"):
-        raise ValueError(f"parametrization must be 'ntk' or 'standard'; got {parametrization!r}")
-    if parametrization == "standard" and (width is None or width < 1):
-        raise ValueError("parametrization='standard' needs width=<hidden width> (its NTK scales "
-                         "with width)")
 
 
 def _blocks(n1: int, n2: int, symmetric: bool, shape: tuple[int, int]):
@@ -230,7 +200,7 @@ def _mirror(ntk: np.ndarray, nngp: np.ndarray, rows: slice, cols: slice) -> None
 def _block_shape(tile: int | tuple[int, int], symmetric: bool) -> tuple[int, int]:
     h, w = (tile, tile) if isinstance(tile, (int, np.integer)) else tile
     if h < 1 or w < 1:
-        raise ValueError(f"tile must be an int or (rows, cols) of ints >= 1; got {tile!r}")
+        raise SpecError(f"tile must be an int or (rows, cols) of ints >= 1; got {tile!r}")
     # a symmetric band's first chunk must hold its whole diagonal square
     return int(h), int(max(w, h) if symmetric else w)
 
@@ -262,7 +232,8 @@ def analytic_kernels(
     each op's ~3 µs dispatch. With x2 None only the blocks on and above the diagonal are
     computed and mirrored.
     """
-    _check_hyper(depth, activation, weight_std, bias_std, parametrization, width)
+    check_network(depth=depth, activation=activation, weight_std=weight_std,
+                  bias_std=bias_std, parametrization=parametrization, width=width)
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
     a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
     dual = get_dual(activation, quadrature=quadrature, points=quadrature_points)

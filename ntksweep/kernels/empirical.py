@@ -1,128 +1,117 @@
-"""Empirical NTK Θ(x, x') = Σ_p ∂_p f(x) ∂_p f(x')ᵀ of a finite network, exactly.
-
-Three methods, all returning (n1, n2, k, k) for k outputs:
-
-- ``structured`` (ntksweep MLPs): per dense layer z = α W a + β b the parameters' share of
-  the NTK is (α² A Aᵀ + β²) ⊙ (D Dᵀ), with A the layer's inputs and D = ∂f/∂z the output
-  gradients w.r.t. its pre-activations (Novak et al. 2022, "structured derivatives").
-  D comes from a backward pass of pre-activation gradients only — no weight gradients,
-  no Jacobian: time O(N L k n² + N² L k² n), memory O(N L k n + N² k²).
-- ``jacobian`` (any module): torch.func per-example Jacobians J (N, k, P), contracted
-  J1 J2ᵀ. Memory O(N k P).
-- ``ntk_vps`` (any module): NTK-vector products Θ v = J1 (J2ᵀ v) by vjp then jvp, one per
-  column basis vector. Memory O(P + activations) per vector; time O(N k) passes.
-
-All run without changing the model (mode restored, parameters and .grad untouched).
-"""
+"""The public empirical NTK: ``empirical_ntk(model, x1, x2)``, exact, memory-bounded and
+shardable (tiles and executors: ``tiling``; the per-tile methods: ``ntk_methods``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from ..errors import UserError
 from ..models import MLP
+from .ntk_methods import METHODS, trainable_params
+from .tiling import (
+    SerialExecutor,
+    TileComputation,
+    TileExecutor,
+    candidate_blocks,
+    plan_tiles,
+    tile_bytes,
+)
 
-__all__ = ["ntk_structured", "ntk_jacobian", "ntk_vps", "METHODS", "trainable_params"]
-
-
-def trainable_params(model: nn.Module) -> dict[str, Tensor]:
-    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters: its NTK is zero; "
-                         "set requires_grad=True on the parameters you train")
-    return params
-
-
-# --------------------------------------------------------------------------- structured
-def mlp_features(model: MLP, x: Tensor) -> list[tuple[Tensor, Tensor | None]]:
-    """Per layer ℓ (input a^ℓ (N, n_ℓ), D^ℓ = ∂f/∂z^(ℓ+1) (N, k, n_(ℓ+1)) or None for the
-    output layer, where D is the identity and is never materialised)."""
-    inputs, derivs = [], []
-    a = x
-    for i, layer in enumerate(model.layers):
-        inputs.append(a)
-        z = layer(a)
-        if i < model.depth - 1:
-            derivs.append(model.act.derivative(z))
-            a = model.act.fn(z)
-    # backward of pre-activation gradients: D^(L−1) = I_k, D^ℓ = (D^(ℓ+1) α W) ⊙ σ'(z)
-    grads: list[Tensor | None] = [None] * model.depth
-    d = None
-    for i in range(model.depth - 1, 0, -1):
-        layer = model.layers[i]
-        w = layer.weight * layer.weight_mult                             # (n_out, n_in)
-        d = w.expand(x.shape[0], *w.shape) if d is None else d @ w       # (N, k, n_in)
-        d = d * derivs[i - 1][:, None, :]
-        grads[i - 1] = d
-    return list(zip(inputs, grads))
+__all__ = ["empirical_ntk"]
 
 
-def ntk_structured(model: MLP, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) of an ntksweep MLP by structured derivatives."""
-    with torch.no_grad():
-        f1 = mlp_features(model, x1)
-        f2 = f1 if x2 is None else mlp_features(model, x2)
-        n1, n2, k = x1.shape[0], (x1 if x2 is None else x2).shape[0], model.out_dim
-        # k = 1 (the common case) accumulates into a contiguous (n1, n2) matrix
-        theta = torch.zeros(n1, n2, *(() if k == 1 else (k, k)), dtype=x1.dtype, device=x1.device)
-        eye = torch.eye(k, dtype=x1.dtype, device=x1.device)
-        for layer, (a1, d1), (a2, d2) in zip(model.layers, f1, f2):
-            gram = (a1 @ a2.T).mul_(layer.weight_mult**2)                 # α² A Aᵀ + β²
-            if layer.bias_mult:
-                gram.add_(layer.bias_mult**2)
-            if d1 is None:                                                # output layer: I_k
-                theta += gram if k == 1 else gram[:, :, None, None] * eye
-            elif k == 1:
-                theta.addcmul_(gram, d1[:, 0] @ d2[:, 0].T)
-            else:
-                theta.addcmul_(gram[:, :, None, None], torch.einsum("ikn,jln->ijkl", d1, d2))
-        theta = theta.reshape(n1, n2, k, k)
-    return theta
+def _as_tensor(x, name: str, like: Tensor) -> Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim < 2:
+        raise UserError(f"{name} must be (points, features…); got shape {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise UserError(f"{name} contains NaN or inf; clean the inputs first")
+    return x.to(dtype=like.dtype, device=like.device)
 
 
-# --------------------------------------------------------------------------- generic
-def _single_output(model: nn.Module, params: dict[str, Tensor]):
-    def f(p, x):  # one example (…) → (k,)
-        return functional_call(model, p, (x.unsqueeze(0),)).reshape(-1)
+def _choose_method(model: nn.Module, method: str, n: int, k: int, itemsize: int,
+                   budget: int | None) -> str:
+    if method == "auto":
+        if isinstance(model, MLP):
+            return "structured"
+        jac_bytes = tile_bytes(model, "jacobian", n, 0, k, itemsize)
+        return "jacobian" if jac_bytes <= (budget or 2 << 30) else "ntk_vps"
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of: auto, "
+                         f"{', '.join(METHODS)}")
+    if method == "structured" and not isinstance(model, MLP):
+        raise UserError(f"method='structured' needs an ntksweep.models.MLP, got "
+                         f"{type(model).__name__}; use method='auto', 'jacobian' or 'ntk_vps'")
+    return method
 
-    return f
 
+def empirical_ntk(
+    model: nn.Module,
+    x1,
+    x2=None,
+    *,
+    method: str = "auto",
+    block_size: int | None = None,
+    memory_budget: int | None = None,
+    executor: TileExecutor | None = None,
+    trace: bool = False,
+    out_device: str | torch.device | None = None,
+) -> Tensor:
+    """The empirical NTK of ``model`` between x1 (n1, …) and x2 (n2, …) (default x1).
 
-def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) by contracting per-example Jacobians (torch.func vmap(jacrev))."""
+    Returns (n1, n2) for a model with one output, else (n1, n2, k, k) — or with
+    ``trace=True`` the per-logit mean (1/k) Σ_c Θ[:, :, c, c], (n1, n2). Computed in the
+    model's dtype on its device; inputs are cast there. ``method``: 'auto' (structured for
+    ntksweep MLPs, else the cheaper generic one), 'structured', 'jacobian', 'ntk_vps'.
+    ``memory_budget`` (bytes of working memory per tile) or ``block_size`` tile the kernel;
+    ``executor`` computes the tiles (default: this process). The model is left unchanged.
+    """
     params = trainable_params(model)
-    f = _single_output(model, params)
-    jac = vmap(jacrev(f), (None, 0))
-    j1 = jac(params, x1)
-    j2 = j1 if x2 is None else jac(params, x2)
-    theta = None
-    for name in params:
-        a, b = j1[name].flatten(2), j2[name].flatten(2)                  # (N, k, P_name)
-        term = torch.einsum("ikp,jlp->ijkl", a, b)
-        theta = term if theta is None else theta.add_(term)
-    return theta
+    like = next(iter(params.values()))
+    a = _as_tensor(x1, "x1", like)
+    b = None if x2 is None else _as_tensor(x2, "x2", like)
+    if b is not None and a.shape[1:] != b.shape[1:]:
+        raise UserError(f"x1 points have shape {tuple(a.shape[1:])} but x2 points "
+                         f"{tuple(b.shape[1:])}; both need the same input shape")
+    if isinstance(model, MLP) and a.shape[1] != model.in_dim:
+        raise UserError(f"x1 has {a.shape[1]} features but the model expects in_dim="
+                         f"{model.in_dim}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            k = model(a[:1]).reshape(1, -1).shape[1]
+        n1, n2 = a.shape[0], (a if b is None else b).shape[0]
+        method = _choose_method(model, method, n1 + n2, k, like.element_size(), memory_budget)
+        block = max(n1, n2) if block_size is None else int(block_size)
+        if memory_budget is not None:
+            fits = [s for s in candidate_blocks(max(n1, n2))
+                    if tile_bytes(model, method, s, s, k, like.element_size()) <= memory_budget]
+            if not fits:
+                need = tile_bytes(model, method, 1, 1, k, like.element_size())
+                raise UserError(f"memory_budget={memory_budget} bytes is too small for even a "
+                                 f"1×1 tile of this model with method={method!r} (needs about "
+                                 f"{need} bytes); raise the budget")
+            block = min(block, max(fits))
+        if block < 1:
+            raise UserError(f"block_size must be >= 1; got {block_size!r}")
+        computation = TileComputation(model, a, b, method)
+        tiles = plan_tiles(n1, n2, block, symmetric=b is None)
+        device = like.device if out_device is None else torch.device(out_device)
+        out = torch.empty(n1, n2, k, k, dtype=like.dtype, device=device)
+        for tile, block_value in (executor or SerialExecutor()).map_tiles(computation, tiles):
+            if isinstance(block_value, np.ndarray) and not block_value.flags.writeable:
+                block_value = block_value.copy()  # zero-copy from Ray's object store
+            block_value = torch.as_tensor(block_value).to(device)
+            out[tile.r0:tile.r1, tile.c0:tile.c1] = block_value
+            if b is None and tile.r0 != tile.c0:
+                out[tile.c0:tile.c1, tile.r0:tile.r1] = block_value.permute(1, 0, 3, 2)
+    finally:
+        model.train(was_training)
+    if trace:
+        return out.diagonal(dim1=2, dim2=3).mean(-1)
+    return out[:, :, 0, 0] if k == 1 else out
 
 
-def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) by NTK-vector products: columns J1 (J2ᵀ e_j) for each basis e_j."""
-    params = trainable_params(model)
-    x2 = x1 if x2 is None else x2
-
-    def f(p, x):
-        out = functional_call(model, p, (x,))
-        return out.reshape(x.shape[0], -1)
-
-    out2, vjp_fn = vjp(lambda p: f(p, x2), params)
-    n2, k = out2.shape
-
-    def column(vec):                                                    # vec (n2, k)
-        (cotangent,) = vjp_fn(vec)                                      # J2ᵀ vec
-        return jvp(lambda p: f(p, x1), (params,), (cotangent,))[1]      # J1 J2ᵀ vec (n1, k)
-
-    basis = torch.eye(n2 * k, dtype=out2.dtype, device=out2.device).reshape(n2 * k, n2, k)
-    cols = vmap(column)(basis)                                          # (n2 k, n1, k)
-    return cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)               # (n1, n2, k, k)
-
-
-METHODS = {"structured": ntk_structured, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}

@@ -13,7 +13,7 @@ __all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "kernel_flow_predict
 
 
 def rel_frobenius(a: np.ndarray, b: np.ndarray) -> float:
-    """‖a − b‖_F / ‖b‖_F (DESIGN.md: dist_inf with b = Θ_∞, dist_init with b = Θ_0)."""
+    """‖a − b‖_F / ‖b‖_F (dist_inf: b = Θ_∞; dist_init: b = Θ_0)."""
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 

@@ -7,13 +7,30 @@ import os
 import queue
 import socket
 import threading
+from dataclasses import dataclass
 
 import ray
 
-from ..config import TrialSpec
+from ..records import Record, TrialOutcome
 from ..trial import TrialCache, run_trial, warm_up
+from ..trial_spec import TrialSpec
 
 _DONE = object()
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Checkpoint records measured since the last message, in order."""
+
+    records: list[Record]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The trial's outcome: every record (the driver logs those it has not seen yet) and its
+    kept arrays. The last message of a trial."""
+
+    outcome: TrialOutcome
 
 
 def _ready(items: queue.Queue) -> list:
@@ -41,8 +58,8 @@ class TrialWorker:
         # One-off costs (imports, the CUDA context) are paid beside start-up, and kept out
         # of the first trial's wall time: run() waits for this before it starts the clock.
         # In a thread, so that describe() answers at once and the driver hands this actor
-        # a trial as soon as it is up, as before (blocking here, the first actor warm could
-        # take a short sweep's every trial). A failure shows again, recorded, in real trials.
+        # a trial as soon as it is up (blocking here, the first actor to be warm could take
+        # a short sweep's every trial). A failure shows again, recorded, in real trials.
         self._warm = threading.Thread(target=warm_up, args=("cuda:0" if self.gpu_ids else "cpu",),
                                       daemon=True, name="warm-up")
         self._warm.start()
@@ -57,20 +74,17 @@ class TrialWorker:
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
-    def run(self, spec_dict: dict):
-        """Stream ("records", [dict, …]) as checkpoints are measured, then ("result",
-        summary, arrays, [dict, …]) with the records not yet sent and the kept
-        {'kernels': {step: Θ_t}, 'outputs': {step: f_t}}.
+    def run(self, spec: TrialSpec):
+        """Stream ``Checkpoints`` as checkpoints are measured, then one ``Finished``.
 
-        Records that are ready together travel as one item, and those still queued when
-        the trial ends ride with its result: each item is a round trip through Ray and a
+        Records that are ready together travel as one message, and those still queued when
+        the trial ends ride with its outcome: each message is a round trip through Ray and a
         wake-up of the driver, and a short trial's checkpoints can come faster than that.
 
         A CPU actor on a GPU node still sees every GPU (Ray leaves CUDA_VISIBLE_DEVICES
         unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
         """
         self._warm.join()
-        spec = TrialSpec.from_dict(spec_dict)
         if spec.device == "auto":
             spec = spec.replace(device="cuda:0" if self.gpu_ids else "cpu")
         items: queue.Queue = queue.Queue()
@@ -78,30 +92,24 @@ class TrialWorker:
 
         def target():
             try:
-                box["result"] = run_trial(spec, on_checkpoint=items.put, cache=self.cache)
+                box["outcome"] = run_trial(spec, on_checkpoint=items.put, cache=self.cache)
             finally:
                 items.put(_DONE)
 
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
         while (batch := _ready(items))[-1] is not _DONE:
-            yield ("records", batch)
+            yield Checkpoints(batch)
         thread.join()
-        result = box["result"]
-        summary = {"status": result.status, "error": result.error, "device": result.device,
-                   "wall_seconds": result.wall_seconds, "train_seconds": result.train_seconds,
-                   "kernel_seconds": result.kernel_seconds, "n_records": len(result.records)}
-        arrays = {"kernels": dict(result.kernels), "outputs": dict(result.outputs)}  # numpy
-        del result
-        box.clear()
+        outcome = box.pop("outcome")
         self._free()
-        yield ("result", summary, arrays, batch[:-1])
+        yield Finished(outcome)
 
     def _free(self) -> None:
         """Hand the trial's cached GPU memory back. Reference counting has already freed the
-        model; a full ``gc.collect`` (100+ ms with torch loaded: measured on an H100 host, a
-        200 ms floor per short trial) runs only when allocated memory grew since the last
-        trial, i.e. when reference cycles are holding tensors."""
+        model; a full ``gc.collect`` (100+ ms with torch loaded, a floor under every short
+        trial) runs only when allocated memory grew since the last trial, i.e. when reference
+        cycles are holding tensors."""
         if not self.gpu_ids:
             return
         import torch

@@ -8,18 +8,14 @@ import difflib
 import functools
 import hashlib
 import json
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .activations import ACTIVATIONS
 from .data import DATASETS, TEACHERS
+from .errors import SpecError
+from .hyper import RULES, is_finite, is_int, problem
 
 __all__ = ["TrialSpec", "SpecError", "TRIAL_FIELDS", "suggest"]
-
-
-class SpecError(ValueError):
-    """A spec that cannot run; the message names the field and what to change."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +85,20 @@ class TrialSpec:
                                       for k in unknown))
         return cls(**{k: _coerce(k, v) for k, v in d.items()})
 
+    def data_args(self) -> dict[str, Any]:
+        """``make_dataset``'s keyword arguments: everything the data set depends on."""
+        return {"n_train": self.n_train, "n_eval": self.n_eval, "seed": self.data_seed,
+                "dim": self.dim, "teacher": self.teacher, "path": self.data_path,
+                "train_inputs": self.train_inputs}
+
+    def kernel_args(self) -> dict[str, Any]:
+        """``analytic_kernels``' architecture arguments: the limit this trial is compared with
+        (the standard parametrization's NTK depends on the width; the NTK one's does not)."""
+        return {"depth": self.depth, "activation": self.activation,
+                "weight_std": self.weight_std, "bias_std": self.bias_std,
+                "parametrization": self.parametrization,
+                "width": self.width if self.parametrization == "standard" else None}
+
     def replace(self, **changes) -> TrialSpec:
         return dataclasses.replace(self, **changes)
 
@@ -98,25 +108,20 @@ class TrialSpec:
             if not ok:
                 raise SpecError(f"{field}: {msg} (got {getattr(self, field)!r})")
 
-        for name in ("n_train", "n_eval", "width", "depth", "steps", "checkpoints", "dim"):
+        for name in RULES:  # the network's rules, shared with models and analytic_kernels
+            text = problem(name, getattr(self, name))
+            need(text is None, name, text or "")
+        for name in ("n_train", "n_eval", "steps", "checkpoints", "dim"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
-                 "must be an integer >= 1")
+            need(is_int(v) and v >= 1, name, "must be an integer >= 1")
         for name in ("data_seed", "seed"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name,
-                 "must be an integer >= 0")
+            need(is_int(v) and v >= 0, name, "must be an integer >= 0")
         need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         need(self.teacher in TEACHERS, "teacher", f"must be one of {', '.join(TEACHERS)}")
         need(self.dataset != "file" or bool(self.data_path), "data_path",
              "dataset 'file' needs data_path")
-        need(self.activation in ACTIVATIONS, "activation",
-             f"must be one of {', '.join(sorted(ACTIVATIONS))}")
-        need(_finite(self.weight_std) and self.weight_std > 0, "weight_std", "must be > 0")
-        need(_finite(self.bias_std) and self.bias_std >= 0, "bias_std", "must be >= 0")
-        need(self.parametrization in ("ntk", "standard"), "parametrization",
-             "must be 'ntk' or 'standard'")
-        need(_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
+        need(is_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
         need(self.optimizer in ("gd", "sgd"), "optimizer", "must be 'gd' or 'sgd'")
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "batch_size", "must be an integer >= 1 or null")
@@ -128,7 +133,7 @@ class TrialSpec:
         if self.checkpoint_steps is not None:
             need(all(isinstance(s, int) and 0 <= s <= self.steps for s in self.checkpoint_steps),
                  "checkpoint_steps", f"must be integers in [0, steps={self.steps}]")
-        need(_finite(self.divergence_factor) and self.divergence_factor > 1, "divergence_factor",
+        need(is_finite(self.divergence_factor) and self.divergence_factor > 1, "divergence_factor",
              "must be > 1")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "must be 'auto', 'cpu' or 'cuda[:i]'")
@@ -155,10 +160,6 @@ def suggest(name: str, choices) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     close = close or [c for c in choices if len(name) >= 3 and c.startswith(name)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _coerce(name: str, value):

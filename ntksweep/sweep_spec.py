@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from .config import TRIAL_FIELDS, SpecError, TrialSpec, suggest
+from .errors import SpecError
+from .trial_spec import TRIAL_FIELDS, TrialSpec, suggest
 
 __all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "SpecError"]
 

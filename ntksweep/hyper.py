@@ -1,0 +1,54 @@
+"""The network hyperparameter rules, stated once: ``TrialSpec``, the networks of
+``models`` and ``analytic_kernels`` all check their arguments here."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .activations import ACTIVATIONS, get_activation
+from .errors import SpecError
+
+__all__ = ["PARAMETRIZATIONS", "RULES", "problem", "check_network"]
+
+PARAMETRIZATIONS = ("ntk", "standard")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# field → (predicate, what a valid value is)
+RULES = {
+    "depth": (lambda v: is_int(v) and v >= 1,
+              "must be an integer >= 1 (the number of weight matrices)"),
+    "width": (lambda v: is_int(v) and v >= 1, "must be an integer >= 1"),
+    "weight_std": (lambda v: is_finite(v) and v > 0, "must be a finite number > 0"),
+    "bias_std": (lambda v: is_finite(v) and v >= 0, "must be a finite number >= 0"),
+    "parametrization": (lambda v: v in PARAMETRIZATIONS,
+                        f"must be {' or '.join(map(repr, PARAMETRIZATIONS))}"),
+    "activation": (lambda v: v in ACTIVATIONS, f"must be one of {', '.join(sorted(ACTIVATIONS))}"),
+}
+
+
+def problem(field: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``field`` by its rule, or None."""
+    ok, text = RULES[field]
+    return None if ok(value) else text
+
+
+def check_network(*, depth, activation, weight_std, bias_std, parametrization,
+                  width=None) -> None:
+    """Raise ``SpecError`` ('depth must be …; got 0') for the first invalid argument."""
+    get_activation(activation)  # its own message lists the known names
+    for field, value in (("depth", depth), ("weight_std", weight_std), ("bias_std", bias_std),
+                         ("parametrization", parametrization)):
+        if (text := problem(field, value)) is not None:
+            raise SpecError(f"{field} {text}; got {value!r}")
+    if parametrization == "standard" and not (is_int(width) and width >= 1):
+        raise SpecError("parametrization='standard' needs width=<hidden width> (its NTK scales "
+                        "with width)")

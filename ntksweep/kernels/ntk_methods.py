@@ -1,0 +1,129 @@
+"""Empirical NTK Θ(x, x') = Σ_p ∂_p f(x) ∂_p f(x')ᵀ of a finite network, exactly.
+
+Three methods, all returning (n1, n2, k, k) for k outputs:
+
+- ``structured`` (ntksweep MLPs): per dense layer z = α W a + β b the parameters' share of
+  the NTK is (α² A Aᵀ + β²) ⊙ (D Dᵀ), with A the layer's inputs and D = ∂f/∂z the output
+  gradients w.r.t. its pre-activations (Novak et al. 2022, "structured derivatives").
+  D comes from a backward pass of pre-activation gradients only — no weight gradients,
+  no Jacobian: time O(N L k n² + N² L k² n), memory O(N L k n + N² k²).
+- ``jacobian`` (any module): torch.func per-example Jacobians J (N, k, P), contracted
+  J1 J2ᵀ. Memory O(N k P).
+- ``ntk_vps`` (any module): NTK-vector products Θ v = J1 (J2ᵀ v) by vjp then jvp, one per
+  column basis vector. Memory O(P + activations) per vector; time O(N k) passes.
+
+All run without changing the model (mode restored, parameters and .grad untouched).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from ..errors import UserError
+from ..models import MLP
+
+__all__ = ["ntk_structured", "ntk_jacobian", "ntk_vps", "METHODS", "trainable_params"]
+
+
+def trainable_params(model: nn.Module) -> dict[str, Tensor]:
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise UserError(f"{type(model).__name__} has no trainable parameters: its NTK is zero; "
+                         "set requires_grad=True on the parameters you train")
+    return params
+
+
+# --------------------------------------------------------------------------- structured
+def mlp_features(model: MLP, x: Tensor) -> list[tuple[Tensor, Tensor | None]]:
+    """Per layer ℓ (input a^ℓ (N, n_ℓ), D^ℓ = ∂f/∂z^(ℓ+1) (N, k, n_(ℓ+1)) or None for the
+    output layer, where D is the identity and is never materialised)."""
+    inputs, derivs = [], []
+    a = x
+    for i, layer in enumerate(model.layers):
+        inputs.append(a)
+        z = layer(a)
+        if i < model.depth - 1:
+            derivs.append(model.act.derivative(z))
+            a = model.act.fn(z)
+    # backward of pre-activation gradients: D^(L−1) = I_k, D^ℓ = (D^(ℓ+1) α W) ⊙ σ'(z)
+    grads: list[Tensor | None] = [None] * model.depth
+    d = None
+    for i in range(model.depth - 1, 0, -1):
+        layer = model.layers[i]
+        w = layer.weight * layer.weight_mult                             # (n_out, n_in)
+        d = w.expand(x.shape[0], *w.shape) if d is None else d @ w       # (N, k, n_in)
+        d = d * derivs[i - 1][:, None, :]
+        grads[i - 1] = d
+    return list(zip(inputs, grads))
+
+
+def ntk_structured(model: MLP, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+    """Θ (n1, n2, k, k) of an ntksweep MLP by structured derivatives."""
+    with torch.no_grad():
+        f1 = mlp_features(model, x1)
+        f2 = f1 if x2 is None else mlp_features(model, x2)
+        n1, n2, k = x1.shape[0], (x1 if x2 is None else x2).shape[0], model.out_dim
+        # k = 1 (the common case) accumulates into a contiguous (n1, n2) matrix
+        theta = torch.zeros(n1, n2, *(() if k == 1 else (k, k)), dtype=x1.dtype, device=x1.device)
+        eye = torch.eye(k, dtype=x1.dtype, device=x1.device)
+        for layer, (a1, d1), (a2, d2) in zip(model.layers, f1, f2):
+            gram = (a1 @ a2.T).mul_(layer.weight_mult**2)                 # α² A Aᵀ + β²
+            if layer.bias_mult:
+                gram.add_(layer.bias_mult**2)
+            if d1 is None:                                                # output layer: I_k
+                theta += gram if k == 1 else gram[:, :, None, None] * eye
+            elif k == 1:
+                theta.addcmul_(gram, d1[:, 0] @ d2[:, 0].T)
+            else:
+                theta.addcmul_(gram[:, :, None, None], torch.einsum("ikn,jln->ijkl", d1, d2))
+        theta = theta.reshape(n1, n2, k, k)
+    return theta
+
+
+# --------------------------------------------------------------------------- generic
+def _single_output(model: nn.Module, params: dict[str, Tensor]):
+    def f(p, x):  # one example (…) → (k,)
+        return functional_call(model, p, (x.unsqueeze(0),)).reshape(-1)
+
+    return f
+
+
+def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+    """Θ (n1, n2, k, k) by contracting per-example Jacobians (torch.func vmap(jacrev))."""
+    params = trainable_params(model)
+    f = _single_output(model, params)
+    jac = vmap(jacrev(f), (None, 0))
+    j1 = jac(params, x1)
+    j2 = j1 if x2 is None else jac(params, x2)
+    theta = None
+    for name in params:
+        a, b = j1[name].flatten(2), j2[name].flatten(2)                  # (N, k, P_name)
+        term = torch.einsum("ikp,jlp->ijkl", a, b)
+        theta = term if theta is None else theta.add_(term)
+    return theta
+
+
+def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+    """Θ (n1, n2, k, k) by NTK-vector products: columns J1 (J2ᵀ e_j) for each basis e_j."""
+    params = trainable_params(model)
+    x2 = x1 if x2 is None else x2
+
+    def f(p, x):
+        out = functional_call(model, p, (x,))
+        return out.reshape(x.shape[0], -1)
+
+    out2, vjp_fn = vjp(lambda p: f(p, x2), params)
+    n2, k = out2.shape
+
+    def column(vec):                                                    # vec (n2, k)
+        (cotangent,) = vjp_fn(vec)                                      # J2ᵀ vec
+        return jvp(lambda p: f(p, x1), (params,), (cotangent,))[1]      # J1 J2ᵀ vec (n1, k)
+
+    basis = torch.eye(n2 * k, dtype=out2.dtype, device=out2.device).reshape(n2 * k, n2, k)
+    cols = vmap(column)(basis)                                          # (n2 k, n1, k)
+    return cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)               # (n1, n2, k, k)
+
+
+METHODS = {"structured": ntk_structured, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}

@@ -1,0 +1,100 @@
+"""What a trial produces, owned in one place and free of torch, Ray, MLflow and pyarrow.
+
+- ``RECORD_COLUMNS``: the columns of every checkpoint record, in order; the Parquet schema
+  and the MLflow metrics are built from them.
+- ``Status``: a trial's outcome; the done ones are skipped on resume.
+- ``TrialOutcome``: what ``run_trial`` returns; it travels unchanged from the worker to the
+  store (``store.write_trial``) and the tracker.
+- ``SweepMeta``: the sweep's identity in its output dir (``sweep.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = ["N_EIGS", "RECORD_COLUMNS", "Record", "Status", "TrialOutcome", "SweepMeta"]
+
+N_EIGS = 3
+Record = dict[str, Any]
+RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
+                  "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
+                  "f_change", "gap_inf", "gap_lin", "dist_nngp", "train_seconds", "kernel_seconds")
+
+
+class Status(str, Enum):
+    """A trial attempt's status, as stored in Parquet and tagged in MLflow (its value)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"     # the loss blew up: a deterministic, finished measurement
+    FAILED = "failed"         # the trial raised, or its worker died too often
+    KILLED = "killed"         # stopped by Ctrl-C / SIGTERM / a failing driver
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def done(self) -> bool:
+        """Deterministic outcomes: resume skips them (failed and killed trials run again)."""
+        return self in DONE_STATUSES
+
+    @property
+    def mlflow(self) -> str:
+        """The MLflow run status of an attempt that ended so."""
+        return _MLFLOW[self]
+
+
+DONE_STATUSES = frozenset({Status.COMPLETED, Status.DIVERGED})
+_MLFLOW = {Status.RUNNING: "RUNNING", Status.COMPLETED: "FINISHED", Status.DIVERGED: "FINISHED",
+           Status.FAILED: "FAILED", Status.KILLED: "KILLED"}
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One trial attempt's result. ``records``: one flat dict per checkpoint (keys
+    ``RECORD_COLUMNS``). ``kernels``: step → Θ_t on the eval set (M, M) float64 for the kept
+    checkpoints; ``outputs``: step → f_t on the eval set (M, k) float64, likewise."""
+
+    trial_id: str
+    status: Status
+    records: list[Record] = field(default_factory=list)
+    kernels: dict[int, Any] = field(default_factory=dict, repr=False)
+    outputs: dict[int, Any] = field(default_factory=dict, repr=False)
+    error: str | None = None
+    device: str = "cpu"
+    wall_seconds: float = float("nan")
+    train_seconds: float = float("nan")
+    kernel_seconds: float = float("nan")
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", Status(self.status))
+
+    @property
+    def final(self) -> Record:
+        return self.records[-1] if self.records else {}
+
+    @property
+    def first(self) -> Record:
+        return self.records[0] if self.records else {}
+
+
+@dataclass(frozen=True)
+class SweepMeta:
+    """``sweep.json``: which sweep an output dir holds, and where it is tracked
+    (``tracking_uri`` "" when it names none; credentials never stored)."""
+
+    sweep_id: str
+    name: str
+    tracking_uri: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"sweep_id": self.sweep_id, "name": self.name,
+                           "tracking_uri": self.tracking_uri}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepMeta:
+        d = json.loads(text)
+        return cls(str(d["sweep_id"]), str(d["name"]), str(d.get("tracking_uri") or ""))

@@ -1,0 +1,53 @@
+"""``ntksweep sync``: push to MLflow what a sweep's Parquet store holds and MLflow lacks.
+
+A use case over both adapters (``store`` and ``tracking``); neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import store
+from .errors import TrackingError
+from .records import RECORD_COLUMNS, Status
+
+__all__ = ["sync_from_store"]
+
+
+def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,
+                    sweep_yaml: str = "") -> dict[str, int]:
+    """Push every trial of the Parquet store that MLflow lacks — a trial is there when it
+    has a child run whose MLflow status matches its Parquet status — as one child run with
+    its params, metric histories (the checkpoint records, as a live run logs them) and
+    status. Idempotent: a second call pushes nothing."""
+    from .tracking.tracker import Tracker
+
+    trials, ckpts = store.load_results(out_dir)
+    tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True)
+    present = _runs_by_status(tracker, sweep_id)
+    pushed = 0
+    for _, row in trials.iterrows():
+        status = Status(row["status"])
+        if (row["trial_id"], status.mlflow) in present:
+            continue
+        spec = store.spec_from_row(row)
+        handle = tracker.start_trial(row["trial_id"], int(row["attempts"]), spec.to_dict(),
+                                     {"synced": "true"})
+        for _, rec in ckpts[ckpts["trial_id"] == row["trial_id"]].iterrows():
+            values = {c: store.plain_value(rec[c]) for c in RECORD_COLUMNS}
+            tracker.log_record(handle, {k: v for k, v in values.items() if v is not None})
+        tracker.end_trial(handle, status, {"error": row["error"] or None})
+        pushed += 1
+    tracker.close("FINISHED", {"synced_trials": pushed})
+    if tracker.degraded:
+        raise TrackingError(f"MLflow at {uri} failed during sync: {tracker.degraded}")
+    return {"pushed": pushed, "already_there": len(trials) - pushed}
+
+
+def _runs_by_status(tracker, sweep_id: str) -> set[tuple[str, str]]:
+    """(trial_id, MLflow status) of every child run of the sweep."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'trial'",
+        max_results=50000)
+    return {(r.data.tags.get("trial_id"), r.info.status) for r in runs}

@@ -1,0 +1,80 @@
+"""Every use of MLflow's internals, in one place: an MLflow upgrade that moves them breaks
+here and nowhere else. The rest of ``tracking`` uses MLflow's public client."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request, verify_rest_response
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+__all__ = ["chunks", "rest_log_batch", "log_text_artifact", "bound_http_requests"]
+
+_LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+
+
+def chunks(metrics: list[Metric], params: list[Param], tags: list[RunTag]):
+    """(metrics, params, tags) slices within one log-batch request's limits (1000 metrics,
+    100 params, 100 tags, 1000 in all), as ``MlflowClient.log_batch`` cuts them."""
+    while metrics or params or tags:
+        p, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+        t, tags = tags[:MAX_PARAMS_TAGS_PER_BATCH], tags[MAX_PARAMS_TAGS_PER_BATCH:]
+        room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(p) - len(t))
+        m, metrics = metrics[:room], metrics[room:]
+        yield m, p, t
+
+
+def rest_log_batch(uri: str):
+    """``log_batch(run_id, metrics, params, tags)`` for an http(s) tracking server, posting
+    the REST API's documented ``runs/log-batch`` JSON itself; None for other stores.
+
+    Why: MlflowClient turns every point into a protobuf and prints it to JSON with protobuf's
+    pure-Python printer — half of the client's CPU per point (benchmarks/RESULTS.md). Auth,
+    TLS and retries stay MLflow's: ``http_request`` with the host credentials its RestStore
+    reads for the same URI (token, basic auth, certificates).
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
+        return None
+
+    def log_batch(run_id: str, metrics: list[Metric], params: list[Param],
+                  tags: list[RunTag]) -> None:
+        for m, p, t in chunks(metrics, params, tags):
+            body = {"run_id": run_id,
+                    "metrics": [{"key": x.key, "value": x.value, "timestamp": x.timestamp,
+                                 "step": x.step} for x in m],
+                    "params": [{"key": x.key, "value": x.value} for x in p],
+                    "tags": [{"key": x.key, "value": x.value} for x in t]}
+            response = http_request(get_default_host_creds(uri), _LOG_BATCH, "POST", json=body)
+            verify_rest_response(response, _LOG_BATCH)
+
+    return log_batch
+
+
+
+
+def log_text_artifact(artifact_uri: str, tracking_uri: str, text: str, name: str) -> None:
+    """Write ``text`` as artifact ``name`` straight to a run's artifact repository
+    (``MlflowClient.log_text`` would first look the run up again: one more request per run,
+    to learn this same artifact URI)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifact(str(path))
+
+
+def bound_http_requests(max_retries: int = 2, timeout_s: int = 20) -> None:
+    """Bound MLflow's HTTP retries and timeouts for this process unless the user set them:
+    its defaults retry a dead server for minutes, and the sweep would wait that long at exit
+    for runs that ``ntksweep sync`` can push later."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))

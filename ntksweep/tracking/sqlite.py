@@ -1,0 +1,67 @@
+"""The embedded SQLite tracking store: write-ahead log, no fsync per commit, artifacts beside
+the file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+__all__ = ["tune_sqlite", "artifact_root"]
+
+log = logging.getLogger(__name__)
+_RELAXED_DBS: set[str] = set()
+
+
+def _sqlite_path(uri: str) -> str | None:
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return os.path.realpath(uri.removeprefix("sqlite:///").split("?")[0])
+
+
+def tune_sqlite(uri: str) -> None:
+    """Put a SQLite tracking store in WAL mode and commit with ``synchronous=NORMAL``.
+
+    MLflow commits once per call (a run costs five or more), and in SQLite's default
+    rollback-journal mode each commit fsyncs the journal and the database: most of the
+    writer's time on a local disk. In WAL mode with NORMAL a commit appends to the log and
+    syncs only at checkpoints. The database stays consistent; what an OS crash or power cut
+    can lose is the last commits, which ``ntksweep sync`` restores from Parquet (the store of
+    record). WAL mode is a property of the file (readers such as ``ntksweep ui`` use it too);
+    NORMAL is per connection, hence the engine hook. Not for a database on a network
+    filesystem (WAL needs shared memory), which the single-machine default never is.
+    """
+    path = _sqlite_path(uri)
+    if path is None or path in _RELAXED_DBS:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sqlite3.connect(path, timeout=5) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as e:  # locked by another writer: keep its journal mode
+        log.info("SQLite store %s stays in its journal mode (%s)", path, e)
+    _RELAXED_DBS.add(path)
+    if not event.contains(Engine, "connect", _relax_sqlite_sync):
+        event.listen(Engine, "connect", _relax_sqlite_sync)
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store's file. MLflow's own
+    default there is ``./mlruns`` under whatever directory the driver runs in, which would
+    leave an output dir without its artifacts and litter the user's working directory. A
+    server or another database keeps its own default (None)."""
+    path = _sqlite_path(uri)
+    return str(Path(path).parent / "mlartifacts") if path else None
+
+
+def _relax_sqlite_sync(dbapi_conn, _record) -> None:
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        main = dbapi_conn.execute("PRAGMA database_list").fetchone()
+        if main and main[2] and os.path.realpath(main[2]) in _RELAXED_DBS:
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+

@@ -1,0 +1,366 @@
+"""The asynchronous MLflow tracker of a sweep: one parent run per sweep (a resumed sweep
+continues the same parent, found by its ``ntksweep.sweep_id`` tag), one child run per trial
+attempt. Metrics are buffered and sent with ``log_batch`` (one point per request costs a
+round trip each; benchmarks/RESULTS.md).
+
+If the tracking store fails mid-sweep the tracker turns itself off (``degraded``) and the
+sweep goes on — Parquet stays complete — and ``ntksweep sync`` pushes what MLflow is
+missing later.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from .. import __version__
+from ..records import Record, Status
+from .mlflow_api import bound_http_requests, log_text_artifact, rest_log_batch
+from .sqlite import artifact_root, tune_sqlite
+
+__all__ = ["TrialTracker", "Tracker", "Untracked"]
+
+log = logging.getLogger(__name__)
+_BATCH = 1000
+_LIVE_SECONDS = 2.0  # what a run has buffered reaches the UI at most this late
+_TICK = 0.5          # the writer's idle wait, and how often it looks for stale buffers
+_IDLE = object()     # "the queue stayed empty for a tick" (None means: stop)
+# Batches in flight at once: a tracking server handles requests in parallel (run it with
+# --workers N), while a SQLite file has one writer, so there one sender is enough.
+_SENDERS = {"http": 4, "https": 4}
+
+
+class TrialTracker(Protocol):
+    """What the sweep driver calls; every call returns at once. ``start_trial`` returns a
+    handle (None: nothing is tracked) that the other calls take."""
+
+    degraded: str | None
+
+    def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
+                    worker: dict[str, Any] | None = None) -> int | None: ...
+
+    def log_record(self, handle: int | None, record: Record) -> None: ...
+
+    def end_trial(self, handle: int | None, status: Status | str,
+                  tags: dict[str, Any] | None = None) -> None: ...
+
+    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None: ...
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _flat_params(spec: dict[str, Any]) -> list[Param]:
+    return [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v))
+            for k, v in sorted(spec.items())]
+
+
+def _metrics(record: Record, now_ms: int) -> list[Metric]:
+    step = int(record["step"])
+    return [Metric(k, float(v), now_ms, step) for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+@dataclass
+class _Pending:
+    """What a child run has not sent yet."""
+
+    params: list[Param] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    tags: list[RunTag] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)  # when the oldest item came in
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.metrics or self.tags)
+
+    def take(self) -> tuple[list[Param], list[Metric], list[RunTag]]:
+        out = self.params, self.metrics, self.tags
+        self.params, self.metrics, self.tags = [], [], []
+        return out
+
+    def add_metrics(self, metrics: list[Metric]) -> None:
+        if not self:
+            self.since = time.monotonic()
+        self.metrics.extend(metrics)
+
+
+class Tracker:
+    """Parent/child MLflow runs for one sweep, written from the driver process only.
+
+    Threading contract: the driver's calls (``start_trial``, ``log_record``, ``end_trial``,
+    ``log_sweep_artifact``, ``close``) only put requests on a queue and return at once; one
+    writer thread owns every run's state (``_runs``, ``_unborn``, ``_buffers``,
+    ``_inflight``) and performs the requests in order. The one thing both threads touch is
+    ``_ended``, the trials whose end has been called, under ``_lock``: a lagging writer reads
+    it so that it does not send an ended trial's buffer in two halves.
+
+    Every call returns at once: a single background thread performs the MLflow requests in
+    order (so the driver's scheduling loop never waits on SQLite fsyncs or HTTP round
+    trips). A child run's params, metrics and tags wait in one buffer that goes out as one
+    ``log_batch`` — when 1000 points are waiting, when the trial ends, or when its oldest
+    item has waited ``_LIVE_SECONDS`` (so the UI stays live). A run is created with its
+    first batch, carrying every tag known by then: a long trial shows in the UI within
+    seconds of its start, and a short one costs four requests — create (with its start and
+    end tags), the spec artifact, one batch of params and metrics, terminate — where
+    creating it at its start would add a batch of end tags (a measurable share of MLflow's
+    CPU per run on SQLite: benchmarks/RESULTS.md). Start and end times are the driver's, not
+    the writer's. To a tracking server up to four batches are in flight at once (a run is
+    terminated only after its own batches landed). ``close()`` drains the queue.
+    """
+
+    def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
+                 *, required: bool = False):
+        self.uri, self.sweep_id = uri, sweep_id
+        # MLflow prints a "View run" line per finished run on a server: 10^4 lines per sweep
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.degraded: str | None = None
+        bound_http_requests()
+        tune_sqlite(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        # (run_id, metrics, params, tags): the REST path for servers, else the client's
+        self._log_batch = rest_log_batch(uri) or self.client.log_batch
+        self._lock = threading.Lock()
+        self._ended: set[int] = set()
+        self.parent_id = None
+        self._runs: dict[int, str] = {}           # handle → MLflow run id
+        self._unborn: dict[int, tuple] = {}       # handle → what creating its run needs
+        self._buffers: dict[int, _Pending] = {}
+        self._handles = itertools.count()
+        self._queue: queue.Queue = queue.Queue()
+        self._senders = ThreadPoolExecutor(_SENDERS.get(urlparse(uri).scheme, 1), "mlflow-send")
+        self._inflight: dict[int, list[Future]] = {}
+        try:
+            self._open(experiment, sweep_yaml)
+        except Exception as e:  # noqa: BLE001  (server down, network, auth…)
+            if required:
+                raise
+            self._disable("connect", e)
+        self._thread = threading.Thread(target=self._serve, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def _open(self, experiment: str, sweep_yaml: str) -> None:
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_root(self.uri))
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'sweep'",
+            max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            return
+        run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
+            "ntksweep.sweep_id": self.sweep_id, "ntksweep.role": "sweep",
+            "ntksweep.version": __version__, "ntksweep.git_commit": _git_commit() or "",
+            "host": socket.gethostname()})
+        self.parent_id = run.info.run_id
+        if sweep_yaml:
+            self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
+
+    # -- failure policy: a tracking outage never stops the sweep -------------------------
+    def _disable(self, what: str, e: Exception) -> None:
+        self.degraded = f"{what}: {type(e).__name__}: {e}"
+        log.warning("MLflow tracking disabled for the rest of this sweep (%s); results "
+                    "still go to Parquet; run `ntksweep sync` later", self.degraded)
+
+    def _serve(self) -> None:
+        next_sweep = 0.0
+        while True:
+            try:
+                op = self._queue.get(timeout=_TICK)
+            except queue.Empty:
+                op = _IDLE
+            if op is None:
+                self._flush_all(block=True)
+                return
+            if op is not _IDLE and not self.degraded:
+                try:
+                    op()
+                except Exception as e:  # noqa: BLE001  (any client/server/network error)
+                    self._disable(getattr(op, "__name__", "request"), e)
+            # what has waited _LIVE_SECONDS goes out; looked for once per tick, not per op
+            # (a busy queue carries one op per checkpoint record of every running trial)
+            if (now := time.monotonic()) >= next_sweep:
+                self._flush_all(stale_only=True)
+                next_sweep = now + _TICK
+
+    def _submit(self, fn) -> None:
+        self._queue.put(fn)
+
+    def _flush(self, handle: int) -> None:
+        buf = self._buffers.get(handle)
+        if not buf or self.degraded:
+            return
+        params, metrics, tags = buf.take()
+        if handle in self._unborn:  # the run's first batch: its tags go in with its creation
+            self._create(handle, tags)
+            tags = []
+        if params or metrics or tags:
+            self._inflight.setdefault(handle, []).append(self._senders.submit(
+                self._log_batch, self._runs[handle], metrics, params, tags))
+
+    def _create(self, handle: int, tags: list[RunTag]) -> None:
+        name, start_ms, start_tags, spec_json = self._unborn.pop(handle)
+        run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name,
+                                     tags={**start_tags, **{t.key: t.value for t in tags}})
+        self._runs[handle] = run.info.run_id
+        log_text_artifact(run.info.artifact_uri, self.uri, spec_json, "trial_spec.json")
+
+    def _settle(self, handle: int, *, block: bool = True) -> None:
+        """Wait for this run's batches in flight (``block=False``: only collect the finished
+        ones); a failed one raises here, on the writer thread (→ degraded)."""
+        futures = self._inflight.pop(handle, [])
+        if not block:
+            if pending := [f for f in futures if not f.done()]:
+                self._inflight[handle] = pending
+            futures = [f for f in futures if f.done()]
+        for f in futures:
+            f.result()
+
+    def _flush_all(self, block: bool = False, stale_only: bool = False) -> None:
+        """Send what is buffered (``stale_only``: what has waited ``_LIVE_SECONDS``, so a
+        short trial goes out as one batch at its end and a long one stays live in the UI);
+        collect (``block``: wait for) what is in flight."""
+        now = time.monotonic()
+        try:
+            for handle, buf in list(self._buffers.items()):
+                # a lagging writer would find every trial stale; an ended one goes out whole
+                if not stale_only or (buf and now - buf.since >= _LIVE_SECONDS
+                                      and not self._has_ended(handle)):
+                    self._flush(handle)
+            for handle in list(self._inflight):
+                self._settle(handle, block=block)
+        except Exception as e:  # noqa: BLE001
+            self._disable("log_batch", e)
+
+    def _has_ended(self, handle: int) -> bool:
+        with self._lock:
+            return handle in self._ended
+
+    # -- the driver's API (non-blocking) -------------------------------------------------
+    def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
+                    worker: dict[str, Any] | None = None) -> int:
+        handle = next(self._handles)
+        if self.degraded:
+            return handle
+        tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
+                "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
+                "status": "running", "ntksweep.version": __version__,
+                **{k: str(v) for k, v in (worker or {}).items()}}
+        unborn = (f"{trial_id}-a{attempt}", int(time.time() * 1000), tags,
+                  json.dumps(spec, indent=1))
+        params = _flat_params(spec)
+
+        def start_trial():
+            # nothing to send yet: the writer creates the run with its first batch (_flush)
+            self._unborn[handle] = unborn
+            self._buffers[handle] = _Pending(params=params)
+
+        self._submit(start_trial)
+        return handle
+
+    def log_record(self, handle: int | None, record: dict[str, Any]) -> None:
+        if handle is None or self.degraded:
+            return
+        metrics = _metrics(record, int(time.time() * 1000))
+
+        def log_record():
+            buf = self._buffers.get(handle)
+            if buf is not None:
+                buf.add_metrics(metrics)
+                if len(buf.metrics) >= _BATCH:
+                    self._flush(handle)
+
+        self._submit(log_record)
+
+    def end_trial(self, handle: int | None, status: str, tags: dict[str, Any] | None = None
+                  ) -> None:
+        if handle is None:
+            return
+        run_tags = [RunTag("status", str(status)),
+                    *[RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None]]
+        end_ms = int(time.time() * 1000)
+        with self._lock:
+            self._ended.add(handle)
+
+        def end_trial():
+            buf = self._buffers.get(handle)
+            if buf is not None:
+                buf.tags.extend(run_tags)
+            self._flush(handle)  # params, the last metrics and these tags: one batch
+            self._settle(handle)
+            run_id = self._runs.pop(handle, None)
+            self._buffers.pop(handle, None)
+            self._unborn.pop(handle, None)
+            with self._lock:
+                self._ended.discard(handle)
+            if run_id:
+                self.client.set_terminated(run_id, Status(status).mlflow, end_ms)
+
+        self._submit(end_trial)
+
+    def log_sweep_artifact(self, local_path: str | Path) -> None:
+        path = str(local_path)
+
+        def log_artifact():
+            self.client.log_artifact(self.parent_id, path)
+
+        self._submit(log_artifact)
+
+    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:
+        """Finish the parent run and wait until every queued request has been sent."""
+        tags = [RunTag(f"ntksweep.{k}", str(v)) for k, v in (summary or {}).items()]
+
+        def close():
+            if tags:
+                self.client.log_batch(self.parent_id, tags=tags)
+            self.client.set_terminated(self.parent_id, status)
+
+        if self.parent_id:
+            self._submit(close)
+        self._queue.put(None)
+        self._thread.join()
+        self._senders.shutdown(wait=True)
+
+
+class Untracked:
+    """A ``TrialTracker`` that tracks nothing: a sweep run with ``--no-tracking`` (Parquet
+    only; ``ntksweep sync`` pushes it to MLflow later)."""
+
+    degraded = None
+
+    def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
+                    worker: dict[str, Any] | None = None) -> None:
+        return None
+
+    def log_record(self, handle: int | None, record: Record) -> None:
+        pass
+
+    def end_trial(self, handle: int | None, status: Status | str,
+                  tags: dict[str, Any] | None = None) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:
+        pass

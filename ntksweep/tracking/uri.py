@@ -1,0 +1,78 @@
+"""Which MLflow store a sweep is tracked in: one policy, used by ``run``, ``report``, ``ui``
+and ``sync``. No MLflow import here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from ..errors import TrackingError
+
+__all__ = ["SERVER_ENV", "default_tracking_uri", "check_tracking_uri", "resolve_tracking_uri",
+           "redact", "ui_command"]
+
+_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
+# For an `mlflow server` serving sweeps: MLflow 3 also starts a job runner for its GenAI
+# scorers, which tracking does not use and which keeps a core busy importing after start-up
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def default_tracking_uri(out_dir: str | Path) -> str:
+    """The embedded default: SQLite inside a local output dir. An object store cannot hold a
+    SQLite database, so for an ``s3://…`` output dir a tracking server must be named."""
+    out = str(out_dir).removeprefix("file://")
+    if "://" in out:
+        raise TrackingError(f"output dir {out!r} is in an object store, where the default "
+                            "SQLite MLflow store cannot live: start `mlflow server` and pass "
+                            "--tracking-uri http://HOST:5000 (or tracking_uri: in the spec, or "
+                            "MLFLOW_TRACKING_URI)")
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Reject malformed URIs before anything runs (the server may still be down later)."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in _SCHEMES:
+        raise TrackingError(f"tracking URI {redact(uri)!r}: scheme must be one of "
+                            f"{', '.join(_SCHEMES)} (e.g. http://host:5000 or "
+                            "sqlite:////abs/path/mlflow.db)")
+    if parsed.scheme in ("http", "https") and not parsed.netloc:
+        raise TrackingError(f"tracking URI {redact(uri)!r} has no host; write http://HOST:PORT")
+    if parsed.scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise TrackingError(f"tracking URI {uri!r}: SQLite URIs look like "
+                            "sqlite:////abs/path.db")
+
+
+def resolve_tracking_uri(given: str | None, *, spec_uri: str | None = None,
+                         recorded: str | None = None, out_dir: str | Path | None = None
+                         ) -> tuple[str, bool]:
+    """(uri, explicit): the first of ``given`` (--tracking-uri), ``spec_uri`` (the spec's
+    tracking_uri:), $MLFLOW_TRACKING_URI, ``recorded`` (what the sweep ran with, from its
+    sweep.json), else the SQLite default inside ``out_dir``. ``explicit``: named by the user
+    (a multi-node sweep may use an explicit SQLite file, never the default). Raises
+    ``TrackingError`` when none applies; validates the result."""
+    explicit = given or spec_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = explicit or recorded
+    if not uri:
+        if out_dir is None:
+            raise TrackingError("no MLflow store is named: pass --tracking-uri http://HOST:5000")
+        uri = default_tracking_uri(out_dir)
+    check_tracking_uri(uri)
+    return uri, bool(explicit)
+
+
+def redact(uri: str) -> str:
+    """The URI without its credentials (``user:password@``), as it may be stored or shown;
+    credentials belong in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+    parsed = urlparse(uri)
+    if "@" not in parsed.netloc:
+        return uri
+    return urlunparse(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]))
+
+
+def ui_command(uri: str, port: int = 5000, host: str = "127.0.0.1") -> list[str]:
+    """The command that serves the MLflow UI on this store."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port)]
