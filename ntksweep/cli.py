@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .records import Status
 from .trial_spec import TRIAL_FIELDS, TrialSpec
 
 DEFAULT_SPEC = "quickstart (embedded)"
@@ -47,9 +48,10 @@ def cmd_run(args) -> int:
 
         plan = plan_sweep(spec)
         states = [r["state"] for r in plan["trials"]]
+        done = {s.value for s in Status if s.done}
         print(f"sweep {spec.name!r} (id {plan['sweep_id']}) → {plan['out_dir']}")
         print(f"{len(states)} trials: {states.count('todo')} to run, "
-              f"{sum(s in ('completed', 'diverged') for s in states)} already done, "
+              f"{sum(s in done for s in states)} already done, "
               f"{sum(s.startswith('rerun') for s in states)} to re-run")
         print("axes:")
         for k, v in plan["axes"].items():
@@ -81,7 +83,7 @@ def cmd_run(args) -> int:
         return 130
     if args.report:
         _report(out, summary.tracking_uri)
-    return 0 if not summary.counts.get("failed") else 1
+    return 0 if not summary.counts.get(Status.FAILED.value) else 1
 
 
 # --------------------------------------------------------------------------- trial
@@ -109,7 +111,7 @@ def cmd_trial(args) -> int:
         print(result.error, file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(result.records, indent=1))
-    return 0 if result.status != "failed" else 1
+    return 0 if result.status != Status.FAILED else 1
 
 
 # --------------------------------------------------------------------------- report

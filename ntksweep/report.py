@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis
+from .records import Status
 from .store import is_uri, load_results, read_text
 
 __all__ = ["make_report", "default_report_dir"]
@@ -40,7 +41,7 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
     dest = Path(dest) if dest is not None else default_report_dir(out)
     figdir = dest / "report"
     figures: list[Path] = []
-    ok = trials[trials.status.isin(["completed", "diverged"])]
+    ok = trials[trials.status.map(lambda s: Status(s).done)]
 
     def add(fig, name):
         figures.extend(p for p in analysis.save_figure(fig, figdir, name) if p.suffix == ".png")

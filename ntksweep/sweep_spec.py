@@ -101,56 +101,54 @@ def _line_of(node: yaml.Node | None, *path: str) -> str:
     return f" (line {knode.start_mark.line + 1})" if path else ""
 
 
-def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None = None,
-                    *, smoke: bool = False) -> SweepSpec:
-    """Read and validate a sweep spec from a YAML path or a dict; ``overrides`` (from
-    ``--set key=value``) replace base fields (or top-level keys such as retries);
-    ``smoke`` applies the spec's ``smoke:`` block (its base and grid entries replace the
-    spec's, its other keys the top-level ones) and writes to ``<output_dir>-smoke``."""
-    node = None
+class _Where:
+    """Errors that name the spec file and, when known, the YAML line of a key path."""
+
+    def __init__(self, where: str, node: yaml.Node | None):
+        self.where, self.node = where, node
+
+    def __call__(self, msg: str, *path: str) -> SpecError:
+        return SpecError(f"{self.where}{_line_of(self.node, *path)}: {msg}")
+
+
+def _read(source: str | Path | dict) -> tuple[dict, _Where]:
     if isinstance(source, dict):
-        raw = source
-        where = "spec"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise SpecError(f"sweep spec {str(source)!r} does not exist")
-        text = path.read_text()
-        where = str(path)
-        try:
-            raw = yaml.safe_load(text) or {}
-            node = yaml.compose(text)
-        except yaml.YAMLError as e:
-            raise SpecError(f"{where}: not valid YAML: {e}") from None
+        return dict(source), _Where("spec", None)
+    path = Path(source)
+    if not path.is_file():
+        raise SpecError(f"sweep spec {str(source)!r} does not exist")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{where}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL)}")
-    raw = dict(raw)
-    if smoke:
-        block = raw.get("smoke") or {}
-        if not isinstance(block, dict):
-            raise SpecError(f"{where}: smoke must be a mapping like the spec itself")
-        for key, value in block.items():
-            if key in ("base", "grid") and isinstance(value, dict):
-                raw[key] = {**(raw.get(key) or {}), **value}
-            else:
-                raw[key] = value
-        raw["output_dir"] = str(raw.get("output_dir") or Path("ntksweep-out") / str(
-            raw.get("name", "sweep"))).rstrip("/") + "-smoke"
-    raw.pop("smoke", None)
+        raise SpecError(f"{path}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL)}")
+    return dict(raw), _Where(str(path), node)
 
-    def err(msg: str, *path: str) -> SpecError:
-        return SpecError(f"{where}{_line_of(node, *path)}: {msg}")
 
-    for key in raw:
-        if key not in TOP_LEVEL:
-            hint = suggest(key, TOP_LEVEL)
-            if key in TRIAL_FIELDS:
-                hint = " (trial fields go under 'base:' or 'grid:')"
-            raise err(f"unknown key {key!r}{hint}", key)
-    base = dict(raw.get("base") or {})
-    for key, value in (overrides or {}).items():
+def _apply_smoke(raw: dict, where: _Where) -> None:
+    """The spec's ``smoke:`` block: its base and grid entries replace the spec's, its other
+    keys the top-level ones; the output goes to ``<output_dir>-smoke``."""
+    block = raw.get("smoke") or {}
+    if not isinstance(block, dict):
+        raise where("smoke must be a mapping like the spec itself", "smoke")
+    for key, value in block.items():
+        if key in ("base", "grid") and isinstance(value, dict):
+            raw[key] = {**(raw.get(key) or {}), **value}
+        else:
+            raw[key] = value
+    raw["output_dir"] = str(raw.get("output_dir") or Path("ntksweep-out") / str(
+        raw.get("name", "sweep"))).rstrip("/") + "-smoke"
+
+
+def _apply_overrides(raw: dict, base: dict, overrides: dict[str, Any]) -> None:
+    """``--set`` values: a base field (replacing a grid axis of that name), a top-level key,
+    one grid axis (``grid.width``) or one resource (``resources.max_workers``)."""
+    for key, value in overrides.items():
         section, _, sub = key.partition(".")
-        if section in ("resources", "grid") and sub:  # --set resources.max_workers=8
+        if section in ("resources", "grid") and sub:
             raw[section] = {**(raw.get(section) or {}), sub: value}
         elif key == "resources" and isinstance(value, dict):
             raw[key] = {**(raw.get(key) or {}), **value}
@@ -164,77 +162,100 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
         else:
             hint = suggest(key, [*TRIAL_FIELDS, *TOP_LEVEL])
             raise SpecError(f"--set {key}: unknown field{hint}")
-    for key in base:
+
+
+def _axes(mapping, where: _Where, *path: str) -> tuple[tuple[str, tuple], ...]:
+    label = ".".join(path)
+    if not isinstance(mapping, dict):
+        raise where(f"{label} must map field names to lists of values", *path)
+    out = []
+    for key, values in mapping.items():
         if key not in TRIAL_FIELDS:
-            raise err(f"base: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}", "base", key)
+            raise where(f"{label}: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}",
+                        *path, key)
+        if not isinstance(values, list):
+            raise where(f"{label}.{key} must be a list of values (got {values!r})", *path, key)
+        if not values:
+            raise where(f"{label}.{key} is empty: give at least one value", *path, key)
+        out.append((key, tuple(tuple(v) if isinstance(v, list) else v for v in values)))
+    return tuple(out)
 
-    def axes(mapping, *path) -> tuple[tuple[str, tuple], ...]:
-        if not isinstance(mapping, dict):
-            raise err(f"{'.'.join(path)} must map field names to lists of values", *path)
-        out = []
-        for key, values in mapping.items():
-            if key not in TRIAL_FIELDS:
-                raise err(f"{'.'.join(path)}: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}",
-                          *path, key)
-            if not isinstance(values, list):
-                raise err(f"{'.'.join(path)}.{key} must be a list of values (got {values!r})",
-                          *path, key)
-            if not values:
-                raise err(f"{'.'.join(path)}.{key} is empty: give at least one value",
-                          *path, key)
-            out.append((key, tuple(tuple(v) if isinstance(v, list) else v for v in values)))
-        return tuple(out)
 
-    grid = axes(raw.get("grid") or {}, "grid")
+def _grid_and_zips(raw: dict, where: _Where):
+    grid = _axes(raw.get("grid") or {}, where, "grid")
     zips = []
     for i, group in enumerate(raw.get("zip") or []):
-        group_axes = axes(group, "zip")
-        lengths = {len(v) for _, v in group_axes}
-        if len(lengths) > 1:
-            raise err(f"zip group {i}: all axes must have the same length (got "
-                      f"{', '.join(f'{k}: {len(v)}' for k, v in group_axes)})", "zip")
+        group_axes = _axes(group, where, "zip")
+        if len({len(v) for _, v in group_axes}) > 1:
+            raise where(f"zip group {i}: all axes must have the same length (got "
+                        f"{', '.join(f'{k}: {len(v)}' for k, v in group_axes)})", "zip")
         zips.append(group_axes)
     names = [k for k, _ in grid] + [k for g in zips for k, _ in g]
-    dup = {k for k in names if names.count(k) > 1}
-    if dup:
-        raise err(f"axis {sorted(dup)[0]!r} appears more than once in grid/zip", "grid")
+    if dup := {k for k in names if names.count(k) > 1}:
+        raise where(f"axis {sorted(dup)[0]!r} appears more than once in grid/zip", "grid")
+    return grid, tuple(zips)
 
-    res_raw = raw.get("resources") or {}
-    for key in res_raw:
+
+def _resources(raw: dict, where: _Where) -> Resources:
+    res = raw.get("resources") or {}
+    for key in res:
         if key not in RESOURCE_KEYS:
-            raise err(f"resources: unknown key {key!r}{suggest(key, RESOURCE_KEYS)}",
-                      "resources", key)
-    gpus = res_raw.get("gpus_per_trial", "auto")
+            raise where(f"resources: unknown key {key!r}{suggest(key, RESOURCE_KEYS)}",
+                        "resources", key)
+    gpus = res.get("gpus_per_trial", "auto")
     if not (gpus == "auto" or (isinstance(gpus, (int, float)) and gpus >= 0)):
-        raise err(f"resources.gpus_per_trial must be 'auto' or a number >= 0 (got {gpus!r})",
-                  "resources", "gpus_per_trial")
-    cpus = res_raw.get("cpus_per_trial", 1)
+        raise where(f"resources.gpus_per_trial must be 'auto' or a number >= 0 (got {gpus!r})",
+                    "resources", "gpus_per_trial")
+    cpus = res.get("cpus_per_trial", 1)
     if not (isinstance(cpus, (int, float)) and cpus > 0):
-        raise err(f"resources.cpus_per_trial must be a number > 0 (got {cpus!r})",
-                  "resources", "cpus_per_trial")
-    max_workers = res_raw.get("max_workers")
+        raise where(f"resources.cpus_per_trial must be a number > 0 (got {cpus!r})",
+                    "resources", "cpus_per_trial")
+    max_workers = res.get("max_workers")
     if max_workers is not None and not (isinstance(max_workers, int) and max_workers >= 1):
-        raise err(f"resources.max_workers must be an integer >= 1 (got {max_workers!r})",
-                  "resources", "max_workers")
+        raise where(f"resources.max_workers must be an integer >= 1 (got {max_workers!r})",
+                    "resources", "max_workers")
+    return Resources(gpus, float(cpus), max_workers)
+
+
+def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None = None,
+                    *, smoke: bool = False) -> SweepSpec:
+    """Read and validate a sweep spec from a YAML path or a dict; ``overrides`` (from
+    ``--set key=value``) replace base fields (or top-level keys such as retries);
+    ``smoke`` applies the spec's ``smoke:`` block (its base and grid entries replace the
+    spec's, its other keys the top-level ones) and writes to ``<output_dir>-smoke``."""
+    raw, where = _read(source)
+    if smoke:
+        _apply_smoke(raw, where)
+    raw.pop("smoke", None)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            hint = suggest(key, TOP_LEVEL)
+            if key in TRIAL_FIELDS:
+                hint = " (trial fields go under 'base:' or 'grid:')"
+            raise where(f"unknown key {key!r}{hint}", key)
+    base = dict(raw.get("base") or {})
+    _apply_overrides(raw, base, overrides or {})
+    for key in base:
+        if key not in TRIAL_FIELDS:
+            raise where(f"base: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}", "base", key)
+    grid, zips = _grid_and_zips(raw, where)
     retries = raw.get("retries", 2)
     if not (isinstance(retries, int) and retries >= 0):
-        raise err(f"retries must be an integer >= 0 (got {retries!r})", "retries")
+        raise where(f"retries must be an integer >= 0 (got {retries!r})", "retries")
     name = raw.get("name") or (Path(source).stem if not isinstance(source, dict) else "sweep")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise err(f"name must be letters, digits, - and _ (got {name!r})", "name")
-
-    spec = SweepSpec(name=name, base=base, grid=grid, zip=tuple(zips),
-                     output_dir=raw.get("output_dir"), resources=Resources(gpus, float(cpus),
-                                                                           max_workers),
+        raise where(f"name must be letters, digits, - and _ (got {name!r})", "name")
+    spec = SweepSpec(name=name, base=base, grid=grid, zip=zips,
+                     output_dir=raw.get("output_dir"), resources=_resources(raw, where),
                      retries=retries, tracking_uri=raw.get("tracking_uri"),
                      description=str(raw.get("description") or ""),
                      source={**raw, "base": base})
     try:
         trials = spec.trials()
     except SpecError as e:
-        raise err(str(e)) from None
+        raise where(str(e)) from None
     if not trials:
-        raise err("the grid expands to no trials")
+        raise where("the grid expands to no trials")
     return spec
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .records import Status
 from .trial_spec import TrialSpec
 
 __all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train"]
@@ -48,7 +49,7 @@ def train(
     y: torch.Tensor,
     labels: torch.Tensor | None,
     on_checkpoint: Callable[[int], None],
-) -> str:
+) -> Status:
     """Run ``spec.steps`` optimisation steps, calling ``on_checkpoint(step)`` at every
     scheduled step (before that step's update; the last one after the final update).
 
@@ -66,7 +67,7 @@ def train(
         if step in checkpoints:
             on_checkpoint(step)
         if step == spec.steps:
-            return "completed"
+            return Status.COMPLETED
         idx = None if batch == n else torch.randperm(n, generator=gen)[:batch].to(x.device)
         xb, yb = (x, y) if idx is None else (x[idx], y[idx])
         lb = labels if idx is None or labels is None else labels[idx]
@@ -76,8 +77,8 @@ def train(
         if not math.isfinite(value) or value > spec.divergence_factor * max(first_loss, 1e-12):
             if step not in checkpoints:
                 on_checkpoint(step)
-            return "diverged"
+            return Status.DIVERGED
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return "completed"
+    return Status.COMPLETED

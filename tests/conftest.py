@@ -63,3 +63,15 @@ def s3(monkeypatch):
     yield server
     store._locate_uri.cache_clear()
     server.stop()
+
+
+# The fast tier (`pytest -m "not slow"`) is pure maths, specs, the store and small trials;
+# every test that starts a Ray cluster, an MLflow server or an S3 server is in the full suite
+# only, whatever its own marks say.
+_SERVICES = {"ray_local", "ray_fresh", "mlflow_server", "s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

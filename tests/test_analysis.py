@@ -159,3 +159,25 @@ def test_seed_summary_shapes():
     df = pd.DataFrame({"width": [1, 1, 2, 2], "v": [1.0, 3.0, 2.0, 2.0]})
     s = analysis.seed_summary(df, ["width"], "v")
     assert list(s["mean"]) == [2.0, 2.0] and list(s["n"]) == [2, 2]
+
+
+def test_fig1_overlay_uses_each_standard_parametrization_width_limit(tmp_path):
+    """A standard-parametrization sweep's NTK grows with width, and so does its limit: the
+    overlay must draw the limit of each width's own architecture, not the NTK
+    parametrization's."""
+    for width in (16, 64):
+        spec = TrialSpec(dataset="circle", n_train=4, n_eval=12, width=width, depth=3,
+                         parametrization="standard", bias_std=0.1, steps=1, checkpoints=2,
+                         keep_kernels="first_last", device="cpu")
+        store.write_trial(tmp_path, "sp", spec, run_trial(spec))
+    _, ckpts = ntksweep.load_results(tmp_path)
+    fig = analysis.fig_jacot_fig1(ckpts, tmp_path)
+    drawn = {line.get_label(): line for line in fig.axes[0].get_lines()
+             if line.get_label().startswith("Θ∞")}
+    assert set(drawn) == {"Θ∞ (n=16)", "Θ∞ (n=64)"}
+    for width in (16, 64):
+        gamma = drawn[f"Θ∞ (n={width})"].get_xdata()
+        x = np.stack([np.cos(gamma), np.sin(gamma)], 1)
+        want = ntksweep.analytic_kernels(np.array([[1.0, 0.0]]), x, depth=3, bias_std=0.1,
+                                         parametrization="standard", width=width).ntk[0]
+        np.testing.assert_allclose(drawn[f"Θ∞ (n={width})"].get_ydata(), want, rtol=1e-12)

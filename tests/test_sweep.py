@@ -229,6 +229,7 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(tmp_path):
     spec_file = tmp_path / "s.yaml"
     # trials of ~2 s each, 12 of them on 2 workers: the signal lands mid-sweep

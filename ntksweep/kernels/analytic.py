@@ -187,7 +187,7 @@ def _mirror(ntk: np.ndarray, nngp: np.ndarray, rows: slice, cols: slice) -> None
     """Symmetric case: copy the block at (rows, cols) to (cols, rows). A block that starts on
     the diagonal (cols.start == rows.start) holds the square (rows, rows): that part is
     symmetrized instead (quadrature and BLAS treat u and v asymmetrically, in the last bits).
-    numpy, not torch: its transposed copy into rows 32 KB apart is ~2.4× faster (measured)."""
+    numpy, not torch: its strided transposed copy is the faster one (benchmarks/RESULTS.md)."""
     upper = max(cols.start, rows.stop)                 # columns from here lie above the square
     for m in (ntk, nngp):
         if cols.start < rows.stop:
@@ -203,6 +203,38 @@ def _block_shape(tile: int | tuple[int, int], symmetric: bool) -> tuple[int, int
         raise SpecError(f"tile must be an int or (rows, cols) of ints >= 1; got {tile!r}")
     # a symmetric band's first chunk must hold its whole diagonal square
     return int(h), int(max(w, h) if symmetric else w)
+
+
+def _diagonal_sigmas(x: Tensor, depth: int, dual, weight_std: float, bias_std: float
+                     ) -> list[Tensor]:
+    """Σ^(ℓ)(x, x) for ℓ = 1 … L, (n,) each: the 1-D recursion every block reuses."""
+    sig = [affine((x * x).sum(1) / x.shape[1], weight_std, bias_std)]
+    for _ in range(depth - 1):
+        e, _ = dual(sig[-1], sig[-1], sig[-1])
+        sig.append(affine(e, weight_std, bias_std))
+    return sig
+
+
+def _layer_term(e: Tensor, sigma: Tensor, parametrization: str, fan_in: int) -> Tensor:
+    """The new layer's own (weight + bias) contribution to Θ: Σ^(ℓ+1) = σ_w² E + σ_b² in the
+    NTK parametrization, n_ℓ E + 1 in the standard one (module doc)."""
+    if parametrization == "ntk":
+        return sigma
+    return fan_in * e + 1.0
+
+
+def _generic_block(e: Tensor, diag1: list[Tensor], diag2: list[Tensor], rows: slice,
+                   cols: slice, dual, weight_std: float, bias_std: float,
+                   parametrization: str, fan_ins: list[int]) -> tuple[Tensor, Tensor]:
+    """Θ^(L) and Σ^(L) of one (rows, cols) block from E^(0) = x·x'/n0 through the dual."""
+    sigma = affine(e, weight_std, bias_std)                              # Σ^(1)
+    theta = _layer_term(e, sigma, parametrization, fan_ins[0])           # Θ^(1)
+    for layer in range(1, len(fan_ins)):
+        e, e_dot = dual(diag1[layer - 1][rows, None], sigma, diag2[layer - 1][None, cols])
+        sigma = affine(e, weight_std, bias_std)                          # Σ^(ℓ+1)
+        theta = theta_step(theta, e_dot.mul_(weight_std**2),
+                           _layer_term(e, sigma, parametrization, fan_ins[layer]))
+    return theta, sigma
 
 
 def analytic_kernels(
@@ -228,8 +260,8 @@ def analytic_kernels(
     parametrization) take the fused in-place ``ArcCosLayer`` path unless ``fused=False``
     (the generic dual path, kept for checks). The recursion runs through all layers one
     block of ``tile`` = (rows, cols) pairs at a time (an int: square) so that the block stays
-    in cache: 64 × 512 keeps the fused path's four buffers in a 2 MB L2 while amortising
-    each op's ~3 µs dispatch. With x2 None only the blocks on and above the diagonal are
+    in cache: 64 × 512 keeps the fused path's four buffers in a laptop's L2 while amortising
+    each torch op's dispatch cost. With x2 None only the blocks on and above the diagonal are
     computed and mirrored.
     """
     check_network(depth=depth, activation=activation, weight_std=weight_std,
@@ -237,49 +269,27 @@ def analytic_kernels(
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
     a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
     dual = get_dual(activation, quadrature=quadrature, points=quadrature_points)
-    fan_ins = [a.shape[1]] + [width or 0] * (depth - 1)
-
-    def layer_term(e: Tensor, sigma: Tensor, layer: int) -> Tensor:
-        """The new layer's own (weight + bias) contribution to Θ."""
-        if parametrization == "ntk":
-            return sigma                                                 # σ_w² E + σ_b²
-        return fan_ins[layer] * e + 1.0
-
-    def diagonal_sigmas(x: Tensor) -> list[Tensor]:
-        """Σ^(ℓ)(x, x) for ℓ = 1 … L, (n,) each: the 1-D recursion every block reuses."""
-        sig = [affine((x * x).sum(1) / x.shape[1], weight_std, bias_std)]
-        for _ in range(depth - 1):
-            e, _ = dual(sig[-1], sig[-1], sig[-1])
-            sig.append(affine(e, weight_std, bias_std))
-        return sig
-
-    diag1 = diagonal_sigmas(a)
-    diag2 = diag1 if symmetric else diagonal_sigmas(b)
+    diag1 = _diagonal_sigmas(a, depth, dual, weight_std, bias_std)
+    diag2 = diag1 if symmetric else _diagonal_sigmas(b, depth, dual, weight_std, bias_std)
     n1, n2 = a.shape[0], b.shape[0]
     shape = _block_shape(tile, symmetric)
-    # numpy's allocations of this size get transparent huge pages: ~3× fewer page faults
+    # numpy's allocations of this size get transparent huge pages: fewer page faults
     ntk_np, nngp_np = np.empty((n1, n2)), np.empty((n1, n2))
     ntk, nngp = torch.from_numpy(ntk_np), torch.from_numpy(nngp_np)
     slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(activation)
+    arccos = None
     if fused and slope is not None and not quadrature and parametrization == "ntk":
         arccos = ArcCosLayer(shape, slope, weight_std, bias_std, diag1, diag2)
-    else:
-        arccos = None
+    fan_ins = [a.shape[1]] + [width or 0] * (depth - 1)
     b_t = (b / b.shape[1]).T                                             # (d, n2), 1/n0 folded in
     for rows, cols in _blocks(n1, n2, symmetric, shape):
         e = a[rows] @ b_t[:, cols]                                       # E^(0) = x·x'/n0
         if arccos is not None:
             arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
         else:
-            sigma = affine(e, weight_std, bias_std)                      # Σ^(1)
-            theta = layer_term(e, sigma, 0)                              # Θ^(1)
-            for layer in range(1, depth):
-                e, e_dot = dual(diag1[layer - 1][rows, None], sigma,
-                                diag2[layer - 1][None, cols])
-                sigma = affine(e, weight_std, bias_std)                  # Σ^(ℓ+1)
-                theta = theta_step(theta, e_dot.mul_(weight_std**2),
-                                   layer_term(e, sigma, layer))
-            ntk[rows, cols], nngp[rows, cols] = theta, sigma
+            ntk[rows, cols], nngp[rows, cols] = _generic_block(
+                e, diag1, diag2, rows, cols, dual, weight_std, bias_std,
+                parametrization, fan_ins)
         if symmetric:
             _mirror(ntk_np, nngp_np, rows, cols)
     return AnalyticKernels(

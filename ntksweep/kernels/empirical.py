@@ -40,10 +40,10 @@ def _choose_method(model: nn.Module, method: str, n: int, k: int, itemsize: int,
         return "jacobian" if jac_bytes <= (budget or 2 << 30) else "ntk_vps"
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of: auto, "
-                         f"{', '.join(METHODS)}")
+                        f"{', '.join(METHODS)}")
     if method == "structured" and not isinstance(model, MLP):
         raise UserError(f"method='structured' needs an ntksweep.models.MLP, got "
-                         f"{type(model).__name__}; use method='auto', 'jacobian' or 'ntk_vps'")
+                        f"{type(model).__name__}; use method='auto', 'jacobian' or 'ntk_vps'")
     return method
 
 
@@ -74,10 +74,10 @@ def empirical_ntk(
     b = None if x2 is None else _as_tensor(x2, "x2", like)
     if b is not None and a.shape[1:] != b.shape[1:]:
         raise UserError(f"x1 points have shape {tuple(a.shape[1:])} but x2 points "
-                         f"{tuple(b.shape[1:])}; both need the same input shape")
+                        f"{tuple(b.shape[1:])}; both need the same input shape")
     if isinstance(model, MLP) and a.shape[1] != model.in_dim:
         raise UserError(f"x1 has {a.shape[1]} features but the model expects in_dim="
-                         f"{model.in_dim}")
+                        f"{model.in_dim}")
     was_training = model.training
     model.eval()
     try:
@@ -85,29 +85,14 @@ def empirical_ntk(
             k = model(a[:1]).reshape(1, -1).shape[1]
         n1, n2 = a.shape[0], (a if b is None else b).shape[0]
         method = _choose_method(model, method, n1 + n2, k, like.element_size(), memory_budget)
-        block = max(n1, n2) if block_size is None else int(block_size)
-        if memory_budget is not None:
-            fits = [s for s in candidate_blocks(max(n1, n2))
-                    if tile_bytes(model, method, s, s, k, like.element_size()) <= memory_budget]
-            if not fits:
-                need = tile_bytes(model, method, 1, 1, k, like.element_size())
-                raise UserError(f"memory_budget={memory_budget} bytes is too small for even a "
-                                 f"1×1 tile of this model with method={method!r} (needs about "
-                                 f"{need} bytes); raise the budget")
-            block = min(block, max(fits))
-        if block < 1:
-            raise UserError(f"block_size must be >= 1; got {block_size!r}")
+        block = _block(model, method, max(n1, n2), k, like.element_size(), block_size,
+                       memory_budget)
         computation = TileComputation(model, a, b, method)
         tiles = plan_tiles(n1, n2, block, symmetric=b is None)
         device = like.device if out_device is None else torch.device(out_device)
         out = torch.empty(n1, n2, k, k, dtype=like.dtype, device=device)
-        for tile, block_value in (executor or SerialExecutor()).map_tiles(computation, tiles):
-            if isinstance(block_value, np.ndarray) and not block_value.flags.writeable:
-                block_value = block_value.copy()  # zero-copy from Ray's object store
-            block_value = torch.as_tensor(block_value).to(device)
-            out[tile.r0:tile.r1, tile.c0:tile.c1] = block_value
-            if b is None and tile.r0 != tile.c0:
-                out[tile.c0:tile.c1, tile.r0:tile.r1] = block_value.permute(1, 0, 3, 2)
+        _assemble(out, (executor or SerialExecutor()).map_tiles(computation, tiles),
+                  symmetric=b is None)
     finally:
         model.train(was_training)
     if trace:
@@ -115,3 +100,31 @@ def empirical_ntk(
     return out[:, :, 0, 0] if k == 1 else out
 
 
+def _block(model: nn.Module, method: str, n: int, k: int, itemsize: int,
+           block_size: int | None, memory_budget: int | None) -> int:
+    """The tile side: ``block_size``, or n, shrunk to the largest that fits the budget."""
+    block = n if block_size is None else int(block_size)
+    if memory_budget is not None:
+        fits = [s for s in candidate_blocks(n)
+                if tile_bytes(model, method, s, s, k, itemsize) <= memory_budget]
+        if not fits:
+            need = tile_bytes(model, method, 1, 1, k, itemsize)
+            raise UserError(f"memory_budget={memory_budget} bytes is too small for even a "
+                            f"1×1 tile of this model with method={method!r} (needs about "
+                            f"{need} bytes); raise the budget")
+        block = min(block, max(fits))
+    if block < 1:
+        raise UserError(f"block_size must be >= 1; got {block_size!r}")
+    return block
+
+
+def _assemble(out: Tensor, blocks, symmetric: bool) -> None:
+    """Write each (tile, value) into ``out`` (n1, n2, k, k), mirroring off-diagonal tiles of
+    a symmetric kernel."""
+    for tile, value in blocks:
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            value = value.copy()  # zero-copy from Ray's object store
+        value = torch.as_tensor(value).to(out.device)
+        out[tile.r0:tile.r1, tile.c0:tile.c1] = value
+        if symmetric and tile.r0 != tile.c0:
+            out[tile.c0:tile.c1, tile.r0:tile.r1] = value.permute(1, 0, 3, 2)

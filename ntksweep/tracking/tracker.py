@@ -267,7 +267,7 @@ class Tracker:
             return handle
         tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
                 "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
-                "status": "running", "ntksweep.version": __version__,
+                "status": Status.RUNNING.value, "ntksweep.version": __version__,
                 **{k: str(v) for k, v in (worker or {}).items()}}
         unborn = (f"{trial_id}-a{attempt}", int(time.time() * 1000), tags,
                   json.dumps(spec, indent=1))

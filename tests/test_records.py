@@ -1,0 +1,147 @@
+"""Every checkpoint-record column against an independent computation, and the package's
+import boundaries."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+
+from ntksweep import analytic_kernels
+from ntksweep.data import make_dataset
+from ntksweep.models import MLP
+from ntksweep.records import RECORD_COLUMNS
+from ntksweep.train import checkpoint_schedule
+from ntksweep.trial import run_trial
+from ntksweep.trial_spec import TrialSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def per_logit_ntk(model, x1, x2):
+    """(1/k) Σ_c ∂f_c(x1)·∂f_c(x2) by brute force: the full Jacobian of every output."""
+    params = [p for p in model.parameters()]
+
+    def jac(x):
+        out = model(x)                                                    # (n, k)
+        rows = []
+        for i in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                g = torch.autograd.grad(out[i, c], params, retain_graph=True)
+                rows.append(torch.cat([t.reshape(-1) for t in g]))
+        return torch.stack(rows).reshape(out.shape[0], out.shape[1], -1)  # (n, k, P)
+
+    j1, j2 = jac(x1), jac(x2)
+    return torch.einsum("ikp,jkp->ij", j1, j2).detach().numpy() / j1.shape[1]
+
+
+def flow(theta_xX, theta_XX, f0_x, f0_X, y, t):
+    """f_t(x) under gradient flow on (1/N)Σ‖f − y‖² with a fixed kernel, by a matrix
+    exponential and a linear solve (not an eigendecomposition)."""
+    n = theta_XX.shape[0]
+    decay = np.eye(n) - expm(-2.0 * t / n * theta_XX)
+    return f0_x + theta_xX @ np.linalg.solve(theta_XX, decay @ (y - f0_X))
+
+
+def frob(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def cosine(a, b):
+    return np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def test_every_record_column_is_its_formula_recomputed_independently():
+    spec = TrialSpec(dataset="digits", n_train=12, n_eval=10, width=16, depth=3, lr=0.5,
+                     steps=4, checkpoints=3, bias_std=0.2, dtype="float64", device="cpu")
+    result = run_trial(spec)
+    assert result.status == "completed", result.error
+    data = make_dataset("digits", n_train=12, n_eval=10, seed=0)
+    x_tr, x_ev = torch.tensor(data.x_train), torch.tensor(data.x_eval)
+    y_tr, y_ev = data.y_train, data.y_eval
+    net = MLP(64, 16, 3, bias_std=0.2, out_dim=10, seed=0, dtype=torch.float64)
+    lim = analytic_kernels(np.concatenate([data.x_eval, data.x_train]), depth=3, bias_std=0.2)
+    m = 10
+    theta_inf = lim.ntk[:m, :m]
+    with torch.no_grad():
+        f0_ev, f0_tr = net(x_ev).numpy(), net(x_tr).numpy()
+    t0_ev_tr = per_logit_ntk(net, x_ev, x_tr)
+    t0_tr_tr = per_logit_ntk(net, x_tr, x_tr)
+    theta0 = per_logit_ntk(net, x_ev, x_ev)
+    expected, step = [], 0
+    for target in checkpoint_schedule(spec):
+        while step < target:  # plain gradient descent on (1/N) Σ ‖f − y‖²
+            loss = ((net(x_tr) - torch.tensor(y_tr)) ** 2).sum(1).mean()
+            grads = torch.autograd.grad(loss, list(net.parameters()))
+            with torch.no_grad():
+                for p, g in zip(net.parameters(), grads):
+                    p -= spec.lr * g
+            step += 1
+        with torch.no_grad():
+            f_ev, f_tr = net(x_ev).numpy(), net(x_tr).numpy()
+        theta = per_logit_ntk(copy.deepcopy(net), x_ev, x_ev)
+        t = spec.lr * step
+        eig = np.linalg.eigvalsh(theta)[::-1]
+        eig_inf = np.linalg.eigvalsh(theta_inf)[::-1]
+        rec = {"step": step, "t": t,
+               "train_loss": np.mean(np.sum((f_tr - y_tr) ** 2, 1)),
+               "eval_loss": np.mean(np.sum((f_ev - y_ev) ** 2, 1)),
+               "dist_inf": frob(theta, theta_inf), "dist_init": frob(theta, theta0),
+               "align_inf": cosine(theta, theta_inf), "align_init": cosine(theta, theta0),
+               **{f"eig{i + 1}": eig[i] for i in range(3)},
+               **{f"eig{i + 1}_inf": eig_inf[i] for i in range(3)},
+               "f_change": np.sqrt(np.mean((f_ev - f0_ev) ** 2)),
+               "gap_inf": np.sqrt(np.mean((f_ev - flow(lim.ntk[:m, m:], lim.ntk[m:, m:], f0_ev,
+                                                      f0_tr, y_tr, t)) ** 2)),
+               "gap_lin": np.sqrt(np.mean((f_ev - flow(t0_ev_tr, t0_tr_tr, f0_ev, f0_tr, y_tr,
+                                                      t)) ** 2)),
+               "dist_nngp": frob(f0_ev @ f0_ev.T / 10, lim.nngp[:m, :m]) if step == 0
+               else np.nan}
+        expected.append(rec)
+    assert [r["step"] for r in result.records] == [r["step"] for r in expected]
+    timed = ("train_seconds", "kernel_seconds")
+    assert set(RECORD_COLUMNS) == set(expected[0]) | set(timed)
+    for got, want in zip(result.records, expected):
+        for col in RECORD_COLUMNS:
+            if col in timed:
+                assert got[col] >= 0, col
+            elif np.isnan(want[col]):
+                assert np.isnan(got[col]), (got["step"], col)
+            else:
+                assert got[col] == pytest.approx(want[col], rel=1e-7, abs=1e-10), \
+                    (got["step"], col, got[col], want[col])
+    for col in timed:
+        assert [r[col] for r in result.records] == sorted(r[col] for r in result.records)
+
+
+def test_import_boundaries():
+    """Only ``sweep`` imports Ray, only ``tracking`` MLflow, only ``store`` pyarrow; the
+    records module is free of all of them and of torch."""
+    probe = """
+import sys
+import ntksweep.{module}
+print(",".join(m for m in ("torch", "ray", "mlflow", "pyarrow") if m in sys.modules))
+"""
+    loaded = {}
+    for module in ("records", "kernels", "store", "trial"):
+        out = subprocess.run([sys.executable, "-c", probe.format(module=module)],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        loaded[module] = set(filter(None, out.stdout.strip().split(",")))
+    assert loaded["records"] == set()
+    assert loaded["kernels"] == {"torch"}
+    assert loaded["store"] <= {"torch", "pyarrow"} and "pyarrow" in loaded["store"]
+    assert "ray" not in loaded["trial"] and "mlflow" not in loaded["trial"]
+    owners = {"ray": "ntksweep/sweep/", "mlflow": "ntksweep/tracking/",
+              "pyarrow": "ntksweep/store.py"}
+    for path in sorted((ROOT / "ntksweep").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for line in path.read_text().splitlines():
+            words = line.strip().split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                top = words[1].split(".")[0]
+                if top in owners:
+                    assert rel.startswith(owners[top]), (rel, line)
