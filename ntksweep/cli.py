@@ -213,12 +213,13 @@ def _add_run(sub) -> None:
     r.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); "
                    "default: start a local Ray")
     r.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
-                   "or SQLite inside the output dir)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's "
+                   "tracking_uri, $MLFLOW_TRACKING_URI, or SQLite inside the output dir); "
+                   "credentials go in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
     r.add_argument("--no-tracking", action="store_true",
                    help="write Parquet only, no MLflow runs; push them later with `ntksweep "
-                   "sync OUT`. For sweeps of many short trials: MLflow's SQL store spends "
-                   "~50 ms of CPU per run on a laptop core, which then bounds the sweep")
+                   "sync OUT`. For sweeps of very many short trials, whose pace MLflow's "
+                   "SQL store (tens of ms of CPU per run) would otherwise set")
     r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.add_argument("--force", action="store_true",
                    help="use an output dir that holds a different sweep")

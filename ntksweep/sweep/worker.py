@@ -107,7 +107,7 @@ class TrialWorker:
 
     def _free(self) -> None:
         """Hand the trial's cached GPU memory back. Reference counting has already freed the
-        model; a full ``gc.collect`` (100+ ms with torch loaded, a floor under every short
+        model; a full ``gc.collect`` (slow with torch loaded: a floor under every short
         trial) runs only when allocated memory grew since the last trial, i.e. when reference
         cycles are holding tensors."""
         if not self.gpu_ids:
