@@ -46,7 +46,8 @@ def cmd_run(args) -> int:
     if args.dry_run:
         from .sweep.driver import plan_sweep
 
-        plan = plan_sweep(spec)
+        plan = plan_sweep(spec, tracking_uri=args.tracking_uri, tracking=not args.no_tracking,
+                          force=args.force)
         states = [r["state"] for r in plan["trials"]]
         done = {s.value for s in Status if s.done}
         print(f"sweep {spec.name!r} (id {plan['sweep_id']}) → {plan['out_dir']}")
@@ -78,6 +79,9 @@ def cmd_run(args) -> int:
         print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
     else:
         print(f"  MLflow:    not tracked (--no-tracking); push the runs with: ntksweep sync {out}")
+    if summary.disk_full:
+        print(f"Stopped: {summary.disk_full}. Finished trials are saved.", file=sys.stderr)
+        return 1
     if summary.interrupted:
         print("Interrupted: finished trials are saved; run the same command again to resume.")
         return 130

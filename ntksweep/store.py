@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ from .trial_spec import TRIAL_FIELDS, TrialSpec
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
            "load_array", "load_results", "finished_trials", "plain_value", "spec_from_row",
-           "is_uri", "check_writable", "write_text", "read_text", "read_meta", "write_meta"]
+           "is_uri", "check_writable", "write_text", "read_text", "delete_text", "read_meta",
+           "write_meta",
+           "attempts_made"]
 
 SCHEMA_VERSION = "1"
 PARTITIONS = ("width", "depth")
@@ -186,10 +189,28 @@ def read_text(out: str | Path, name: str) -> str | None:
         return None
 
 
-def check_writable(out: str | Path) -> None:
-    """Create the output dir and prove we can write to it (and delete) before any trial runs."""
+def delete_text(out: str | Path, name: str) -> None:
+    """Remove a small file of the output dir; a missing one is fine."""
+    loc = _locate(out)
+    try:
+        loc.fs.delete_file(loc.path(name))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+
+
+def check_writable(out: str | Path, *, create: bool = True) -> None:
+    """Prove we can write to the output dir before any trial runs: create it and write and
+    delete a probe file; with ``create=False`` (a dry run) a local dir that does not exist
+    yet is not made, its nearest existing parent must be writable instead."""
     try:
         loc = _locate(out)
+        if not create and loc.local and not Path(loc.root).exists():
+            parent = Path(loc.root)
+            while not parent.exists():
+                parent = parent.parent
+            if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+                raise PermissionError(f"cannot create directories in {str(parent)!r}")
+            return
         loc.make_dirs(loc.root)
         probe = loc.path(f".probe-{uuid.uuid4().hex}")
         with loc.fs.open_output_stream(probe) as f:
@@ -310,6 +331,12 @@ def finished_trials(out: str | Path) -> dict[str, Status]:
     """trial_id → status of every trial with a trials row (what resume consults)."""
     trials = _read(_locate(out), "trials", TRIALS_SCHEMA, None)
     return {tid: Status(s) for tid, s in zip(trials["trial_id"], trials["status"])}
+
+
+def attempts_made(out: str | Path) -> dict[str, int]:
+    """trial_id → the attempt number its trials row records (failed trials run again)."""
+    trials = _read(_locate(out), "trials", TRIALS_SCHEMA, None)
+    return {tid: int(a) for tid, a in zip(trials["trial_id"], trials["attempts"])}
 
 
 def read_meta(out: str | Path) -> SweepMeta | None:

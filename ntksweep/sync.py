@@ -10,6 +10,7 @@ from pathlib import Path
 from . import store
 from .errors import TrackingError
 from .records import RECORD_COLUMNS, Status
+from .tracking.uri import redact
 
 __all__ = ["sync_from_store"]
 
@@ -40,7 +41,7 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
         pushed += 1
     tracker.close("FINISHED", {"synced_trials": pushed})
     if tracker.degraded:
-        raise TrackingError(f"MLflow at {uri} failed during sync: {tracker.degraded}")
+        raise TrackingError(f"MLflow at {redact(uri)} failed during sync: {tracker.degraded}")
     return {"pushed": pushed, "already_there": len(trials) - pushed}
 
 

@@ -44,10 +44,15 @@ class TrialCache:
 
 
 def resolve_device(device: str) -> str:
+    """'auto' → cuda where this process sees a GPU, else cpu; a named device must exist."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but this process sees no CUDA GPU")
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise RuntimeError(f"device {device!r} requested but this process sees {n} CUDA "
+                               "GPU(s)")
     return device
 
 

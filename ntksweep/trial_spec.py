@@ -8,6 +8,7 @@ import difflib
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -135,8 +136,8 @@ class TrialSpec:
                  "checkpoint_steps", f"must be integers in [0, steps={self.steps}]")
         need(is_finite(self.divergence_factor) and self.divergence_factor > 1, "divergence_factor",
              "must be > 1")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             "device", "must be 'auto', 'cpu' or 'cuda[:i]'")
+        need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
+             is not None, "device", "must be 'auto', 'cpu' or 'cuda[:i]'")
         need(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64'")
         need(self.ntk_method in ("auto", "structured", "jacobian", "ntk_vps"), "ntk_method",
              "must be auto, structured, jacobian or ntk_vps")

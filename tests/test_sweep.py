@@ -92,17 +92,20 @@ def test_killed_worker_process_is_replaced_and_trial_rerun(ray_local, tmp_path):
 
 
 def test_failing_trial_is_recorded_and_sweep_goes_on(ray_local, tmp_path):
-    spec = sweep(tmp_path, grid={"dataset": ["circle", "file"], "width": [8]},
-                 base={"data_path": str(tmp_path / "missing.npz")})
+    # a device no machine has: the trial raises where it runs (a missing data file is now
+    # refused before the sweep starts: test_faults)
+    spec = sweep(tmp_path, grid={"seed": [0]},
+                 zip=[{"width": [8, 9], "device": ["cpu", "cuda:99"]}])
     summary = run_sweep(spec, quiet=True)
     assert summary.counts == {"completed": 1, "failed": 1}
     trials, _ = assert_each_trial_once(summary.out_dir, spec)
     failed = trials[trials.status == "failed"].iloc[0]
-    assert "does not exist" in failed.error and failed.attempts == 1   # not retried
-    # a resumed sweep re-runs the failed trial only
+    assert "'cuda:99'" in failed.error and failed.attempts == 1   # not retried
+    # a resumed sweep re-runs the failed trial only, as its next attempt
     again = run_sweep(spec, quiet=True)
     assert again.skipped == 1 and again.counts == {"failed": 1}
-    assert_each_trial_once(summary.out_dir, spec)
+    trials, _ = assert_each_trial_once(summary.out_dir, spec)
+    assert trials[trials.status == "failed"].attempts.item() == 2
 
 
 def test_a_failing_driver_leaves_no_run_running(ray_local, tmp_path):

@@ -20,13 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import store
-from ..errors import OutputDirError, TrackingError
+from ..data import make_dataset
+from ..errors import OutputDirError, SpecError, TrackingError, UserError
+from ..lock import check_unlocked
 from ..records import Status
 from ..sweep_spec import SweepSpec
 from ..tracking.uri import redact, resolve_tracking_uri
+from ..trial_spec import TrialSpec
 from .run import SweepRun, work_estimate
 
-__all__ = ["SweepSummary", "run_sweep", "plan_sweep", "sweep_id_of", "check_output_dir"]
+__all__ = ["SweepSummary", "Preflight", "preflight", "run_sweep", "plan_sweep", "sweep_id_of",
+           "check_output_dir"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class SweepSummary:
     tracking_uri: str = ""                # "" when the sweep was not tracked in MLflow
     tracking_degraded: str | None = None
     workers: list[dict] = field(default_factory=list)
+    disk_full: str | None = None          # the sweep stopped because its disk filled up
 
 
 def sweep_id_of(spec: SweepSpec) -> str:
@@ -70,12 +75,60 @@ def _plan_state(status: Status | None) -> str:
     return str(status) if status.done else f"rerun:{status}"
 
 
-def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
-    """What a run would do: every trial with its id and whether it is already done."""
-    done = store.finished_trials(spec.out_dir)
+@dataclass(frozen=True)
+class Preflight:
+    """What every check before a run established (a dry run makes the same checks)."""
+
+    out: str
+    sweep_id: str
+    uri: str             # "" for an untracked sweep into an object store
+    explicit: bool       # the tracking URI was named by the user
+    trials: list[TrialSpec]
+    done: dict[str, Status]
+
+
+def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: bool = True,
+              force: bool = False, create: bool = True) -> Preflight:
+    """Every check that can fail before Ray starts or a file is written (``create=False``:
+    not even the output dir): the tracking URI, the output dir (another sweep, another
+    driver, writability) and the data files the trials read."""
+    try:
+        uri, explicit = resolve_tracking_uri(tracking_uri, spec_uri=spec.tracking_uri,
+                                             out_dir=spec.out_dir)
+    except TrackingError:  # an object-store output dir: only an untracked sweep needs no server
+        if tracking:
+            raise
+        uri, explicit = "", False
+    out = check_output_dir(spec, force)
+    check_unlocked(out)
+    trials = spec.trials()
+    _check_data_files(trials)
+    store.check_writable(out, create=create)
+    return Preflight(out, sweep_id_of(spec), uri, explicit, trials, store.finished_trials(out))
+
+
+def _check_data_files(trials: list[TrialSpec]) -> None:
+    """Load every distinct user data file once, so a missing or malformed one is refused
+    before anything runs (not as a failed trial per grid point)."""
+    seen = set()
+    for t in trials:
+        args = t.data_args()
+        if t.dataset != "file" or (key := tuple(args.values())) in seen:
+            continue
+        seen.add(key)
+        try:
+            make_dataset("file", **args)
+        except UserError as e:
+            raise SpecError(f"trial {t.trial_id} (data_path {t.data_path!r}): {e}") from None
+
+
+def plan_sweep(spec: SweepSpec, **checks) -> dict[str, Any]:
+    """What a run would do, after the same checks (``preflight``; keyword arguments as
+    there), creating nothing: every trial with its id and whether it is already done."""
+    pre = preflight(spec, create=False, **checks)
     rows = [{"trial_id": t.trial_id, **{k: getattr(t, k) for k in spec.axes()},
-             "state": _plan_state(done.get(t.trial_id))} for t in spec.trials()]
-    return {"sweep_id": sweep_id_of(spec), "out_dir": spec.out_dir, "trials": rows,
+             "state": _plan_state(pre.done.get(t.trial_id))} for t in pre.trials]
+    return {"sweep_id": pre.sweep_id, "out_dir": pre.out, "trials": rows,
             "axes": {k: list(v) for k, v in spec.axes().items()}}
 
 
@@ -86,24 +139,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     ``tracking=False``: Parquet only, no MLflow runs (``ntksweep sync`` pushes them later);
     the output dir still names the tracking URI that sync would use."""
     started = time.perf_counter()
-    try:
-        uri, explicit = resolve_tracking_uri(tracking_uri, spec_uri=spec.tracking_uri,
-                                             out_dir=spec.out_dir)
-    except TrackingError:  # an object-store output dir: only an untracked sweep needs no server
-        if tracking:
-            raise
-        uri, explicit = "", False
-    out = check_output_dir(spec, force)
-    sid = sweep_id_of(spec)
-    trials = spec.trials()
-    done = store.finished_trials(out)
+    pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force)
+    out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
+    done = pre.done
     pending = [t for t in trials if not (s := done.get(t.trial_id)) or not s.done]
     # longest first; the sort is stable (also reversed), so ties stay in grid order
     todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))
     skipped = len(trials) - len(todo)
     run = SweepRun(spec, out, sid, todo, quiet=quiet, on_event=on_event)
-    run.start(address, num_cpus, uri, explicit, tracking)
+    run.start(address, num_cpus, uri, pre.explicit, tracking)
     run.loop()
     return SweepSummary(sid, out, len(trials), skipped, dict(run.counts),
                         run.retried, time.perf_counter() - started, run.interrupted,
-                        redact(uri) if tracking else "", run.tracker.degraded, run.workers)
+                        redact(uri) if tracking else "", run.tracker.degraded, run.workers,
+                        run.disk_full)

@@ -3,6 +3,7 @@ messages, and write each outcome (``SweepRun``). ``driver.run_sweep`` decides wh
 
 from __future__ import annotations
 
+import errno
 import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from .. import store
 from ..errors import SpecError, TrackingError
+from ..lock import DriverLock
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..sweep_spec import SweepSpec
 from ..tracking.uri import redact
@@ -90,6 +92,7 @@ class _Attempt:
     actor: Any
     worker: dict[str, Any]
     handle: int | None            # the tracker's handle of its MLflow run
+    tries: int = 1                # attempts in this run of the sweep (retries count these)
     records: list[Record] = field(default_factory=list)   # streamed so far, logged
 
 
@@ -109,12 +112,15 @@ class SweepRun:
         self.running: dict[Any, _Attempt] = {}   # streaming generator → attempt
         self.counts: Counter = Counter()
         self.retried = 0
+        self.tries: dict[str, int] = {}   # trial_id → its try in this run (after a retry)
         self.start_failures = 0
         self.workers: list[dict] = []
         self.stop_requested: list[int] = []
         self.started_ray = False
         self.shape = WorkerShape(0, 0.0, 1.0)
         self.tracker = None
+        self.lock: DriverLock | None = None
+        self.disk_full: str | None = None   # why the sweep stopped early, if it was the disk
 
     # -- start --------------------------------------------------------------------------
     def start(self, address: str | None, num_cpus: int | None, uri: str, explicit: bool,
@@ -134,6 +140,7 @@ class SweepRun:
                 self.shape = worker_shape(self.spec, len(self.todo),
                                           all(t.device == "cpu" for t, _ in self.todo))
             store.check_writable(self.out)
+            self.lock = DriverLock(self.out).acquire()
             sweep_yaml = yaml.safe_dump(self.spec.source, sort_keys=False)
             store.write_text(self.out, "sweep.yaml", sweep_yaml)
             store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name, redact(uri)))
@@ -141,9 +148,18 @@ class SweepRun:
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
             self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml) \
                 if tracking else Untracked()
+            self._number_attempts()
         except BaseException:
             self._release()
             raise
+
+    def _number_attempts(self) -> None:
+        """A trial run again gets the attempt after its last one, whether Parquet (a failed
+        trial) or MLflow (a killed or lost attempt) remembers it."""
+        made = store.attempts_made(self.out)
+        self.todo = deque((t, 1 + max(made.get(t.trial_id, 0),
+                                      self.tracker.attempts.get(t.trial_id, 0)))
+                          for t, _ in self.todo)
 
     def _new_actor(self) -> None:
         # No runtime_env: Ray already sets OMP_NUM_THREADS to the actor's num_cpus, and the
@@ -158,6 +174,8 @@ class SweepRun:
     def _release(self) -> None:
         for a in self.actors:
             _kill(a)
+        if self.lock is not None:
+            self.lock.release()
         if self.started_ray:
             ray.shutdown()
 
@@ -206,11 +224,11 @@ class SweepRun:
             self.tracker.end_trial(attempt.handle, Status.KILLED)
         for a in self.actors:
             _kill(a)
+        self.actors = []
         status = "FAILED" if crashed else "KILLED" if self.interrupted else "FINISHED"
         self.tracker.close(status, {s.value: self.counts[s.value] for s in
                                     (Status.COMPLETED, Status.FAILED, Status.DIVERGED)})
-        if self.started_ray:
-            ray.shutdown()
+        self._release()
 
     def _hand_out(self) -> None:
         while self.todo and self.idle and not self.stop_requested:
@@ -218,8 +236,8 @@ class SweepRun:
             trial, attempt = self.todo.popleft()
             worker = self.infos[actor]
             handle = self.tracker.start_trial(trial.trial_id, attempt, trial.to_dict(), worker)
-            self.running[actor.run.remote(trial)] = _Attempt(trial, attempt, actor, worker,
-                                                             handle)
+            self.running[actor.run.remote(trial)] = _Attempt(
+                trial, attempt, actor, worker, handle, self.tries.get(trial.trial_id, 1))
             self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)
 
     def _on_ready(self, ref, progress) -> None:
@@ -263,12 +281,13 @@ class SweepRun:
         self.tracker.end_trial(attempt.handle, Status.FAILED, {"error": f"worker died: {error}"})
         _kill(attempt.actor)
         self._new_actor()
-        if attempt.attempt <= self.spec.retries:
+        if attempt.tries <= self.spec.retries:
             self.retried += 1
             self.todo.appendleft((attempt.trial, attempt.attempt + 1))
+            self.tries[attempt.trial.trial_id] = attempt.tries + 1
             self._event("retry", trial=attempt.trial.trial_id)
         else:
-            self._finish(attempt, _failed(attempt, f"worker process died {attempt.attempt} "
+            self._finish(attempt, _failed(attempt, f"worker process died {attempt.tries} "
                                                    f"times; last: {error}"), progress)
 
     def _on_finished(self, ref, attempt: _Attempt, message: Finished, progress) -> None:
@@ -288,9 +307,20 @@ class SweepRun:
             self._event("record", trial=attempt.trial.trial_id, record=rec)
 
     def _finish(self, attempt: _Attempt, outcome: TrialOutcome, progress) -> None:
-        """Write the outcome to Parquet (what makes the trial count), then end its run."""
-        store.write_trial(self.out, self.sweep_id, attempt.trial, outcome,
-                          attempts=attempt.attempt, host=attempt.worker.get("host", ""))
+        """Write the outcome to Parquet (what makes the trial count), then end its run. A full
+        disk stops the sweep as SIGTERM would: what was written stays, this trial runs again
+        on resume."""
+        try:
+            store.write_trial(self.out, self.sweep_id, attempt.trial, outcome,
+                              attempts=attempt.attempt, host=attempt.worker.get("host", ""))
+        except OSError as e:
+            if not _disk_full(e):
+                raise
+            self.disk_full = (f"the disk holding {self.out} is full ({e}); free space there "
+                              "(or use another output dir) and run the same command again")
+            self.stop_requested.append(signal.SIGTERM)
+            self.tracker.end_trial(attempt.handle, Status.KILLED, {"error": self.disk_full})
+            return
         self.tracker.end_trial(attempt.handle, outcome.status, {
             "device": outcome.device, "error": (outcome.error or "")[-4000:] or None,
             "train_seconds": outcome.train_seconds, "kernel_seconds": outcome.kernel_seconds})
@@ -306,6 +336,10 @@ def _failed(attempt: _Attempt, error: str) -> TrialOutcome:
     """A trial that could not finish: the records it streamed, and why."""
     return TrialOutcome(attempt.trial.trial_id, Status.FAILED, list(attempt.records),
                         error=error, device="")
+
+
+def _disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
 
 
 def _kill(actor) -> None:

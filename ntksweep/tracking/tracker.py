@@ -33,6 +33,7 @@ from .. import __version__
 from ..records import Record, Status
 from .mlflow_api import bound_http_requests, log_text_artifact, rest_log_batch
 from .sqlite import artifact_root, tune_sqlite
+from .uri import scrub
 
 __all__ = ["TrialTracker", "Tracker", "Untracked"]
 
@@ -51,6 +52,7 @@ class TrialTracker(Protocol):
     handle (None: nothing is tracked) that the other calls take."""
 
     degraded: str | None
+    attempts: dict[str, int]   # trial_id → the highest attempt already tracked, unfinished
 
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
                     worker: dict[str, Any] | None = None) -> int | None: ...
@@ -143,6 +145,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._ended: set[int] = set()
         self.parent_id = None
+        self.attempts: dict[str, int] = {}        # trial_id → highest unfinished attempt
         self._runs: dict[int, str] = {}           # handle → MLflow run id
         self._unborn: dict[int, tuple] = {}       # handle → what creating its run needs
         self._buffers: dict[int, _Pending] = {}
@@ -170,6 +173,7 @@ class Tracker:
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
+            self._close_stale_runs()
             return
         run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
             "ntksweep.sweep_id": self.sweep_id, "ntksweep.role": "sweep",
@@ -179,9 +183,25 @@ class Tracker:
         if sweep_yaml:
             self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
 
+    def _close_stale_runs(self) -> None:
+        """A resumed sweep's child runs still RUNNING belong to no live driver (killed with
+        -9, a server outage, a full disk): end them KILLED. Count every earlier attempt that
+        did not finish, so that a trial run again gets the next attempt number."""
+        unfinished = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'trial' "
+            "and attributes.status != 'FINISHED'", max_results=50000)
+        for run in unfinished:
+            tid, attempt = run.data.tags.get("trial_id"), run.data.tags.get("attempt", "1")
+            if tid and attempt.isdigit():
+                self.attempts[tid] = max(self.attempts.get(tid, 0), int(attempt))
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "status", Status.KILLED.value)
+                self.client.set_terminated(run.info.run_id, Status.KILLED.mlflow)
+
     # -- failure policy: a tracking outage never stops the sweep -------------------------
     def _disable(self, what: str, e: Exception) -> None:
-        self.degraded = f"{what}: {type(e).__name__}: {e}"
+        self.degraded = scrub(f"{what}: {type(e).__name__}: {e}", self.uri)
         log.warning("MLflow tracking disabled for the rest of this sweep (%s); results "
                     "still go to Parquet; run `ntksweep sync` later", self.degraded)
 
@@ -329,8 +349,11 @@ class Tracker:
 
         self._submit(log_artifact)
 
-    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:
-        """Finish the parent run and wait until every queued request has been sent."""
+    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None,
+              timeout: float = 120.0) -> None:
+        """Finish the parent run and wait until every queued request has been sent, for at
+        most ``timeout`` seconds: a store that stops answering must not hold the sweep's exit
+        (what is left unsent is marked ``degraded``; ``ntksweep sync`` pushes it later)."""
         tags = [RunTag(f"ntksweep.{k}", str(v)) for k, v in (summary or {}).items()]
 
         def close():
@@ -341,7 +364,13 @@ class Tracker:
         if self.parent_id:
             self._submit(close)
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.degraded = self.degraded or f"close: MLflow did not finish within {timeout:g} s"
+            log.warning("MLflow tracking did not finish within %g s; results are complete in "
+                        "Parquet; run `ntksweep sync` later", timeout)
+            self._senders.shutdown(wait=False, cancel_futures=True)
+            return
         self._senders.shutdown(wait=True)
 
 
@@ -350,6 +379,7 @@ class Untracked:
     only; ``ntksweep sync`` pushes it to MLflow later)."""
 
     degraded = None
+    attempts: dict[str, int] = {}
 
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
                     worker: dict[str, Any] | None = None) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlparse, urlunparse
 from ..errors import TrackingError
 
 __all__ = ["SERVER_ENV", "default_tracking_uri", "check_tracking_uri", "resolve_tracking_uri",
-           "redact", "ui_command"]
+           "redact", "scrub", "ui_command"]
 
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 # For an `mlflow server` serving sweeps: MLflow 3 also starts a job runner for its GenAI
@@ -70,6 +70,15 @@ def redact(uri: str) -> str:
     if "@" not in parsed.netloc:
         return uri
     return urlunparse(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]))
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` (an error message that may quote the URI) without the URI's credentials."""
+    parsed = urlparse(uri)
+    if "@" not in parsed.netloc:
+        return text
+    userinfo = parsed.netloc.rsplit("@", 1)[0]
+    return text.replace(userinfo + "@", "").replace(userinfo, "***")
 
 
 def ui_command(uri: str, port: int = 5000, host: str = "127.0.0.1") -> list[str]:

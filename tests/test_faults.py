@@ -1,0 +1,217 @@
+"""Faults and hostile input: nothing lost, nothing twice, nobody in (one driver per output
+dir, every store exactly once, no input that runs code)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from servers import free_port
+
+import ntksweep
+from ntksweep import lock
+from ntksweep.errors import OutputDirError, SpecError
+from ntksweep.sweep import plan_sweep, run_sweep
+from ntksweep.sweep_spec import load_sweep_spec
+from ntksweep.tracking.uri import redact, resolve_tracking_uri
+from ntksweep.trial import run_trial
+from ntksweep.trial_spec import TrialSpec
+
+TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
+        "checkpoints": 3, "device": "cpu"}
+
+
+class _Evil:
+    """Unpickling this runs a shell command: what a crafted data file could carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_data_files_holding_pickles_never_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    np.save(tmp_path / "evil.npy", np.array([_Evil(marker)], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "evil.npz", X=np.array([_Evil(marker)], dtype=object), y=np.ones(1))
+    for name, message in (("evil.npy", "never loaded"), ("evil.npz", "pickled objects")):
+        r = run_trial(TrialSpec(dataset="file", data_path=str(tmp_path / name), **{
+            k: v for k, v in TINY.items() if k != "dataset"}))
+        assert r.status == "failed" and message in r.error, r.error
+    assert not marker.exists()
+
+
+def test_a_missing_data_file_is_refused_before_anything_is_written(tmp_path):
+    spec = load_sweep_spec({"name": "d", "output_dir": str(tmp_path / "out"),
+                            "base": {**TINY, "dataset": "file",
+                                     "data_path": str(tmp_path / "missing.npz")}})
+    with pytest.raises(SpecError, match="missing.npz.*does not exist"):
+        plan_sweep(spec)
+    with pytest.raises(SpecError, match="does not exist"):
+        run_sweep(spec, quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_credentials_are_redacted_wherever_a_uri_is_stored_or_shown():
+    assert redact("http://alice:s3cret@mlflow.example:5000/x") == "http://mlflow.example:5000/x"
+    assert redact("https://token@host") == "https://host"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    with pytest.raises(ntksweep.UserError) as e:
+        resolve_tracking_uri("htp://alice:s3cret@host")
+    assert "s3cret" not in str(e.value)
+
+
+def test_a_live_driver_holds_the_output_dir_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    held = lock.DriverLock(out).acquire()
+    try:
+        with pytest.raises(OutputDirError, match=rf"host '{socket.gethostname()}', pid "
+                                                 rf"{os.getpid()}"):
+            lock.DriverLock(out).acquire()
+        with pytest.raises(OutputDirError, match="in use by another ntksweep driver"):
+            lock.check_unlocked(out)
+    finally:
+        held.release()
+    assert not (out / lock.LOCK_FILE).exists()
+    # a holder that died without releasing: a dead pid on this host, or a stale heartbeat
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for record in ({"host": socket.gethostname(), "pid": int(dead), "started": time.time(),
+                    "heartbeat": time.time(), "token": "x"},
+                   {"host": "elsewhere", "pid": 1, "started": 0,
+                    "heartbeat": time.time() - 2 * lock.STALE, "token": "y"}):
+        (out / lock.LOCK_FILE).write_text(json.dumps(record))
+        taken = lock.DriverLock(out).acquire()
+        assert json.loads((out / lock.LOCK_FILE).read_text())["token"] == taken.token
+        taken.release()
+
+
+def test_close_is_bounded_when_the_store_stops_answering(tmp_path, monkeypatch):
+    from ntksweep.tracking.tracker import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", "e", "s", required=True)
+    tracker._submit(lambda: time.sleep(30))    # a request that hangs
+    started = time.monotonic()
+    tracker.close(timeout=1.0)
+    assert time.monotonic() - started < 10
+    assert "did not finish" in tracker.degraded
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ntksweep.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _children(uri, name):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("ntksweep.role") == "trial"]
+
+
+@pytest.mark.slow
+def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    out = tmp_path / "out"
+    raw = {"name": "two", "output_dir": str(out),
+           "base": {**TINY, "n_train": 32, "steps": 600, "checkpoints": 10, "width": 256},
+           "grid": {"seed": list(range(40))}}   # ~1 s each on 2 workers: long enough
+    spec_file.write_text(yaml.safe_dump(raw))
+    first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((out / "trials").rglob("*.parquet")):
+            time.sleep(0.2)
+        assert (out / lock.LOCK_FILE).exists(), first.communicate(timeout=60)[0]
+        second = _cli("run", str(spec_file), "--quiet")
+        text, _ = second.communicate(timeout=120)
+        assert second.returncode == 2, text
+        assert f"pid {first.pid}" in text and "in use by another ntksweep driver" in text
+        dry = _cli("run", str(spec_file), "--dry-run")
+        assert dry.wait(timeout=120) == 2                # the dry run makes the same check
+    finally:
+        first.send_signal(signal.SIGKILL)                # no chance to clean up
+        first.wait()
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    assert any(r.info.status == "RUNNING" for r in _children(uri, "two"))
+    done_before = set(ntksweep.load_results(out)[0].trial_id)
+    summary = run_sweep(load_sweep_spec(spec_file), quiet=True)     # takes the dead one's lock
+    assert summary.counts == {"completed": 40 - len(done_before)}
+    runs = _children(uri, "two")
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    trials = ntksweep.load_results(out)[0]
+    assert len(trials) == 40 and trials.trial_id.is_unique
+    for _, row in trials.iterrows():                    # exactly one finished run per trial,
+        mine = [r for r in runs if r.data.tags["trial_id"] == row.trial_id]
+        finished = [r for r in mine if r.info.status == "FINISHED"]
+        assert len(finished) == 1                       # numbered after the killed attempts
+        assert int(finished[0].data.tags["attempt"]) == row.attempts == len(mine)
+
+
+@pytest.mark.slow
+def test_sync_pushes_completed_trials_whose_only_runs_were_killed(ray_local, tmp_path):
+    spec = load_sweep_spec({"name": "ks", "output_dir": str(tmp_path / "ks"), "base": TINY,
+                            "grid": {"width": [8, 16]}})
+    summary = run_sweep(spec, quiet=True)
+    uri = summary.tracking_uri
+    client = MlflowClient(uri)
+    for run in _children(uri, "ks"):   # as after a Ctrl-C whose trials then finished untracked
+        client.set_terminated(run.info.run_id, "KILLED")
+    sync = [sys.executable, "-m", "ntksweep.cli", "sync", summary.out_dir]
+    first = subprocess.run(sync, capture_output=True, text=True, timeout=300)
+    assert "2 trials pushed" in first.stdout, first.stdout + first.stderr
+    second = subprocess.run(sync, capture_output=True, text=True, timeout=300)
+    assert "0 trials pushed, 2 already there" in second.stdout, second.stdout + second.stderr
+    runs = _children(uri, "ks")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
+    for run in runs:                 # synced runs carry the records as metrics, not the spec
+        if run.info.status == "FINISHED":
+            assert "width" not in run.data.metrics and "dist_inf" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_dead_tracking_server_does_not_hold_the_exit_and_says_to_sync(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "dead", "output_dir": str(tmp_path / "out"),
+                                         "base": TINY, "grid": {"width": [8]}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    uri = f"http://bob:pa55word@127.0.0.1:{free_port()}"   # nothing listens there
+    proc = _cli("run", str(spec_file), "--num-cpus", "1", "--tracking-uri", uri, env=env)
+    text, _ = proc.communicate(timeout=150)   # MLflow's own retries would take ~4 minutes
+    assert proc.returncode == 0, text
+    assert "ntksweep sync" in text and "pa55word" not in text
+    assert "pa55word" not in (tmp_path / "out" / "sweep.json").read_text()
+    assert len(ntksweep.load_results(tmp_path / "out")[0]) == 1
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_sweep_cleanly_and_keeps_what_was_written(ray_local, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        spec = load_sweep_spec({"name": "full", "output_dir": str(disk / "out"),
+                                "base": {**TINY, "n_eval": 64, "checkpoints": 7,
+                                         "keep_kernels": "all"},
+                                "grid": {"width": [8, 16, 24, 32, 40, 48]}})
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        summary = run_sweep(spec, quiet=True, tracking_uri=uri)
+        assert summary.disk_full and str(disk / "out") in summary.disk_full
+        kept = ntksweep.load_results(disk / "out")[0]
+        assert len(kept) < 6 and set(kept.status) <= {"completed"}
+        assert "RUNNING" not in {r.info.status for r in _children(uri, "full")}
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
