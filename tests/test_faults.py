@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,26 @@ def test_a_full_disk_stops_the_sweep_cleanly_and_keeps_what_was_written(ray_loca
         assert "RUNNING" not in {r.info.status for r in _children(uri, "full")}
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_corrupt_or_truncated_files_are_skipped_then_moved_aside_and_rerun(ray_local, tmp_path):
+    import pyarrow.parquet as pq
+
+    spec = load_sweep_spec({"name": "c", "output_dir": str(tmp_path / "c"), "base": TINY,
+                            "grid": {"width": [8, 16], "seed": [0, 1]}})
+    out = Path(run_sweep(spec, quiet=True, tracking=False).out_dir)
+    trial_files = sorted((out / "trials").rglob("*.parquet"))
+    trial_files[0].write_bytes(b"PAR1 garbage, not a Parquet file")       # corrupt
+    cut = out / "checkpoints" / trial_files[1].relative_to(out / "trials")
+    pq.write_table(pq.read_table(cut).slice(0, 1), cut)                    # truncated
+    with pytest.warns(UserWarning, match="1 unreadable file"):
+        trials, _ = ntksweep.load_results(out)
+    assert len(trials) == 3                                # the rest still reads
+    with pytest.warns(UserWarning, match="moved 3 unreadable or inconsistent file"):
+        again = run_sweep(spec, quiet=True, tracking=False)
+    assert again.skipped == 2 and again.counts == {"completed": 2}
+    trials, ckpts = ntksweep.load_results(out)
+    assert len(trials) == 4 and trials.trial_id.is_unique
+    assert (ckpts.groupby("trial_id").size() == trials.set_index("trial_id").n_checkpoints).all()
+    assert len(list((out / "_quarantine").rglob("*.parquet"))) == 3

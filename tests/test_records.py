@@ -136,7 +136,7 @@ print(",".join(m for m in ("torch", "ray", "mlflow", "pyarrow") if m in sys.modu
     assert loaded["store"] <= {"torch", "pyarrow"} and "pyarrow" in loaded["store"]
     assert "ray" not in loaded["trial"] and "mlflow" not in loaded["trial"]
     owners = {"ray": "ntksweep/sweep/", "mlflow": "ntksweep/tracking/",
-              "pyarrow": "ntksweep/store.py"}
+              "pyarrow": "ntksweep/store/"}
     for path in sorted((ROOT / "ntksweep").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         for line in path.read_text().splitlines():

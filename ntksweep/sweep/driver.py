@@ -141,7 +141,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     started = time.perf_counter()
     pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force)
     out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
-    done = pre.done
+    # files that do not read back, or disagree with each other, go aside; their trials rerun
+    done = store.finished_trials(out) if store.repair(out) else pre.done
     pending = [t for t in trials if not (s := done.get(t.trial_id)) or not s.done]
     # longest first; the sort is stable (also reversed), so ties stay in grid order
     todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))

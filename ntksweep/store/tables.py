@@ -1,0 +1,239 @@
+"""The trials and checkpoints tables: one explicit, versioned schema each, one Parquet file
+per trial and table, hive-partitioned by width and depth."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..records import RECORD_COLUMNS, Status, SweepMeta, TrialOutcome
+from ..trial_spec import TRIAL_FIELDS, TrialSpec
+from .location import _locate, _Location, _write_table, read_text, save_array, write_text
+
+SCHEMA_VERSION = "1"
+PARTITIONS = ("width", "depth")
+_PARTITIONING = ds.partitioning(pa.schema([(p, pa.int64()) for p in PARTITIONS]), flavor="hive")
+
+
+def _arrow_type(annotation) -> pa.DataType:
+    text = str(annotation)
+    if text.startswith("tuple"):
+        return pa.string()  # explicit checkpoint steps, as JSON
+    if text.startswith("int"):
+        return pa.int64()
+    if text.startswith("float"):
+        return pa.float64()
+    return pa.string()
+
+
+_SPEC_FIELDS = [pa.field(name, _arrow_type(f.type)) for name, f in TRIAL_FIELDS.items()
+                if name not in PARTITIONS]
+_META = {b"ntksweep_schema": SCHEMA_VERSION.encode()}
+_INT_RECORD = {"step"}
+FINAL_COLUMNS = [c for c in RECORD_COLUMNS if c not in ("step", "t")]
+
+TRIALS_SCHEMA = pa.schema([
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("sweep_id", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("attempts", pa.int64()),
+    pa.field("error", pa.string()),
+    pa.field("run_device", pa.string()),  # where it ran (the spec.device column is what was asked)
+    pa.field("host", pa.string()),
+    pa.field("wall_seconds", pa.float64()),
+    pa.field("n_checkpoints", pa.int64()),
+    pa.field("final_step", pa.int64()),
+    pa.field("final_t", pa.float64()),
+    *[pa.field(f"final_{c}", pa.float64()) for c in FINAL_COLUMNS],
+    pa.field("init_dist_inf", pa.float64()),
+    pa.field("init_dist_nngp", pa.float64()),
+    *_SPEC_FIELDS,
+], metadata=_META)
+
+CHECKPOINTS_SCHEMA = pa.schema([
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("sweep_id", pa.string()),
+    *[pa.field(c, pa.int64() if c in _INT_RECORD else pa.float64()) for c in RECORD_COLUMNS],
+    pa.field("kernel_path", pa.string()),
+    pa.field("outputs_path", pa.string()),
+    *_SPEC_FIELDS,
+], metadata=_META)
+
+
+def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for f in _SPEC_FIELDS:
+        v = spec.get(f.name)
+        out[f.name] = json.dumps(list(v)) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+# -- where an output dir lives --------------------------------------------------------------
+
+
+def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialOutcome, *,
+                attempts: int = 1, host: str = "") -> None:
+    """Write one trial attempt's outcome: its kept arrays, its checkpoints file, then its
+    trials row (the completion marker)."""
+    loc = _locate(out)
+    spec_dict = spec.to_dict()
+    values = _spec_values(spec_dict)
+    paths = {kind: {int(step): save_array(out, kind, outcome.trial_id, step, a)
+                    for step, a in kept.items()}
+             for kind, kept in (("kernels", outcome.kernels), ("outputs", outcome.outputs))}
+    records = outcome.records
+    cols: dict[str, list] = {f.name: [] for f in CHECKPOINTS_SCHEMA}
+    for rec in records:
+        row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, **values,
+               "kernel_path": paths["kernels"].get(int(rec["step"])),
+               "outputs_path": paths["outputs"].get(int(rec["step"]))}
+        row.update({c: rec.get(c) for c in RECORD_COLUMNS})
+        for name in cols:
+            cols[name].append(row[name])
+    _write_table(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
+                 _partition_file("checkpoints", spec_dict, outcome.trial_id))
+    final, first = outcome.final, outcome.first
+    row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, "status": str(outcome.status),
+           "attempts": attempts, "error": outcome.error, "run_device": outcome.device,
+           "host": host, "wall_seconds": outcome.wall_seconds, "n_checkpoints": len(records),
+           "final_step": final.get("step"), "final_t": final.get("t"),
+           "init_dist_inf": first.get("dist_inf"), "init_dist_nngp": first.get("dist_nngp"),
+           **values}
+    row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
+    table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
+    _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id))
+
+
+def _partition_file(table: str, spec: dict[str, Any], trial_id: str) -> str:
+    return f"{table}/width={int(spec['width'])}/depth={int(spec['depth'])}/{trial_id}.parquet"
+
+
+def _full_schema(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field("width", pa.int64())).append(pa.field("depth", pa.int64()))
+
+
+def table_files(loc: _Location, table: str) -> list[str]:
+    """The visible Parquet files of a table (hidden ``.tmp-…`` files are half-written)."""
+    path = loc.path(table)
+    if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = loc.fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File
+                  and i.path.endswith(".parquet")
+                  and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/")))
+
+
+def unreadable_files(loc: _Location, table: str, schema: pa.Schema) -> list[str]:
+    """The table's files that do not read back whole under its schema."""
+    bad = []
+    for path in table_files(loc, table):
+        try:
+            pq.read_table(path, filesystem=loc.fs, schema=schema)
+        except (pa.ArrowException, OSError, ValueError):
+            bad.append(path)
+    return bad
+
+
+def scan(loc: _Location, table: str, schema: pa.Schema, filters=None
+         ) -> tuple[pd.DataFrame, list[str]]:
+    """(the table's readable rows, its unreadable files): one read of the whole table, and a
+    file-by-file one only when that fails."""
+    full = _full_schema(schema)
+    path = loc.path(table)
+    files = table_files(loc, table)
+    if not files:
+        return full.empty_table().to_pandas(), []
+    expr = None
+    for key, value in (filters or {}).items():
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        term = ds.field(key).isin(list(values))
+        expr = term if expr is None else expr & term
+
+    def read(paths):
+        return ds.dataset(paths, filesystem=loc.fs, format="parquet", schema=full,
+                          partitioning=_PARTITIONING, partition_base_dir=path,
+                          exclude_invalid_files=False).to_table(filter=expr).to_pandas()
+
+    try:
+        return read(files), []
+    except (pa.ArrowException, OSError, ValueError):
+        bad = unreadable_files(loc, table, schema)
+        return read([f for f in files if f not in bad]), bad
+
+
+def _read(loc: _Location, table: str, schema: pa.Schema, filters) -> pd.DataFrame:
+    """One table as a DataFrame. A file that cannot be read is skipped with a warning that
+    names it (a resumed sweep moves it aside and runs its trial again: ``repair``)."""
+    rows, bad = scan(loc, table, schema, filters)
+    if bad:
+        warnings.warn(f"{len(bad)} unreadable file(s) in {loc.path(table)} skipped: "
+                      f"{', '.join(bad)}; resuming the sweep moves them aside and runs their "
+                      "trials again", stacklevel=3)
+    return rows
+
+
+def load_results(out: str | Path, filters: dict[str, Any] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, checkpoints) DataFrames of an output dir, optionally filtered, e.g.
+    ``filters={"width": [256, 1024], "depth": 3}`` (partition filters read only the
+    matching files). Sorted by width, depth, trial_id (and step)."""
+    loc = _locate(out)
+    trials = _read(loc, "trials", TRIALS_SCHEMA, filters)
+    ckpts = _read(loc, "checkpoints", CHECKPOINTS_SCHEMA, filters)
+    trials = trials.sort_values(["width", "depth", "trial_id"], ignore_index=True)
+    ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
+    return trials, ckpts
+
+
+def plain_value(v):
+    """A value read back from a table as plain Python: numpy scalars unwrapped, NaN → None."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v
+
+
+def spec_from_row(row) -> TrialSpec:
+    """The ``TrialSpec`` of a trials or checkpoints row (a pandas Series or a dict): the
+    inverse of the spec columns written by ``write_trial``."""
+    values = {}
+    for name in TRIAL_FIELDS:
+        if name in row:
+            v = plain_value(row[name])
+            if name == "checkpoint_steps" and isinstance(v, str):
+                v = json.loads(v)
+            values[name] = v
+    return TrialSpec.from_dict(values)
+
+
+def finished_trials(out: str | Path) -> dict[str, Status]:
+    """trial_id → status of every trial with a readable trials row (what resume consults;
+    ``repair`` deals with the unreadable ones)."""
+    trials, _ = scan(_locate(out), "trials", TRIALS_SCHEMA)
+    return {tid: Status(s) for tid, s in zip(trials["trial_id"], trials["status"])}
+
+
+def attempts_made(out: str | Path) -> dict[str, int]:
+    """trial_id → the attempt number its trials row records (failed trials run again)."""
+    trials, _ = scan(_locate(out), "trials", TRIALS_SCHEMA)
+    return {tid: int(a) for tid, a in zip(trials["trial_id"], trials["attempts"])}
+
+
+def read_meta(out: str | Path) -> SweepMeta | None:
+    """The output dir's ``sweep.json``, or None where there is none (not an ntksweep dir)."""
+    text = read_text(out, "sweep.json")
+    return None if text is None else SweepMeta.from_json(text)
+
+
+def write_meta(out: str | Path, meta: SweepMeta) -> None:
+    write_text(out, "sweep.json", meta.to_json())
