@@ -19,6 +19,7 @@ known, and the nearest valid name.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,21 @@ import yaml
 
 from .errors import SpecError
 from .trial_spec import TRIAL_FIELDS, TrialSpec, suggest
+from .yaml_input import load_yaml
 
 __all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "SpecError"]
 
 TOP_LEVEL = ("name", "output_dir", "base", "grid", "zip", "resources", "retries", "tracking_uri",
              "description", "smoke")
+# what each top-level key must be (None: may be left out or null)
+_TOP_TYPES = {"name": (str,), "output_dir": (str, type(None)), "base": (dict, type(None)),
+              "grid": (dict, type(None)), "zip": (list, type(None)),
+              "resources": (dict, type(None)), "retries": (int,),
+              "tracking_uri": (str, type(None)), "description": (str, type(None)),
+              "smoke": (dict, type(None))}
+_TYPE_NAMES = {str: "a string", dict: "a mapping", list: "a list", int: "an integer",
+               type(None): "null"}
+MAX_TRIALS = 100_000   # a bound that a typo (an axis of 10⁶ values) cannot slip past
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "max_workers")
 
 
@@ -117,15 +128,20 @@ def _read(source: str | Path | dict) -> tuple[dict, _Where]:
     path = Path(source)
     if not path.is_file():
         raise SpecError(f"sweep spec {str(source)!r} does not exist")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    raw, node = load_yaml(path.read_text(), str(path))
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL)}")
     return dict(raw), _Where(str(path), node)
+
+
+def _check_types(raw: dict, where: _Where) -> None:
+    for key, value in raw.items():
+        types = _TOP_TYPES.get(key, (object,))
+        if not isinstance(value, types) or (int in types and isinstance(value, bool)):
+            want = " or ".join(_TYPE_NAMES[t] for t in types)
+            raise where(f"{key} must be {want} (got {type(value).__name__} {value!r:.60})",
+                        key)
 
 
 def _apply_smoke(raw: dict, where: _Where) -> None:
@@ -155,6 +171,9 @@ def _apply_overrides(raw: dict, base: dict, overrides: dict[str, Any]) -> None:
         elif key in TOP_LEVEL and key not in ("base", "grid", "zip", "resources"):
             raw[key] = value
         elif key in TRIAL_FIELDS:
+            if isinstance(value, list) and key != "checkpoint_steps":
+                raise SpecError(f"--set {key}={value}: one value for every trial; to sweep "
+                                f"{key} over these values write --set grid.{key}={value}")
             base[key] = value
             raw.setdefault("grid", {})
             if isinstance(raw["grid"], dict):
@@ -233,12 +252,19 @@ def load_sweep_spec(source: str | Path | dict, overrides: dict[str, Any] | None 
             if key in TRIAL_FIELDS:
                 hint = " (trial fields go under 'base:' or 'grid:')"
             raise where(f"unknown key {key!r}{hint}", key)
+    _check_types(raw, where)
     base = dict(raw.get("base") or {})
     _apply_overrides(raw, base, overrides or {})
+    _check_types(raw, where)
     for key in base:
         if key not in TRIAL_FIELDS:
             raise where(f"base: unknown field {key!r}{suggest(key, TRIAL_FIELDS)}", "base", key)
     grid, zips = _grid_and_zips(raw, where)
+    n_trials = math.prod(len(v) for _, v in grid) * math.prod(len(g[0][1]) if g else 1
+                                                           for g in zips)
+    if n_trials > MAX_TRIALS:
+        raise where(f"the grid expands to {n_trials:,} trials, more than {MAX_TRIALS:,}: split "
+                    "it into several sweeps (or check an axis for a typo)", "grid")
     retries = raw.get("retries", 2)
     if not (isinstance(retries, int) and retries >= 0):
         raise where(f"retries must be an integer >= 0 (got {retries!r})", "retries")
@@ -266,5 +292,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise SpecError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value, f"--set {item}")[0]
     return out

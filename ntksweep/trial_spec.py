@@ -86,6 +86,18 @@ class TrialSpec:
                                       for k in unknown))
         return cls(**{k: _coerce(k, v) for k, v in d.items()})
 
+    def memory_bytes(self, in_dim: int) -> int:
+        """A rough upper estimate of the trial's peak memory: the network, its gradients and
+        activations, the structured NTK's per-point features, and the float64 kernels on
+        [eval; train] (Θ_0, Θ_∞, Σ and working copies)."""
+        k = 10 if self.dataset == "digits" else 1
+        n = self.n_train + self.n_eval
+        itemsize = 4 if self.dtype == "float32" else 8
+        params = in_dim * self.width + (self.depth - 2) * self.width ** 2 + self.width * k
+        features = n * self.depth * self.width * (k + 2)
+        return itemsize * (3 * params + 2 * n * self.depth * self.width + features) \
+            + 8 * 5 * n * n
+
     def data_args(self) -> dict[str, Any]:
         """``make_dataset``'s keyword arguments: everything the data set depends on."""
         return {"n_train": self.n_train, "n_eval": self.n_eval, "seed": self.data_seed,
@@ -112,9 +124,9 @@ class TrialSpec:
         for name in RULES:  # the network's rules, shared with models and analytic_kernels
             text = problem(name, getattr(self, name))
             need(text is None, name, text or "")
-        for name in ("n_train", "n_eval", "steps", "checkpoints", "dim"):
+        for name, most in _MOST.items():
             v = getattr(self, name)
-            need(is_int(v) and v >= 1, name, "must be an integer >= 1")
+            need(is_int(v) and 1 <= v <= most, name, f"must be an integer in [1, {most:.0e}]")
         for name in ("data_seed", "seed"):
             v = getattr(self, name)
             need(is_int(v) and v >= 0, name, "must be an integer >= 0")
@@ -153,6 +165,9 @@ class TrialSpec:
 
 
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpec)}
+
+# upper bounds past which a value is a typo, not a trial (memory is estimated separately)
+_MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}
 
 
 def suggest(name: str, choices) -> str:

@@ -239,3 +239,86 @@ def test_corrupt_or_truncated_files_are_skipped_then_moved_aside_and_rerun(ray_l
     assert len(trials) == 4 and trials.trial_id.is_unique
     assert (ckpts.groupby("trial_id").size() == trials.set_index("trial_id").n_checkpoints).all()
     assert len(list((out / "_quarantine").rglob("*.parquet"))) == 3
+
+
+_OK = {"name": "fz", "base": dict(TINY), "grid": {"seed": [0]}}
+_BOMB = "\n".join(["description:", "  a: &a [x, x, x, x, x, x, x, x, x, x]"]
+                  + [f"  {c}: &{c} [{', '.join([f'*{p}'] * 10)}]"
+                     for p, c in zip("abcdefgh", "bcdefghi")]) + "\nname: fz\n"
+_MALFORMED = [  # (YAML text or a dict to dump, extra CLI args, what the one line must say)
+    ({**_OK, "base": 5}, [], "base must be a mapping"),
+    ({**_OK, "resources": [1, 2]}, [], "resources must be a mapping"),
+    ({**_OK, "output_dir": 123}, [], "output_dir must be a string"),
+    (_OK, ["--set", "lr=[1,"], "not valid for a spec"),
+    (_OK, ["--set", "lr=!!python/object/apply:os.system [echo hi]"], "not valid for a spec"),
+    (_BOMB, [], "aliases are not accepted"),
+    ({**_OK, "base": {**TINY, "width": 10**9}}, [], "needs about"),
+    ({**_OK, "base": {**TINY, "n_train": 10**9}}, [], "n_train: must be an integer in"),
+    ({**_OK, "base": {**TINY, "checkpoints": 10**9}}, [], "checkpoints: must be an integer in"),
+    ({**_OK, "base": {**TINY, "steps": 10**12}}, [], "steps: must be an integer in"),
+    ({**_OK, "base": {**TINY, "dataset": "file"}}, [], "dataset 'file' needs data_path"),
+    ({**_OK, "base": {**TINY, "dataset": "file", "data_path": "/nonexistent.npz"}}, [],
+     "does not exist"),
+    ({**_OK, "base": {**TINY, "device": "gpu"}}, [], "device: must be"),
+    ("name: fz\nname: other\n", [], "duplicate key 'name'"),
+    ("name: fz\ndescription: " + "x" * (1 << 21) + "\n", [], "a spec is at most"),
+    ({**_OK, "description": [1, 2]}, [], "description must be a string"),
+    ({**_OK, "name": 5}, [], "name must be a string"),
+    ({**_OK, "name": "a b"}, [], "name must be letters"),
+    ({**_OK, "grid": [1, 2]}, [], "grid must be a mapping"),
+    ({**_OK, "grid": {"width": 5}}, [], "grid.width must be a list"),
+    ({**_OK, "grid": {"width": []}}, [], "grid.width is empty"),
+    ({**_OK, "grid": {"widht": [1]}}, [], "did you mean 'width'"),
+    ({**_OK, "zip": {"lr": [1]}}, [], "zip must be a list"),
+    ({**_OK, "zip": [{"lr": [1, 2], "steps": [1]}]}, [], "same length"),
+    ({**_OK, "zip": [5]}, [], "zip must map field names"),
+    ({**_OK, "retries": -1}, [], "retries must be an integer >= 0"),
+    ({**_OK, "retries": "two"}, [], "retries must be an integer"),
+    ({**_OK, "retries": True}, [], "retries must be an integer"),
+    ({**_OK, "resources": {"gpus_per_trial": -1}}, [], "gpus_per_trial must be"),
+    ({**_OK, "resources": {"cpus_per_trial": 0}}, [], "cpus_per_trial must be"),
+    ({**_OK, "resources": {"max_workers": 0}}, [], "max_workers must be"),
+    ({**_OK, "resources": {"gpus": 1}}, [], "did you mean 'gpus_per_trial'"),
+    ({**_OK, "tracking_uri": "htp://x"}, [], "scheme must be one of"),
+    ({**_OK, "tracking_uri": 5}, [], "tracking_uri must be a string"),
+    ({**_OK, "base": {**TINY, "depth": 0}}, [], "depth: must be an integer >= 1"),
+    ({**_OK, "base": {**TINY, "depth": 2.5}}, [], "depth: must be an integer"),
+    ({**_OK, "base": {**TINY, "activation": "swish"}}, [], "activation: must be one of"),
+    ({**_OK, "base": {**TINY, "lr": "fast"}}, [], "lr: cannot read 'fast'"),
+    ({**_OK, "base": {**TINY, "lr": float("nan")}}, [], "lr: must be a number > 0"),
+    ({**_OK, "base": {**TINY, "weight_std": -1}}, [], "weight_std: must be"),
+    ({**_OK, "base": {**TINY, "dataset": "mnist"}}, [], "dataset: must be one of"),
+    ({**_OK, "base": {**TINY, "loss": "cross_entropy"}}, [], "cross_entropy needs class"),
+    ({**_OK, "base": {**TINY, "optimizer": "adam"}}, [], "optimizer: must be"),
+    ({**_OK, "base": {**TINY, "dtype": "float16"}}, [], "dtype: must be"),
+    ({**_OK, "base": {**TINY, "keep_kernels": "some"}}, [], "keep_kernels: must be"),
+    ({**_OK, "base": {**TINY, "checkpoint_steps": [50]}}, [], "checkpoint_steps: must be"),
+    ({**_OK, "base": {**TINY, "width": True}}, [], "width: must be an integer"),
+    (_OK, ["--set", "width=[64,128]"], "--set grid.width=[64, 128]"),
+    (_OK, ["--set", "nosuch=1"], "--set nosuch: unknown field"),
+    ({**_OK, "width": 64}, [], "trial fields go under 'base:'"),
+    ({**_OK, "smoke": 5}, ["--smoke"], "smoke must be a mapping"),
+    ({**_OK, "grid": {"seed": list(range(1000)), "width": list(range(1, 201))}}, [],
+     "more than 100,000"),
+    ("- a\n- b\n", [], "a sweep spec is a mapping"),
+]
+
+
+@pytest.mark.parametrize("raw, args, says", _MALFORMED,
+                         ids=[f"{i}-{c[2][:24]}" for i, c in enumerate(_MALFORMED)])
+def test_malformed_specs_get_one_clear_line_and_touch_nothing(tmp_path, capsys, raw, args,
+                                                              says):
+    from ntksweep.cli import main
+
+    out = tmp_path / "never"
+    path = tmp_path / "spec.yaml"
+    if isinstance(raw, str):
+        text = raw if raw.startswith("- ") else raw + f"output_dir: {out}\n"
+    else:
+        text = yaml.safe_dump({"output_dir": str(out), **raw}, sort_keys=False)
+    path.write_text(text)
+    assert main(["run", str(path), "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ntksweep: error: ") and err.count("\n") == 1, err[:2000]
+    assert says in err and "Traceback" not in err, err[:2000]
+    assert not out.exists()

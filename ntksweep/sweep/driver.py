@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,24 +104,40 @@ def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: boo
     out = check_output_dir(spec, force)
     check_unlocked(out)
     trials = spec.trials()
-    _check_data_files(trials)
+    _check_trials(trials, force)
     store.check_writable(out, create=create)
     return Preflight(out, sweep_id_of(spec), uri, explicit, trials, store.finished_trials(out))
 
 
-def _check_data_files(trials: list[TrialSpec]) -> None:
-    """Load every distinct user data file once, so a missing or malformed one is refused
-    before anything runs (not as a failed trial per grid point)."""
-    seen = set()
+def _check_trials(trials: list[TrialSpec], force: bool) -> None:
+    """Load every distinct user data file once, so that a missing or malformed one is refused
+    before anything runs (not as a failed trial per grid point), and refuse a trial whose
+    memory estimate exceeds this machine's memory (``force``: warn and go on)."""
+    in_dims: dict[tuple, int] = {}
+    need, worst = 0, trials[0]
     for t in trials:
-        args = t.data_args()
-        if t.dataset != "file" or (key := tuple(args.values())) in seen:
-            continue
-        seen.add(key)
-        try:
-            make_dataset("file", **args)
-        except UserError as e:
-            raise SpecError(f"trial {t.trial_id} (data_path {t.data_path!r}): {e}") from None
+        key = (t.dataset, *t.data_args().values())
+        if key not in in_dims:
+            in_dims[key] = _in_dim(t)
+        if (bytes_ := t.memory_bytes(in_dims[key])) > need:
+            need, worst = bytes_, t
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * budget:
+        msg = (f"trial {worst.trial_id} (width {worst.width}, depth {worst.depth}, n_train "
+               f"{worst.n_train}, n_eval {worst.n_eval}) needs about {need / 2**30:.1f} GiB, "
+               f"more than this machine's {budget / 2**30:.1f} GiB; use smaller values")
+        if not force:
+            raise SpecError(msg + " (or --force, if the workers have more memory)")
+        warnings.warn(msg, stacklevel=3)
+
+
+def _in_dim(t: TrialSpec) -> int:
+    if t.dataset != "file":
+        return {"circle": 2, "sphere": t.dim, "digits": 64}[t.dataset]
+    try:
+        return make_dataset("file", **t.data_args()).in_dim
+    except UserError as e:
+        raise SpecError(f"trial {t.trial_id} (data_path {t.data_path!r}): {e}") from None
 
 
 def plan_sweep(spec: SweepSpec, **checks) -> dict[str, Any]:
