@@ -92,15 +92,20 @@ def cmd_run(args) -> int:
 
 # --------------------------------------------------------------------------- trial
 def cmd_trial(args) -> int:
-    import yaml
-
     from .sweep_spec import parse_overrides
     from .trial import run_trial
+    from .yaml_input import load_yaml
 
-    fields = (yaml.safe_load(Path(args.spec).read_text()) or {}) if args.spec else {}
+    fields = {}
+    if args.spec:
+        if not Path(args.spec).is_file():
+            raise UserError(f"trial spec {args.spec!r} does not exist")
+        fields = load_yaml(Path(args.spec).read_text(), args.spec)[0] or {}
+        if not isinstance(fields, dict):
+            raise UserError(f"{args.spec}: a trial spec is a mapping of trial fields")
     fields.update(parse_overrides(args.set or []))
     # per-field flags are parsed like --set values (YAML scalars: 1e-3, null, [1, 2])
-    fields.update({name: yaml.safe_load(getattr(args, name)) for name in TRIAL_FIELDS
+    fields.update({name: load_yaml(getattr(args, name), f"--{name}")[0] for name in TRIAL_FIELDS
                    if getattr(args, name, None) is not None})
     spec = TrialSpec.from_dict(fields)
     print(f"trial {spec.trial_id}: width={spec.width} depth={spec.depth} "

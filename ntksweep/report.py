@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis
+from .errors import UserError
 from .records import Status
 from .store import is_uri, load_results, read_text
 
@@ -37,7 +38,7 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
     out = out_dir
     trials, ckpts = load_results(out)
     if trials.empty:
-        raise ValueError(f"{out} has no finished trials to report on")
+        raise UserError(f"{out} has no finished trials to report on; run the sweep first")
     dest = Path(dest) if dest is not None else default_report_dir(out)
     figdir = dest / "report"
     figures: list[Path] = []

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import ray
 
+from ..errors import UserError
 from ..kernels.tiling import Tile, TileComputation
 
 
@@ -51,7 +52,7 @@ class RayTileExecutor:
 
     def __init__(self, num_actors: int = 2, *, num_gpus: float = 0, num_cpus: float = 1):
         if num_actors < 1:
-            raise ValueError(f"num_actors must be >= 1; got {num_actors}")
+            raise UserError(f"num_actors must be >= 1; got {num_actors}")
         if not ray.is_initialized():
             ray.init()
         self.actors = [_TileWorker.options(num_gpus=num_gpus, num_cpus=num_cpus).remote()
