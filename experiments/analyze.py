@@ -34,6 +34,17 @@ def run(out: str) -> dict:
             checks[int(width)] = {"max_rel_gap_theta0": gap, "dist_init_T": moved}
             print(f"n={width}: seed-mean Θ_0 within {100 * gap:.1f} % of Θ_∞ at every γ; "
                   f"mean dist_init(T) = {moved:.4f}")
+    movement = {}
+    done = trials[trials.status == "completed"]
+    if done.width.nunique() >= 2:
+        fit = analysis.fit_power_law(done.width, done.final_dist_init)
+        # lazy training: the kernel moves O(1/n) (Dyer & Gur-Ari 2019); measured −0.8 … −0.92
+        ok = -1.1 <= fit.slope <= -0.6
+        movement = {"slope": fit.slope, "lo": fit.slope_lo, "hi": fit.slope_hi, "pass": ok}
+        ratio = (done.width.max() / done.width.min()) ** -fit.slope
+        print(f"{'PASS' if ok else 'FAIL'}: dist_init(T) ∝ n^{fit.slope:.2f} "
+              f"[{fit.slope_lo:.2f}, {fit.slope_hi:.2f}] (expected −1.1 … −0.6, O(1/n)): "
+              f"n={done.width.min()} moves {ratio:.1f}× more than n={done.width.max()}")
     if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
         bands = analysis.fig2_bands(trials[trials.status == "completed"], ckpts, out)
         for width, b in bands.groupby("width"):
@@ -43,7 +54,7 @@ def run(out: str) -> dict:
                 {"median_inside_inf_band": float(inside), "spread_ratio": spread})
             print(f"n={width}: network median inside the n→∞ 10–90 % band at "
                   f"{100 * inside:.0f} % of γ; spread ratio network/n→∞ {spread:.2f}")
-    return {"report": res, "checks": checks}
+    return {"report": res, "checks": checks, "movement": movement}
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import torch
 
 from .errors import SpecError
 
-__all__ = ["Activation", "ACTIVATIONS", "get_activation", "LEAKY_RELU_SLOPE"]
+__all__ = ["Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "LEAKY_RELU_SLOPE"]
 
-LEAKY_RELU_SLOPE = 0.01  # torch's default negative slope
+LEAKY_RELU_SLOPE = 0.01  # the default negative slope (torch's); a trial field sets another
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -49,15 +49,17 @@ def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
     return s * (1.0 - s)
 
 
+def leaky_relu(slope: float) -> Activation:
+    """σ(x) = max(x, 0) + a·min(x, 0) with negative slope a (torch's ``leaky_relu``)."""
+    return Activation("leaky_relu", lambda x: torch.nn.functional.leaky_relu(x, slope),
+                      lambda x: torch.where(x > 0, x.new_ones(()), x.new_full((), slope)))
+
+
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
         Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype)),
-        Activation(
-            "leaky_relu",
-            lambda x: torch.nn.functional.leaky_relu(x, LEAKY_RELU_SLOPE),
-            lambda x: torch.where(x > 0, x.new_ones(()), x.new_full((), LEAKY_RELU_SLOPE)),
-        ),
+        leaky_relu(LEAKY_RELU_SLOPE),
         Activation("erf", torch.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x * x)),
         Activation("tanh", torch.tanh, lambda x: 1.0 - torch.tanh(x) ** 2),
         Activation("gelu", lambda x: x * _normal_cdf(x), _gelu_derivative),
@@ -69,8 +71,11 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def get_activation(name: str) -> Activation:
-    """Look an activation up by name; unknown names list the known ones."""
+def get_activation(name: str, *, leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Activation:
+    """Look an activation up by name (leaky ReLU with its negative slope); unknown names list
+    the known ones."""
+    if name == "leaky_relu" and leaky_relu_slope != LEAKY_RELU_SLOPE:
+        return leaky_relu(float(leaky_relu_slope))
     try:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):

@@ -32,6 +32,7 @@ RULES = {
     "parametrization": (lambda v: v in PARAMETRIZATIONS,
                         f"must be {' or '.join(map(repr, PARAMETRIZATIONS))}"),
     "activation": (lambda v: v in ACTIVATIONS, f"must be one of {', '.join(sorted(ACTIVATIONS))}"),
+    "leaky_relu_slope": (is_finite, "must be a finite number (leaky ReLU's negative slope)"),
 }
 
 
@@ -42,11 +43,12 @@ def problem(field: str, value: Any) -> str | None:
 
 
 def check_network(*, depth, activation, weight_std, bias_std, parametrization,
-                  width=None) -> None:
+                  width=None, leaky_relu_slope=0.01) -> None:
     """Raise ``SpecError`` ('depth must be …; got 0') for the first invalid argument."""
     get_activation(activation)  # its own message lists the known names
     for field, value in (("depth", depth), ("weight_std", weight_std), ("bias_std", bias_std),
-                         ("parametrization", parametrization)):
+                         ("parametrization", parametrization),
+                         ("leaky_relu_slope", leaky_relu_slope)):
         if (text := problem(field, value)) is not None:
             raise SpecError(f"{field} {text}; got {value!r}")
     if parametrization == "standard" and not (is_int(width) and width >= 1):

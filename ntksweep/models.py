@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .activations import get_activation
+from .activations import LEAKY_RELU_SLOPE, get_activation
 from .errors import SpecError
 from .hyper import check_network
 
@@ -87,20 +87,22 @@ class MLP(nn.Module):
         bias_std: float = 0.0,
         out_dim: int = 1,
         parametrization: str = "ntk",
+        leaky_relu_slope: float = LEAKY_RELU_SLOPE,
         seed: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
         check_network(depth=depth, activation=activation, weight_std=weight_std,
-                      bias_std=bias_std, parametrization=parametrization, width=width)
+                      bias_std=bias_std, parametrization=parametrization, width=width,
+                      leaky_relu_slope=leaky_relu_slope)
         hidden = [int(width)] * (depth - 1) if isinstance(width, int) else [int(w) for w in width]
         if len(hidden) != depth - 1 or any(w < 1 for w in hidden):
             raise SpecError(f"width must be a positive int or {depth - 1} positive ints; "
                             f"got {width!r}")
         if in_dim < 1 or out_dim < 1:
             raise SpecError(f"in_dim and out_dim must be >= 1; got {in_dim}, {out_dim}")
-        self.act = get_activation(activation)
+        self.act = get_activation(activation, leaky_relu_slope=leaky_relu_slope)
         self.activation = activation
         self.parametrization = parametrization
         self.weight_std, self.bias_std = float(weight_std), float(bias_std)

@@ -21,7 +21,8 @@ N_EIGS = 3
 Record = dict[str, Any]
 RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
                   "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
-                  "f_change", "gap_inf", "gap_lin", "dist_nngp", "train_seconds", "kernel_seconds")
+                  "f_change", "gap_inf", "gap_lin", "gap_inf_flow", "gap_lin_flow", "dist_nngp",
+                  "train_seconds", "kernel_seconds")
 
 
 class Status(str, Enum):

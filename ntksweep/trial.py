@@ -16,7 +16,13 @@ import torch
 
 from .data import Dataset, make_dataset
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
-from .kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius, top_eigenvalues
+from .kernels.metrics import (
+    alignment,
+    kernel_flow_prediction,
+    kernel_gd_prediction,
+    rel_frobenius,
+    top_eigenvalues,
+)
 from .models import MLP
 from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
@@ -143,6 +149,7 @@ class _Run:
         self.model = MLP(data.in_dim, spec.width, spec.depth, activation=spec.activation,
                          weight_std=spec.weight_std, bias_std=spec.bias_std,
                          out_dim=self.out_dim, parametrization=spec.parametrization,
+                         leaky_relu_slope=spec.leaky_relu_slope,
                          seed=spec.seed, dtype=dtype, device=device)
         as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
         labels = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
@@ -225,18 +232,31 @@ class _Run:
         return rec
 
     def _function_metrics(self, step: int, f_ev: np.ndarray) -> Record:
-        """f_t on the eval set (M, k) against f_0, the kernel-flow predictions with Θ_∞ and
-        Θ_0, and (step 0, k ≥ 2 outputs) the NNGP Σ^(L)."""
-        m, init, lim = self.m, self.init, self.limit
+        """f_t on the eval set (M, k) against f_0 and against the linear models' predictions:
+        ``gap_*`` after the same number of full-batch GD steps with Θ_∞ / Θ_0 (the discrete
+        dynamics a linearised network follows exactly; for SGD, the full-batch GD its steps
+        follow in expectation), ``gap_*_flow`` the continuous gradient flow at t = lr·step."""
+        m, init, lim, spec = self.m, self.init, self.limit, self.spec
         nan = float("nan")
         rec = {"f_change": float(np.sqrt(np.mean((f_ev - init["f_ev"]) ** 2))),
-               "gap_inf": nan, "gap_lin": nan, "dist_nngp": nan}
-        if self.spec.loss == "mse":
-            t = self.spec.lr * step
-            for name, kernel in (("gap_inf", lim.ntk), ("gap_lin", init["theta0"])):
-                pred = kernel_flow_prediction(kernel[:m, m:], kernel[m:, m:], init["f_ev"],
-                                              init["f_tr"], self.data.y_train, t)
-                rec[name] = float(np.sqrt(np.mean((f_ev - pred) ** 2)))
-        if step == 0 and self.out_dim >= 2:  # the k logits are k samples of the GP Σ^(L)
-            rec["dist_nngp"] = rel_frobenius(f_ev @ f_ev.T / self.out_dim, lim.nngp[:m, :m])
+               "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan}
+        if spec.loss == "mse":
+            for name, kernel in (("inf", lim.ntk), ("lin", init["theta0"])):
+                args = (kernel[:m, m:], kernel[m:, m:], init["f_ev"], init["f_tr"],
+                        self.data.y_train)
+                for suffix, pred in (("", kernel_gd_prediction(*args, spec.lr, step)),
+                                     ("_flow", kernel_flow_prediction(*args, spec.lr * step))):
+                    rec[f"gap_{name}{suffix}"] = float(np.sqrt(np.mean((f_ev - pred) ** 2)))
+        rec["dist_nngp"] = rel_frobenius(self._nngp(), lim.nngp[:m, :m])
         return rec
+
+    def _nngp(self) -> np.ndarray:
+        """The empirical NNGP on the eval set (M, M): the covariance of an output given the
+        last hidden features A, (σ_w²/n) A Aᵀ + σ_b² — the same for every output, and Σ^(L)'s
+        finite-width estimate (its fluctuations shrink like n^(−1/2))."""
+        with torch.no_grad():
+            a = self.t.x_ev
+            for layer in self.model.layers[:-1]:
+                a = self.model.act.fn(layer(a))
+            a = a.double().cpu().numpy()
+        return self.spec.weight_std ** 2 * (a @ a.T) / a.shape[1] + self.spec.bias_std ** 2

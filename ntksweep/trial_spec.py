@@ -37,6 +37,7 @@ class TrialSpec:
     weight_std: float = 1.0
     bias_std: float = 0.1
     parametrization: str = "ntk"
+    leaky_relu_slope: float = 0.01    # leaky_relu only: σ(x) = max(x, 0) + a·min(x, 0)
     seed: int = 0
     # training
     lr: float = 1.0
@@ -75,6 +76,9 @@ class TrialSpec:
         the same trial on another device is the same measurement)."""
         d = self.to_dict()
         d.pop("device")
+        for name, default in _ADDED_LATER.items():  # ids of earlier specs stay what they were
+            if d[name] == default:
+                d.pop(name)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -110,7 +114,8 @@ class TrialSpec:
         return {"depth": self.depth, "activation": self.activation,
                 "weight_std": self.weight_std, "bias_std": self.bias_std,
                 "parametrization": self.parametrization,
-                "width": self.width if self.parametrization == "standard" else None}
+                "width": self.width if self.parametrization == "standard" else None,
+                "leaky_relu_slope": self.leaky_relu_slope}
 
     def replace(self, **changes) -> TrialSpec:
         return dataclasses.replace(self, **changes)
@@ -165,6 +170,10 @@ class TrialSpec:
 
 
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpec)}
+
+# fields added after the first release, with their defaults: a trial at the default hashes
+# as it did before the field existed, so resume and stored ids keep working
+_ADDED_LATER = {"leaky_relu_slope": 0.01}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}

@@ -116,6 +116,7 @@ def test_jacot_fig1_at_cpu_scale(ray_local, tmp_path):
     narrow, wide = min(checks), max(checks)
     assert checks[wide]["max_rel_gap_theta0"] < 0.05, checks
     assert checks[wide]["dist_init_T"] < checks[narrow]["dist_init_T"], checks
+    assert result["movement"]["pass"], result["movement"]      # ≈ O(1/n), not n^(−1/2)
     names = {p.stem for p in result["report"]["figures"]}
     assert {"jacot_fig1", "dist_inf_vs_width", "dist_init_over_time"} <= names
     check_report(result["report"]["html"], len(names))

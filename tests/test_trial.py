@@ -181,8 +181,39 @@ def test_classification_sgd_and_nngp_distance():
     r = run_trial(TrialSpec(dataset="digits", loss="cross_entropy", optimizer="sgd",
                             batch_size=8, width=64, lr=0.5, **SMALL))
     assert r.status == "completed", r.error
-    assert np.isfinite(r.records[0]["dist_nngp"])      # 10 logits: 10 samples of Σ^(L)
+    assert np.isfinite(r.records[0]["dist_nngp"])      # the last features' Gram vs Σ^(L)
     assert np.isnan(r.records[0]["gap_inf"])          # the MSE flow does not apply
+
+
+def test_a_linear_model_is_its_own_discrete_linearisation():
+    # depth 1: f = (σ_w/√n0) W x + σ_b b is linear in its parameters and its NTK is Θ_∞ itself,
+    # so GD at any step size is the linear model's GD exactly (the flow only as lr → 0)
+    r = run_trial(TrialSpec(depth=1, width=1, lr=1.0, steps=20, checkpoints=5,
+                            dtype="float64", **{k: v for k, v in SMALL.items()
+                                                if k not in ("steps", "checkpoints")}))
+    assert r.status == "completed", r.error
+    for rec in r.records[1:]:
+        assert rec["gap_lin"] < 1e-10 and rec["gap_inf"] < 1e-10, rec
+        assert rec["gap_lin_flow"] > 1e-4                # the time-step error at lr = 1
+    assert max(rec["dist_nngp"] for rec in r.records) < 1e-12   # Σ̂ = σ_w² x·x'/n0 + σ_b²
+
+
+def test_first_checkpoint_gap_falls_with_width_and_so_does_the_nngp_distance():
+    """At the first step the discrete linearisation's gap is the network's own nonlinearity,
+    which shrinks with width (the continuous flow's gap would carry a width-independent
+    time-step error); the empirical NNGP's distance to Σ^(L) falls like n^(−1/2)."""
+    from ntksweep import analysis
+
+    rows = []
+    for w in (64, 256, 1024, 4096):
+        for seed in range(5):
+            r = run_trial(TrialSpec(width=w, seed=seed, depth=3, lr=1.0, steps=1, checkpoints=2,
+                                    **{k: v for k, v in SMALL.items()
+                                       if k not in ("steps", "checkpoints")}))
+            rows.append((w, r.records[1]["gap_lin"], r.records[0]["dist_nngp"]))
+    w, gap, nngp = map(np.array, zip(*rows))
+    assert analysis.fit_power_law(w, gap).slope <= -0.4
+    assert -0.65 < analysis.fit_power_law(w, nngp).slope < -0.35
 
 
 def test_checkpoint_schedules():

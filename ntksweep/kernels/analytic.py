@@ -32,6 +32,9 @@ from ..hyper import check_network
 from .duals import SNAP, get_dual
 
 _ONE = torch.ones((), dtype=torch.float64)
+_TINY = 1e-300  # a variance floor that only ever replaces an exact 0 (no 0/0)
+# σ(c·u) = c·σ(u) for c > 0: without bias the kernels of these scale as |x||x'|
+_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 
 __all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs"]
 
@@ -89,8 +92,8 @@ class ArcCosLayer:
         self.w2b = w2 * (1 - slope) ** 2 / (2 * math.pi)
         self.b2 = torch.tensor(bias_std**2, dtype=torch.float64)
         # > 0: a zero input with zero bias is uncorrelated with everything, as in ``duals``
-        std1 = [d.clamp(min=1e-150).sqrt() for d in diag1]
-        std2 = [d.clamp(min=1e-150).sqrt() for d in diag2]
+        std1 = [d.clamp(min=_TINY).sqrt() for d in diag1]
+        std2 = [d.clamp(min=_TINY).sqrt() for d in diag2]
         self.inv1 = [(1.0 / (s * SNAP))[:, None] for s in std1]       # (n1, 1)
         self.inv2 = [(1.0 / s)[None, :] for s in std2]                 # (1, n2)
         self.bstd1 = [(self.w2b * s)[:, None] for s in std1]          # σ_w² B s1, (n1, 1)
@@ -173,6 +176,23 @@ def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
     return a, b, symmetric
 
 
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (n, d) → (rows scaled to norm √d, i.e. x·x/d = 1; zero rows stay 0), the scale of
+    each row: x = u · scale, computed without squaring x (no overflow or underflow)."""
+    peak = np.abs(x).max(axis=1) if x.size else np.zeros(len(x))
+    peak = np.where(peak > 0, peak, 1.0)
+    unit = x / peak[:, None]                            # entries in [−1, 1]: safe to square
+    norms = np.linalg.norm(unit, axis=1) / np.sqrt(x.shape[1])
+    safe = np.where(norms > 0, norms, 1.0)
+    with np.errstate(over="ignore"):
+        return unit / safe[:, None], norms * peak
+
+
+def _max_sq(x: np.ndarray) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.max(np.sum(x * x, axis=1)) / x.shape[1]) if x.size else 0.0
+
+
 def _blocks(n1: int, n2: int, symmetric: bool, shape: tuple[int, int]):
     """(rows, cols) of each block to compute: bands of h rows, cut into chunks of w columns;
     for a symmetric kernel each band starts at the diagonal (only the upper triangle)."""
@@ -251,12 +271,14 @@ def analytic_kernels(
     quadrature_points: int | None = None,
     tile: int | tuple[int, int] = (64, 512),
     fused: bool = True,
+    leaky_relu_slope: float = LEAKY_RELU_SLOPE,
 ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1).
 
     Returns (n1, n2) float64 kernels per logit (the k-output limit is Θ_∞ ⊗ I_k).
     ``quadrature=True`` forces quadrature even where a closed form exists (for checks);
-    ``width`` is needed only for the standard parametrization. ReLU and leaky ReLU (NTK
+    ``width`` is needed only for the standard parametrization; ``leaky_relu_slope`` is leaky
+    ReLU's negative slope a (σ(x) = max(x, 0) + a·min(x, 0)). ReLU and leaky ReLU (NTK
     parametrization) take the fused in-place ``ArcCosLayer`` path unless ``fused=False``
     (the generic dual path, kept for checks). The recursion runs through all layers one
     block of ``tile`` = (rows, cols) pairs at a time (an int: square) so that the block stays
@@ -265,10 +287,20 @@ def analytic_kernels(
     computed and mirrored.
     """
     check_network(depth=depth, activation=activation, weight_std=weight_std,
-                  bias_std=bias_std, parametrization=parametrization, width=width)
+                  bias_std=bias_std, parametrization=parametrization, width=width,
+                  leaky_relu_slope=leaky_relu_slope)
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
+    given = (a_np, b_np)
+    scale = None
+    if activation in _HOMOGENEOUS and bias_std == 0 and parametrization == "ntk":
+        # exact at any input scale: the kernels of unit-norm inputs, times |x||x'|
+        a_np, na = _unit_rows(a_np)
+        b_np, nb = (a_np, na) if symmetric else _unit_rows(b_np)
+        with np.errstate(over="ignore"):
+            scale = np.outer(na, nb)
     a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
-    dual = get_dual(activation, quadrature=quadrature, points=quadrature_points)
+    dual = get_dual(activation, quadrature=quadrature, points=quadrature_points,
+                    leaky_relu_slope=leaky_relu_slope)
     diag1 = _diagonal_sigmas(a, depth, dual, weight_std, bias_std)
     diag2 = diag1 if symmetric else _diagonal_sigmas(b, depth, dual, weight_std, bias_std)
     n1, n2 = a.shape[0], b.shape[0]
@@ -276,7 +308,7 @@ def analytic_kernels(
     # numpy's allocations of this size get transparent huge pages: fewer page faults
     ntk_np, nngp_np = np.empty((n1, n2)), np.empty((n1, n2))
     ntk, nngp = torch.from_numpy(ntk_np), torch.from_numpy(nngp_np)
-    slope = {"relu": 0.0, "leaky_relu": LEAKY_RELU_SLOPE}.get(activation)
+    slope = {"relu": 0.0, "leaky_relu": leaky_relu_slope}.get(activation)
     arccos = None
     if fused and slope is not None and not quadrature and parametrization == "ntk":
         arccos = ArcCosLayer(shape, slope, weight_std, bias_std, diag1, diag2)
@@ -292,6 +324,14 @@ def analytic_kernels(
                 parametrization, fan_ins)
         if symmetric:
             _mirror(ntk_np, nngp_np, rows, cols)
+    if scale is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            ntk_np *= scale
+            nngp_np *= scale
+    if not (np.isfinite(ntk_np).all() and np.isfinite(nngp_np).all()):
+        raise SpecError(f"the {activation} kernel overflows float64 for these inputs "
+                        f"(x·x/n0 up to {max(map(_max_sq, given)):.3g}); rescale the "
+                        "inputs, e.g. standardise them")
     return AnalyticKernels(
         ntk=ntk_np,
         nngp=nngp_np,

@@ -17,6 +17,7 @@ Numerical conventions (so that degenerate inputs never give NaN):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from functools import lru_cache
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..activations import LEAKY_RELU_SLOPE, get_activation
+from ..errors import SpecError
 
 Dual = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 _PI = math.pi
@@ -48,7 +50,8 @@ def _norms_and_angle(k11: Tensor, k12: Tensor, k22: Tensor) -> tuple[Tensor, Ten
     |cos θ| within 8 ulp of 1 becomes exactly 1 (``SNAP``), so a point with itself gets
     θ = 0. A zero variance forces k12 = 0 and so cos θ = 0 (uncorrelated).
     """
-    prod = torch.sqrt(k11.clamp(min=1e-150) * k22.clamp(min=1e-150))  # > 0: no 0/0
+    # > 0: no 0/0; the roots taken apart so that neither a huge nor a tiny product under/overflows
+    prod = torch.sqrt(k11.clamp(min=1e-300)) * torch.sqrt(k22.clamp(min=1e-300))
     cos = torch.div(k12, prod).mul_(1.0 / SNAP).clamp_(-1.0, 1.0)
     return prod, cos, torch.acos(cos)
 
@@ -82,8 +85,8 @@ def relu_dual(k11, k12, k22):
     return e_sigma, pi_minus_theta.div_(2 * _PI)
 
 
-def leaky_relu_dual(k11, k12, k22):
-    return arccos_dual(k11, k12, k22, slope=LEAKY_RELU_SLOPE)
+def leaky_relu_dual(k11, k12, k22, slope: float = LEAKY_RELU_SLOPE):
+    return arccos_dual(k11, k12, k22, slope=slope)
 
 
 def erf_dual(k11, k12, k22):
@@ -92,9 +95,12 @@ def erf_dual(k11, k12, k22):
     E[σ'σ'] = (4/π) / √((1+2k11)(1+2k22) − 4 k12²)
     """
     a, b = 1.0 + 2.0 * k11, 1.0 + 2.0 * k22
-    e_sigma = (2 / _PI) * torch.asin((2.0 * k12 / torch.sqrt(a * b)).clamp(-1.0, 1.0))
-    # (1+2k11)(1+2k22) − 4k12² = 1 + 2k11 + 2k22 + 4(k11 k22 − k12²), each term ≥ 0
-    det = 1.0 + 2.0 * k11 + 2.0 * k22 + 4.0 * (k11 * k22 - k12 * k12).clamp(min=0.0)
+    # roots taken apart: (1+2k11)(1+2k22) overflows float64 for variances past ~1e154
+    e_sigma = (2 / _PI) * torch.asin((2.0 * k12 / (torch.sqrt(a) * torch.sqrt(b))).clamp(-1, 1))
+    # (1+2k11)(1+2k22) − 4k12² = 1 + 2k11 + 2k22 + 4(k11 k22 − k12²), each term ≥ 0, with
+    # k11 k22 − k12² = (s − k12)(s + k12), s = √k11 √k22 (no inf − inf at huge variances)
+    s = torch.sqrt(k11) * torch.sqrt(k22)
+    det = 1.0 + 2.0 * k11 + 2.0 * k22 + 4.0 * ((s - k12).clamp(min=0.0) * (s + k12))
     return e_sigma, (4 / _PI) * torch.rsqrt(det)
 
 
@@ -110,7 +116,9 @@ def sin_dual(k11, k12, k22):
     Written with exponents ≤ 0 (|k12| ≤ (k11+k22)/2) so huge variances do not overflow.
     """
     half_sum = 0.5 * (k11 + k22)
-    plus, minus = torch.exp(k12 - half_sum), torch.exp(-k12 - half_sum)
+    # clamped at 0: at huge variances rounding can put k12 a few ulp (≫ 1) past the bound
+    plus = torch.exp((k12 - half_sum).clamp(max=0.0))
+    minus = torch.exp((-k12 - half_sum).clamp(max=0.0))
     return 0.5 * (plus - minus), 0.5 * (plus + minus)
 
 
@@ -146,21 +154,79 @@ def _trapezoid_nodes(points: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _points_for(std_max: float) -> int:
-    # step 0.25 is ~1e-8 accurate for tanh at std √2; shrink it ∝ 1/std beyond that
-    points = int(np.ceil(2 * _Z_MAX / 0.25 * max(1.0, std_max / np.sqrt(2.0)))) | 1
+    # step 0.25 is ~1e-8 accurate for tanh at std √2; shrink it ∝ 1/std beyond that (the
+    # polar rule takes over above _POLAR_STD, well before the cap)
+    points = int(np.ceil(2 * _Z_MAX / 0.25 * max(1.0, min(std_max, 1e6) / np.sqrt(2.0)))) | 1
     return min(points, MAX_QUADRATURE_POINTS)
 
 
-def quadrature_dual(activation: str, points: int | None = None, *, chunk: int = 1 << 22) -> Dual:
-    """E[σσ], E[σ'σ'] for any registered σ by a tensor-product quadrature in (z1, z2).
+# Above this std the trapezoid's nodes would grow ∝ std (tanh(s z) turns over within 1/s in
+# z); the polar rule's cost does not grow at all, and it is as cheap there already.
+_POLAR_STD = 3.0
+_POLAR_MAX_STD = 1e15   # its radial nodes start at r ≈ 2e-19: transitions down to 1/std ≥ 1e-15
 
-    u = s1 z1, v = s2 (ρ z1 + √(1−ρ²) z2) with z1, z2 ~ N(0, 1) independent, so
-    E[f(u) g(v)] = Σ_i Σ_j w_i w_j f(u_i) g(v_ij). ``points`` per axis (default: chosen
-    from the largest std so that smooth σ are accurate to ~1e-8); cost points² per pair,
-    evaluated in chunks of ``chunk`` values to bound memory. Kinked σ (ReLU) converge
-    only algebraically, which is why they have closed forms.
+
+@lru_cache(maxsize=1)
+def _polar_nodes() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Double-exponential nodes in polar coordinates (z1, z2) = r (cos α, sin α).
+
+    Radial: r = exp((π/2) sinh t), t ∈ [−4, 1.6] at step 0.05, clustering double-
+    exponentially towards r = 0; its weights fold in the area element and the Gaussian,
+    r dr e^{−r²/2}/(2π). Angular, on each arc between kink directions: α = mid + half ·
+    tanh((π/2) sinh t), t ∈ [−2.8, 2.8] at step 0.1 (tanh-sinh), clustering at both ends.
+    Steps chosen against an adaptive quadrature (scipy) to ~2e-9 relative for tanh, sigmoid
+    and softplus at every std from 1e-3 to 1e3 (tests/test_analytic.py)."""
+    t = torch.arange(-4.0, 1.6 + 1e-9, 0.05, dtype=torch.float64)
+    r = torch.exp(0.5 * _PI * torch.sinh(t))
+    keep = r < 12.0                                   # e^{−72}: beyond float64 resolution
+    t, r = t[keep], r[keep]
+    w_r = 0.05 * r * 0.5 * _PI * torch.cosh(t) * r * torch.exp(-0.5 * r * r) / (2 * _PI)
+    t = torch.arange(-2.8, 2.8 + 1e-9, 0.1, dtype=torch.float64)
+    x = torch.tanh(0.5 * _PI * torch.sinh(t))        # (−1, 1)
+    w_x = 0.1 * 0.5 * _PI * torch.cosh(t) / torch.cosh(0.5 * _PI * torch.sinh(t)) ** 2
+    return r, w_r, x, w_x
+
+
+def _polar_expectations(act, s1: Tensor, s2: Tensor, rho: Tensor, out: tuple[Tensor, Tensor],
+                        chunk: int) -> None:
+    """E[f(u) g(v)] (f = g = σ, then σ') for each pair, in polar coordinates around the
+    origin, where both transition lines of the integrand meet: σ(u) turns over along
+    cos α = 0 and σ(v) along cos(α − β) = 0, (cos β, sin β) = (ρ, √(1−ρ²)), since
+    u = s1 r cos α and v = s2 r cos(α − β). Each of the four arcs between those directions
+    gets a tanh-sinh rule, so a turn-over of width 1/(s r) is resolved at any std s."""
+    r, w_r, x, w_x = _polar_nodes()
+    beta = torch.acos(rho)                                                  # (P,)
+    kinks = torch.stack([torch.full_like(beta, 0.5 * _PI), torch.full_like(beta, 1.5 * _PI),
+                         torch.remainder(beta + 0.5 * _PI, 2 * _PI),
+                         torch.remainder(beta + 1.5 * _PI, 2 * _PI)], 1).sort(1).values
+    ends = torch.cat([kinks[:, 1:], kinks[:, :1] + 2 * _PI], 1)             # (P, 4)
+    half = 0.5 * (ends - kinks)
+    alpha = (0.5 * (kinks + ends))[..., None] + half[..., None] * x          # (P, 4, J)
+    w_alpha = (half[..., None] * w_x).reshape(len(beta), -1)                # (P, A)
+    alpha = alpha.reshape(len(beta), -1)
+    step = max(1, chunk // (r.numel() * alpha.shape[1]))
+    for lo in range(0, len(beta), step):
+        sl = slice(lo, lo + step)
+        cu = (s1[sl, None] * torch.cos(alpha[sl]))[:, None, :]              # (p, 1, A)
+        cv = (s2[sl, None] * torch.cos(alpha[sl] - beta[sl, None]))[:, None, :]
+        u, v = r[:, None] * cu, r[:, None] * cv                              # (p, R, A)
+        for target, f in zip(out, (act.fn, act.derivative)):
+            target[sl] = torch.einsum("pra,r,pa->p", f(u) * f(v), w_r, w_alpha[sl])
+
+
+def quadrature_dual(activation: str, points: int | None = None, *, chunk: int = 1 << 22,
+                    leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Dual:
+    """E[σσ], E[σ'σ'] for any registered σ by a quadrature in (z1, z2) ~ N(0, I₂).
+
+    u = s1 z1, v = s2 (ρ z1 + √(1−ρ²) z2). Up to std 3 (or with ``points`` given): the
+    tensor-product trapezoid rule, E[f(u) g(v)] = Σ_i Σ_j w_i w_j f(u_i) g(v_ij), ``points``
+    per axis (default: from the largest std, ~1e-12 for smooth σ); above it, the polar
+    double-exponential rule of ``_polar_expectations`` (~2e-9 relative at any std up to
+    1e15; beyond, a ``SpecError`` names the variance). Evaluated in chunks of ``chunk`` values
+    to bound memory. Kinked σ (ReLU) converge only algebraically, which is why they have
+    closed forms.
     """
-    act = get_activation(activation)
+    act = get_activation(activation, leaky_relu_slope=leaky_relu_slope)
 
     def dual(k11, k12, k22):
         k11, k12, k22 = torch.broadcast_tensors(k11, k12, k22)
@@ -170,10 +236,18 @@ def quadrature_dual(activation: str, points: int | None = None, *, chunk: int = 
         prod = s1 * s2
         rho = torch.where(prod > 0, k12.reshape(-1) / torch.where(prod > 0, prod, 1.0), 0.0)
         rho = rho.clamp(-1.0, 1.0)
-        m = points or _points_for(max(float(s1.max()) if s1.numel() else 0.0,
-                                      float(s2.max()) if s2.numel() else 0.0))
-        z, w = _trapezoid_nodes(m)
+        std = max(float(s1.max()) if s1.numel() else 0.0, float(s2.max()) if s2.numel() else 0.0)
         e_sigma, e_dot = torch.empty_like(rho), torch.empty_like(rho)
+        if points is None and std > _POLAR_STD:
+            if not std <= _POLAR_MAX_STD:
+                raise SpecError(f"the {activation} kernel needs pre-activation variances up to "
+                                f"{std * std:.3g}, beyond what its quadrature resolves "
+                                f"(std {_POLAR_MAX_STD:g}); rescale the inputs or lower "
+                                "weight_std")
+            _polar_expectations(act, s1, s2, rho, (e_sigma, e_dot), chunk // 2)
+            return e_sigma.reshape(shape), e_dot.reshape(shape)
+        m = points or _points_for(std)
+        z, w = _trapezoid_nodes(m)
         step = max(1, chunk // (m * m))
         for lo in range(0, rho.numel(), step):
             sl = slice(lo, lo + step)
@@ -198,10 +272,13 @@ CLOSED_FORM_DUALS: dict[str, Dual] = {
 }
 
 
-def get_dual(activation: str, *, quadrature: bool | None = None, points: int | None = None) -> Dual:
+def get_dual(activation: str, *, quadrature: bool | None = None, points: int | None = None,
+             leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Dual:
     """The dual of a registered activation: its closed form unless ``quadrature`` is True
     (or it has none, e.g. tanh, sigmoid, softplus)."""
     get_activation(activation)  # validates the name
     if quadrature or activation not in CLOSED_FORM_DUALS:
-        return quadrature_dual(activation, points)
+        return quadrature_dual(activation, points, leaky_relu_slope=leaky_relu_slope)
+    if activation == "leaky_relu":
+        return functools.partial(leaky_relu_dual, slope=leaky_relu_slope)
     return CLOSED_FORM_DUALS[activation]

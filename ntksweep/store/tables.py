@@ -205,14 +205,14 @@ def plain_value(v):
 
 def spec_from_row(row) -> TrialSpec:
     """The ``TrialSpec`` of a trials or checkpoints row (a pandas Series or a dict): the
-    inverse of the spec columns written by ``write_trial``."""
+    inverse of the spec columns written by ``write_trial``. A column that is null (or that a
+    store written before the field existed lacks) takes the field's default."""
     values = {}
     for name in TRIAL_FIELDS:
-        if name in row:
-            v = plain_value(row[name])
-            if name == "checkpoint_steps" and isinstance(v, str):
-                v = json.loads(v)
-            values[name] = v
+        v = plain_value(row[name]) if name in row else None
+        if v is None:
+            continue
+        values[name] = json.loads(v) if name == "checkpoint_steps" else v
     return TrialSpec.from_dict(values)
 
 
