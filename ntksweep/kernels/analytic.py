@@ -28,7 +28,8 @@ from torch import Tensor
 
 from ..activations import LEAKY_RELU_SLOPE
 from ..errors import SpecError
-from ..hyper import check_network
+from ..hyper import check_conv, check_network
+from .conv import conv_kernels
 from .duals import SNAP, get_dual
 
 _ONE = torch.ones((), dtype=torch.float64)
@@ -176,6 +177,52 @@ def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
     return a, b, symmetric
 
 
+def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
+    """Validate (n1, C, H, W) / (n2, C, H, W) images given as numpy or torch: float64 torch."""
+
+    def convert(x, name):
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().double().numpy()
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 4:
+            raise SpecError(f"{name} must be images (points, channels, height, width); got "
+                            f"shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise SpecError(f"{name} contains NaN or inf; clean the inputs first")
+        return torch.from_numpy(x)
+
+    a = convert(x1, "x1")
+    b = a if x2 is None else convert(x2, "x2")
+    if a.shape[1:] != b.shape[1:]:
+        raise SpecError(f"x1 images are {tuple(a.shape[1:])} but x2 images "
+                        f"{tuple(b.shape[1:])}; both need the same shape")
+    return a, b, x2 is None
+
+
+def _conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std,
+                 parametrization, leaky_relu_slope, kernel_size, padding, readout, quadrature,
+                 memory_budget) -> AnalyticKernels:
+    """``analytic_kernels`` for ``architecture`` 'cnn' or 'resnet' (``kernels.conv``)."""
+    check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
+               padding=padding, readout=readout, parametrization=parametrization)
+    a, b, symmetric = as_float64_images(x1, x2)
+    if padding == "valid" and (depth - 1) * (kernel_size - 1) >= min(a.shape[2:]):
+        raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions leave "
+                        f"nothing of a {a.shape[2]}×{a.shape[3]} image")
+    dual = get_dual(activation, quadrature=quadrature, leaky_relu_slope=leaky_relu_slope)
+    ntk, nngp = conv_kernels(a, b, symmetric, architecture=architecture, depth=depth,
+                             dual=dual, weight_std=weight_std, bias_std=bias_std,
+                             kernel_size=kernel_size, padding=padding, readout=readout,
+                             memory_budget=memory_budget)
+    ntk, nngp = ntk.numpy(), nngp.numpy()
+    if not (np.isfinite(ntk).all() and np.isfinite(nngp).all()):
+        raise SpecError(f"the {activation} {architecture} kernel overflows float64 for these "
+                        "inputs; rescale them, e.g. standardise them")
+    return AnalyticKernels(ntk=ntk, nngp=nngp, depth=int(depth), activation=activation,
+                           weight_std=float(weight_std), bias_std=float(bias_std),
+                           parametrization=parametrization)
+
+
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (n, d) → (rows scaled to norm √d, i.e. x·x/d = 1; zero rows stay 0), the scale of
     each row: x = u · scale, computed without squaring x (no overflow or underflow)."""
@@ -272,6 +319,11 @@ def analytic_kernels(
     tile: int | tuple[int, int] = (64, 512),
     fused: bool = True,
     leaky_relu_slope: float = LEAKY_RELU_SLOPE,
+    architecture: str = "mlp",
+    kernel_size: int = 3,
+    padding: str = "same",
+    readout: str = "gap",
+    memory_budget: int = 1 << 28,
 ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1).
 
@@ -289,6 +341,12 @@ def analytic_kernels(
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
+    if architecture != "mlp":
+        return _conv_limits(x1, x2, architecture=architecture, depth=depth,
+                            activation=activation, weight_std=weight_std, bias_std=bias_std,
+                            parametrization=parametrization, leaky_relu_slope=leaky_relu_slope,
+                            kernel_size=kernel_size, padding=padding, readout=readout,
+                            quadrature=quadrature, memory_budget=memory_budget)
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
     given = (a_np, b_np)
     scale = None

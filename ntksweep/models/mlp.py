@@ -13,57 +13,17 @@ one definition.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .activations import LEAKY_RELU_SLOPE, get_activation
-from .errors import SpecError
-from .hyper import check_network
+from ..activations import LEAKY_RELU_SLOPE, get_activation
+from ..errors import SpecError
+from ..hyper import check_network
+from .layers import Dense, init_affine
 
-__all__ = ["Dense", "MLP"]
-
-
-def _randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype,
-           device: str | torch.device) -> torch.Tensor:
-    """N(0, 1). Seeded: drawn on CPU in float64 (so a seed means the same network on every
-    device and dtype), in row chunks so a width-65536 layer never holds a float64 copy of
-    itself. Unseeded: torch's global RNG, directly on ``device`` (fast for huge GPU nets)."""
-    if generator is None:
-        return torch.randn(*shape, dtype=dtype, device=device)
-    out = torch.empty(*shape, dtype=dtype)
-    rows = max(1, (1 << 24) // max(1, math.prod(shape[1:])))
-    for r in range(0, shape[0], rows):
-        out[r:r + rows] = torch.randn(min(rows, shape[0] - r), *shape[1:], generator=generator,
-                                      dtype=torch.float64)
-    return out
-
-
-class Dense(nn.Module):
-    """z = weight_mult · W a + bias_mult · b, with W (out, in) and b (out,) trainable."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, weight_mult: float,
-                 bias_mult: float):
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-        self.weight_mult = float(weight_mult)
-        self.bias_mult = float(bias_mult)
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[1]
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        z = torch.addmm(self.bias * self.bias_mult, a, self.weight.T, alpha=self.weight_mult) \
-            if self.bias_mult != 0 else self.weight_mult * (a @ self.weight.T)
-        return z
-
-    def extra_repr(self) -> str:
-        return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, "
-                f"weight_mult={self.weight_mult:.4g}, bias_mult={self.bias_mult:.4g}")
+__all__ = ["MLP"]
 
 
 class MLP(nn.Module):
@@ -110,17 +70,10 @@ class MLP(nn.Module):
         self.widths = (in_dim, *hidden, out_dim)  # n_0 … n_L
 
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        layers = []
-        for n_in, n_out in zip(self.widths[:-1], self.widths[1:]):
-            w = _randn(n_out, n_in, generator=generator, dtype=dtype, device=device)
-            b = _randn(n_out, generator=generator, dtype=dtype, device=device)
-            if parametrization == "ntk":
-                mults = (weight_std / math.sqrt(n_in), bias_std)
-            else:
-                w, b = w.mul_(weight_std / math.sqrt(n_in)), b.mul_(bias_std)
-                mults = (1.0, 1.0)
-            layers.append(Dense(w.to(device=device), b.to(device=device), *mults))
-        self.layers = nn.ModuleList(layers)
+        init = dict(parametrization=parametrization, weight_std=weight_std, bias_std=bias_std,
+                    generator=generator, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(Dense(*init_affine((n_out, n_in), n_in, **init))
+                                    for n_in, n_out in zip(self.widths[:-1], self.widths[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, in_dim) → f(x) (N, out_dim)."""
@@ -128,6 +81,13 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             z = layer(a)
             a = self.act.fn(z) if i < self.depth - 1 else z
+        return a
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (N, n_(L−1)): what the readout layer sees."""
+        a = x
+        for layer in self.layers[:-1]:
+            a = self.act.fn(layer(a))
         return a
 
     def extra_repr(self) -> str:

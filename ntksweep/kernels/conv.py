@@ -1,0 +1,150 @@
+"""Infinite-width kernels of convolutional networks and ResNets: the CNN-GP Σ and the CNTK
+Θ_∞ (Novak et al. 2019, "Bayesian deep CNNs with many channels are GPs"; Arora et al. 2019,
+"On exact computation with an infinitely wide neural net"), in the conventions of
+``ntksweep.models.convnets`` (neural-tangents' ``stax``).
+
+The recursion runs on the covariance of every pair of pixel positions (p, q) of an image
+pair (x, x'):
+
+    input        E⁰[p, q] = (1/C) Σ_c x_c(p) x'_c(q)
+    convolution  Σ[p, q] = σ_w² 𝒜(E)[p, q] + σ_b²,   𝒜(E)[p, q] = (1/k²) Σ_δ E[p + δ, q + δ]
+                 (δ over the k×k window; E is 0 outside the image for ``same``)
+                 Θ ← σ_w² 𝒜(Ė ⊙ Θ) + Σ  (Θ = Σ after the first)
+    activation   E = E[φ(u) φ(v)], Ė = E[φ'(u) φ'(v)] on each pair, (u, v) ~ N(0, [[Σ(x, x)[p, p],
+                 Σ[p, q]], [·, Σ(x', x')[q, q]]]) — the MLP's duals, pair by pair
+    residual     z ← z + Conv(φ(z)) adds the branch's Σ and Θ to the skip path's
+    readout      ``flatten``: the dense layer averages the diagonal p = q,
+                 Σ_out = σ_w² ⟨E⟩_p + σ_b²; ``gap``: it averages every (p, q);
+                 Θ_out = σ_w² ⟨Ė ⊙ Θ⟩ + Σ_out
+
+A convolution maps the diagonal p = q to itself (both positions move by the same δ), so a
+``flatten`` CNN needs only the P diagonal entries of each image pair; ``gap`` and ResNets
+need all P². Image pairs are computed in tiles under a byte budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["conv_kernels"]
+
+
+def conv_average(e: Tensor, k: int, padding: str) -> Tensor:
+    """𝒜(E): the mean over the k×k window of E[p + δ, q + δ] for E (…, H, W, H, W), zeros
+    outside the image (``same``: output H×W) or only inside it (``valid``: (H−k+1)×(W−k+1))."""
+    h, w = e.shape[-4], e.shape[-3]
+    if padding == "same":
+        r = k // 2
+        e = F.pad(e, (r, r, r, r, 0, 0, 0, 0))                            # the q axes
+        e = F.pad(e.movedim((-4, -3), (-2, -1)), (r, r, r, r)).movedim((-2, -1), (-4, -3))
+        ho, wo = h, w
+    else:
+        ho, wo = h - k + 1, w - k + 1
+    out = None
+    for di in range(k):
+        for dj in range(k):
+            part = e[..., di:di + ho, dj:dj + wo, di:di + ho, dj:dj + wo]
+            out = part.clone() if out is None else out.add_(part)
+    return out.div_(k * k)
+
+
+def conv_average_diagonal(d: Tensor, k: int, padding: str) -> Tensor:
+    """𝒜 on the diagonal p = q alone: the k×k mean of d (…, H, W), as ``conv_average``."""
+    shape = d.shape
+    pooled = F.avg_pool2d(d.reshape(-1, 1, *shape[-2:]), k, stride=1,
+                          padding=k // 2 if padding == "same" else 0, count_include_pad=True)
+    return pooled.reshape(*shape[:-2], *pooled.shape[-2:])
+
+
+def _affine(e: Tensor, weight_std: float, bias_std: float) -> Tensor:
+    return e.mul_(weight_std**2).add_(bias_std**2)
+
+
+def _variances(x: Tensor, depth: int, architecture: str, dual, k: int, padding: str,
+               weight_std: float, bias_std: float) -> list[Tensor]:
+    """Σ(x, x)[p, p] after each convolution (n, H_ℓ, W_ℓ): the per-image recursion that
+    every pair's duals read."""
+    v = [_affine(conv_average_diagonal((x * x).mean(1), k, padding), weight_std, bias_std)]
+    for _ in range(depth - 2):
+        e, _ = dual(v[-1], v[-1], v[-1])
+        branch = _affine(conv_average_diagonal(e, k, padding), weight_std, bias_std)
+        v.append(v[-1] + branch if architecture == "resnet" else branch)
+    return v
+
+
+def _pair_kernels(a: Tensor, b: Tensor, va: list[Tensor], vb: list[Tensor], *,
+                  architecture: str, readout: str, dual, k: int, padding: str,
+                  weight_std: float, bias_std: float) -> tuple[Tensor, Tensor]:
+    """Θ and Σ of the readout for images a (r, C, H, W) × b (c, C, H, W): (r, c) each."""
+    diagonal = architecture == "cnn" and readout == "flatten"
+    if diagonal:                                                          # (r, c, H, W)
+        e = torch.einsum("ichw,jchw->ijhw", a, b) / a.shape[1]
+        average = conv_average_diagonal
+        k11 = [v[:, None] for v in va]
+        k22 = [v[None] for v in vb]
+    else:                                                                 # (r, c, H, W, H, W)
+        e = torch.einsum("ichw,jcxy->ijhwxy", a, b) / a.shape[1]
+        average = conv_average
+        k11 = [v[:, None, :, :, None, None] for v in va]
+        k22 = [v[None, :, None, None] for v in vb]
+    sigma = _affine(average(e, k, padding), weight_std, bias_std)         # Σ after the first
+    theta = sigma.clone()
+    for layer in range(1, len(va)):                                       # convs / blocks
+        e, e_dot = dual(k11[layer - 1], sigma, k22[layer - 1])
+        branch = _affine(average(e, k, padding), weight_std, bias_std)
+        branch_theta = average(e_dot.mul_(theta), k, padding).mul_(weight_std**2).add_(branch)
+        if architecture == "resnet":
+            sigma, theta = sigma + branch, theta + branch_theta
+        else:
+            sigma, theta = branch, branch_theta
+    e, e_dot = dual(k11[-1], sigma, k22[-1])                               # φ, then readout
+    dims = tuple(range(2, e.dim()))
+    out_sigma = e.mean(dims) * weight_std**2 + bias_std**2
+    out_theta = (e_dot * theta).mean(dims) * weight_std**2 + out_sigma
+    return out_theta, out_sigma
+
+
+def _readout_on_inputs(a: Tensor, b: Tensor, readout: str, weight_std: float,
+                       bias_std: float) -> tuple[Tensor, Tensor]:
+    """A depth-1 CNN: the dense readout on the raw (flattened or pooled) pixels."""
+    if readout == "flatten":
+        e = a.flatten(1) @ b.flatten(1).T / a[0].numel()
+    else:
+        e = a.mean((2, 3)) @ b.mean((2, 3)).T / a.shape[1]
+    sigma = e * weight_std**2 + bias_std**2
+    return sigma, sigma
+
+
+def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, depth: int,
+                 dual, weight_std: float, bias_std: float, kernel_size: int, padding: str,
+                 readout: str, memory_budget: int) -> tuple[Tensor, Tensor]:
+    """Θ_∞ and Σ (n1, n2) float64 for images a (n1, C, H, W), b (n2, C, H, W); image pairs
+    in tiles whose working memory stays near ``memory_budget`` bytes."""
+    n1, n2 = a.shape[0], b.shape[0]
+    if architecture == "cnn" and depth == 1:
+        return _readout_on_inputs(a, b, readout, weight_std, bias_std)
+    args = dict(architecture=architecture, dual=dual, k=kernel_size, padding=padding,
+                weight_std=weight_std, bias_std=bias_std)
+    va = _variances(a, depth, **args)
+    vb = va if symmetric else _variances(b, depth, **args)
+    pixels = a.shape[2] * a.shape[3]
+    per_pair = 8 * 8 * (pixels if architecture == "cnn" and readout == "flatten"
+                        else pixels * pixels)                              # ~8 buffers
+    side = max(1, int(math.sqrt(max(1, memory_budget // per_pair))))
+    ntk, nngp = torch.empty(n1, n2, dtype=torch.float64), torch.empty(n1, n2, dtype=torch.float64)
+    for i in range(0, n1, side):
+        rows = slice(i, min(i + side, n1))
+        for j in range(i if symmetric else 0, n2, side):
+            cols = slice(j, min(j + side, n2))
+            theta, sigma = _pair_kernels(a[rows], b[cols], [v[rows] for v in va],
+                                         [v[cols] for v in vb], readout=readout, **args)
+            ntk[rows, cols], nngp[rows, cols] = theta, sigma
+            if symmetric and j != i:
+                ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
+    if symmetric:  # the diagonal tiles: symmetric up to the duals' last bits
+        ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
+    return ntk, nngp

@@ -1,0 +1,8 @@
+"""The finite networks: ``MLP``, ``CNN`` and ``ResNet``, their layers carrying the forward
+multipliers that the structured empirical NTK reads."""
+
+from .convnets import CNN, PADDINGS, READOUTS, ResNet
+from .layers import Conv, Dense
+from .mlp import MLP
+
+__all__ = ["MLP", "CNN", "ResNet", "Dense", "Conv", "PADDINGS", "READOUTS"]

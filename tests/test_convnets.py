@@ -1,0 +1,177 @@
+"""Convolutional networks and ResNets: the analytic CNN-GP / CNTK against closed-form special
+cases, a direct double sum over pixel pairs and Monte-Carlo; the networks themselves."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ntksweep import analytic_kernels, empirical_ntk
+from ntksweep.errors import SpecError
+from ntksweep.models import CNN, ResNet
+
+RNG = np.random.default_rng(0)
+
+
+def relu_expectations(k11, k12, k22):
+    """Cho & Saul's arc-cosine formulas, written out here (not ntksweep's duals)."""
+    s = math.sqrt(k11 * k22)
+    c = max(-1.0, min(1.0, k12 / s)) if s > 0 else 0.0
+    t = math.acos(c)
+    return s * (math.sin(t) + (math.pi - t) * c) / (2 * math.pi), (math.pi - t) / (2 * math.pi)
+
+
+def direct(x, y, *, architecture, depth, k, padding, readout, sw=1.0, sb=0.1):
+    """Θ_∞(x, y), Σ(x, y) for two images (C, H, W) by explicit loops over pixel pairs and
+    window offsets: the recursion of kernels/conv.py's docstring, one entry at a time."""
+    c, h, w = x.shape
+    r = k // 2 if padding == "same" else 0
+
+    def window(mat, hi, wi, ho, wo):
+        """𝒜 of a covariance dict over pixel pairs of an hi×wi grid → an ho×wo grid."""
+        out = {}
+        for p in np.ndindex(ho, wo):
+            for q in np.ndindex(ho, wo):
+                total = 0.0
+                for di in range(k):
+                    for dj in range(k):
+                        a = (p[0] + di - r, p[1] + dj - r)
+                        b = (q[0] + di - r, q[1] + dj - r)
+                        if 0 <= min(a + b) and max(a[0], b[0]) < hi and max(a[1], b[1]) < wi:
+                            total += mat[(a, b)]
+                out[(p, q)] = total / (k * k)
+        return out
+
+    def shrink(hi, wi):
+        return (hi, wi) if padding == "same" else (hi - k + 1, wi - k + 1)
+
+    grids = {}  # (which, which') → covariance over pixel pairs, for xx, xy, yy
+    for name, (u, v) in {"xy": (x, y), "xx": (x, x), "yy": (y, y)}.items():
+        grids[name] = {(p, q): float(u[:, p[0], p[1]] @ v[:, q[0], q[1]]) / c
+                       for p in np.ndindex(h, w) for q in np.ndindex(h, w)}
+    hi, wi = h, w
+    sig, theta = {}, {}
+    for name in grids:
+        ho, wo = shrink(hi, wi)
+        sig[name] = {key: sw * sw * v + sb * sb for key, v in window(grids[name], hi, wi, ho,
+                                                                      wo).items()}
+        theta[name] = dict(sig[name])
+    hi, wi = shrink(hi, wi)
+    for _ in range(depth - 2):
+        ho, wo = shrink(hi, wi)
+        new_sig, new_theta = {}, {}
+        for name, (a, b) in {"xy": ("xx", "yy"), "xx": ("xx", "xx"), "yy": ("yy", "yy")}.items():
+            e, ed = {}, {}
+            for (p, q), v in sig[name].items():
+                e[(p, q)], d = relu_expectations(sig[a][(p, p)], v, sig[b][(q, q)])
+                ed[(p, q)] = d * theta[name][(p, q)]
+            branch = {key: sw * sw * v + sb * sb for key, v in window(e, hi, wi, ho, wo).items()}
+            branch_t = {key: sw * sw * v + branch[key]
+                        for key, v in window(ed, hi, wi, ho, wo).items()}
+            if architecture == "resnet":
+                new_sig[name] = {key: sig[name][key] + branch[key] for key in branch}
+                new_theta[name] = {key: theta[name][key] + branch_t[key] for key in branch}
+            else:
+                new_sig[name], new_theta[name] = branch, branch_t
+        sig, theta = new_sig, new_theta
+        hi, wi = ho, wo
+    pairs = [(p, p) for p in np.ndindex(hi, wi)] if readout == "flatten" else list(sig["xy"])
+    e_mean = ed_mean = 0.0
+    for p, q in pairs:
+        e, d = relu_expectations(sig["xx"][(p, p)], sig["xy"][(p, q)], sig["yy"][(q, q)])
+        e_mean += e / len(pairs)
+        ed_mean += d * theta["xy"][(p, q)] / len(pairs)
+    out_sigma = sw * sw * e_mean + sb * sb
+    return sw * sw * ed_mean + out_sigma, out_sigma
+
+
+@pytest.mark.parametrize("architecture, padding, readout, depth", [
+    ("cnn", "same", "gap", 3), ("cnn", "same", "flatten", 3), ("cnn", "valid", "flatten", 2),
+    ("cnn", "valid", "gap", 2), ("resnet", "same", "gap", 4)])
+def test_limits_equal_a_direct_double_sum_over_pixel_pairs(architecture, padding, readout,
+                                                           depth):
+    x = RNG.normal(size=(2, 2, 4, 4))
+    got = analytic_kernels(x, architecture=architecture, depth=depth, bias_std=0.1,
+                           padding=padding, readout=readout)
+    for i in range(2):
+        for j in range(2):
+            ntk, nngp = direct(x[i], x[j], architecture=architecture, depth=depth, k=3,
+                               padding=padding, readout=readout)
+            assert got.ntk[i, j] == pytest.approx(ntk, rel=1e-10)
+            assert got.nngp[i, j] == pytest.approx(nngp, rel=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "tanh"])
+def test_one_by_one_kernels_on_one_pixel_images_are_the_mlp(activation):
+    x = RNG.normal(size=(5, 3, 1, 1))
+    mlp = analytic_kernels(x.reshape(5, 3), depth=4, activation=activation, bias_std=0.2)
+    for readout in ("gap", "flatten"):
+        cnn = analytic_kernels(x, architecture="cnn", depth=4, kernel_size=1, readout=readout,
+                               activation=activation, bias_std=0.2)
+        np.testing.assert_allclose(cnn.ntk, mlp.ntk, rtol=1e-12)
+        np.testing.assert_allclose(cnn.nngp, mlp.nngp, rtol=1e-12)
+
+
+def test_a_valid_convolution_over_the_whole_image_is_a_dense_layer():
+    """H = W = k: the one output pixel sees the whole image, a dense layer of fan-in C·k²."""
+    x = RNG.normal(size=(4, 2, 3, 3))
+    mlp = analytic_kernels(x.reshape(4, 18), depth=2, activation="erf", bias_std=0.3)
+    for readout in ("flatten", "gap"):
+        cnn = analytic_kernels(x, architecture="cnn", depth=2, kernel_size=3, padding="valid",
+                               readout=readout, activation="erf", bias_std=0.3)
+        np.testing.assert_allclose(cnn.ntk, mlp.ntk, rtol=1e-12)
+        np.testing.assert_allclose(cnn.nngp, mlp.nngp, rtol=1e-12)
+
+
+def test_a_linear_cnns_nngp_is_the_patch_covariance_average():
+    """Identity activation, no bias, one convolution then the flatten readout:
+    Σ = σ_w⁴ (1/P) Σ_p (1/k²) Σ_δ (1/C) Σ_c x_c(p+δ) x'_c(p+δ), zeros outside the image."""
+    x = RNG.normal(size=(3, 2, 5, 5))
+    sw = 1.3
+    got = analytic_kernels(x, architecture="cnn", depth=2, activation="identity",
+                           weight_std=sw, readout="flatten")
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((3, 3))
+    for p in np.ndindex(5, 5):
+        for di in range(3):
+            for dj in range(3):
+                patch = padded[:, :, p[0] + di, p[1] + dj]          # (N, C)
+                want += patch @ patch.T / 2 / 9 / 25
+    np.testing.assert_allclose(got.nngp, sw**4 * want, rtol=1e-12)
+
+
+def test_networks_are_seeded_and_check_their_arguments():
+    x = torch.tensor(RNG.normal(size=(2, 3, 6, 6)))
+    a = CNN(3, 8, 3, seed=4, dtype=torch.float64)(x)
+    b = CNN(3, 8, 3, seed=4, dtype=torch.float32)(x.float())
+    torch.testing.assert_close(a.float(), b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a, CNN(3, 8, 3, seed=5, dtype=torch.float64)(x))
+    assert ResNet(3, 8, 3, seed=1)(x.float()).shape == (2, 1)
+    with pytest.raises(SpecError, match="needs image_size"):
+        CNN(3, 8, 3, readout="flatten")
+    with pytest.raises(SpecError, match="padding must be"):
+        CNN(3, 8, 3, padding="full")
+    with pytest.raises(SpecError, match="leave nothing"):
+        analytic_kernels(x.numpy(), architecture="cnn", depth=4, padding="valid")
+    with pytest.raises(SpecError, match="images"):
+        analytic_kernels(np.ones((2, 3)), architecture="cnn", depth=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture, kw", [("cnn", {"readout": "gap"}),
+                                              ("cnn", {"readout": "flatten"}),
+                                              ("resnet", {})])
+def test_the_mean_empirical_ntk_of_wide_networks_is_the_limit(architecture, kw):
+    x = RNG.normal(size=(3, 2, 4, 4))
+    depth = 4 if architecture == "resnet" else 3
+    limit = analytic_kernels(x, architecture=architecture, depth=depth, bias_std=0.1, **kw)
+
+    def net(seed):
+        if architecture == "resnet":
+            return ResNet(2, 256, depth, bias_std=0.1, seed=seed, dtype=torch.float64)
+        return CNN(2, 256, depth, bias_std=0.1, image_size=(4, 4), seed=seed,
+                   dtype=torch.float64, **kw)
+
+    mean = np.mean([empirical_ntk(net(s), torch.tensor(x)).numpy() for s in range(50)], 0)
+    assert np.abs(mean - limit.ntk).max() < 0.04 * np.abs(limit.ntk).max()
