@@ -81,9 +81,12 @@ def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
 
 
 def width_exponents(trials: pd.DataFrame, metric: str = "init_dist_inf",
-                    by: tuple[str, ...] = ("depth", "activation")) -> pd.DataFrame:
-    """The log-log slope of ``metric`` against width per group, with 95 % CI."""
+                    by: tuple[str, ...] = ("architecture", "depth", "activation")
+                    ) -> pd.DataFrame:
+    """The log-log slope of ``metric`` against width per group, with 95 % CI (groups by the
+    ``by`` columns the table has)."""
     rows = []
+    by = tuple(c for c in by if c in trials.columns)
     for key, g in trials.groupby(list(by), sort=True):
         fit = fit_power_law(g["width"], g[metric])
         key = key if isinstance(key, tuple) else (key,)
@@ -118,12 +121,14 @@ def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
     """Metric vs width (log-log), one line per (activation, depth), fitted slope in the
     legend, seed means with bootstrap CIs as error bars."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for (act, depth), g in trials.groupby(["activation", "depth"], sort=True):
+    by = [c for c in ("architecture", "activation", "depth") if c in trials.columns]
+    for key, g in trials.groupby(by, sort=True):
+        name = ", ".join(f"L={v}" if c == "depth" else str(v) for c, v in zip(by, key))
         s = seed_summary(g, ["width"], metric)
         fit = fit_power_law(g["width"], g[metric])
         err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]]).clip(min=0)
         line = ax.errorbar(s["width"], s["mean"], yerr=np.nan_to_num(err), marker="o", ms=4,
-                           capsize=2, label=f"{act}, L={depth}: slope {fit.slope:+.2f} "
+                           capsize=2, label=f"{name}: slope {fit.slope:+.2f} "
                            f"[{fit.slope_lo:+.2f}, {fit.slope_hi:+.2f}]")
         if np.isfinite(fit.slope):
             xs = np.array([g.width.min(), g.width.max()], float)

@@ -8,8 +8,11 @@
   width-64 ReLU network).
 - ``digits``: scikit-learn's bundled 8×8 digits (nothing downloaded), features standardised,
   labels one-hot minus their mean (regression targets) or class ids (cross-entropy).
+- ``images``: synthetic one-channel ``dim``×``dim`` images (smoothed noise) with a
+  translation-invariant teacher (``_images``), for convolutional networks.
 - ``file``: the user's arrays — .npz of plain numeric arrays X, y (optional X_eval, y_eval;
-  never unpickled), or Parquet with feature columns and a ``y`` column (read by pandas).
+  never unpickled; X of shape (N, C, H, W) is an image set), or Parquet with feature columns
+  and a ``y`` column (read by pandas).
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ import numpy as np
 
 from .errors import DataFileError, SpecError
 
-__all__ = ["Dataset", "DATASETS", "make_dataset"]
+__all__ = ["Dataset", "DATASETS", "IMAGE_DATASETS", "make_dataset"]
 
-DATASETS = ("circle", "sphere", "digits", "file")
+DATASETS = ("circle", "sphere", "digits", "images", "file")
+IMAGE_DATASETS = ("digits", "images", "file")   # what a cnn or resnet can read
 TEACHERS = ("quadratic", "linear", "network")
 
 
 @dataclass(frozen=True)
 class Dataset:
     """x_train (N, d), y_train (N, k), x_eval (M, d), y_eval (M, k). ``labels_*`` hold class
-    ids for classification sets; ``eval_coords`` is γ for the circle."""
+    ids for classification sets; ``eval_coords`` is γ for the circle; ``image_shape``
+    (C, H, W) for image sets, whose rows are the images flattened (d = C·H·W)."""
 
     name: str
     x_train: np.ndarray
@@ -40,6 +45,15 @@ class Dataset:
     labels_train: np.ndarray | None = None
     labels_eval: np.ndarray | None = None
     eval_coords: np.ndarray | None = field(default=None, repr=False)
+    image_shape: tuple[int, int, int] | None = None
+
+    def images(self, x: np.ndarray) -> np.ndarray:
+        """Rows (n, C·H·W) as images (n, C, H, W)."""
+        if self.image_shape is None:
+            raise SpecError(f"data set {self.name!r} holds vectors, not images: a cnn or "
+                            f"resnet needs {', '.join(IMAGE_DATASETS)} (a file of (N, C, H, "
+                            "W) arrays)")
+        return x.reshape(len(x), *self.image_shape)
 
     @property
     def in_dim(self) -> int:
@@ -93,7 +107,22 @@ def _digits(n_train: int, n_eval: int, seed: int) -> Dataset:
     mean, std = x[tr].mean(0), x[tr].std(0)
     x = (x - mean) / np.where(std > 0, std, 1.0)          # constant pixels stay 0
     onehot = np.eye(10)[labels] - 0.1                      # zero-mean regression targets
-    return Dataset("digits", x[tr], onehot[tr], x[ev], onehot[ev], labels[tr], labels[ev])
+    return Dataset("digits", x[tr], onehot[tr], x[ev], onehot[ev], labels[tr], labels[ev],
+                   image_shape=(1, 8, 8))
+
+
+def _images(n_train: int, n_eval: int, seed: int, side: int) -> Dataset:
+    """Synthetic one-channel side×side images: white noise smoothed by a 3×3 box (periodic)
+    and scaled to unit variance per pixel, with a translation-invariant teacher, the mean
+    product of horizontally neighbouring pixels f*(x) = (1/P) Σ_p x(p) x(p + (0, 1))."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n_train + n_eval, side, side))
+    x = sum(np.roll(noise, (di, dj), axis=(1, 2)) for di in (-1, 0, 1) for dj in (-1, 0, 1))
+    x /= 3.0                                               # 9 independent terms: variance 1
+    y = (x * np.roll(x, -1, axis=2)).mean((1, 2))[:, None]
+    x = x.reshape(len(x), -1)
+    return Dataset("images", x[:n_train], y[:n_train], x[n_train:], y[n_train:],
+                   image_shape=(1, side, side))
 
 
 def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Dataset:
@@ -139,20 +168,23 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Datase
             raise DataFileError(f"{path}: {which} contains NaN or inf")
         return x, y
 
+    shape = tuple(np.shape(arrays["X"])[1:])
+    image_shape = shape if len(shape) == 3 else None     # (N, C, H, W): images
     x, y = checked(arrays["X"], arrays["y"], "X/y")
     if "X_eval" in arrays:
         xe, ye = checked(arrays["X_eval"], arrays.get("y_eval", np.zeros(len(arrays["X_eval"]))),
                          "X_eval/y_eval")
         if xe.shape[1] != x.shape[1] or ye.shape[1] != y.shape[1]:
-            raise DataFileError(f"{path}: X_eval/y_eval have {xe.shape[1]} features/{ye.shape[1]} "
-                             f"outputs but X/y have {x.shape[1]}/{y.shape[1]}")
-        return Dataset(p.name, x[:n_train], y[:n_train], xe[:n_eval], ye[:n_eval])
+            raise DataFileError(f"{path}: X_eval/y_eval have {xe.shape[1]} features/"
+                                f"{ye.shape[1]} outputs but X/y have {x.shape[1]}/{y.shape[1]}")
+        return Dataset(p.name, x[:n_train], y[:n_train], xe[:n_eval], ye[:n_eval],
+                       image_shape=image_shape)
     if n_train + n_eval > len(x):
         raise DataFileError(f"{path}: {len(x)} points, fewer than n_train + n_eval = "
-                         f"{n_train + n_eval}")
+                            f"{n_train + n_eval}")
     order = np.random.default_rng(seed).permutation(len(x))
     tr, ev = order[:n_train], order[n_train:n_train + n_eval]
-    return Dataset(p.name, x[tr], y[tr], x[ev], y[ev])
+    return Dataset(p.name, x[tr], y[tr], x[ev], y[ev], image_shape=image_shape)
 
 
 def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
@@ -167,6 +199,8 @@ def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: in
         return _sphere(n_train, n_eval, seed, dim, teacher)
     if name == "digits":
         return _digits(n_train, n_eval, seed)
+    if name == "images":
+        return _images(n_train, n_eval, seed, dim)
     if name == "file":
         return _load_file(path, n_train, n_eval, seed)
     raise SpecError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

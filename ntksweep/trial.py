@@ -23,13 +23,13 @@ from .kernels.metrics import (
     rel_frobenius,
     top_eigenvalues,
 )
-from .models import MLP
+from .models import CNN, MLP, ResNet
 from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
 from .trial_spec import TrialSpec
 
-__all__ = ["TrialCache", "run_trial", "warm_up", "dataset_for", "limit_kernels",
-           "resolve_device"]
+__all__ = ["TrialCache", "run_trial", "warm_up", "dataset_for", "limit_kernels", "inputs",
+           "build_model", "resolve_device"]
 
 
 class TrialCache:
@@ -82,8 +82,32 @@ def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
 def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
     key = ("limit", *spec.data_args().values(), *spec.kernel_args().values())
-    x = np.concatenate([data.x_eval, data.x_train])
+    x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
     return cache.get(key, lambda: limit_kernels(spec, x))
+
+
+def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
+    """Rows of the data set as the network reads them: vectors (n, d) for an MLP, images
+    (n, C, H, W) for a cnn or resnet."""
+    return x if spec.architecture == "mlp" else data.images(x)
+
+
+def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype,
+                device: str) -> torch.nn.Module:
+    """The trial's network, seeded by ``spec.seed``."""
+    common = dict(activation=spec.activation, weight_std=spec.weight_std,
+                  bias_std=spec.bias_std, out_dim=out_dim,
+                  parametrization=spec.parametrization,
+                  leaky_relu_slope=spec.leaky_relu_slope, seed=spec.seed, dtype=dtype,
+                  device=device)
+    if spec.architecture == "mlp":
+        return MLP(data.in_dim, spec.width, spec.depth, **common)
+    channels, height, width = data.image_shape
+    if spec.architecture == "resnet":
+        return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)
+    return CNN(channels, spec.width, spec.depth, kernel_size=spec.kernel_size,
+               padding=spec.padding, readout=spec.readout, image_size=(height, width),
+               **common)
 
 
 def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = None,
@@ -146,14 +170,12 @@ class _Run:
         self.limit = _limits(spec, data, cache)
         self.m = data.x_eval.shape[0]
         self.out_dim = 10 if spec.loss == "cross_entropy" else data.out_dim
-        self.model = MLP(data.in_dim, spec.width, spec.depth, activation=spec.activation,
-                         weight_std=spec.weight_std, bias_std=spec.bias_std,
-                         out_dim=self.out_dim, parametrization=spec.parametrization,
-                         leaky_relu_slope=spec.leaky_relu_slope,
-                         seed=spec.seed, dtype=dtype, device=device)
+        self.model = build_model(spec, data, self.out_dim, dtype, device)
         as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+        shaped = lambda a: as_t(inputs(spec, data, a))  # noqa: E731
         labels = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
-        self.t = _Tensors(*map(as_t, (data.x_train, data.y_train, data.x_eval, data.y_eval)),
+        self.t = _Tensors(shaped(data.x_train), as_t(data.y_train), shaped(data.x_eval),
+                          as_t(data.y_eval),
                           labels(data.labels_train), labels(data.labels_eval))
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
@@ -252,11 +274,8 @@ class _Run:
 
     def _nngp(self) -> np.ndarray:
         """The empirical NNGP on the eval set (M, M): the covariance of an output given the
-        last hidden features A, (σ_w²/n) A Aᵀ + σ_b² — the same for every output, and Σ^(L)'s
-        finite-width estimate (its fluctuations shrink like n^(−1/2))."""
+        features A (M, F) the readout layer sees, (σ_w²/F) A Aᵀ + σ_b² — the same for every
+        output, and Σ^(L)'s finite-width estimate (its fluctuations shrink like n^(−1/2))."""
         with torch.no_grad():
-            a = self.t.x_ev
-            for layer in self.model.layers[:-1]:
-                a = self.model.act.fn(layer(a))
-            a = a.double().cpu().numpy()
+            a = self.model.features(self.t.x_ev).double().cpu().numpy()
         return self.spec.weight_std ** 2 * (a @ a.T) / a.shape[1] + self.spec.bias_std ** 2

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .data import DATASETS, TEACHERS
+from .data import DATASETS, IMAGE_DATASETS, TEACHERS
 from .errors import SpecError
-from .hyper import RULES, is_finite, is_int, problem
+from .hyper import RULES, check_conv, is_finite, is_int, problem
 
 __all__ = ["TrialSpec", "SpecError", "TRIAL_FIELDS", "suggest"]
 
@@ -26,11 +26,15 @@ class TrialSpec:
     n_train: int = 64
     n_eval: int = 64
     data_seed: int = 0
-    dim: int = 8                       # sphere only
+    dim: int = 8                       # sphere: input dim; images: side
     teacher: str = "quadratic"         # sphere only
     data_path: str | None = None       # file only
     train_inputs: str = "gaussian"     # circle only: gaussian (N(0, I₂)) | circle (on it)
-    # model (ntksweep.models.MLP)
+    # model (ntksweep.models: MLP, CNN, ResNet)
+    architecture: str = "mlp"          # mlp | cnn | resnet (cnn, resnet: image data)
+    kernel_size: int = 3               # cnn, resnet: k×k convolutions
+    padding: str = "same"              # cnn: same | valid
+    readout: str = "gap"               # cnn: gap (global average pooling) | flatten
     width: int = 256
     depth: int = 3
     activation: str = "relu"
@@ -76,7 +80,7 @@ class TrialSpec:
         the same trial on another device is the same measurement)."""
         d = self.to_dict()
         d.pop("device")
-        for name, default in _ADDED_LATER.items():  # ids of earlier specs stay what they were
+        for name, default in ADDED_LATER.items():  # ids of earlier specs stay what they were
             if d[name] == default:
                 d.pop(name)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -97,10 +101,17 @@ class TrialSpec:
         k = 10 if self.dataset == "digits" else 1
         n = self.n_train + self.n_eval
         itemsize = 4 if self.dtype == "float32" else 8
-        params = in_dim * self.width + (self.depth - 2) * self.width ** 2 + self.width * k
-        features = n * self.depth * self.width * (k + 2)
-        return itemsize * (3 * params + 2 * n * self.depth * self.width + features) \
-            + 8 * 5 * n * n
+        if self.architecture == "mlp":
+            params = in_dim * self.width + (self.depth - 2) * self.width ** 2 + self.width * k
+            features = n * self.depth * self.width * (k + 2)
+            return itemsize * (3 * params + 2 * n * self.depth * self.width + features) \
+                + 8 * 5 * n * n
+        # a conv net: P ≤ in_dim pixels; the generic empirical NTK holds per-example Jacobians
+        params = (self.depth - 1) * self.width ** 2 * self.kernel_size ** 2 \
+            + self.width * in_dim * k
+        activations = 2 * n * self.depth * self.width * in_dim
+        return itemsize * (3 * params + activations + n * k * params) + 8 * 5 * n * n \
+            + (1 << 28)                                        # the analytic kernel's tiles
 
     def data_args(self) -> dict[str, Any]:
         """``make_dataset``'s keyword arguments: everything the data set depends on."""
@@ -115,7 +126,9 @@ class TrialSpec:
                 "weight_std": self.weight_std, "bias_std": self.bias_std,
                 "parametrization": self.parametrization,
                 "width": self.width if self.parametrization == "standard" else None,
-                "leaky_relu_slope": self.leaky_relu_slope}
+                "leaky_relu_slope": self.leaky_relu_slope, "architecture": self.architecture,
+                "kernel_size": self.kernel_size, "padding": self.padding,
+                "readout": self.readout}
 
     def replace(self, **changes) -> TrialSpec:
         return dataclasses.replace(self, **changes)
@@ -167,13 +180,22 @@ class TrialSpec:
              "must be none, first_last or all")
         need(self.train_inputs in ("gaussian", "circle"), "train_inputs",
              "must be 'gaussian' or 'circle'")
+        try:
+            check_conv(architecture=self.architecture, depth=self.depth,
+                       kernel_size=self.kernel_size, padding=self.padding,
+                       readout=self.readout, parametrization=self.parametrization)
+        except SpecError as e:
+            raise SpecError(f"architecture {self.architecture!r}: {e}") from None
+        need(self.architecture == "mlp" or self.dataset in IMAGE_DATASETS, "dataset",
+             f"a {self.architecture} needs image data: {', '.join(IMAGE_DATASETS)}")
 
 
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpec)}
 
 # fields added after the first release, with their defaults: a trial at the default hashes
 # as it did before the field existed, so resume and stored ids keep working
-_ADDED_LATER = {"leaky_relu_slope": 0.01}
+ADDED_LATER = {"leaky_relu_slope": 0.01, "architecture": "mlp", "kernel_size": 3,
+                "padding": "same", "readout": "gap"}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}

@@ -175,3 +175,58 @@ def test_the_mean_empirical_ntk_of_wide_networks_is_the_limit(architecture, kw):
 
     mean = np.mean([empirical_ntk(net(s), torch.tensor(x)).numpy() for s in range(50)], 0)
     assert np.abs(mean - limit.ntk).max() < 0.04 * np.abs(limit.ntk).max()
+
+
+def test_the_new_fields_leave_earlier_trial_ids_unchanged():
+    from ntksweep.trial_spec import TrialSpec
+
+    # as the released version (c5d7fee) identified these trials, before architecture,
+    # kernel_size, padding, readout and leaky_relu_slope existed
+    assert TrialSpec().trial_id == "4b1cfee7240e"
+    assert TrialSpec(width=64, activation="leaky_relu", dataset="digits").trial_id == \
+        "0a193a2e5cd3"
+    assert TrialSpec(architecture="cnn", dataset="digits").trial_id != TrialSpec(
+        dataset="digits").trial_id
+
+
+def test_a_cnn_trial_measures_its_kernel_against_its_own_limit():
+    from ntksweep.trial import run_trial
+    from ntksweep.trial_spec import TrialSpec
+
+    spec = TrialSpec(architecture="cnn", dataset="images", dim=5, readout="flatten", width=64,
+                     depth=3, n_train=8, n_eval=6, steps=4, checkpoints=2, device="cpu",
+                     dtype="float64", keep_kernels="first_last", bias_std=0.1)
+    r = run_trial(spec)
+    assert r.status == "completed", r.error
+    from ntksweep.data import make_dataset
+
+    data = make_dataset("images", n_train=8, n_eval=6, dim=5)
+    limit = analytic_kernels(data.images(data.x_eval), architecture="cnn", depth=3,
+                             bias_std=0.1, readout="flatten").ntk
+    theta0 = r.kernels[0]
+    assert r.records[0]["dist_inf"] == pytest.approx(
+        np.linalg.norm(theta0 - limit) / np.linalg.norm(limit), rel=1e-9)
+    net = CNN(1, 64, 3, readout="flatten", image_size=(5, 5), bias_std=0.1, seed=0,
+              dtype=torch.float64)
+    np.testing.assert_allclose(theta0, empirical_ntk(net, torch.tensor(
+        data.images(data.x_eval)), method="jacobian").numpy(), rtol=1e-10)
+
+
+@pytest.mark.slow
+def test_a_cnn_and_resnet_sweep_end_to_end(ray_local, tmp_path):
+    import ntksweep
+    from ntksweep.report import make_report
+    from ntksweep.sweep import run_sweep
+    from ntksweep.sweep_spec import load_sweep_spec
+
+    spec = load_sweep_spec({"name": "conv", "output_dir": str(tmp_path / "conv"),
+                            "base": {"dataset": "images", "dim": 5, "n_train": 8, "n_eval": 6,
+                                     "depth": 3, "steps": 4, "checkpoints": 2,
+                                     "device": "cpu"},
+                            "grid": {"architecture": ["cnn", "resnet"], "width": [8, 32]}})
+    summary = run_sweep(spec, quiet=True)
+    assert summary.counts == {"completed": 4}
+    trials, ckpts = ntksweep.load_results(summary.out_dir)
+    assert sorted(trials.architecture) == ["cnn", "cnn", "resnet", "resnet"]
+    assert ckpts.dist_inf.notna().all() and ckpts.gap_lin.notna().all()
+    assert make_report(summary.out_dir)["figures"]

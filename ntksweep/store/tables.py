@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..records import RECORD_COLUMNS, Status, SweepMeta, TrialOutcome
-from ..trial_spec import TRIAL_FIELDS, TrialSpec
+from ..trial_spec import ADDED_LATER, TRIAL_FIELDS, TrialSpec
 from .location import _locate, _Location, _write_table, read_text, save_array, write_text
 
 SCHEMA_VERSION = "1"
@@ -191,6 +191,9 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
     ckpts = _read(loc, "checkpoints", CHECKPOINTS_SCHEMA, filters)
     trials = trials.sort_values(["width", "depth", "trial_id"], ignore_index=True)
     ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
+    for table in (trials, ckpts):  # files written before a field existed: its default
+        for name, default in ADDED_LATER.items():
+            table[name] = table[name].fillna(default).astype(type(default))
     return trials, ckpts
 
 

@@ -133,7 +133,7 @@ def _check_trials(trials: list[TrialSpec], force: bool) -> None:
 
 def _in_dim(t: TrialSpec) -> int:
     if t.dataset != "file":
-        return {"circle": 2, "sphere": t.dim, "digits": 64}[t.dataset]
+        return {"circle": 2, "sphere": t.dim, "digits": 64, "images": t.dim * t.dim}[t.dataset]
     try:
         return make_dataset("file", **t.data_args()).in_dim
     except UserError as e:
