@@ -230,3 +230,45 @@ def test_a_cnn_and_resnet_sweep_end_to_end(ray_local, tmp_path):
     assert sorted(trials.architecture) == ["cnn", "cnn", "resnet", "resnet"]
     assert ckpts.dist_inf.notna().all() and ckpts.gap_lin.notna().all()
     assert make_report(summary.out_dir)["figures"]
+
+
+def brute_force_ntk(model, x):
+    """Θ (n, n, k, k) from the full Jacobian, one autograd call per example and output."""
+    params = [p for p in model.parameters()]
+    rows = []
+    for i in range(len(x)):
+        out = model(x[i:i + 1]).reshape(-1)
+        grads = [torch.autograd.grad(out[c], params, retain_graph=True, allow_unused=True)
+                 for c in range(len(out))]            # σ_b = 0: the dense bias is unused
+        rows.append(torch.stack([torch.cat([(torch.zeros_like(p) if g is None else g)
+                                            .reshape(-1) for g, p in zip(gs, params)])
+                                 for gs in grads]))
+    jac = torch.stack(rows)                                                  # (n, k, P)
+    return torch.einsum("icp,jdp->ijcd", jac, jac).detach()
+
+
+@pytest.mark.parametrize("make, k", [
+    (lambda k: CNN(2, 6, 3, out_dim=k, bias_std=0.2, seed=1, dtype=torch.float64), 1),
+    (lambda k: CNN(2, 6, 3, out_dim=k, readout="flatten", image_size=(5, 5), activation="erf",
+                   seed=1, dtype=torch.float64), 3),
+    (lambda k: CNN(2, 6, 3, out_dim=k, padding="valid", readout="flatten", image_size=(5, 5),
+                   activation="tanh", bias_std=0.1, seed=1, dtype=torch.float64), 3),
+    (lambda k: CNN(2, 6, 2, out_dim=k, padding="valid", activation="gelu", seed=1,
+                   dtype=torch.float64), 1),
+    (lambda k: ResNet(2, 6, 4, out_dim=k, bias_std=0.3, seed=1, dtype=torch.float64), 1),
+    (lambda k: ResNet(2, 6, 3, out_dim=k, activation="tanh", seed=1, dtype=torch.float64), 3),
+])
+def test_structured_conv_ntk_is_the_brute_force_jacobian_product(make, k):
+    model = make(k)
+    x = torch.tensor(RNG.normal(size=(5, 2, 5, 5)))
+    want = brute_force_ntk(model, x)
+    got = empirical_ntk(model, x, method="structured")
+    got = got if k > 1 else got[:, :, None, None]
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    cross = empirical_ntk(model, x[:2], x[2:], method="structured")
+    cross = cross if k > 1 else cross[:, :, None, None]
+    torch.testing.assert_close(cross, want[:2, 2:], rtol=1e-9, atol=1e-12)
+    tiled = empirical_ntk(model, x, method="structured", block_size=2)
+    torch.testing.assert_close(tiled, got if k > 1 else got[:, :, 0, 0], rtol=1e-12,
+                               atol=1e-14)
+    assert empirical_ntk(model, x[:1]).shape[:2] == (1, 1)       # auto picks structured

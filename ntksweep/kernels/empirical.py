@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..models import MLP
+from .layerwise import is_layerwise
 from .ntk_methods import METHODS, trainable_params
 from .tiling import (
     SerialExecutor,
@@ -34,16 +35,17 @@ def _as_tensor(x, name: str, like: Tensor) -> Tensor:
 def _choose_method(model: nn.Module, method: str, n: int, k: int, itemsize: int,
                    budget: int | None) -> str:
     if method == "auto":
-        if isinstance(model, MLP):
+        if isinstance(model, MLP) or is_layerwise(model):
             return "structured"
         jac_bytes = tile_bytes(model, "jacobian", n, 0, k, itemsize)
         return "jacobian" if jac_bytes <= (budget or 2 << 30) else "ntk_vps"
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of: auto, "
                         f"{', '.join(METHODS)}")
-    if method == "structured" and not isinstance(model, MLP):
-        raise UserError(f"method='structured' needs an ntksweep.models.MLP, got "
-                        f"{type(model).__name__}; use method='auto', 'jacobian' or 'ntk_vps'")
+    if method == "structured" and not (isinstance(model, MLP) or is_layerwise(model)):
+        raise UserError(f"method='structured' needs an ntksweep.models.MLP or a network of "
+                        f"ntksweep Dense and Conv layers, got {type(model).__name__}; use "
+                        "method='auto', 'jacobian' or 'ntk_vps'")
     return method
 
 

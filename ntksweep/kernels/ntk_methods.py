@@ -23,6 +23,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from ..errors import UserError
 from ..models import MLP
+from .layerwise import ntk_layerwise
 
 __all__ = ["ntk_structured", "ntk_jacobian", "ntk_vps", "METHODS", "trainable_params"]
 
@@ -126,4 +127,12 @@ def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
     return cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)               # (n1, n2, k, k)
 
 
-METHODS = {"structured": ntk_structured, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}
+def ntk_structured_any(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+    """Structured derivatives: the MLP's feature products, or per-layer gradients of any
+    network of ``Dense`` and ``Conv`` layers (``layerwise``)."""
+    if isinstance(model, MLP):
+        return ntk_structured(model, x1, x2)
+    return ntk_layerwise(model, x1, x2)
+
+
+METHODS = {"structured": ntk_structured_any, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}

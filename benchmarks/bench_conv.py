@@ -1,0 +1,123 @@
+"""Conv nets and ResNets: the empirical NTK and the analytic CNTK (issue #22). Every ratio
+is measured in one run, on the machine it runs on.
+
+    python benchmarks/bench_conv.py [--device cuda] [--repeats 3]
+
+1. empirical, depth 4 CNN (three 3×3 SAME convolutions + GAP + dense), 8×8×1 inputs,
+   N = 128, width 128, float32: the structured (per-layer gradient) NTK against torch.func
+   Jacobian contraction on the same net (goal ≥ 1.3×), and its roofline ratio: its time ÷ the
+   time of the bare operations it needs — one forward and one backward of the convolutions,
+   the per-example weight-gradient products, the Gram products (goal ≤ 1.3);
+2. memory: width 256, N = 512 under memory_budget = 512 MiB against the unbounded kernel
+   (equal), with the peak memory of each (fresh processes; max RSS on CPU);
+3. analytic, the same architecture and inputs at N = 128: the CNTK's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ntksweep import analytic_kernels, empirical_ntk
+from ntksweep.models import CNN
+
+
+def best_time(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bare_operations(model: CNN, x: torch.Tensor) -> None:
+    """What the structured method must do at least: forward and backward through the
+    convolutions, per-example weight gradients (patches × pre-activation gradients) and the
+    symmetric Gram products, with no bookkeeping."""
+    acts, zs = [], []
+    a = x
+    with torch.enable_grad():
+        for conv in model.convs:
+            acts.append(a)
+            z = conv(a)
+            zs.append(z)
+            a = torch.relu(z)
+        out = model.readout(a.mean((2, 3)))
+        ds = torch.autograd.grad(out.sum(), zs)
+    for conv, a, d in zip(model.convs, acts, ds):
+        patches = F.unfold(a, conv.kernel_size, padding=conv.kernel_size // 2)
+        g = torch.bmm(d.flatten(2), patches.transpose(1, 2)).flatten(1)   # (N, C_out·C_in k²)
+        n = len(g)
+        torch.mm(g[: n // 2], g.T)          # the upper half of the symmetric Gram, roughly
+        torch.mm(g[n // 2:], g[n // 2:].T)
+
+
+def speed(args) -> dict:
+    torch.manual_seed(0)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    x = torch.randn(128, 1, 8, 8, device=args.device)
+    net = CNN(1, 128, 4, seed=0, device=args.device)
+    t_struct = best_time(lambda: empirical_ntk(net, x, method="structured"), args.repeats, sync)
+    t_jac = best_time(lambda: empirical_ntk(net, x, method="jacobian"), args.repeats, sync)
+    t_bare = best_time(lambda: bare_operations(net, x), args.repeats, sync)
+    xs = x.double().cpu().numpy()
+    t0 = time.perf_counter()
+    analytic_kernels(xs, architecture="cnn", depth=4)
+    return {"structured_s": t_struct, "jacobian_s": t_jac, "bare_s": t_bare,
+            "speedup_vs_torch_func": t_jac / t_struct, "roofline": t_struct / t_bare,
+            "analytic_cntk_s": time.perf_counter() - t0}
+
+
+def memory_one(cfg: dict) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(cfg["n"], 1, 8, 8)
+    net = CNN(1, cfg["width"], 4, seed=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    theta = empirical_ntk(net, x, memory_budget=cfg["budget"])
+    out = {"seconds": time.perf_counter() - t0,
+           "peak_extra_MiB": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+           "sum": float(theta.double().sum()), "diag": float(theta.double().trace())}
+    return out
+
+
+def memory(args) -> dict:
+    ctx = mp.get_context("spawn")
+    rows = {}
+    for budget in (512 << 20, None):
+        with ctx.Pool(1) as pool:
+            rows[str(budget)] = pool.apply(memory_one, ({"n": 512, "width": 256,
+                                                         "budget": budget},))
+    bounded, unbounded = rows[str(512 << 20)], rows["None"]
+    rows["equal_rel"] = abs(bounded["sum"] - unbounded["sum"]) / abs(unbounded["sum"])
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=["speed", "memory"])
+    args = p.parse_args(argv)
+    results = {}
+    if args.only in (None, "speed"):
+        results["speed"] = speed(args)
+    if args.only in (None, "memory"):
+        results["memory"] = memory(args)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
