@@ -12,19 +12,30 @@ from .errors import TrackingError
 from .records import RECORD_COLUMNS, Status
 from .tracking.uri import redact
 
-__all__ = ["sync_from_store"]
+__all__ = ["sync_from_store", "push_missing"]
 
 
 def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,
                     sweep_yaml: str = "") -> dict[str, int]:
-    """Push every trial of the Parquet store that MLflow lacks — a trial is there when it
-    has a child run whose MLflow status matches its Parquet status — as one child run with
-    its params, metric histories (the checkpoint records, as a live run logs them) and
-    status. Idempotent: a second call pushes nothing."""
+    """Push every trial of the Parquet store that MLflow lacks (``push_missing``) to the
+    store at ``uri``. Idempotent: a second call pushes nothing."""
     from .tracking.tracker import Tracker
 
-    trials, ckpts = store.load_results(out_dir)
     tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True)
+    counts = push_missing(tracker, out_dir, sweep_id)
+    tracker.close("FINISHED", {"synced_trials": counts["pushed"]})
+    if tracker.degraded:
+        raise TrackingError(f"MLflow at {redact(uri)} failed during sync: {tracker.degraded}")
+    return counts
+
+
+def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
+    """Through an open ``Tracker``: one child run for each trial of the Parquet store that
+    has no run whose MLflow status matches its Parquet status, with its params, metric
+    histories (the checkpoint records, as a live run logs them) and status."""
+    trials, ckpts = store.load_results(out_dir)
+    if trials.empty:
+        return {"pushed": 0, "already_there": 0}
     present = _runs_by_status(tracker, sweep_id)
     pushed = 0
     for _, row in trials.iterrows():
@@ -39,9 +50,6 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
             tracker.log_record(handle, {k: v for k, v in values.items() if v is not None})
         tracker.end_trial(handle, status, {"error": row["error"] or None})
         pushed += 1
-    tracker.close("FINISHED", {"synced_trials": pushed})
-    if tracker.degraded:
-        raise TrackingError(f"MLflow at {redact(uri)} failed during sync: {tracker.degraded}")
     return {"pushed": pushed, "already_there": len(trials) - pushed}
 
 

@@ -125,8 +125,9 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     spec_file = tmp_path / "s.yaml"
     out = tmp_path / "out"
     raw = {"name": "two", "output_dir": str(out),
-           "base": {**TINY, "n_train": 32, "steps": 600, "checkpoints": 10, "width": 256},
-           "grid": {"seed": list(range(40))}}   # ~1 s each on 2 workers: long enough
+           "base": {**TINY, "n_train": 32, "steps": 1500, "checkpoints": 10, "width": 512,
+                    "depth": 3},
+           "grid": {"seed": list(range(12))}}   # ~5 s each: longer than the live-UI window
     spec_file.write_text(yaml.safe_dump(raw))
     first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
     try:
@@ -140,18 +141,22 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
         assert f"pid {first.pid}" in text and "in use by another ntksweep driver" in text
         dry = _cli("run", str(spec_file), "--dry-run")
         assert dry.wait(timeout=120) == 2                # the dry run makes the same check
+        uri = f"sqlite:///{out / 'mlflow.db'}"
+        deadline = time.time() + 60                      # a trial's run is live in MLflow
+        while time.time() < deadline and not any(r.info.status == "RUNNING"
+                                                 for r in _children(uri, "two")):
+            time.sleep(0.5)
+        assert any(r.info.status == "RUNNING" for r in _children(uri, "two"))
     finally:
         first.send_signal(signal.SIGKILL)                # no chance to clean up
         first.wait()
-    uri = f"sqlite:///{out / 'mlflow.db'}"
-    assert any(r.info.status == "RUNNING" for r in _children(uri, "two"))
     done_before = set(ntksweep.load_results(out)[0].trial_id)
     summary = run_sweep(load_sweep_spec(spec_file), quiet=True)     # takes the dead one's lock
-    assert summary.counts == {"completed": 40 - len(done_before)}
+    assert summary.counts == {"completed": 12 - len(done_before)}
     runs = _children(uri, "two")
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
     trials = ntksweep.load_results(out)[0]
-    assert len(trials) == 40 and trials.trial_id.is_unique
+    assert len(trials) == 12 and trials.trial_id.is_unique
     for _, row in trials.iterrows():                    # exactly one finished run per trial,
         mine = [r for r in runs if r.data.tags["trial_id"] == row.trial_id]
         finished = [r for r in mine if r.info.status == "FINISHED"]

@@ -90,12 +90,14 @@ class Preflight:
 
 
 def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: bool = True,
-              force: bool = False, create: bool = True) -> Preflight:
-    """Every check that can fail before Ray starts or a file is written (``create=False``:
-    not even the output dir): the tracking URI, the output dir (another sweep, another
-    driver, writability) and the data files the trials read."""
-    try:
+              force: bool = False) -> Preflight:
+    """Every check that can fail before Ray starts or a file is written: the tracking URI,
+    the output dir (another sweep, another driver, writability — without creating it) and
+    the data files the trials read."""
+    meta = store.read_meta(spec.out_dir)
+    try:  # a resumed sweep goes on where it was tracked, unless told otherwise
         uri, explicit = resolve_tracking_uri(tracking_uri, spec_uri=spec.tracking_uri,
+                                             recorded=meta.tracking_uri if meta else None,
                                              out_dir=spec.out_dir)
     except TrackingError:  # an object-store output dir: only an untracked sweep needs no server
         if tracking:
@@ -105,7 +107,7 @@ def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: boo
     check_unlocked(out)
     trials = spec.trials()
     _check_trials(trials, force)
-    store.check_writable(out, create=create)
+    store.check_writable(out, create=False)
     return Preflight(out, sweep_id_of(spec), uri, explicit, trials, store.finished_trials(out))
 
 
@@ -143,7 +145,7 @@ def _in_dim(t: TrialSpec) -> int:
 def plan_sweep(spec: SweepSpec, **checks) -> dict[str, Any]:
     """What a run would do, after the same checks (``preflight``; keyword arguments as
     there), creating nothing: every trial with its id and whether it is already done."""
-    pre = preflight(spec, create=False, **checks)
+    pre = preflight(spec, **checks)
     rows = [{"trial_id": t.trial_id, **{k: getattr(t, k) for k in spec.axes()},
              "state": _plan_state(pre.done.get(t.trial_id))} for t in pre.trials]
     return {"sweep_id": pre.sweep_id, "out_dir": pre.out, "trials": rows,

@@ -18,6 +18,7 @@ from ..errors import SpecError, TrackingError
 from ..lock import DriverLock
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..sweep_spec import SweepSpec
+from ..sync import push_missing
 from ..tracking.uri import redact
 from ..train import batch_rows
 from ..trial_spec import TrialSpec
@@ -149,6 +150,9 @@ class SweepRun:
             self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml) \
                 if tracking else Untracked()
             self._number_attempts()
+            if tracking and not self.tracker.degraded:
+                # trials a killed driver wrote to Parquet before its tracker sent their runs
+                push_missing(self.tracker, self.out, self.sweep_id)
         except BaseException:
             self._release()
             raise
