@@ -61,6 +61,8 @@ def cmd_run(args) -> int:
         return 0
     from .sweep import run_sweep
 
+    if not args.verbose:
+        _quiet_start()
     summary = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri,
                         force=args.force, quiet=args.quiet, num_cpus=args.num_cpus,
                         tracking=not args.no_tracking)
@@ -69,7 +71,8 @@ def cmd_run(args) -> int:
     parts += [f"{summary.skipped} already done"] if summary.skipped else []
     parts += [f"{summary.retried} retried"] if summary.retried else []
     print(f"\nsweep {spec.name!r} (id {summary.sweep_id}): {summary.total} trials — "
-          f"{', '.join(parts)} in {summary.wall_seconds:.1f} s")
+          f"{', '.join(parts) or 'none finished'} in {summary.wall_seconds:.1f} s")
+    _closing_notes(out, spec, summary)
     if summary.tracking_degraded:
         print(f"MLflow tracking stopped mid-sweep ({summary.tracking_degraded}); Parquet is "
               f"complete. Push the rest later with: ntksweep sync {out}")
@@ -88,6 +91,28 @@ def cmd_run(args) -> int:
     if args.report:
         _report(out, summary.tracking_uri)
     return 0 if not summary.counts.get(Status.FAILED.value) else 1
+
+
+def _quiet_start() -> None:
+    """Ray's and MLflow's start-up chatter (a local cluster's token notice, database
+    migrations) stays out of the output; --verbose shows it."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("ray", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _closing_notes(out: str, spec, summary) -> None:
+    """The failures (with where their tracebacks are) and the headline result."""
+    from .console import failures, headline
+
+    if summary.counts.get(Status.FAILED.value):
+        print("\nfailed trials (tracebacks: the 'error' column of load_results, or each "
+              "run's 'error' tag in MLflow):")
+        print("\n".join(failures(out, list(spec.axes()))))
+    if (line := headline(out)) is not None:
+        print(f"\nheadline: {line}")
 
 
 # --------------------------------------------------------------------------- trial
@@ -202,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "limit, over sweeps on Ray, tracked in MLflow, stored in Parquet.")
     p.add_argument("--version", action="version", version=f"ntksweep {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_run, _add_trial, _add_ui, _add_report, _add_sync):
+    for add in (_add_run, _add_trial, _add_status, _add_ui, _add_report, _add_sync):
         add(sub)
     return p
 
@@ -233,6 +258,8 @@ def _add_run(sub) -> None:
     r.add_argument("--force", action="store_true",
                    help="use an output dir that holds a different sweep")
     r.add_argument("--quiet", action="store_true", help="no progress bar or worker logs")
+    r.add_argument("--verbose", action="store_true",
+                   help="show Ray's and MLflow's own start-up messages")
     r.add_argument("--smoke", action="store_true",
                    help="run the spec's tiny 'smoke:' version (into <output_dir>-smoke)")
     r.add_argument("--report", action="store_true", help="write the report when done")
@@ -250,6 +277,22 @@ def _add_trial(sub) -> None:
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
                        help=f"(default: {f.default!r})")
     t.set_defaults(func=cmd_trial)
+
+
+def cmd_status(args) -> int:
+    from .console import status_lines
+
+    if _sweep_meta(args.out) is not None:
+        print("\n".join(status_lines(args.out)))
+    return 0
+
+
+def _add_status(sub) -> None:
+    s = sub.add_parser("status", help="a sweep's trials by status, and whether it is running",
+                       description="Read a sweep's output dir: its trials by status (from "
+                       "the Parquet store) and whether a driver is running it now.")
+    s.add_argument("out", help="the sweep's output dir (a path or s3://bucket/prefix)")
+    s.set_defaults(func=cmd_status)
 
 
 def _add_ui(sub) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import store
 from .errors import OutputDirError
 
-__all__ = ["DriverLock", "check_unlocked", "LOCK_FILE"]
+__all__ = ["DriverLock", "check_unlocked", "live_holder", "LOCK_FILE"]
 
 LOCK_FILE = "driver.lock"
 HEARTBEAT = 10.0
@@ -64,10 +64,15 @@ def _refusal(out: str | Path, held: dict) -> OutputDirError:
         f"(or remove {LOCK_FILE} in the output dir)")
 
 
+def live_holder(out: str | Path) -> dict | None:
+    """The lock record (host, pid, started, heartbeat) of a live driver of ``out``, or None."""
+    held = _holder(out)
+    return held if held is not None and _alive(held) else None
+
+
 def check_unlocked(out: str | Path) -> None:
     """Raise ``OutputDirError`` if a live driver holds the output dir (for --dry-run)."""
-    held = _holder(out)
-    if held is not None and _alive(held):
+    if (held := live_holder(out)) is not None:
         raise _refusal(out, held)
 
 

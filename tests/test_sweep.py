@@ -307,3 +307,28 @@ def test_trial_command_prints_a_table(tmp_path):
     assert proc.returncode == 0, out
     assert "dist_inf" in out and "status: completed" in out
     assert Path(tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_explains_a_sweep_in_a_log(tmp_path):
+    """Without a terminal: progress lines, no Ray or MLflow start-up chatter, the failures
+    with their axes and last error line, the headline exponent; then ``ntksweep status``."""
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "talk", "output_dir": str(tmp_path / "out"), "base": TINY,
+        "grid": {"seed": [0]}, "zip": [{"width": [8, 16, 32, 9],
+                                        "device": ["cpu", "cpu", "cpu", "cuda:99"]}]}))
+    run = _cli("run", str(spec_file), "--num-cpus", "2")
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 1, out                          # a trial failed
+    assert "trials: 4/4 done" in out and "\r" not in out     # log lines, not a bar
+    for chatter in ("Token authentication", "Creating initial MLflow database",
+                    "Started a local Ray instance"):
+        assert chatter not in out, out
+    failed = out.split("failed trials", 1)[1]
+    assert "width=9" in failed and "cuda:99" in failed
+    assert "headline: init dist_inf ∝ width^" in out and "95 % CI" in out
+    status = _cli("status", str(tmp_path / "out"))
+    text, _ = status.communicate(timeout=120)
+    assert status.returncode == 0 and "3 completed, 1 failed" in text, text
+    assert "driver: none running" in text

@@ -4,6 +4,7 @@ messages, and write each outcome (``SweepRun``). ``driver.run_sweep`` decides wh
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import ray
 import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from .. import store
+from .. import console, store
 from ..errors import SpecError, TrackingError
 from ..lock import DriverLock
 from ..records import Record, Status, SweepMeta, TrialOutcome
@@ -131,8 +132,12 @@ class SweepRun:
         from ..tracking.tracker import Tracker, Untracked
 
         if self.todo and not ray.is_initialized():
+            # Ray resets its logger's level at init: keep what the caller set (the CLI quiets
+            # the start-up notices unless --verbose)
+            level = logging.getLogger("ray").level or logging.INFO
             ray.init(address=address, num_cpus=None if address else num_cpus,
-                     include_dashboard=False, log_to_driver=not self.quiet)
+                     include_dashboard=False, log_to_driver=not self.quiet,
+                     logging_level=level)
             self.started_ray = True
         try:
             if self.todo:
@@ -187,7 +192,7 @@ class SweepRun:
     def loop(self) -> None:
         """Run until every trial is done or a stop is requested; always close the tracker
         and release the actors (a crash marks the sweep's run FAILED)."""
-        progress = _progress(len(self.todo), self.quiet)
+        progress = console.progress(len(self.todo), self.quiet)
         old = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
         shown, crashed = None, False
         try:
@@ -351,9 +356,3 @@ def _kill(actor) -> None:
         ray.kill(actor, no_restart=True)
     except Exception:  # noqa: BLE001  (already dead)
         pass
-
-
-def _progress(total: int, quiet: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)

@@ -1,0 +1,100 @@
+"""What a sweep tells the person who runs it: progress (a bar on a terminal, a line every
+few seconds in a log), the closing summary with the failures and the headline result, and
+``ntksweep status``. Reads the store; writes text only."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from . import store
+from .lock import live_holder
+from .records import Status
+
+__all__ = ["progress", "LogProgress", "failures", "headline", "status_lines"]
+
+
+class LogProgress:
+    """tqdm's interface for output that is not a terminal (cluster logs, files): one line
+    every ``every`` seconds and one at the end, no carriage returns."""
+
+    def __init__(self, total: int, every: float = 10.0, stream=None):
+        self.total, self.n, self.every = total, 0, every
+        self.stream = stream or sys.stderr
+        self.started = self.last = time.monotonic()
+        self.postfix: dict = {}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.last >= self.every:
+            self._line()
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = values
+
+    def _line(self) -> None:
+        self.last = now = time.monotonic()
+        elapsed = now - self.started
+        eta = f", ETA {elapsed / self.n * (self.total - self.n):.0f} s" if self.n else ""
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        print(f"trials: {self.n}/{self.total} done{extra}, {elapsed:.0f} s{eta}",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.total:
+            self._line()
+
+
+def progress(total: int, quiet: bool):
+    """A tqdm bar on a terminal, ``LogProgress`` lines otherwise, nothing when ``quiet``."""
+    from tqdm.auto import tqdm
+
+    if not quiet and not sys.stderr.isatty():
+        return LogProgress(total)
+    return tqdm(total=total, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
+
+
+def failures(out: str | Path, axes: list[str], limit: int = 10) -> list[str]:
+    """One line per failed trial: its id, its axes, the last line of its error."""
+    trials, _ = store.load_results(out)
+    failed = trials[trials.status == Status.FAILED.value]
+    lines = []
+    for _, row in failed.head(limit).iterrows():
+        where = ", ".join(f"{a}={row[a]}" for a in axes if a in row)
+        last = (row["error"] or "").strip().splitlines()[-1:] or ["(no error text)"]
+        lines.append(f"  {row['trial_id']} ({where}): {last[0][:200]}")
+    if len(failed) > limit:
+        lines.append(f"  … and {len(failed) - limit} more")
+    return lines
+
+
+def headline(out: str | Path) -> str | None:
+    """The width exponent of init dist_inf, with its 95 % CI (or a caution)."""
+    from .analysis import fit_power_law
+
+    trials, _ = store.load_results(out)
+    done = trials[trials.status.map(lambda s: Status(s).done)]
+    widths = done.width.nunique()
+    if widths < 2:
+        return None
+    fit = fit_power_law(done.width, done.init_dist_inf)
+    text = f"init dist_inf ∝ width^{fit.slope:.2f}"
+    if widths < 3:
+        return text + f" (from {widths} widths only: no confidence interval; Θ_∞ theory: −0.5)"
+    return text + f" [{fit.slope_lo:.2f}, {fit.slope_hi:.2f}] (95 % CI; theory: −0.5)"
+
+
+def status_lines(out: str | Path) -> list[str]:
+    """``ntksweep status OUT``: the sweep, its trials by status, and whether a driver runs."""
+    meta = store.read_meta(out)
+    trials, _ = store.load_results(out)
+    counts = trials.status.value_counts().to_dict()
+    lines = [f"sweep {meta.name!r} (id {meta.sweep_id}) in {out}" if meta else f"{out}"]
+    lines.append("trials: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                               or "none finished yet"))
+    held = live_holder(out)
+    lines.append("driver: none running" if held is None else
+                 f"driver: running on host {held.get('host')!r}, pid {held.get('pid')}, for "
+                 f"{time.time() - float(held.get('started', time.time())):.0f} s")
+    return lines
