@@ -12,7 +12,8 @@ from . import store
 from .lock import live_holder
 from .records import Status
 
-__all__ = ["progress", "LogProgress", "failures", "headline", "status_lines"]
+__all__ = ["progress", "LogProgress", "failures", "headline", "headline_numbers",
+           "status_lines"]
 
 
 class LogProgress:
@@ -67,6 +68,22 @@ def failures(out: str | Path, axes: list[str], limit: int = 10) -> list[str]:
     if len(failed) > limit:
         lines.append(f"  … and {len(failed) - limit} more")
     return lines
+
+
+def headline_numbers(out: str | Path) -> dict[str, float]:
+    """The width exponent of init dist_inf and its 95 % CI over the finished trials, as the
+    sweep's MLflow metrics ({} with fewer than 2 widths)."""
+    from .analysis import fit_power_law
+
+    trials, _ = store.load_results(out)
+    done = trials[trials.status.map(lambda s: Status(s).done)]
+    if done.width.nunique() < 2:
+        return {}
+    fit = fit_power_law(done.width, done.init_dist_inf)
+    values = {"width_exponent_init_dist_inf": fit.slope,
+              "width_exponent_init_dist_inf_lo": fit.slope_lo,
+              "width_exponent_init_dist_inf_hi": fit.slope_hi}
+    return {k: float(v) for k, v in values.items() if v == v}        # NaN: too few widths
 
 
 def headline(out: str | Path) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import store
-from .errors import TrackingError
+from .errors import TrackingError, UserError
 from .records import RECORD_COLUMNS, Status
 from .tracking.uri import redact
 
@@ -21,12 +21,27 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
     store at ``uri``. Idempotent: a second call pushes nothing."""
     from .tracking.tracker import Tracker
 
-    tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True)
+    axes, description = _axes_of(sweep_yaml)
+    tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True, axes=axes,
+                      description=description)
     counts = push_missing(tracker, out_dir, sweep_id)
     tracker.close("FINISHED", {"synced_trials": counts["pushed"]})
     if tracker.degraded:
         raise TrackingError(f"MLflow at {redact(uri)} failed during sync: {tracker.degraded}")
     return counts
+
+
+def _axes_of(sweep_yaml: str) -> tuple[tuple[str, ...], str]:
+    """The sweep's grid axes and description, from the ``sweep.yaml`` it ran with (so synced
+    runs are named and tagged as live ones); none if it cannot be read."""
+    from .sweep_spec import load_sweep_spec
+    from .yaml_input import load_yaml
+
+    try:
+        spec = load_sweep_spec(load_yaml(sweep_yaml, "sweep.yaml")[0] or {})
+    except UserError:
+        return (), ""
+    return tuple(spec.axes()), spec.description
 
 
 def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:

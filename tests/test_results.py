@@ -43,6 +43,11 @@ def check_mlflow(uri, spec, summary):
     children = [r for r in runs if r.data.tags.get("ntksweep.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4
+    # what the UI shows: the model-training view, runs named and tagged by their axes, the
+    # sweep's counts on its parent run
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    if not any(c.data.tags.get("synced") for c in children):
+        assert parents[0].data.metrics["trials_completed"] == 4
     _, ckpts = ntksweep.load_results(summary.out_dir)
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -50,6 +55,8 @@ def check_mlflow(uri, spec, summary):
         tid = child.data.tags["trial_id"]
         trial = next(t for t in spec.trials() if t.trial_id == tid)
         assert child.data.params["width"] == str(trial.width)
+        assert child.info.run_name == f"w{trial.width}-s{trial.seed}"
+        assert child.data.tags["width"] == str(trial.width)
         assert child.data.params["lr"] == str(trial.lr)
         history = client.get_metric_history(child.info.run_id, "dist_inf")
         rows = ckpts[ckpts.trial_id == tid].sort_values("step")

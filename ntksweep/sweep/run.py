@@ -20,6 +20,7 @@ from ..lock import DriverLock
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..sweep_spec import SweepSpec
 from ..sync import push_missing
+from ..tracking.tracker import Untracked
 from ..tracking.uri import redact
 from ..train import batch_rows
 from ..trial_spec import TrialSpec
@@ -129,7 +130,7 @@ class SweepRun:
               tracking: bool) -> None:
         """Start Ray (unless running), check the cluster and the output dir, write the sweep's
         metadata, boot the actors and open the tracker; undo it all if any step fails."""
-        from ..tracking.tracker import Tracker, Untracked
+        from ..tracking.tracker import Tracker
 
         if self.todo and not ray.is_initialized():
             # Ray resets its logger's level at init: keep what the caller set (the CLI quiets
@@ -152,7 +153,9 @@ class SweepRun:
             store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name, redact(uri)))
             for _ in range(self.shape.n if self.todo else 0):
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
-            self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml) \
+            self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml,
+                                   axes=tuple(self.spec.axes()),
+                                   description=self.spec.description) \
                 if tracking else Untracked()
             self._number_attempts()
             if tracking and not self.tracker.degraded:
@@ -235,8 +238,13 @@ class SweepRun:
             _kill(a)
         self.actors = []
         status = "FAILED" if crashed else "KILLED" if self.interrupted else "FINISHED"
-        self.tracker.close(status, {s.value: self.counts[s.value] for s in
-                                    (Status.COMPLETED, Status.FAILED, Status.DIVERGED)})
+        summary = {}
+        if not crashed and not isinstance(self.tracker, Untracked):  # the whole sweep so far
+            stored = Counter(s.value for s in store.finished_trials(self.out).values())
+            summary = {f"trials_{s.value}": stored[s.value]
+                       for s in (Status.COMPLETED, Status.FAILED, Status.DIVERGED)}
+            summary.update(console.headline_numbers(self.out))
+        self.tracker.close(status, summary)
         self._release()
 
     def _hand_out(self) -> None:

@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from .. import __version__
 from ..records import Record, Status
 from .mlflow_api import bound_http_requests, log_text_artifact, rest_log_batch
+from .naming import EXPERIMENT_KIND, axis_tags, run_name
 from .sqlite import artifact_root, tune_sqlite
 from .uri import scrub
 
@@ -132,8 +133,9 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
-                 *, required: bool = False):
+                 *, required: bool = False, axes: tuple[str, ...] = (), description: str = ""):
         self.uri, self.sweep_id = uri, sweep_id
+        self.axes, self.description = tuple(axes), description
         # MLflow prints a "View run" line per finished run on a server: 10^4 lines per sweep
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.degraded: str | None = None
@@ -165,7 +167,10 @@ class Tracker:
     def _open(self, experiment: str, sweep_yaml: str) -> None:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_root(self.uri))
+            experiment, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND)
+        if exp is not None and not all(exp.tags.get(k) for k in EXPERIMENT_KIND):
+            for key, value in EXPERIMENT_KIND.items():  # one created before the tag existed
+                self.client.set_experiment_tag(self.experiment_id, key, value)
         found = self.client.search_runs(
             [self.experiment_id],
             f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'sweep'",
@@ -178,7 +183,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
             "ntksweep.sweep_id": self.sweep_id, "ntksweep.role": "sweep",
             "ntksweep.version": __version__, "ntksweep.git_commit": _git_commit() or "",
-            "host": socket.gethostname()})
+            "host": socket.gethostname(), "mlflow.note.content": self.description,
+            "ntksweep.axes": ",".join(self.axes)})
         self.parent_id = run.info.run_id
         if sweep_yaml:
             self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
@@ -286,10 +292,11 @@ class Tracker:
         if self.degraded:
             return handle
         tags = {"mlflow.parentRunId": self.parent_id, "ntksweep.sweep_id": self.sweep_id,
+                **axis_tags(spec, self.axes),
                 "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
                 "status": Status.RUNNING.value, "ntksweep.version": __version__,
                 **{k: str(v) for k, v in (worker or {}).items()}}
-        unborn = (f"{trial_id}-a{attempt}", int(time.time() * 1000), tags,
+        unborn = (run_name(trial_id, attempt, spec, self.axes), int(time.time() * 1000), tags,
                   json.dumps(spec, indent=1))
         params = _flat_params(spec)
 
@@ -351,14 +358,18 @@ class Tracker:
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None,
               timeout: float = 120.0) -> None:
-        """Finish the parent run and wait until every queued request has been sent, for at
-        most ``timeout`` seconds: a store that stops answering must not hold the sweep's exit
-        (what is left unsent is marked ``degraded``; ``ntksweep sync`` pushes it later)."""
+        """Finish the parent run — ``summary``'s numbers become its metrics (and tags) — and
+        wait until every queued request has been sent, for at most ``timeout`` seconds: a store
+        that stops answering must not hold the sweep's exit (what is left unsent is marked
+        ``degraded``; ``ntksweep sync`` pushes it later)."""
         tags = [RunTag(f"ntksweep.{k}", str(v)) for k, v in (summary or {}).items()]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in (summary or {}).items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)]
 
         def close():
-            if tags:
-                self.client.log_batch(self.parent_id, tags=tags)
+            if tags or metrics:
+                self.client.log_batch(self.parent_id, metrics=metrics, tags=tags)
             self.client.set_terminated(self.parent_id, status)
 
         if self.parent_id:
