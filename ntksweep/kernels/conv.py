@@ -35,21 +35,32 @@ __all__ = ["conv_kernels"]
 
 def conv_average(e: Tensor, k: int, padding: str) -> Tensor:
     """𝒜(E): the mean over the k×k window of E[p + δ, q + δ] for E (…, H, W, H, W), zeros
-    outside the image (``same``: output H×W) or only inside it (``valid``: (H−k+1)×(W−k+1))."""
-    h, w = e.shape[-4], e.shape[-3]
-    if padding == "same":
-        r = k // 2
-        e = F.pad(e, (r, r, r, r, 0, 0, 0, 0))                            # the q axes
-        e = F.pad(e.movedim((-4, -3), (-2, -1)), (r, r, r, r)).movedim((-2, -1), (-4, -3))
-        ho, wo = h, w
-    else:
-        ho, wo = h - k + 1, w - k + 1
-    out = None
-    for di in range(k):
-        for dj in range(k):
-            part = e[..., di:di + ho, dj:dj + wo, di:di + ho, dj:dj + wo]
-            out = part.clone() if out is None else out.add_(part)
-    return out.div_(k * k)
+    outside the image (``same``: output H×W) or only inside it (``valid``: (H−k+1)×(W−k+1)).
+    The window and the zero padding are products over rows and columns, so 𝒜 is a mean
+    over row shifts then one over column shifts (2k slice sums, not k²); slices add into
+    place and nothing is padded."""
+    return _shift_mean(_shift_mean(e, k, padding, (-4, -2)), k, padding, (-3, -1))
+
+
+def _shift_mean(e: Tensor, k: int, padding: str, axes: tuple[int, int]) -> Tensor:
+    """(1/k) Σ_d E[p + d, q + d] along one spatial axis of p and the same axis of q."""
+    n = e.shape[axes[0]]
+
+    def cut(t: Tensor, lo: int, hi: int) -> Tensor:
+        return t.narrow(axes[0], lo, hi - lo).narrow(axes[1], lo, hi - lo)
+
+    if padding == "valid":
+        m = n - k + 1
+        out = cut(e, 0, m).clone()
+        for d in range(1, k):
+            out += cut(e, d, d + m)
+        return out.div_(k)
+    out = e.clone()                                                      # d = 0
+    for d in range(-(k // 2), k // 2 + 1):
+        if d:  # outputs whose p + d (and q + d) stay inside the image: zeros elsewhere
+            lo, hi = max(0, -d), min(n, n - d)
+            cut(out, lo, hi).add_(cut(e, lo + d, hi + d))
+    return out.div_(k)
 
 
 def conv_average_diagonal(d: Tensor, k: int, padding: str) -> Tensor:

@@ -94,9 +94,13 @@ def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Ten
 
 
 def _add_gram(out: Tensor, a: Tensor, blocks: int = 4) -> None:
-    """out += a aᵀ computing only the blocks on and above the diagonal (and mirroring): the
-    Gram products are most of the work, and half of them repeat."""
+    """out += a aᵀ computing only the blocks on and above the diagonal (and mirroring) when
+    there are enough rows for the blocks to stay efficient products (half of the Gram
+    repeats); one product otherwise."""
     n = a.shape[0]
+    if n < 1024:
+        out.addmm_(a, a.T)
+        return
     edges = [round(i * n / blocks) for i in range(blocks + 1)]
     spans = [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
     for i, rows in enumerate(spans):

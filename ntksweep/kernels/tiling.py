@@ -90,8 +90,8 @@ def tile_bytes(model: nn.Module, method: str, rows: int, cols: int, out_dim: int
     """Working-memory estimate (bytes) of one rows × cols tile, excluding the model itself
     and the assembled output: per-point features or Jacobians plus per-pair blocks."""
     k = out_dim
-    if method == "structured" and not isinstance(model, MLP):   # per-layer gradients
-        per_point = 3 * k * sum(layer_gradient_sizes(model))
+    if method == "structured" and not isinstance(model, MLP):   # per-layer gradients,
+        per_point = 3 * k * sum(layer_gradient_sizes(model)) // 2  # and their transients
         per_pair = 2 * k * k
     elif method == "structured":
         per_point = sum(l.in_features + (k + 2) * l.weight.shape[0] for l in model.layers)
