@@ -21,6 +21,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +29,8 @@ import torch.nn.functional as F
 from ntksweep import analytic_kernels, empirical_ntk
 from ntksweep.models import CNN
 
-
-def best_time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_empirical import best_time  # noqa: E402
 
 
 def bare_operations(model: CNN, x: torch.Tensor) -> None:

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from ..activations import LEAKY_RELU_SLOPE
 from ..errors import SpecError
-from ..hyper import check_conv, check_network
-from .conv import conv_kernels
+from ..hyper import check_network
+from .conv import conv_limits
 from .duals import SNAP, get_dual
 
 _ONE = torch.ones((), dtype=torch.float64)
@@ -177,52 +177,6 @@ def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
     return a, b, symmetric
 
 
-def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
-    """Validate (n1, C, H, W) / (n2, C, H, W) images given as numpy or torch: float64 torch."""
-
-    def convert(x, name):
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().double().numpy()
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 4:
-            raise SpecError(f"{name} must be images (points, channels, height, width); got "
-                            f"shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise SpecError(f"{name} contains NaN or inf; clean the inputs first")
-        return torch.from_numpy(x)
-
-    a = convert(x1, "x1")
-    b = a if x2 is None else convert(x2, "x2")
-    if a.shape[1:] != b.shape[1:]:
-        raise SpecError(f"x1 images are {tuple(a.shape[1:])} but x2 images "
-                        f"{tuple(b.shape[1:])}; both need the same shape")
-    return a, b, x2 is None
-
-
-def _conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std,
-                 parametrization, leaky_relu_slope, kernel_size, padding, readout, quadrature,
-                 memory_budget) -> AnalyticKernels:
-    """``analytic_kernels`` for ``architecture`` 'cnn' or 'resnet' (``kernels.conv``)."""
-    check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
-               padding=padding, readout=readout, parametrization=parametrization)
-    a, b, symmetric = as_float64_images(x1, x2)
-    if padding == "valid" and (depth - 1) * (kernel_size - 1) >= min(a.shape[2:]):
-        raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions leave "
-                        f"nothing of a {a.shape[2]}×{a.shape[3]} image")
-    dual = get_dual(activation, quadrature=quadrature, leaky_relu_slope=leaky_relu_slope)
-    ntk, nngp = conv_kernels(a, b, symmetric, architecture=architecture, depth=depth,
-                             dual=dual, weight_std=weight_std, bias_std=bias_std,
-                             kernel_size=kernel_size, padding=padding, readout=readout,
-                             memory_budget=memory_budget)
-    ntk, nngp = ntk.numpy(), nngp.numpy()
-    if not (np.isfinite(ntk).all() and np.isfinite(nngp).all()):
-        raise SpecError(f"the {activation} {architecture} kernel overflows float64 for these "
-                        "inputs; rescale them, e.g. standardise them")
-    return AnalyticKernels(ntk=ntk, nngp=nngp, depth=int(depth), activation=activation,
-                           weight_std=float(weight_std), bias_std=float(bias_std),
-                           parametrization=parametrization)
-
-
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (n, d) → (rows scaled to norm √d, i.e. x·x/d = 1; zero rows stay 0), the scale of
     each row: x = u · scale, computed without squaring x (no overflow or underflow)."""
@@ -304,6 +258,37 @@ def _generic_block(e: Tensor, diag1: list[Tensor], diag2: list[Tensor], rows: sl
     return theta, sigma
 
 
+def _mlp_kernels(a: Tensor, b: Tensor, symmetric: bool, *, depth: int, dual,
+                 weight_std: float, bias_std: float, parametrization: str,
+                 width: int | None, tile, arccos_slope: float | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The MLP recursion over blocks of (rows, cols) pairs: (Θ_∞, Σ) as (n1, n2) numpy;
+    ``arccos_slope``: the fused (leaky-)ReLU path with that negative slope."""
+    diag1 = _diagonal_sigmas(a, depth, dual, weight_std, bias_std)
+    diag2 = diag1 if symmetric else _diagonal_sigmas(b, depth, dual, weight_std, bias_std)
+    n1, n2 = a.shape[0], b.shape[0]
+    shape = _block_shape(tile, symmetric)
+    # numpy's allocations of this size get transparent huge pages: fewer page faults
+    ntk_np, nngp_np = np.empty((n1, n2)), np.empty((n1, n2))
+    ntk, nngp = torch.from_numpy(ntk_np), torch.from_numpy(nngp_np)
+    arccos = None
+    if arccos_slope is not None:
+        arccos = ArcCosLayer(shape, arccos_slope, weight_std, bias_std, diag1, diag2)
+    fan_ins = [a.shape[1]] + [width or 0] * (depth - 1)
+    b_t = (b / b.shape[1]).T                                             # (d, n2), 1/n0 folded in
+    for rows, cols in _blocks(n1, n2, symmetric, shape):
+        e = a[rows] @ b_t[:, cols]                                       # E^(0) = x·x'/n0
+        if arccos is not None:
+            arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
+        else:
+            ntk[rows, cols], nngp[rows, cols] = _generic_block(
+                e, diag1, diag2, rows, cols, dual, weight_std, bias_std,
+                parametrization, fan_ins)
+        if symmetric:
+            _mirror(ntk_np, nngp_np, rows, cols)
+    return ntk_np, nngp_np
+
+
 def analytic_kernels(
     x1,
     x2=None,
@@ -342,11 +327,13 @@ def analytic_kernels(
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
     if architecture != "mlp":
-        return _conv_limits(x1, x2, architecture=architecture, depth=depth,
-                            activation=activation, weight_std=weight_std, bias_std=bias_std,
-                            parametrization=parametrization, leaky_relu_slope=leaky_relu_slope,
-                            kernel_size=kernel_size, padding=padding, readout=readout,
-                            quadrature=quadrature, memory_budget=memory_budget)
+        ntk_np, nngp_np = conv_limits(
+            x1, x2, architecture=architecture, depth=depth, activation=activation,
+            weight_std=weight_std, bias_std=bias_std, parametrization=parametrization,
+            leaky_relu_slope=leaky_relu_slope, kernel_size=kernel_size, padding=padding,
+            readout=readout, quadrature=quadrature, memory_budget=memory_budget)
+        return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),
+                               float(bias_std), parametrization)
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
     given = (a_np, b_np)
     scale = None
@@ -356,46 +343,20 @@ def analytic_kernels(
         b_np, nb = (a_np, na) if symmetric else _unit_rows(b_np)
         with np.errstate(over="ignore"):
             scale = np.outer(na, nb)
-    a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
     dual = get_dual(activation, quadrature=quadrature, points=quadrature_points,
                     leaky_relu_slope=leaky_relu_slope)
-    diag1 = _diagonal_sigmas(a, depth, dual, weight_std, bias_std)
-    diag2 = diag1 if symmetric else _diagonal_sigmas(b, depth, dual, weight_std, bias_std)
-    n1, n2 = a.shape[0], b.shape[0]
-    shape = _block_shape(tile, symmetric)
-    # numpy's allocations of this size get transparent huge pages: fewer page faults
-    ntk_np, nngp_np = np.empty((n1, n2)), np.empty((n1, n2))
-    ntk, nngp = torch.from_numpy(ntk_np), torch.from_numpy(nngp_np)
     slope = {"relu": 0.0, "leaky_relu": leaky_relu_slope}.get(activation)
-    arccos = None
-    if fused and slope is not None and not quadrature and parametrization == "ntk":
-        arccos = ArcCosLayer(shape, slope, weight_std, bias_std, diag1, diag2)
-    fan_ins = [a.shape[1]] + [width or 0] * (depth - 1)
-    b_t = (b / b.shape[1]).T                                             # (d, n2), 1/n0 folded in
-    for rows, cols in _blocks(n1, n2, symmetric, shape):
-        e = a[rows] @ b_t[:, cols]                                       # E^(0) = x·x'/n0
-        if arccos is not None:
-            arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
-        else:
-            ntk[rows, cols], nngp[rows, cols] = _generic_block(
-                e, diag1, diag2, rows, cols, dual, weight_std, bias_std,
-                parametrization, fan_ins)
-        if symmetric:
-            _mirror(ntk_np, nngp_np, rows, cols)
+    fused = fused and slope is not None and not quadrature and parametrization == "ntk"
+    ntk_np, nngp_np = _mlp_kernels(
+        torch.from_numpy(a_np), torch.from_numpy(b_np), symmetric, depth=depth, dual=dual,
+        weight_std=weight_std, bias_std=bias_std, parametrization=parametrization,
+        width=width, tile=tile, arccos_slope=slope if fused else None)
     if scale is not None:
         with np.errstate(invalid="ignore", over="ignore"):
-            ntk_np *= scale
-            nngp_np *= scale
+            ntk_np, nngp_np = ntk_np * scale, nngp_np * scale
     if not (np.isfinite(ntk_np).all() and np.isfinite(nngp_np).all()):
         raise SpecError(f"the {activation} kernel overflows float64 for these inputs "
                         f"(x·x/n0 up to {max(map(_max_sq, given)):.3g}); rescale the "
                         "inputs, e.g. standardise them")
-    return AnalyticKernels(
-        ntk=ntk_np,
-        nngp=nngp_np,
-        depth=int(depth),
-        activation=activation,
-        weight_std=float(weight_std),
-        bias_std=float(bias_std),
-        parametrization=parametrization,
-    )
+    return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),
+                           float(bias_std), parametrization)

@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv_kernels"]
+from ..errors import SpecError
+from ..hyper import check_conv
+from .duals import get_dual
+
+__all__ = ["conv_kernels", "conv_limits", "as_float64_images"]
 
 
 def conv_average(e: Tensor, k: int, padding: str) -> Tensor:
@@ -158,4 +163,49 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
                 ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
     if symmetric:  # the diagonal tiles: symmetric up to the duals' last bits
         ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
+    return ntk, nngp
+
+
+def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
+    """Validate (n1, C, H, W) / (n2, C, H, W) images given as numpy or torch: float64 torch."""
+
+    def convert(x, name):
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().double().numpy()
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 4:
+            raise SpecError(f"{name} must be images (points, channels, height, width); got "
+                            f"shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise SpecError(f"{name} contains NaN or inf; clean the inputs first")
+        return torch.from_numpy(x)
+
+    a = convert(x1, "x1")
+    b = a if x2 is None else convert(x2, "x2")
+    if a.shape[1:] != b.shape[1:]:
+        raise SpecError(f"x1 images are {tuple(a.shape[1:])} but x2 images "
+                        f"{tuple(b.shape[1:])}; both need the same shape")
+    return a, b, x2 is None
+
+
+def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std,
+                parametrization, leaky_relu_slope, kernel_size, padding, readout, quadrature,
+                memory_budget) -> tuple[np.ndarray, np.ndarray]:
+    """``analytic_kernels`` for ``architecture`` 'cnn' or 'resnet': (Θ_∞, Σ), (n1, n2)
+    float64 numpy, for images x1 (n1, C, H, W) and x2 (n2, C, H, W) (default x1)."""
+    check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
+               padding=padding, readout=readout, parametrization=parametrization)
+    a, b, symmetric = as_float64_images(x1, x2)
+    if padding == "valid" and (depth - 1) * (kernel_size - 1) >= min(a.shape[2:]):
+        raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions leave "
+                        f"nothing of a {a.shape[2]}×{a.shape[3]} image")
+    dual = get_dual(activation, quadrature=quadrature, leaky_relu_slope=leaky_relu_slope)
+    ntk, nngp = conv_kernels(a, b, symmetric, architecture=architecture, depth=depth,
+                             dual=dual, weight_std=weight_std, bias_std=bias_std,
+                             kernel_size=kernel_size, padding=padding, readout=readout,
+                             memory_budget=memory_budget)
+    ntk, nngp = ntk.numpy(), nngp.numpy()
+    if not (np.isfinite(ntk).all() and np.isfinite(nngp).all()):
+        raise SpecError(f"the {activation} {architecture} kernel overflows float64 for these "
+                        "inputs; rescale them, e.g. standardise them")
     return ntk, nngp

@@ -20,7 +20,7 @@ from ..lock import DriverLock
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..sweep_spec import SweepSpec
 from ..sync import push_missing
-from ..tracking.tracker import Untracked
+from ..tracking.protocol import Untracked
 from ..tracking.uri import redact
 from ..train import batch_rows
 from ..trial_spec import TrialSpec

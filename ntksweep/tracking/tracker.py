@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
@@ -33,6 +33,7 @@ from .. import __version__
 from ..records import Record, Status
 from .mlflow_api import bound_http_requests, log_text_artifact, rest_log_batch
 from .naming import EXPERIMENT_KIND, axis_tags, run_name
+from .protocol import TrialTracker, Untracked
 from .sqlite import artifact_root, tune_sqlite
 from .uri import scrub
 
@@ -46,24 +47,6 @@ _IDLE = object()     # "the queue stayed empty for a tick" (None means: stop)
 # Batches in flight at once: a tracking server handles requests in parallel (run it with
 # --workers N), while a SQLite file has one writer, so there one sender is enough.
 _SENDERS = {"http": 4, "https": 4}
-
-
-class TrialTracker(Protocol):
-    """What the sweep driver calls; every call returns at once. ``start_trial`` returns a
-    handle (None: nothing is tracked) that the other calls take."""
-
-    degraded: str | None
-    attempts: dict[str, int]   # trial_id → the highest attempt already tracked, unfinished
-
-    def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
-                    worker: dict[str, Any] | None = None) -> int | None: ...
-
-    def log_record(self, handle: int | None, record: Record) -> None: ...
-
-    def end_trial(self, handle: int | None, status: Status | str,
-                  tags: dict[str, Any] | None = None) -> None: ...
-
-    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None: ...
 
 
 def _git_commit() -> str | None:
@@ -383,25 +366,3 @@ class Tracker:
             self._senders.shutdown(wait=False, cancel_futures=True)
             return
         self._senders.shutdown(wait=True)
-
-
-class Untracked:
-    """A ``TrialTracker`` that tracks nothing: a sweep run with ``--no-tracking`` (Parquet
-    only; ``ntksweep sync`` pushes it to MLflow later)."""
-
-    degraded = None
-    attempts: dict[str, int] = {}
-
-    def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
-                    worker: dict[str, Any] | None = None) -> None:
-        return None
-
-    def log_record(self, handle: int | None, record: Record) -> None:
-        pass
-
-    def end_trial(self, handle: int | None, status: Status | str,
-                  tags: dict[str, Any] | None = None) -> None:
-        pass
-
-    def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:
-        pass
