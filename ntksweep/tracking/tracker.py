@@ -47,6 +47,11 @@ _IDLE = object()     # "the queue stayed empty for a tick" (None means: stop)
 # Batches in flight at once: a tracking server handles requests in parallel (run it with
 # --workers N), while a SQLite file has one writer, so there one sender is enough.
 _SENDERS = {"http": 4, "https": 4}
+# Requests queued for the writer at most (a few KiB each: a trial's params and metrics).
+# Trials that end faster than MLflow can record them would otherwise queue without bound —
+# ~8 KiB per trivial trial, gigabytes over 10⁵ of them; past this the driver's calls wait
+# for the writer, and the sweep goes at MLflow's pace, as it must at its end anyway.
+_MAX_QUEUED = 10_000
 
 
 def _git_commit() -> str | None:
@@ -135,7 +140,7 @@ class Tracker:
         self._unborn: dict[int, tuple] = {}       # handle → what creating its run needs
         self._buffers: dict[int, _Pending] = {}
         self._handles = itertools.count()
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = queue.Queue(maxsize=_MAX_QUEUED)
         self._senders = ThreadPoolExecutor(_SENDERS.get(urlparse(uri).scheme, 1), "mlflow-send")
         self._inflight: dict[int, list[Future]] = {}
         try:
@@ -216,7 +221,16 @@ class Tracker:
                 next_sweep = now + _TICK
 
     def _submit(self, fn) -> None:
-        self._queue.put(fn)
+        """Queue a request, waiting while ``_MAX_QUEUED`` are queued (never forever: a writer
+        that has stopped turns tracking off instead)."""
+        while True:
+            try:
+                self._queue.put(fn, timeout=1.0)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    self.degraded = self.degraded or "the MLflow writer thread stopped"
+                    return
 
     def _flush(self, handle: int) -> None:
         buf = self._buffers.get(handle)
@@ -357,7 +371,7 @@ class Tracker:
 
         if self.parent_id:
             self._submit(close)
-        self._queue.put(None)
+        self._submit(None)  # the stop request
         self._thread.join(timeout)
         if self._thread.is_alive():
             self.degraded = self.degraded or f"close: MLflow did not finish within {timeout:g} s"
