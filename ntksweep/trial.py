@@ -16,13 +16,7 @@ import torch
 
 from .data import Dataset, make_dataset
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
-from .kernels.metrics import (
-    alignment,
-    kernel_flow_prediction,
-    kernel_gd_prediction,
-    rel_frobenius,
-    top_eigenvalues,
-)
+from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
 from .models import CNN, MLP, ResNet
 from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
@@ -185,6 +179,7 @@ class _Run:
         self.timers = {"train": 0.0, "kernel": 0.0}
         self._resume: float | None = None
         self.init: dict[str, np.ndarray] = {}   # Θ_0 on [eval; train], f_0 on eval and train
+        self.linear: dict[str, KernelDynamics] = {}   # the linear models, from step 0 on
 
     def train(self) -> str:
         t = self.t
@@ -258,19 +253,26 @@ class _Run:
         ``gap_*`` after the same number of full-batch GD steps with Θ_∞ / Θ_0 (the discrete
         dynamics a linearised network follows exactly; for SGD, the full-batch GD its steps
         follow in expectation), ``gap_*_flow`` the continuous gradient flow at t = lr·step."""
-        m, init, lim, spec = self.m, self.init, self.limit, self.spec
-        nan = float("nan")
-        rec = {"f_change": float(np.sqrt(np.mean((f_ev - init["f_ev"]) ** 2))),
+        m, spec, nan = self.m, self.spec, float("nan")
+        rec = {"f_change": float(np.sqrt(np.mean((f_ev - self.init["f_ev"]) ** 2))),
                "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan}
         if spec.loss == "mse":
-            for name, kernel in (("inf", lim.ntk), ("lin", init["theta0"])):
-                args = (kernel[:m, m:], kernel[m:, m:], init["f_ev"], init["f_tr"],
-                        self.data.y_train)
-                for suffix, pred in (("", kernel_gd_prediction(*args, spec.lr, step)),
-                                     ("_flow", kernel_flow_prediction(*args, spec.lr * step))):
+            for name, model in self._linear_models().items():
+                for suffix, pred in (("", model.gd(spec.lr, step)),
+                                     ("_flow", model.flow(spec.lr * step))):
                     rec[f"gap_{name}{suffix}"] = float(np.sqrt(np.mean((f_ev - pred) ** 2)))
-        rec["dist_nngp"] = rel_frobenius(self._nngp(), lim.nngp[:m, :m])
+        rec["dist_nngp"] = rel_frobenius(self._nngp(), self.limit.nngp[:m, :m])
         return rec
+
+    def _linear_models(self) -> dict[str, KernelDynamics]:
+        """The linear models with Θ_∞ and Θ_0 from this trial's f_0, built once (their
+        eigendecompositions are the costly part) and read at every checkpoint."""
+        if not self.linear:
+            m, init = self.m, self.init
+            self.linear = {name: KernelDynamics(k[:m, m:], k[m:, m:], init["f_ev"],
+                                                init["f_tr"], self.data.y_train)
+                           for name, k in (("inf", self.limit.ntk), ("lin", init["theta0"]))}
+        return self.linear
 
     def _nngp(self) -> np.ndarray:
         """The empirical NNGP on the eval set (M, M): the covariance of an output given the

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "kernel_flow_prediction",
-           "kernel_gd_prediction", "kernel_flow_gaussian"]
+__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "KernelDynamics",
+           "kernel_flow_prediction", "kernel_gd_prediction", "kernel_flow_gaussian"]
 
 
 def rel_frobenius(a: np.ndarray, b: np.ndarray) -> float:
@@ -29,6 +29,47 @@ def top_eigenvalues(k: np.ndarray, m: int = 3) -> np.ndarray:
     return eig[::-1][:m]
 
 
+class KernelDynamics:
+    """The linear model trained on (X, Y) by C(f) = (1/N) Σ ‖f(x_i) − y_i‖² with a constant
+    kernel Θ, read at points x (Jacot et al. 2018, §5; Lee et al. 2019 with Θ = Θ_0). The
+    eigendecomposition Θ(X, X) = V Λ Vᵀ is done once; each prediction is then one (M, N)
+    product:
+
+        f(x) = f_0(x) + Θ(x, X) V g(Λ) Vᵀ (Y − f_0(X)),
+
+    with g(λ) = (1 − e^{−2tλ/N})/λ for gradient flow to time t (``flow``) and
+    g(λ) = (1 − (1 − 2ηλ/N)^s)/λ after s full-batch GD steps of size η (``gd``: the discrete
+    dynamics a linearised network trained by GD follows exactly; it tends to the flow at
+    t = ηs as η → 0, and at usual learning rates differs from it by a time-step error that
+    does not shrink with width). Both g tend to their λ → 0 limits (2t/N, 2ηs/N), so
+    singular kernels are fine.
+
+    Shapes: theta_xX (M, N), theta_XX (N, N), f0_x (M, k), f0_X (N, k), y (N, k) — the
+    per-logit kernel acting on each output column (Θ ⊗ I_k).
+    """
+
+    def __init__(self, theta_xX: np.ndarray, theta_XX: np.ndarray, f0_x: np.ndarray,
+                 f0_X: np.ndarray, y: np.ndarray, *, n_train: int | None = None):
+        self.n = n_train or y.shape[0]
+        self.lam, v = _eig(theta_XX)
+        self.proj = theta_xX @ v                                         # (M, N)
+        self.residual = v.T @ (y - f0_X)                                 # (N, k), eigenbasis
+        self.f0_x = f0_x
+
+    def _at(self, gain: np.ndarray) -> np.ndarray:
+        """f_0(x) + Θ(x, X) V diag(gain) Vᵀ (Y − f_0(X)) for gain (N,) or (T, N)."""
+        return self.f0_x + np.einsum("mn,...n,nk->...mk", self.proj, gain, self.residual)
+
+    def flow(self, t: float | np.ndarray) -> np.ndarray:
+        """f_t(x) (M, k), or (T, M, k) for a vector of times."""
+        out = self._at(_flow_gain(self.lam, np.atleast_1d(np.asarray(t, float)), self.n))
+        return out if np.ndim(t) else out[0]
+
+    def gd(self, lr: float, steps: int) -> np.ndarray:
+        """f(x) (M, k) after ``steps`` full-batch GD steps of size ``lr``."""
+        return self._at(_gd_gain(self.lam, lr, steps, self.n))
+
+
 def kernel_flow_prediction(
     theta_xX: np.ndarray,
     theta_XX: np.ndarray,
@@ -39,17 +80,13 @@ def kernel_flow_prediction(
     *,
     n_train: int | None = None,
 ) -> np.ndarray:
-    """Outputs at x after time t of gradient flow on C(f) = (1/N) Σ ‖f(x_i) − y_i‖² with a
-    constant kernel Θ (Jacot et al. 2018, §5; Lee et al. 2019 with Θ = Θ_0):
+    """Outputs at x after time t of gradient flow with a constant kernel (``KernelDynamics``):
 
         df(x)/dt = −(2/N) Θ(x, X) (f(X) − Y)
         ⇒ f_t(x) = f_0(x) + Θ(x, X) Θ(X, X)⁻¹ (I − e^{−(2/N) t Θ(X, X)}) (Y − f_0(X)).
 
-    Shapes: theta_xX (M, N), theta_XX (N, N), f0_x (M, k), f0_X (N, k), y (N, k) — the
-    per-logit kernel acting on each output column (Θ ⊗ I_k) — or with a full
-    (M, N, k, k) / (N, N, k, k) kernel, flattened to (M k, N k). Returns (M, k), or
-    (T, M, k) for a vector of times. Uses Θ(X,X) = V Λ Vᵀ and (1 − e^{−2tλ/N})/λ written
-    with expm1 (→ 2t/N as λ → 0) so singular kernels are fine.
+    Shapes as ``KernelDynamics``, or with a full (M, N, k, k) / (N, N, k, k) kernel,
+    flattened to (M k, N k). Returns (M, k), or (T, M, k) for a vector of times.
     """
     n, k = y.shape
     if theta_XX.ndim == 4:  # rows (i, a), columns (j, b); the cost still averages over N
@@ -59,59 +96,46 @@ def kernel_flow_prediction(
             theta_XX.transpose(0, 2, 1, 3).reshape(n * k, n * k),
             f0_x.reshape(-1, 1), f0_X.reshape(-1, 1), y.reshape(-1, 1), t, n_train=n)
         return flat.reshape(*flat.shape[:-2], m, k)
-    v, gain = _flow_gain(theta_XX, np.atleast_1d(np.asarray(t, dtype=np.float64)), n_train or n)
-    residual = v.T @ (y - f0_X)                                         # (N, k) in eigenbasis
-    out = f0_x + np.einsum("mn,tn,nk->tmk", theta_xX @ v, gain, residual)
-    return out if np.ndim(t) else out[0]
+    return KernelDynamics(theta_xX, theta_XX, f0_x, f0_X, y, n_train=n_train).flow(t)
 
 
-def kernel_gd_prediction(
-    theta_xX: np.ndarray,
-    theta_XX: np.ndarray,
-    f0_x: np.ndarray,
-    f0_X: np.ndarray,
-    y: np.ndarray,
-    lr: float,
-    steps: int,
-) -> np.ndarray:
-    """Outputs at x after ``steps`` steps of full-batch gradient descent at step size ``lr`` on
-    C(f) = (1/N) Σ ‖f(x_i) − y_i‖² with a constant kernel Θ — the discrete dynamics a
-    linearised network trained by GD follows exactly (Lee et al. 2019, §2.2, in discrete
-    time):
+def kernel_gd_prediction(theta_xX: np.ndarray, theta_XX: np.ndarray, f0_x: np.ndarray,
+                         f0_X: np.ndarray, y: np.ndarray, lr: float, steps: int) -> np.ndarray:
+    """Outputs at x (M, k) after ``steps`` steps of full-batch gradient descent at step size
+    ``lr`` with a constant kernel (``KernelDynamics``):
 
         f_{s+1}(x) = f_s(x) − (2η/N) Θ(x, X) (f_s(X) − Y)
-        ⇒ f_s(X) = Y + (I − (2η/N) Θ(X, X))^s (f_0(X) − Y)
-          f_s(x) = f_0(x) + Θ(x, X) Θ(X, X)⁻¹ (I − (I − (2η/N) Θ(X, X))^s) (Y − f_0(X)).
-
-    Shapes as ``kernel_flow_prediction`` (per-logit (M, N) / (N, N) kernels); returns (M, k).
-    It tends to the continuous flow at t = η s as η → 0; at the learning rates people train
-    with, the two differ by a time-step error that does not shrink with width.
+        ⇒ f_s(x) = f_0(x) + Θ(x, X) Θ(X, X)⁻¹ (I − (I − (2η/N) Θ(X, X))^s) (Y − f_0(X)).
     """
-    n = y.shape[0]
-    lam, v = np.linalg.eigh(0.5 * (theta_XX + theta_XX.T))
-    lam = np.clip(lam, 0.0, None)
-    c = 2.0 * lr / n
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # (1 − (1 − cλ)^s)/λ, written through log1p where 1 − cλ > 0 (no cancellation for
-        # small cλ); → c s as λ → 0, so singular kernels are fine
-        stable = -np.expm1(steps * np.log1p(-np.minimum(c * lam, 1 - 1e-16))) / lam
-        direct = (1.0 - np.power(1.0 - c * lam, steps)) / lam
-        gain = np.where(c * lam < 1.0, stable, direct)
-        gain = np.where(lam > 1e-12 * max(lam.max(), 1e-300), gain, c * steps)
-    residual = v.T @ (y - f0_X)
-    return f0_x + (theta_xX @ v) @ (gain[:, None] * residual)
+    return KernelDynamics(theta_xX, theta_XX, f0_x, f0_X, y).gd(lr, steps)
 
 
-def _flow_gain(theta_XX: np.ndarray, times: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Θ(X,X) = V Λ Vᵀ and (1 − e^{−2tλ/N})/λ for each time, (T, N), written with expm1 so
-    that it tends to 2t/N as λ → 0 (singular kernels are fine)."""
+def _eig(theta_XX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Θ(X, X) = V Λ Vᵀ of its symmetric part, negative rounding clipped to 0."""
     lam, v = np.linalg.eigh(0.5 * (theta_XX + theta_XX.T))
-    lam = np.clip(lam, 0.0, None)
+    return np.clip(lam, 0.0, None), v
+
+
+def _small(lam: np.ndarray) -> np.ndarray:
+    """Eigenvalues that are zero to the kernel's precision: their gains take the λ → 0 limit."""
+    return lam <= 1e-12 * max(lam.max(initial=0.0), 1e-300)
+
+
+def _flow_gain(lam: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
+    """(1 − e^{−2tλ/N})/λ for each time, (T, N), with expm1 (→ 2t/N as λ → 0)."""
     rate = 2.0 * times[:, None] / n                                     # (T, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        gain = np.where(lam > 1e-12 * max(lam.max(), 1e-300),
-                        -np.expm1(-rate * lam) / np.where(lam > 0, lam, 1.0), rate)
-    return v, gain
+        return np.where(_small(lam), rate, -np.expm1(-rate * lam) / np.where(lam > 0, lam, 1.0))
+
+
+def _gd_gain(lam: np.ndarray, lr: float, steps: int, n: int) -> np.ndarray:
+    """(1 − (1 − cλ)^s)/λ, c = 2η/N, (N,): through log1p where 1 − cλ > 0 (no cancellation
+    for small cλ), directly where a step overshoots; → c s as λ → 0."""
+    c = 2.0 * lr / n
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        stable = -np.expm1(steps * np.log1p(-np.minimum(c * lam, 1 - 1e-16))) / lam
+        direct = (1.0 - np.power(1.0 - c * lam, steps)) / lam
+        return np.where(_small(lam), c * steps, np.where(c * lam < 1.0, stable, direct))
 
 
 def kernel_flow_gaussian(
@@ -134,7 +158,8 @@ def kernel_flow_gaussian(
     Shapes: theta_xX, sigma_xX (M, N); theta_XX, sigma_XX (N, N); sigma_xx (M,) (the
     diagonal Σ(x, x)); y (N, k).
     """
-    v, gain = _flow_gain(theta_XX, np.array([float(t)]), y.shape[0])
+    lam, v = _eig(theta_XX)
+    gain = _flow_gain(lam, np.array([float(t)]), y.shape[0])
     a = (theta_xX @ v * gain[0]) @ v.T                                  # A (M, N)
     mean = a @ y
     var = sigma_xx - 2 * np.einsum("mn,mn->m", a, sigma_xX) \
