@@ -106,12 +106,14 @@ def _quiet_start() -> None:
 def _closing_notes(out: str, spec, summary) -> None:
     """The failures (with where their tracebacks are) and the headline result."""
     from .console import failures, headline
+    from .store import load_trials
 
+    trials = load_trials(out)
     if summary.counts.get(Status.FAILED.value):
         print("\nfailed trials (tracebacks: the 'error' column of load_results, or each "
               "run's 'error' tag in MLflow):")
-        print("\n".join(failures(out, list(spec.axes()))))
-    if (line := headline(out)) is not None:
+        print("\n".join(failures(trials, list(spec.axes()))))
+    if (line := headline(trials)) is not None:
         print(f"\nheadline: {line}")
 
 

@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from . import store
 from .lock import live_holder
 from .records import Status
 
-__all__ = ["progress", "LogProgress", "failures", "headline", "headline_numbers",
+__all__ = ["progress", "LogProgress", "failures", "headline", "sweep_numbers",
            "status_lines"]
 
 
@@ -56,9 +58,8 @@ def progress(total: int, quiet: bool):
     return tqdm(total=total, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
 
 
-def failures(out: str | Path, axes: list[str], limit: int = 10) -> list[str]:
-    """One line per failed trial: its id, its axes, the last line of its error."""
-    trials, _ = store.load_results(out)
+def failures(trials: pd.DataFrame, axes: list[str], limit: int = 10) -> list[str]:
+    """One line per failed trial of a trials table: its id, its axes, its error's last line."""
     failed = trials[trials.status == Status.FAILED.value]
     lines = []
     for _, row in failed.head(limit).iterrows():
@@ -70,32 +71,35 @@ def failures(out: str | Path, axes: list[str], limit: int = 10) -> list[str]:
     return lines
 
 
-def headline_numbers(out: str | Path) -> dict[str, float]:
-    """The width exponent of init dist_inf and its 95 % CI over the finished trials, as the
-    sweep's MLflow metrics ({} with fewer than 2 widths)."""
+def _width_exponent(trials: pd.DataFrame):
+    """(the power-law fit of init dist_inf against width over the finished trials, the
+    number of widths), or None with fewer than 2 widths."""
     from .analysis import fit_power_law
 
-    trials, _ = store.load_results(out)
-    done = trials[trials.status.map(lambda s: Status(s).done)]
-    if done.width.nunique() < 2:
-        return {}
-    fit = fit_power_law(done.width, done.init_dist_inf)
-    values = {"width_exponent_init_dist_inf": fit.slope,
-              "width_exponent_init_dist_inf_lo": fit.slope_lo,
-              "width_exponent_init_dist_inf_hi": fit.slope_hi}
-    return {k: float(v) for k, v in values.items() if v == v}        # NaN: too few widths
-
-
-def headline(out: str | Path) -> str | None:
-    """The width exponent of init dist_inf, with its 95 % CI (or a caution)."""
-    from .analysis import fit_power_law
-
-    trials, _ = store.load_results(out)
     done = trials[trials.status.map(lambda s: Status(s).done)]
     widths = done.width.nunique()
-    if widths < 2:
+    return (fit_power_law(done.width, done.init_dist_inf), widths) if widths >= 2 else None
+
+
+def sweep_numbers(trials: pd.DataFrame) -> dict[str, float]:
+    """The sweep's MLflow metrics: its trials by status, and the width exponent of init
+    dist_inf with its 95 % CI (where there are the widths for them)."""
+    counts = trials.status.value_counts()
+    numbers = {f"trials_{s.value}": float(counts.get(s.value, 0))
+               for s in (Status.COMPLETED, Status.FAILED, Status.DIVERGED)}
+    if (found := _width_exponent(trials)) is not None:
+        fit = found[0]
+        for suffix, v in (("", fit.slope), ("_lo", fit.slope_lo), ("_hi", fit.slope_hi)):
+            if v == v:                                                   # NaN: too few points
+                numbers[f"width_exponent_init_dist_inf{suffix}"] = float(v)
+    return numbers
+
+
+def headline(trials: pd.DataFrame) -> str | None:
+    """The width exponent of init dist_inf, with its 95 % CI (or a caution)."""
+    if (found := _width_exponent(trials)) is None:
         return None
-    fit = fit_power_law(done.width, done.init_dist_inf)
+    fit, widths = found
     text = f"init dist_inf ∝ width^{fit.slope:.2f}"
     if widths < 3:
         return text + f" (from {widths} widths only: no confidence interval; Θ_∞ theory: −0.5)"
@@ -105,8 +109,7 @@ def headline(out: str | Path) -> str | None:
 def status_lines(out: str | Path) -> list[str]:
     """``ntksweep status OUT``: the sweep, its trials by status, and whether a driver runs."""
     meta = store.read_meta(out)
-    trials, _ = store.load_results(out)
-    counts = trials.status.value_counts().to_dict()
+    counts = store.load_trials(out).status.value_counts().to_dict()
     lines = [f"sweep {meta.name!r} (id {meta.sweep_id}) in {out}" if meta else f"{out}"]
     lines.append("trials: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                                or "none finished yet"))

@@ -9,8 +9,8 @@ from typing import Any
 from .activations import ACTIVATIONS, get_activation
 from .errors import SpecError
 
-__all__ = ["PARAMETRIZATIONS", "ARCHITECTURES", "RULES", "problem", "check_network",
-           "check_conv"]
+__all__ = ["PARAMETRIZATIONS", "ARCHITECTURES", "PADDINGS", "READOUTS", "RULES", "problem",
+           "check_network", "check_conv"]
 
 PARAMETRIZATIONS = ("ntk", "standard")
 
@@ -58,24 +58,27 @@ def check_network(*, depth, activation, weight_std, bias_std, parametrization,
 
 
 ARCHITECTURES = ("mlp", "cnn", "resnet")
+PADDINGS = ("same", "valid")
+READOUTS = ("gap", "flatten")
 
 
 def check_conv(*, architecture, depth, kernel_size, padding, readout,
-               parametrization="ntk") -> None:
-    """The convolutional networks' own rules (after ``check_network``)."""
+               parametrization=None) -> None:
+    """The convolutional networks' own rules (after ``check_network``); with a
+    ``parametrization``, also that their limit exists in it (networks need not)."""
     if architecture not in ARCHITECTURES:
         raise SpecError(f"architecture must be one of {', '.join(ARCHITECTURES)}; "
                         f"got {architecture!r}")
     if not (is_int(kernel_size) and kernel_size >= 1 and kernel_size % 2 == 1):
         raise SpecError(f"kernel_size must be an odd integer >= 1 (a centred window); got "
                         f"{kernel_size!r}")
-    if padding not in ("same", "valid"):
-        raise SpecError(f"padding must be 'same' or 'valid'; got {padding!r}")
-    if readout not in ("gap", "flatten"):
-        raise SpecError(f"readout must be 'gap' or 'flatten'; got {readout!r}")
+    if padding not in PADDINGS:
+        raise SpecError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
+    if readout not in READOUTS:
+        raise SpecError(f"readout must be one of {', '.join(READOUTS)}; got {readout!r}")
     if architecture == "resnet" and (depth < 2 or padding != "same" or readout != "gap"):
         raise SpecError("a resnet has depth >= 2 (a stem and a readout), padding 'same' and "
                         "readout 'gap'")
-    if architecture != "mlp" and parametrization != "ntk":
+    if parametrization is not None and architecture != "mlp" and parametrization != "ntk":
         raise SpecError(f"the {architecture} limit is implemented in the NTK "
                         "parametrization only; use parametrization: ntk")

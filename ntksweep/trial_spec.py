@@ -183,7 +183,7 @@ class TrialSpec:
         try:
             check_conv(architecture=self.architecture, depth=self.depth,
                        kernel_size=self.kernel_size, padding=self.padding,
-                       readout=self.readout, parametrization=self.parametrization)
+                       readout=self.readout, parametrization=self.parametrization)  # a limit
         except SpecError as e:
             raise SpecError(f"architecture {self.architecture!r}: {e}") from None
         need(self.architecture == "mlp" or self.dataset in IMAGE_DATASETS, "dataset",

@@ -1,7 +1,8 @@
 """The finite networks: ``MLP``, ``CNN`` and ``ResNet``, their layers carrying the forward
 multipliers that the structured empirical NTK reads."""
 
-from .convnets import CNN, PADDINGS, READOUTS, ResNet
+from ..hyper import PADDINGS, READOUTS
+from .convnets import CNN, ResNet
 from .layers import Conv, Dense
 from .mlp import MLP
 

@@ -20,31 +20,29 @@ from torch import nn
 
 from ..activations import LEAKY_RELU_SLOPE, get_activation
 from ..errors import SpecError
-from ..hyper import check_network
+from ..hyper import PADDINGS, READOUTS, check_conv, check_network
 from .layers import Conv, Dense, init_affine
 
 __all__ = ["CNN", "ResNet", "PADDINGS", "READOUTS"]
-
-PADDINGS = ("same", "valid")
-READOUTS = ("gap", "flatten")
 
 
 class _ConvNet(nn.Module):
     """What CNN and ResNet share: checks, the activation, seeded layers, the readout."""
 
-    def _setup(self, in_channels: int, width: int, depth: int, *, kernel_size: int,
-               padding: str, activation: str, weight_std: float, bias_std: float,
-               out_dim: int, parametrization: str, leaky_relu_slope: float,
+    def _setup(self, architecture: str, in_channels: int, width: int, depth: int, *,
+               kernel_size: int, padding: str, readout: str, activation: str,
+               weight_std: float, bias_std: float, out_dim: int, parametrization: str,
+               leaky_relu_slope: float,
                seed: int | None, dtype: torch.dtype, device) -> dict:
         check_network(depth=depth, activation=activation, weight_std=weight_std,
                       bias_std=bias_std, parametrization=parametrization, width=width,
                       leaky_relu_slope=leaky_relu_slope)
+        check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
+                   padding=padding, readout=readout)
         for name, value in (("in_channels", in_channels), ("width", width),
-                            ("out_dim", out_dim), ("kernel_size", kernel_size)):
+                            ("out_dim", out_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name} must be an integer >= 1; got {value!r}")
-        if padding not in PADDINGS:
-            raise SpecError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
         self.act = get_activation(activation, leaky_relu_slope=leaky_relu_slope)
         self.activation, self.parametrization = activation, parametrization
         self.in_channels, self.width, self.depth, self.out_dim = in_channels, width, depth, out_dim
@@ -78,13 +76,12 @@ class CNN(_ConvNet):
                  image_size: tuple[int, int] | None = None, seed: int | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         super().__init__()
-        init = self._setup(in_channels, width, depth, kernel_size=kernel_size,
-                           padding=padding, activation=activation, weight_std=weight_std,
+        init = self._setup("cnn", in_channels, width, depth, kernel_size=kernel_size,
+                           padding=padding, readout=readout, activation=activation,
+                           weight_std=weight_std,
                            bias_std=bias_std, out_dim=out_dim, parametrization=parametrization,
                            leaky_relu_slope=leaky_relu_slope, seed=seed, dtype=dtype,
                            device=device)
-        if readout not in READOUTS:
-            raise SpecError(f"readout must be one of {', '.join(READOUTS)}; got {readout!r}")
         self.readout_kind = readout
         channels = [in_channels] + [width] * (depth - 1)
         self.convs = nn.ModuleList(self._conv(c, init) for c in channels[:-1])
@@ -120,10 +117,8 @@ class ResNet(_ConvNet):
                  leaky_relu_slope: float = LEAKY_RELU_SLOPE, seed: int | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         super().__init__()
-        if isinstance(depth, int) and not isinstance(depth, bool) and depth < 2:
-            raise SpecError(f"a ResNet's depth must be an integer >= 2 (a stem and a readout); "
-                            f"got {depth!r}")
-        init = self._setup(in_channels, width, depth, kernel_size=kernel_size, padding="same",
+        init = self._setup("resnet", in_channels, width, depth, kernel_size=kernel_size,
+                           padding="same", readout="gap",
                            activation=activation, weight_std=weight_std, bias_std=bias_std,
                            out_dim=out_dim, parametrization=parametrization,
                            leaky_relu_slope=leaky_relu_slope, seed=seed, dtype=dtype,

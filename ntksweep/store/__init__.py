@@ -34,17 +34,19 @@ from .tables import (
     CHECKPOINTS_SCHEMA,
     SCHEMA_VERSION,
     TRIALS_SCHEMA,
-    attempts_made,
     finished_trials,
     load_results,
+    load_trials,
     plain_value,
     read_meta,
     spec_from_row,
+    trial_states,
     write_meta,
     write_trial,
 )
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
-           "load_array", "load_results", "finished_trials", "attempts_made", "plain_value",
+           "load_array", "load_results", "load_trials", "finished_trials", "trial_states",
+           "plain_value",
            "spec_from_row", "is_uri", "check_writable", "write_text", "read_text",
            "delete_text", "read_meta", "write_meta", "repair", "_locate_uri"]

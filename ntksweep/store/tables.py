@@ -186,15 +186,23 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
     """(trials, checkpoints) DataFrames of an output dir, optionally filtered, e.g.
     ``filters={"width": [256, 1024], "depth": 3}`` (partition filters read only the
     matching files). Sorted by width, depth, trial_id (and step)."""
-    loc = _locate(out)
-    trials = _read(loc, "trials", TRIALS_SCHEMA, filters)
-    ckpts = _read(loc, "checkpoints", CHECKPOINTS_SCHEMA, filters)
-    trials = trials.sort_values(["width", "depth", "trial_id"], ignore_index=True)
+    ckpts = _read(_locate(out), "checkpoints", CHECKPOINTS_SCHEMA, filters)
     ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
-    for table in (trials, ckpts):  # files written before a field existed: its default
-        for name, default in ADDED_LATER.items():
-            table[name] = table[name].fillna(default).astype(type(default))
-    return trials, ckpts
+    return load_trials(out, filters), _with_defaults(ckpts)
+
+
+def load_trials(out: str | Path, filters: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The trials table alone (``load_results``' first frame), without reading checkpoints."""
+    trials = _read(_locate(out), "trials", TRIALS_SCHEMA, filters)
+    return _with_defaults(trials.sort_values(["width", "depth", "trial_id"],
+                                             ignore_index=True))
+
+
+def _with_defaults(table: pd.DataFrame) -> pd.DataFrame:
+    """Files written before a field existed: its default."""
+    for name, default in ADDED_LATER.items():
+        table[name] = table[name].fillna(default).astype(type(default))
+    return table
 
 
 def plain_value(v):
@@ -220,16 +228,18 @@ def spec_from_row(row) -> TrialSpec:
 
 
 def finished_trials(out: str | Path) -> dict[str, Status]:
-    """trial_id → status of every trial with a readable trials row (what resume consults;
-    ``repair`` deals with the unreadable ones)."""
-    trials, _ = scan(_locate(out), "trials", TRIALS_SCHEMA)
-    return {tid: Status(s) for tid, s in zip(trials["trial_id"], trials["status"])}
+    """trial_id → status of every trial with a readable trials row."""
+    return trial_states(out)[0]
 
 
-def attempts_made(out: str | Path) -> dict[str, int]:
-    """trial_id → the attempt number its trials row records (failed trials run again)."""
+def trial_states(out: str | Path) -> tuple[dict[str, Status], dict[str, int]]:
+    """(trial_id → status, trial_id → attempt number) from one read of the trials table: what
+    resume consults (failed trials run again, as their next attempt; ``repair`` deals with
+    unreadable rows)."""
     trials, _ = scan(_locate(out), "trials", TRIALS_SCHEMA)
-    return {tid: int(a) for tid, a in zip(trials["trial_id"], trials["attempts"])}
+    ids = trials["trial_id"]
+    return ({tid: Status(s) for tid, s in zip(ids, trials["status"])},
+            {tid: int(a) for tid, a in zip(ids, trials["attempts"])})
 
 
 def read_meta(out: str | Path) -> SweepMeta | None:

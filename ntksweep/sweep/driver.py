@@ -87,6 +87,7 @@ class Preflight:
     explicit: bool       # the tracking URI was named by the user
     trials: list[TrialSpec]
     done: dict[str, Status]
+    attempts: dict[str, int]      # the attempt number each stored trial recorded
 
 
 def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: bool = True,
@@ -108,7 +109,7 @@ def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: boo
     trials = spec.trials()
     _check_trials(trials, force)
     store.check_writable(out, create=False)
-    return Preflight(out, sweep_id_of(spec), uri, explicit, trials, store.finished_trials(out))
+    return Preflight(out, sweep_id_of(spec), uri, explicit, trials, *store.trial_states(out))
 
 
 def _check_trials(trials: list[TrialSpec], force: bool) -> None:
@@ -162,12 +163,12 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force)
     out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
     # files that do not read back, or disagree with each other, go aside; their trials rerun
-    done = store.finished_trials(out) if store.repair(out) else pre.done
+    done, attempts = store.trial_states(out) if store.repair(out) else (pre.done, pre.attempts)
     pending = [t for t in trials if not (s := done.get(t.trial_id)) or not s.done]
     # longest first; the sort is stable (also reversed), so ties stay in grid order
     todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))
     skipped = len(trials) - len(todo)
-    run = SweepRun(spec, out, sid, todo, quiet=quiet, on_event=on_event)
+    run = SweepRun(spec, out, sid, todo, attempts, quiet=quiet, on_event=on_event)
     run.start(address, num_cpus, uri, pre.explicit, tracking)
     run.loop()
     return SweepSummary(sid, out, len(trials), skipped, dict(run.counts),

@@ -105,8 +105,10 @@ class SweepRun:
     done or stopped), and the handlers of each event."""
 
     def __init__(self, spec: SweepSpec, out: str, sweep_id: str,
-                 todo: deque[tuple[TrialSpec, int]], *, quiet: bool = False, on_event=None):
+                 todo: deque[tuple[TrialSpec, int]], attempts: dict[str, int] | None = None,
+                 *, quiet: bool = False, on_event=None):
         self.spec, self.out, self.sweep_id, self.todo = spec, out, sweep_id, todo
+        self.stored_attempts = attempts or {}
         self.quiet, self.on_event = quiet, on_event
         self.actors: list = []
         self.starting: dict = {}        # describe() ref → actor: it takes trials once up
@@ -168,7 +170,7 @@ class SweepRun:
     def _number_attempts(self) -> None:
         """A trial run again gets the attempt after its last one, whether Parquet (a failed
         trial) or MLflow (a killed or lost attempt) remembers it."""
-        made = store.attempts_made(self.out)
+        made = self.stored_attempts
         self.todo = deque((t, 1 + max(made.get(t.trial_id, 0),
                                       self.tracker.attempts.get(t.trial_id, 0)))
                           for t, _ in self.todo)
@@ -240,10 +242,7 @@ class SweepRun:
         status = "FAILED" if crashed else "KILLED" if self.interrupted else "FINISHED"
         summary = {}
         if not crashed and not isinstance(self.tracker, Untracked):  # the whole sweep so far
-            stored = Counter(s.value for s in store.finished_trials(self.out).values())
-            summary = {f"trials_{s.value}": stored[s.value]
-                       for s in (Status.COMPLETED, Status.FAILED, Status.DIVERGED)}
-            summary.update(console.headline_numbers(self.out))
+            summary = console.sweep_numbers(store.load_trials(self.out))
         self.tracker.close(status, summary)
         self._release()
 
