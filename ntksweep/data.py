@@ -10,9 +10,9 @@
   labels one-hot minus their mean (regression targets) or class ids (cross-entropy).
 - ``images``: synthetic one-channel ``dim``×``dim`` images (smoothed noise) with a
   translation-invariant teacher (``_images``), for convolutional networks.
-- ``file``: the user's arrays — .npz of plain numeric arrays X, y (optional X_eval, y_eval;
-  never unpickled; X of shape (N, C, H, W) is an image set), or Parquet with feature columns
-  and a ``y`` column (read by pandas).
+- ``file``: the user's arrays — .npz of plain numeric arrays X, y (optional X_eval,
+  y_eval, X_test, y_test; never unpickled; X of shape (N, C, H, W) is an image set), or
+  Parquet with feature columns and a ``y`` column (read by pandas).
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ TEACHERS = ("quadratic", "linear", "network")
 
 @dataclass(frozen=True)
 class Dataset:
-    """x_train (N, d), y_train (N, k), x_eval (M, d), y_eval (M, k). ``labels_*`` hold class
-    ids for classification sets; ``eval_coords`` is γ for the circle; ``image_shape``
-    (C, H, W) for image sets, whose rows are the images flattened (d = C·H·W)."""
+    """x_train (N, d), y_train (N, k), x_eval (M, d), y_eval (M, k), and a held-out test set
+    x_test (T, d), y_test (T, k) (T = 0 unless asked for; drawn after the others, so asking
+    for it changes no other array). ``labels_*`` hold class ids for classification sets;
+    ``eval_coords`` is γ for the circle; ``image_shape`` (C, H, W) for image sets, whose rows
+    are the images flattened (d = C·H·W)."""
 
     name: str
     x_train: np.ndarray
@@ -46,6 +48,14 @@ class Dataset:
     labels_eval: np.ndarray | None = None
     eval_coords: np.ndarray | None = field(default=None, repr=False)
     image_shape: tuple[int, int, int] | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    labels_test: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.x_test is None:  # no test set: empty arrays of the right widths
+            object.__setattr__(self, "x_test", self.x_train[:0])
+            object.__setattr__(self, "y_test", self.y_train[:0])
 
     def images(self, x: np.ndarray) -> np.ndarray:
         """Rows (n, C·H·W) as images (n, C, H, W)."""
@@ -64,68 +74,89 @@ class Dataset:
         return self.y_train.shape[1]
 
 
-def _circle(n_train: int, n_eval: int, seed: int, train_inputs: str = "gaussian") -> Dataset:
+def _circle(n_train: int, n_eval: int, seed: int, train_inputs: str = "gaussian",
+            n_test: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
-    if train_inputs == "circle":  # Jacot Fig. 2: the training points lie on the circle too
-        angle = rng.uniform(0, 2 * np.pi, n_train)
-        x = np.stack([np.cos(angle), np.sin(angle)], 1)
-    else:
-        x = rng.standard_normal((n_train, 2))
+
+    def draw(n):  # the training distribution (the test set is drawn from it too)
+        if train_inputs == "circle":  # Jacot Fig. 2: the training points lie on the circle
+            angle = rng.uniform(0, 2 * np.pi, n)
+            return np.stack([np.cos(angle), np.sin(angle)], 1)
+        return rng.standard_normal((n, 2))
+
+    x = draw(n_train)
     gamma = np.linspace(0.0, 2 * np.pi, n_eval, endpoint=False)
     xe = np.stack([np.cos(gamma), np.sin(gamma)], 1)
-    return Dataset("circle", x, (x[:, 0] * x[:, 1])[:, None], xe, (xe[:, 0] * xe[:, 1])[:, None],
-                   eval_coords=gamma)
+    xt = draw(n_test)
+    target = lambda a: (a[:, 0] * a[:, 1])[:, None]  # noqa: E731
+    return Dataset("circle", x, target(x), xe, target(xe), eval_coords=gamma, x_test=xt,
+                   y_test=target(xt))
 
 
-def _sphere(n_train: int, n_eval: int, seed: int, dim: int, teacher: str) -> Dataset:
+def _sphere(n_train: int, n_eval: int, seed: int, dim: int, teacher: str,
+            n_test: int = 0) -> Dataset:
     if teacher not in TEACHERS:
         raise SpecError(f"unknown teacher {teacher!r}; choose one of: {', '.join(TEACHERS)}")
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_train + n_eval, dim))
-    x *= np.sqrt(dim) / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def draw(n):
+        x = rng.standard_normal((n, dim))
+        return x * (np.sqrt(dim) / np.linalg.norm(x, axis=1, keepdims=True))
+
+    x = draw(n_train + n_eval)
     if teacher == "quadratic":
-        y = x[:, 0] * x[:, 1 % dim]
+        f = lambda a: a[:, 0] * a[:, 1 % dim]  # noqa: E731
     elif teacher == "linear":
-        y = x @ rng.standard_normal(dim) / np.sqrt(dim)
+        w = rng.standard_normal(dim) / np.sqrt(dim)
+        f = lambda a: a @ w  # noqa: E731
     else:
         w1 = rng.standard_normal((dim, 64)) / np.sqrt(dim)
         w2 = rng.standard_normal(64) / np.sqrt(64)
-        y = np.maximum(x @ w1, 0.0) @ w2 * np.sqrt(2.0)
-    y = y[:, None]
-    return Dataset("sphere", x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+        f = lambda a: np.maximum(a @ w1, 0.0) @ w2 * np.sqrt(2.0)  # noqa: E731
+    xt = draw(n_test)                                      # after the teacher's draws
+    y = f(x)[:, None]
+    return Dataset("sphere", x[:n_train], y[:n_train], x[n_train:], y[n_train:], x_test=xt,
+                   y_test=f(xt)[:, None])
 
 
-def _digits(n_train: int, n_eval: int, seed: int) -> Dataset:
+def _digits(n_train: int, n_eval: int, seed: int, n_test: int = 0) -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
-    if n_train + n_eval > len(x):
-        raise SpecError(f"digits has {len(x)} images; n_train + n_eval = {n_train + n_eval}")
+    if n_train + n_eval + n_test > len(x):
+        raise SpecError(f"digits has {len(x)} images; n_train + n_eval + n_test = "
+                        f"{n_train + n_eval + n_test}")
     order = np.random.default_rng(seed).permutation(len(x))
     tr, ev = order[:n_train], order[n_train:n_train + n_eval]
+    te = order[n_train + n_eval:n_train + n_eval + n_test]
     mean, std = x[tr].mean(0), x[tr].std(0)
     x = (x - mean) / np.where(std > 0, std, 1.0)          # constant pixels stay 0
     onehot = np.eye(10)[labels] - 0.1                      # zero-mean regression targets
     return Dataset("digits", x[tr], onehot[tr], x[ev], onehot[ev], labels[tr], labels[ev],
-                   image_shape=(1, 8, 8))
+                   image_shape=(1, 8, 8), x_test=x[te], y_test=onehot[te],
+                   labels_test=labels[te])
 
 
-def _images(n_train: int, n_eval: int, seed: int, side: int) -> Dataset:
+def _images(n_train: int, n_eval: int, seed: int, side: int, n_test: int = 0) -> Dataset:
     """Synthetic one-channel side×side images: white noise smoothed by a 3×3 box (periodic)
     and scaled to unit variance per pixel, with a translation-invariant teacher, the mean
     product of horizontally neighbouring pixels f*(x) = (1/P) Σ_p x(p) x(p + (0, 1))."""
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((n_train + n_eval, side, side))
-    x = sum(np.roll(noise, (di, dj), axis=(1, 2)) for di in (-1, 0, 1) for dj in (-1, 0, 1))
-    x /= 3.0                                               # 9 independent terms: variance 1
-    y = (x * np.roll(x, -1, axis=2)).mean((1, 2))[:, None]
-    x = x.reshape(len(x), -1)
+
+    def draw(n):
+        noise = rng.standard_normal((n, side, side))
+        x = sum(np.roll(noise, (di, dj), axis=(1, 2)) for di in (-1, 0, 1) for dj in (-1, 0, 1))
+        x /= 3.0                                           # 9 independent terms: variance 1
+        return x.reshape(n, side * side), (x * np.roll(x, -1, axis=2)).mean((1, 2))[:, None]
+
+    (x, y), (xt, yt) = draw(n_train + n_eval), draw(n_test)
     return Dataset("images", x[:n_train], y[:n_train], x[n_train:], y[n_train:],
-                   image_shape=(1, side, side))
+                   image_shape=(1, side, side), x_test=xt, y_test=yt)
 
 
-def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Dataset:
+def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
+               n_test: int = 0) -> Dataset:
     if not path:
         raise SpecError("dataset 'file' needs data_path=<.npz or .parquet file>")
     p = Path(path)
@@ -168,39 +199,55 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int) -> Datase
             raise DataFileError(f"{path}: {which} contains NaN or inf")
         return x, y
 
+    def split(part):  # X_<part>/y_<part>, shaped as X/y
+        xs, ys = checked(arrays[f"X_{part}"],
+                         arrays.get(f"y_{part}", np.zeros(len(arrays[f"X_{part}"]))),
+                         f"X_{part}/y_{part}")
+        if xs.shape[1] != x.shape[1] or ys.shape[1] != y.shape[1]:
+            raise DataFileError(f"{path}: X_{part}/y_{part} have {xs.shape[1]} features/"
+                                f"{ys.shape[1]} outputs but X/y have {x.shape[1]}/{y.shape[1]}")
+        return xs, ys
+
     shape = tuple(np.shape(arrays["X"])[1:])
     image_shape = shape if len(shape) == 3 else None     # (N, C, H, W): images
     x, y = checked(arrays["X"], arrays["y"], "X/y")
-    if "X_eval" in arrays:
-        xe, ye = checked(arrays["X_eval"], arrays.get("y_eval", np.zeros(len(arrays["X_eval"]))),
-                         "X_eval/y_eval")
-        if xe.shape[1] != x.shape[1] or ye.shape[1] != y.shape[1]:
-            raise DataFileError(f"{path}: X_eval/y_eval have {xe.shape[1]} features/"
-                                f"{ye.shape[1]} outputs but X/y have {x.shape[1]}/{y.shape[1]}")
-        return Dataset(p.name, x[:n_train], y[:n_train], xe[:n_eval], ye[:n_eval],
-                       image_shape=image_shape)
-    if n_train + n_eval > len(x):
-        raise DataFileError(f"{path}: {len(x)} points, fewer than n_train + n_eval = "
-                            f"{n_train + n_eval}")
-    order = np.random.default_rng(seed).permutation(len(x))
-    tr, ev = order[:n_train], order[n_train:n_train + n_eval]
-    return Dataset(p.name, x[tr], y[tr], x[ev], y[ev], image_shape=image_shape)
+    given = [part for part in ("eval", "test") if f"X_{part}" in arrays]
+    drawn = {"eval": n_eval, "test": n_test}
+    need = n_train + sum(n for part, n in drawn.items() if part not in given)
+    if need > len(x):
+        raise DataFileError(f"{path}: {len(x)} points in X, fewer than the {need} that "
+                            f"n_train, n_eval and n_test draw from it")
+    # files with their own eval set keep their row order; the others are shuffled
+    order = np.arange(len(x)) if "eval" in given else \
+        np.random.default_rng(seed).permutation(len(x))
+    parts, start = {"train": (x[order[:n_train]], y[order[:n_train]])}, n_train
+    for part, n in drawn.items():
+        if part in given:
+            xs, ys = split(part)
+            parts[part] = xs[:n], ys[:n]
+        else:
+            parts[part] = x[order[start:start + n]], y[order[start:start + n]]
+            start += n
+    (xr, yr), (xe, ye), (xt, yt) = parts["train"], parts["eval"], parts["test"]
+    return Dataset(p.name, xr, yr, xe, ye, image_shape=image_shape, x_test=xt, y_test=yt)
 
 
 def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
                  teacher: str = "quadratic", path: str | None = None,
-                 train_inputs: str = "gaussian") -> Dataset:
-    """Build a data set by name; same arguments → identical arrays."""
-    if n_train < 1 or n_eval < 1:
-        raise SpecError(f"n_train and n_eval must be >= 1; got {n_train}, {n_eval}")
+                 train_inputs: str = "gaussian", n_test: int = 0) -> Dataset:
+    """Build a data set by name; same arguments → identical arrays (and the train and eval
+    arrays do not depend on ``n_test``)."""
+    if n_train < 1 or n_eval < 1 or n_test < 0:
+        raise SpecError(f"n_train and n_eval must be >= 1 and n_test >= 0; got {n_train}, "
+                        f"{n_eval}, {n_test}")
     if name == "circle":
-        return _circle(n_train, n_eval, seed, train_inputs)
+        return _circle(n_train, n_eval, seed, train_inputs, n_test)
     if name == "sphere":
-        return _sphere(n_train, n_eval, seed, dim, teacher)
+        return _sphere(n_train, n_eval, seed, dim, teacher, n_test)
     if name == "digits":
-        return _digits(n_train, n_eval, seed)
+        return _digits(n_train, n_eval, seed, n_test)
     if name == "images":
-        return _images(n_train, n_eval, seed, dim)
+        return _images(n_train, n_eval, seed, dim, n_test)
     if name == "file":
-        return _load_file(path, n_train, n_eval, seed)
+        return _load_file(path, n_train, n_eval, seed, n_test)
     raise SpecError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

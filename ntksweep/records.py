@@ -15,13 +15,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["N_EIGS", "RECORD_COLUMNS", "Record", "Status", "TrialOutcome", "SweepMeta"]
+__all__ = ["N_EIGS", "KR_KERNELS", "RECORD_COLUMNS", "Record", "Status", "TrialOutcome",
+           "SweepMeta"]
 
 N_EIGS = 3
+# kernel regression baselines on the test set (trial.py): Θ_∞, the NNGP Σ, Θ_0 (the
+# linearised net) and Θ_t (the kernel at the last checkpoint, the "after kernel")
+KR_KERNELS = ("inf", "nngp", "init", "t")
 Record = dict[str, Any]
 RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
                   "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
                   "f_change", "gap_inf", "gap_lin", "gap_inf_flow", "gap_lin_flow", "dist_nngp",
+                  "test_loss", "test_acc",
+                  *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")],
                   "train_seconds", "kernel_seconds")
 
 

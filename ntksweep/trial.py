@@ -17,8 +17,9 @@ import torch
 from .data import Dataset, make_dataset
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
+from .kernels.regression import kernel_regression
 from .models import CNN, MLP, ResNet
-from .records import N_EIGS, Record, Status, TrialOutcome
+from .records import KR_KERNELS, N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
 from .trial_spec import TrialSpec
 
@@ -78,6 +79,13 @@ def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernel
     key = ("limit", *spec.data_args().values(), *spec.kernel_args().values())
     x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
     return cache.get(key, lambda: limit_kernels(spec, x))
+
+
+def _test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit."""
+    key = ("limit_test", *spec.data_args().values(), *spec.kernel_args().values())
+    return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
+                                                inputs(spec, data, data.x_train)))
 
 
 def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
@@ -143,15 +151,19 @@ def _keep(policy: str, step: int, last: int) -> bool:
 
 @dataclass(frozen=True)
 class _Tensors:
-    """The data on the trial's device and dtype: x (N, d) / (M, d), y (N, k) / (M, k);
-    class labels (N,) / (M,) or None."""
+    """The data on the trial's device and dtype: x (N, d) / (M, d) / (T, d), y (N, k) /
+    (M, k) / (T, k) for the train, eval and test sets; class labels (N,) / (M,) / (T,) or
+    None."""
 
     x_tr: torch.Tensor
     y_tr: torch.Tensor
     x_ev: torch.Tensor
     y_ev: torch.Tensor
+    x_te: torch.Tensor
+    y_te: torch.Tensor
     lab_tr: torch.Tensor | None
     lab_ev: torch.Tensor | None
+    lab_te: torch.Tensor | None
 
 
 class _Run:
@@ -169,8 +181,10 @@ class _Run:
         shaped = lambda a: as_t(inputs(spec, data, a))  # noqa: E731
         labels = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
         self.t = _Tensors(shaped(data.x_train), as_t(data.y_train), shaped(data.x_eval),
-                          as_t(data.y_eval),
-                          labels(data.labels_train), labels(data.labels_eval))
+                          as_t(data.y_eval), shaped(data.x_test), as_t(data.y_test),
+                          labels(data.labels_train), labels(data.labels_eval),
+                          labels(data.labels_test))
+        self.test_limit = _test_limits(spec, data, cache) if spec.n_test else None
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []
@@ -180,6 +194,7 @@ class _Run:
         self._resume: float | None = None
         self.init: dict[str, np.ndarray] = {}   # Θ_0 on [eval; train], f_0 on eval and train
         self.linear: dict[str, KernelDynamics] = {}   # the linear models, from step 0 on
+        self.baselines: Record = {}   # kernel regression with the fixed kernels, on test
 
     def train(self) -> str:
         t = self.t
@@ -198,8 +213,8 @@ class _Run:
             return loss_value(self.spec, torch.as_tensor(f), y.double().cpu(),
                               None if labels is None else labels.cpu()).item()
 
-    def _ntk(self, x: torch.Tensor) -> np.ndarray:
-        return empirical_ntk(self.model, x, method=self.spec.ntk_method,
+    def _ntk(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> np.ndarray:
+        return empirical_ntk(self.model, x, x2, method=self.spec.ntk_method,
                              memory_budget=self.spec.memory_budget,
                              trace=True).double().cpu().numpy()
 
@@ -221,6 +236,7 @@ class _Run:
                        "eval_loss": self._loss(f_ev, t.y_ev, t.lab_ev)}
         rec.update(self._kernel_metrics(theta))
         rec.update(self._function_metrics(step, f_ev))
+        rec.update(self._test_metrics(step))
         if _keep(self.spec.keep_kernels, step, self.spec.steps):
             self.kernels[step] = theta.copy()
         if _keep(self.spec.keep_outputs, step, self.spec.steps):
@@ -281,3 +297,43 @@ class _Run:
         with torch.no_grad():
             a = self.model.features(self.t.x_ev).double().cpu().numpy()
         return self.spec.weight_std ** 2 * (a @ a.T) / a.shape[1] + self.spec.bias_std ** 2
+
+    def _test_metrics(self, step: int) -> Record:
+        """The net's loss and accuracy on the held-out test set, beside kernel regression's
+        (``kernels.regression``) with Θ_∞, Σ, Θ_0 (from this net's f_0: the linearised net
+        trained to convergence) and Θ_t (at the last checkpoint only). Θ_∞ and Σ predict the
+        mean over the initial GP (f_0 = 0). Kernel regression's loss is the MSE on y."""
+        rec = {c: float("nan") for c in ("test_loss", "test_acc", *_KR_COLUMNS)}
+        if not self.spec.n_test:
+            return rec
+        t, m, n = self.t, self.m, self.t.x_tr.shape[0]
+        f_te = self._outputs(t.x_te)
+        rec["test_loss"] = self._loss(f_te, t.y_te, t.lab_te)
+        rec["test_acc"] = self._accuracy(f_te)
+        if step == 0:
+            lim, init = self.test_limit, self.init
+            theta0_te = self._ntk(t.x_te, t.x_tr)
+            fixed = {"inf": (lim.ntk, self.limit.ntk[m:, m:], None, None),
+                     "nngp": (lim.nngp, self.limit.nngp[m:, m:], None, None),
+                     "init": (theta0_te, init["theta0"][m:, m:], f_te, init["f_tr"])}
+            for name, (k_te, k_tr, f0_te, f0_tr) in fixed.items():
+                self.baselines.update(self._regression(name, k_te, k_tr, f0_te, f0_tr))
+        rec.update(self.baselines)
+        if step == self.spec.steps:  # the "after kernel" Θ_T on [train; test] × train
+            theta = self._ntk(torch.cat([t.x_tr, t.x_te]), t.x_tr)
+            rec.update(self._regression("t", theta[n:], theta[:n], None, None))
+        return rec
+
+    def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr) -> Record:
+        pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
+                                 f0_x=f0_te, f0_X=f0_tr, name=_KR_NAMES[name])
+        mse = float(((pred - self.data.y_test) ** 2).sum(1).mean())
+        return {f"test_loss_kr_{name}": mse, f"test_acc_kr_{name}": self._accuracy(pred)}
+
+    def _accuracy(self, f: np.ndarray) -> float:
+        labels = self.data.labels_test
+        return float("nan") if labels is None else float((f.argmax(1) == labels).mean())
+
+
+_KR_COLUMNS = [f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")]
+_KR_NAMES = {"inf": "Θ_∞", "nngp": "the NNGP Σ", "init": "Θ_0", "t": "Θ_t"}

@@ -24,7 +24,8 @@ class TrialSpec:
     # data
     dataset: str = "circle"
     n_train: int = 64
-    n_eval: int = 64
+    n_eval: int = 64                   # where Θ_t is measured against Θ_∞ and Θ_0
+    n_test: int = 0                    # a held-out test set: the net vs kernel regression
     data_seed: int = 0
     dim: int = 8                       # sphere: input dim; images: side
     teacher: str = "quadratic"         # sphere only
@@ -60,6 +61,7 @@ class TrialSpec:
     memory_budget: int | None = None   # bytes per NTK tile
     keep_kernels: str = "none"         # none | first_last | all: keep Θ_t matrices as arrays
     keep_outputs: str = "none"         # none | first_last | all: keep f_t on the eval set
+    ridge: float = 0.0                 # kernel regression: λ = ridge · tr K / N (0: interpolate)
 
     def __post_init__(self):
         if self.checkpoint_steps is not None and not isinstance(self.checkpoint_steps, tuple):
@@ -99,7 +101,7 @@ class TrialSpec:
         activations, the structured NTK's per-point features, and the float64 kernels on
         [eval; train] (Θ_0, Θ_∞, Σ and working copies)."""
         k = 10 if self.dataset == "digits" else 1
-        n = self.n_train + self.n_eval
+        n = self.n_train + self.n_eval + self.n_test
         itemsize = 4 if self.dtype == "float32" else 8
         if self.architecture == "mlp":
             params = in_dim * self.width + (self.depth - 2) * self.width ** 2 + self.width * k
@@ -115,7 +117,8 @@ class TrialSpec:
 
     def data_args(self) -> dict[str, Any]:
         """``make_dataset``'s keyword arguments: everything the data set depends on."""
-        return {"n_train": self.n_train, "n_eval": self.n_eval, "seed": self.data_seed,
+        return {"n_train": self.n_train, "n_eval": self.n_eval, "n_test": self.n_test,
+                "seed": self.data_seed,
                 "dim": self.dim, "teacher": self.teacher, "path": self.data_path,
                 "train_inputs": self.train_inputs}
 
@@ -145,6 +148,9 @@ class TrialSpec:
         for name, most in _MOST.items():
             v = getattr(self, name)
             need(is_int(v) and 1 <= v <= most, name, f"must be an integer in [1, {most:.0e}]")
+        need(is_finite(self.ridge) and self.ridge >= 0, "ridge", "must be a number >= 0")
+        need(is_int(self.n_test) and 0 <= self.n_test <= _MOST["n_eval"], "n_test",
+             "must be an integer in [0, 1e+07]")
         for name in ("data_seed", "seed"):
             v = getattr(self, name)
             need(is_int(v) and v >= 0, name, "must be an integer >= 0")
@@ -195,7 +201,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpe
 # fields added after the first release, with their defaults: a trial at the default hashes
 # as it did before the field existed, so resume and stored ids keep working
 ADDED_LATER = {"leaky_relu_slope": 0.01, "architecture": "mlp", "kernel_size": 3,
-                "padding": "same", "readout": "gap"}
+                "padding": "same", "readout": "gap", "n_test": 0, "ridge": 0.0}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}

@@ -76,21 +76,35 @@ def cosine(a, b):
 
 
 def test_every_record_column_is_its_formula_recomputed_independently():
-    spec = TrialSpec(dataset="digits", n_train=12, n_eval=10, width=16, depth=3, lr=0.5,
-                     steps=4, checkpoints=3, bias_std=0.2, dtype="float64", device="cpu")
+    spec = TrialSpec(dataset="digits", n_train=12, n_eval=10, n_test=8, width=16, depth=3,
+                     lr=0.5, steps=4, checkpoints=3, bias_std=0.2, dtype="float64",
+                     device="cpu")
     result = run_trial(spec)
     assert result.status == "completed", result.error
-    data = make_dataset("digits", n_train=12, n_eval=10, seed=0)
+    data = make_dataset("digits", n_train=12, n_eval=10, n_test=8, seed=0)
     x_tr, x_ev = torch.tensor(data.x_train), torch.tensor(data.x_eval)
+    x_te, y_te = torch.tensor(data.x_test), data.y_test
     y_tr, y_ev = data.y_train, data.y_eval
     net = MLP(64, 16, 3, bias_std=0.2, out_dim=10, seed=0, dtype=torch.float64)
     lim = analytic_kernels(np.concatenate([data.x_eval, data.x_train]), depth=3, bias_std=0.2)
+    lim_te = analytic_kernels(data.x_test, data.x_train, depth=3, bias_std=0.2)
     m = 10
+
+    def regression(k_te, k_tr, f0_te=0.0, f0_tr=0.0):  # t → ∞ of the flow: a linear solve
+        pred = f0_te + k_te @ np.linalg.solve(k_tr, y_tr - f0_tr)
+        return {"loss": np.mean(np.sum((pred - y_te) ** 2, 1)),
+                "acc": np.mean(pred.argmax(1) == data.labels_test)}
+
     theta_inf = lim.ntk[:m, :m]
     with torch.no_grad():
         f0_ev, f0_tr = net(x_ev).numpy(), net(x_tr).numpy()
     t0_ev_tr = per_logit_ntk(net, x_ev, x_tr)
     t0_tr_tr = per_logit_ntk(net, x_tr, x_tr)
+    with torch.no_grad():
+        f0_te = net(x_te).numpy()
+    fixed = {"inf": regression(lim_te.ntk, lim.ntk[m:, m:]),
+             "nngp": regression(lim_te.nngp, lim.nngp[m:, m:]),
+             "init": regression(per_logit_ntk(net, x_te, x_tr), t0_tr_tr, f0_te, f0_tr)}
     theta0 = per_logit_ntk(net, x_ev, x_ev)
     expected, step = [], 0
     for target in checkpoint_schedule(spec):
@@ -116,6 +130,16 @@ def test_every_record_column_is_its_formula_recomputed_independently():
                **{f"eig{i + 1}_inf": eig_inf[i] for i in range(3)},
                "f_change": np.sqrt(np.mean((f_ev - f0_ev) ** 2)),
                "dist_nngp": frob(nngp(net, x_ev, 1.0, 0.2), lim.nngp[:m, :m])}
+        with torch.no_grad():
+            f_te = net(x_te).numpy()
+        rec["test_loss"] = np.mean(np.sum((f_te - y_te) ** 2, 1))
+        rec["test_acc"] = np.mean(f_te.argmax(1) == data.labels_test)
+        after = regression(per_logit_ntk(copy.deepcopy(net), x_te, x_tr),
+                           per_logit_ntk(copy.deepcopy(net), x_tr, x_tr)) \
+            if step == spec.steps else {"loss": np.nan, "acc": np.nan}
+        for name, values in (*fixed.items(), ("t", after)):
+            for what in ("loss", "acc"):
+                rec[f"test_{what}_kr_{name}"] = values[what]
         kernels = {"inf": (lim.ntk[:m, m:], lim.ntk[m:, m:]), "lin": (t0_ev_tr, t0_tr_tr)}
         for name, (k_xX, k_XX) in kernels.items():
             disc = gd(k_xX, k_XX, f0_ev, f0_tr, y_tr, spec.lr, step)

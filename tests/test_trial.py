@@ -244,7 +244,7 @@ def test_bad_data_files_name_the_file_and_problem(tmp_path):
     (tmp_path / "data.csv").write_text("1,2\n")
     fails(tmp_path / "data.csv", "unsupported data file type")
     np.savez(tmp_path / "small.npz", X=np.ones((10, 3)), y=np.ones(10))
-    fails(tmp_path / "small.npz", "fewer than n_train + n_eval")
+    fails(tmp_path / "small.npz", "n_train, n_eval and n_test draw")
     np.savez(tmp_path / "ok.npz", X=np.random.default_rng(0).normal(size=(40, 3)),
              y=np.ones(40))
     ok = run_trial(TrialSpec(dataset="file", data_path=str(tmp_path / "ok.npz"), width=16,

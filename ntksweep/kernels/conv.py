@@ -37,6 +37,11 @@ from .duals import get_dual
 
 __all__ = ["conv_kernels", "conv_limits", "as_float64_images"]
 
+# A tile's working set: the recursion makes ~30 elementwise passes over every tile per
+# layer, so a tile that stays in the cache (L2 + a share of L3) runs them at cache speed
+# instead of memory speed (benchmarks/RESULTS.md: 3.4× at N = 128, 8×8 images).
+CACHE_TILE_BYTES = 16 << 20
+
 
 def conv_average(e: Tensor, k: int, padding: str) -> Tensor:
     """𝒜(E): the mean over the k×k window of E[p + δ, q + δ] for E (…, H, W, H, W), zeros
@@ -150,7 +155,7 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
     pixels = a.shape[2] * a.shape[3]
     per_pair = 8 * 8 * (pixels if architecture == "cnn" and readout == "flatten"
                         else pixels * pixels)                              # ~8 buffers
-    side = max(1, int(math.sqrt(max(1, memory_budget // per_pair))))
+    side = max(1, int(math.sqrt(max(1, min(memory_budget, CACHE_TILE_BYTES) // per_pair))))
     ntk, nngp = torch.empty(n1, n2, dtype=torch.float64), torch.empty(n1, n2, dtype=torch.float64)
     for i in range(0, n1, side):
         rows = slice(i, min(i + side, n1))
