@@ -1,61 +1,145 @@
-"""Turn any sweep's Parquet into its figures, fitted exponents and HTML report.
+"""Check a sweep against its spec's "Expected:" lines, and print its fitted exponents.
 
-    python experiments/analyze.py OUT_DIR
+    python experiments/analyze.py experiments/digits.yaml            # the spec's output dir
+    python experiments/analyze.py experiments/digits.yaml --smoke    # its -smoke output dir
+    python experiments/analyze.py ntksweep-out/digits                # an output dir: no checks
+    python experiments/analyze.py SPEC --report                      # also rebuild report.html
 
-Prints the width exponents (log-log slope with 95 % CI) and, for circle sweeps with kept
-kernels, the Jacot Fig. 1 check: the largest relative gap between the seed-mean Θ_0(x0, x(γ))
-and Θ_∞ over γ, per width, and each width's mean dist_init(T).
+Each "# Expected:" comment line of a spec is a check, written
+
+    Expected: STAT(COLUMN) in [LO, HI] [where KEY=VALUE, ...]
+
+over the completed trials (``ntksweep.load_results``) that match every KEY=VALUE:
+
+- ``slope``: the log-log slope of COLUMN against width (the width exponent; from two widths
+  too, where the report gives it no CI);
+- ``mean``, ``min``, ``max``: of COLUMN over those trials;
+- ``widest``: for circle sweeps, a check of the Jacot et al. figures at the widest width —
+  ``max_rel_gap_theta0`` (Fig. 1: seed-mean Θ_0 against Θ_∞ over γ), ``spread_ratio`` and
+  ``median_inside_inf_band`` (Fig. 2: the trained nets' band against the limit's).
+
+Prints PASS/FAIL per line and exits 1 if any check fails (SKIP: nothing to check it on).
 """
 
+from __future__ import annotations
+
+import argparse
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 
 import ntksweep
 from ntksweep import analysis, store
 from ntksweep.report import make_report
+from ntksweep.sweep_spec import load_sweep_spec
+
+EXPECTED = re.compile(r"#\s*Expected:\s*(?P<stat>\w+)\((?P<col>\w+)\)\s+in\s+"
+                      r"\[(?P<lo>[-+.\deE]+),\s*(?P<hi>[-+.\deE]+)\]"
+                      r"(?:\s+where\s+(?P<where>.+))?\s*$")
+STATS = ("slope", "mean", "min", "max", "widest")
 
 
-def run(out: str) -> dict:
-    res = make_report(out)
-    print(f"report: {res['html']}")
-    if len(res["exponents"]):
-        print(res["exponents"].to_string(index=False, float_format="%.3f"))
-    trials, ckpts = ntksweep.load_results(out)
-    checks = {}
-    if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
+def expected_lines(spec_text: str) -> list[dict]:
+    """The machine-checkable "Expected:" lines of a spec, parsed."""
+    checks = []
+    for line in spec_text.splitlines():
+        m = EXPECTED.match(line.strip())
+        if m and m["stat"] in STATS:
+            where = dict(kv.strip().split("=", 1) for kv in (m["where"] or "").split(",")
+                         if "=" in kv)
+            checks.append({"text": line.strip().lstrip("# "), "stat": m["stat"],
+                           "col": m["col"], "lo": float(m["lo"]), "hi": float(m["hi"]),
+                           "where": where})
+    return checks
+
+
+def figure_checks(trials, ckpts, out) -> dict[int, dict]:
+    """Per width of a circle sweep: the Fig. 1 and Fig. 2 comparisons with the limit."""
+    checks: dict[int, dict] = {}
+    circle = (ckpts.dataset == "circle").any() if len(ckpts) else False
+    if circle and ckpts.kernel_path.notna().any():
         rows = analysis.circle_kernel_rows(ckpts, out, "first")
         for width, g in rows.groupby("width"):
             mean = g.groupby("gamma").theta.mean()
             spec = store.spec_from_row(trials[trials.width == width].iloc[0])
             limit = analysis.circle_limit(spec, mean.index.to_numpy())
-            gap = float(np.max(np.abs(mean.values - limit) / np.abs(limit)))
-            moved = float(trials[trials.width == width].final_dist_init.mean())
-            checks[int(width)] = {"max_rel_gap_theta0": gap, "dist_init_T": moved}
-            print(f"n={width}: seed-mean Θ_0 within {100 * gap:.1f} % of Θ_∞ at every γ; "
-                  f"mean dist_init(T) = {moved:.4f}")
-    movement = {}
+            checks[int(width)] = {
+                "max_rel_gap_theta0": float(np.max(np.abs(mean.values - limit) / np.abs(limit))),
+                "dist_init_T": float(trials[trials.width == width].final_dist_init.mean())}
+    if circle and ckpts.outputs_path.notna().any():
+        for width, b in analysis.fig2_bands(trials, ckpts, out).groupby("width"):
+            checks.setdefault(int(width), {}).update({
+                "median_inside_inf_band": float(np.mean((b.net_q50 >= b.inf_q10)
+                                                        & (b.net_q50 <= b.inf_q90))),
+                "spread_ratio": float(np.mean(b.net_q90 - b.net_q10)
+                                      / np.mean(b.inf_q90 - b.inf_q10))})
+    return checks
+
+
+def evaluate(check: dict, done, figures: dict[int, dict]) -> float:
+    """The check's statistic on the completed trials (NaN: nothing to compute it on)."""
+    if check["stat"] == "widest":
+        return figures[max(figures)].get(check["col"], np.nan) if figures else np.nan
+    rows = done
+    for key, value in check["where"].items():
+        if key not in rows.columns:
+            return np.nan
+        rows = rows[rows[key].astype(str) == value]
+    if check["col"] not in rows.columns or rows.empty:
+        return np.nan
+    if check["stat"] == "slope":
+        if rows.width.nunique() < 2:
+            return np.nan
+        return analysis.fit_power_law(rows.width, rows[check["col"]]).slope
+    return float(getattr(rows[check["col"]], check["stat"])())
+
+
+def run(target: str, *, smoke: bool = False, out: str | None = None,
+        report: bool = False) -> dict:
+    """Check the sweep of ``target`` (a spec file or an output dir); returns the results."""
+    path = Path(target)
+    checks = []
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        out = out or load_sweep_spec(path, smoke=smoke).output_dir
+        checks = expected_lines(path.read_text())
+    out = out or target
+    trials, ckpts = ntksweep.load_results(out)
+    if trials.empty:
+        raise SystemExit(f"{out}: no trials yet; run the sweep first")
     done = trials[trials.status == "completed"]
+    result = {"out": out, "report": make_report(out) if report else None}
+    if report:
+        print(f"report: {result['report']['html']}")
     if done.width.nunique() >= 2:
-        fit = analysis.fit_power_law(done.width, done.final_dist_init)
-        # lazy training: the kernel moves O(1/n) (Dyer & Gur-Ari 2019); measured −0.8 … −0.92
-        ok = -1.1 <= fit.slope <= -0.6
-        movement = {"slope": fit.slope, "lo": fit.slope_lo, "hi": fit.slope_hi, "pass": ok}
-        ratio = (done.width.max() / done.width.min()) ** -fit.slope
-        print(f"{'PASS' if ok else 'FAIL'}: dist_init(T) ∝ n^{fit.slope:.2f} "
-              f"[{fit.slope_lo:.2f}, {fit.slope_hi:.2f}] (expected −1.1 … −0.6, O(1/n)): "
-              f"n={done.width.min()} moves {ratio:.1f}× more than n={done.width.max()}")
-    if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
-        bands = analysis.fig2_bands(trials[trials.status == "completed"], ckpts, out)
-        for width, b in bands.groupby("width"):
-            inside = np.mean((b.net_q50 >= b.inf_q10) & (b.net_q50 <= b.inf_q90))
-            spread = float(np.mean(b.net_q90 - b.net_q10) / np.mean(b.inf_q90 - b.inf_q10))
-            checks.setdefault(int(width), {}).update(
-                {"median_inside_inf_band": float(inside), "spread_ratio": spread})
-            print(f"n={width}: network median inside the n→∞ 10–90 % band at "
-                  f"{100 * inside:.0f} % of γ; spread ratio network/n→∞ {spread:.2f}")
-    return {"report": res, "checks": checks, "movement": movement}
+        exps = analysis.width_exponents(done, "init_dist_inf")
+        print(exps.to_string(index=False, float_format="%.3f"))
+    result["figures"] = figures = figure_checks(done, ckpts, out)
+    for width, c in sorted(figures.items()):
+        print(f"n={width}: " + ", ".join(f"{k} {v:.3g}" for k, v in c.items()))
+    result["expected"] = []
+    for check in checks:
+        value = evaluate(check, done, figures)
+        verdict = "SKIP" if not np.isfinite(value) else \
+            "PASS" if check["lo"] <= value <= check["hi"] else "FAIL"
+        result["expected"].append({**check, "value": value, "verdict": verdict})
+        print(f"{verdict}: {check['text']}  (measured {value:.3g})")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="an experiment spec (YAML) or a sweep's output dir")
+    p.add_argument("--smoke", action="store_true", help="check the spec's --smoke run")
+    p.add_argument("--out", help="the output dir, if not the spec's")
+    p.add_argument("--report", action="store_true", help="also rebuild the HTML report")
+    args = p.parse_args(argv)
+    result = run(args.target, smoke=args.smoke, out=args.out, report=args.report)
+    return 1 if any(c["verdict"] == "FAIL" for c in result["expected"]) else 0
 
 
 if __name__ == "__main__":
-    run(sys.argv[1])
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -40,14 +41,42 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
     if trials.empty:
         raise UserError(f"{out} has no finished trials to report on; run the sweep first")
     dest = Path(dest) if dest is not None else default_report_dir(out)
-    figdir = dest / "report"
-    figures: list[Path] = []
     ok = trials[trials.status.map(lambda s: Status(s).done)]
+    figures, tables, exps = _figures_and_tables(out, ok, ckpts, dest / "report")
+    status = trials.status.value_counts().rename_axis("status").reset_index(name="trials")
+    name = html.escape(_dir_name(out))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>ntksweep report: {name}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "img{max-width:100%} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
+        "padding:2px 6px;font-size:13px} .meta td{border:none}</style></head><body>",
+        f"<h1>ntksweep report: {name}</h1>", _header(out, trials),
+        "<h2>Trials</h2>", status.to_html(index=False),
+    ]
+    for title, table in tables:
+        parts += [f"<h2>{html.escape(title)}</h2>",
+                  table.to_html(index=False, float_format="%.3f", na_rep="")]
+    parts.append("<h2>Figures</h2>")
+    parts += [f"<figure>{_img(p)}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
+              for p in figures]
+    spec_text = read_text(out, "sweep.yaml") or ""
+    parts += ["<h2>Sweep spec</h2>", f"<pre>{html.escape(spec_text)}</pre>", "</body></html>"]
+    dest.mkdir(parents=True, exist_ok=True)
+    page = dest / "report.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    return {"html": page, "figures": figures, "exponents": exps}
+
+
+def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path):
+    """The figures (PNG paths) and titled tables a sweep's columns allow."""
+    figures: list[Path] = []
+    tables = []
 
     def add(fig, name):
         figures.extend(p for p in analysis.save_figure(fig, figdir, name) if p.suffix == ".png")
 
-    tables = []
+    exps = pd.DataFrame()
     if ok.width.nunique() >= 2:
         add(analysis.fig_dist_vs_width(ok), "dist_inf_vs_width")
         add(analysis.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
@@ -55,8 +84,10 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
         exps = pd.concat([analysis.width_exponents(ok, m)
                           for m in ("init_dist_inf", "final_dist_init")], ignore_index=True)
         tables.append(("Width exponents (log-log slope, 95 % CI)", exps))
-    else:
-        exps = pd.DataFrame()
+    if ok.final_test_acc.notna().any():
+        add(analysis.fig_test_accuracy(ok), "test_accuracy")
+        tables.append(("Test accuracy: trained nets (seed mean, 95 % CI) and kernel regression "
+                       "with Θ∞, the NNGP Σ, Θ₀ and Θ_T", analysis.test_accuracy_table(ok)))
     if ok.depth.nunique() >= 2 and ok.width.nunique() >= 1:
         add(analysis.fig_depth_width_heatmap(ok), "depth_width_heatmap")
         tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L)",
@@ -69,25 +100,32 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
     if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
         add(analysis.fig_jacot_fig2(ok, ckpts[ckpts.trial_id.isin(ok.trial_id)], out),
             "jacot_fig2")
-    status = trials.status.value_counts().rename_axis("status").reset_index(name="trials")
-    spec_text = read_text(out, "sweep.yaml") or ""
-    name = html.escape(_dir_name(out))
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>ntksweep report: {name}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "img{max-width:100%} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
-        "padding:2px 6px;font-size:13px}</style></head><body>",
-        f"<h1>ntksweep report: {name}</h1>",
-        "<h2>Trials</h2>", status.to_html(index=False),
-    ]
-    for title, table in tables:
-        parts += [f"<h2>{html.escape(title)}</h2>", table.to_html(index=False, float_format="%.3f")]
-    parts.append("<h2>Figures</h2>")
-    parts += [f"<figure>{_img(p)}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
-              for p in figures]
-    parts += ["<h2>Sweep spec</h2>", f"<pre>{html.escape(spec_text)}</pre>", "</body></html>"]
-    dest.mkdir(parents=True, exist_ok=True)
-    page = dest / "report.html"
-    page.write_text("\n".join(parts))
-    return {"html": page, "figures": figures, "exponents": exps}
+    return figures, tables, exps
+
+
+def _header(out, trials: pd.DataFrame) -> str:
+    """When, on what and with which version the numbers were made, and where MLflow has them."""
+    from . import __version__
+    from .store import read_meta
+
+    meta = read_meta(out)
+    devices = ", ".join(f"{d} ({n})" for d, n in trials.run_device.value_counts().items())
+    hosts = ", ".join(sorted(trials.host.dropna().unique()))
+    wall = trials.wall_seconds.sum()
+    rows = [("written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+            ("ntksweep", __version__),
+            ("compute", f"{wall / 60:.1f} min in {len(trials)} trials "
+                        f"(median {trials.wall_seconds.median():.1f} s)"),
+            ("hardware", f"{devices} on {hosts}"),
+            ("MLflow", _mlflow_link(out, meta.tracking_uri if meta else ""))]
+    cells = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
+    return f"<table class='meta'>{cells}</table>"
+
+
+def _mlflow_link(out, uri: str) -> str:
+    if not uri:
+        return "not tracked"
+    if uri.startswith(("http://", "https://")):
+        return f"<a href='{html.escape(uri)}'>{html.escape(uri)}</a>"
+    return (f"{html.escape(uri)} — open it with <code>ntksweep ui {html.escape(str(out))}"
+            "</code>")

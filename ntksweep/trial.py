@@ -195,6 +195,7 @@ class _Run:
         self.init: dict[str, np.ndarray] = {}   # Θ_0 on [eval; train], f_0 on eval and train
         self.linear: dict[str, KernelDynamics] = {}   # the linear models, from step 0 on
         self.baselines: Record = {}   # kernel regression with the fixed kernels, on test
+        self.test_linear: KernelDynamics | None = None   # the Θ_∞ linear model, on test
 
     def train(self) -> str:
         t = self.t
@@ -276,7 +277,9 @@ class _Run:
             for name, model in self._linear_models().items():
                 for suffix, pred in (("", model.gd(spec.lr, step)),
                                      ("_flow", model.flow(spec.lr * step))):
-                    rec[f"gap_{name}{suffix}"] = float(np.sqrt(np.mean((f_ev - pred) ** 2)))
+                    with np.errstate(over="ignore", invalid="ignore"):  # a diverging model
+                        gap = np.sqrt(np.mean((f_ev - pred) ** 2))
+                    rec[f"gap_{name}{suffix}"] = float(gap)
         rec["dist_nngp"] = rel_frobenius(self._nngp(), self.limit.nngp[:m, :m])
         return rec
 
@@ -302,8 +305,11 @@ class _Run:
         """The net's loss and accuracy on the held-out test set, beside kernel regression's
         (``kernels.regression``) with Θ_∞, Σ, Θ_0 (from this net's f_0: the linearised net
         trained to convergence) and Θ_t (at the last checkpoint only). Θ_∞ and Σ predict the
-        mean over the initial GP (f_0 = 0). Kernel regression's loss is the MSE on y."""
-        rec = {c: float("nan") for c in ("test_loss", "test_acc", *_KR_COLUMNS)}
+        mean over the initial GP (f_0 = 0). ``*_gd_inf``: the Θ_∞ linear model after the
+        same GD steps from this net's f_0 (as ``gap_inf``; MSE only) — the infinite-width
+        prediction for the net as trained so far. Kernel losses are the MSE on y."""
+        rec = {c: float("nan") for c in ("test_loss", "test_acc", "test_loss_gd_inf",
+                                         "test_acc_gd_inf", *_KR_COLUMNS)}
         if not self.spec.n_test:
             return rec
         t, m, n = self.t, self.m, self.t.x_tr.shape[0]
@@ -318,7 +324,12 @@ class _Run:
                      "init": (theta0_te, init["theta0"][m:, m:], f_te, init["f_tr"])}
             for name, (k_te, k_tr, f0_te, f0_tr) in fixed.items():
                 self.baselines.update(self._regression(name, k_te, k_tr, f0_te, f0_tr))
+            if self.spec.loss == "mse":
+                self.test_linear = KernelDynamics(
+                    lim.ntk, self.limit.ntk[m:, m:], f_te, init["f_tr"], self.data.y_train)
         rec.update(self.baselines)
+        if self.test_linear is not None:
+            rec.update(self._scores("gd_inf", self.test_linear.gd(self.spec.lr, step)))
         if step == self.spec.steps:  # the "after kernel" Θ_T on [train; test] × train
             theta = self._ntk(torch.cat([t.x_tr, t.x_te]), t.x_tr)
             rec.update(self._regression("t", theta[n:], theta[:n], None, None))
@@ -327,8 +338,13 @@ class _Run:
     def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr) -> Record:
         pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
                                  f0_x=f0_te, f0_X=f0_tr, name=_KR_NAMES[name])
-        mse = float(((pred - self.data.y_test) ** 2).sum(1).mean())
-        return {f"test_loss_kr_{name}": mse, f"test_acc_kr_{name}": self._accuracy(pred)}
+        return self._scores(f"kr_{name}", pred)
+
+    def _scores(self, suffix: str, pred: np.ndarray) -> Record:
+        """MSE on y and accuracy of test-set predictions (T, k)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            mse = float(((pred - self.data.y_test) ** 2).sum(1).mean())
+        return {f"test_loss_{suffix}": mse, f"test_acc_{suffix}": self._accuracy(pred)}
 
     def _accuracy(self, f: np.ndarray) -> float:
         labels = self.data.labels_test

@@ -137,6 +137,9 @@ def test_every_record_column_is_its_formula_recomputed_independently():
         after = regression(per_logit_ntk(copy.deepcopy(net), x_te, x_tr),
                            per_logit_ntk(copy.deepcopy(net), x_tr, x_tr)) \
             if step == spec.steps else {"loss": np.nan, "acc": np.nan}
+        disc = gd(lim_te.ntk, lim.ntk[m:, m:], f0_te, f0_tr, y_tr, spec.lr, step)
+        rec["test_loss_gd_inf"] = np.mean(np.sum((disc - y_te) ** 2, 1))
+        rec["test_acc_gd_inf"] = np.mean(disc.argmax(1) == data.labels_test)
         for name, values in (*fixed.items(), ("t", after)):
             for what in ("loss", "acc"):
                 rec[f"test_{what}_kr_{name}"] = values[what]

@@ -150,7 +150,7 @@ class SweepRun:
                                           all(t.device == "cpu" for t, _ in self.todo))
             store.check_writable(self.out)
             self.lock = DriverLock(self.out).acquire()
-            sweep_yaml = yaml.safe_dump(self.spec.source, sort_keys=False)
+            sweep_yaml = yaml.safe_dump(self.spec.source, sort_keys=False, allow_unicode=True)
             store.write_text(self.out, "sweep.yaml", sweep_yaml)
             store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name, redact(uri)))
             for _ in range(self.shape.n if self.todo else 0):
