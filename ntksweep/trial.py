@@ -17,7 +17,7 @@ import torch
 from .data import Dataset, make_dataset
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
-from .kernels.regression import kernel_regression
+from .kernels.regression import SingularKernelError, kernel_regression
 from .models import CNN, MLP, ResNet
 from .records import KR_KERNELS, N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
@@ -336,8 +336,16 @@ class _Run:
         return rec
 
     def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr) -> Record:
-        pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
-                                 f0_x=f0_te, f0_X=f0_tr, name=_KR_NAMES[name])
+        """Kernel regression's test scores. A singular limit kernel (duplicate inputs) is the
+        user's to fix (ridge) and fails the trial with that advice; a singular measured one
+        (a net whose units died) is a measurement: NaN."""
+        try:
+            pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
+                                     f0_x=f0_te, f0_X=f0_tr, name=_KR_NAMES[name])
+        except SingularKernelError:
+            if name in ("inf", "nngp"):
+                raise
+            pred = np.full((len(k_te), self.data.y_train.shape[1]), np.nan)
         return self._scores(f"kr_{name}", pred)
 
     def _scores(self, suffix: str, pred: np.ndarray) -> Record:
@@ -348,7 +356,9 @@ class _Run:
 
     def _accuracy(self, f: np.ndarray) -> float:
         labels = self.data.labels_test
-        return float("nan") if labels is None else float((f.argmax(1) == labels).mean())
+        if labels is None or not np.isfinite(f).all():
+            return float("nan")
+        return float((f.argmax(1) == labels).mean())
 
 
 _KR_COLUMNS = [f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")]

@@ -105,3 +105,18 @@ def test_no_test_set_no_test_columns():
     out = run_trial(TrialSpec(n_train=8, n_eval=8, width=16, depth=2, steps=2, checkpoints=2))
     assert all(np.isnan(r["test_loss"]) and np.isnan(r["test_loss_kr_inf"])
                for r in out.records)
+
+
+def test_a_singular_measured_kernel_is_nan_and_a_singular_limit_says_what_to_do():
+    """A net whose ReLUs died has a singular Θ_T: its kernel regression is NaN and the trial's
+    other measurements stand; a singular Θ_∞ (duplicate inputs) is the user's to fix."""
+    from ntksweep.trial import TrialCache, _Run
+
+    spec = TrialSpec(dataset="digits", n_train=6, n_eval=4, n_test=3, width=8, depth=2)
+    run = _Run(spec, TrialCache(), "cpu", None)
+    phi = np.random.default_rng(5).standard_normal((9, 2))
+    k = phi @ phi.T                                             # rank 2 on 6 points
+    scores = run._regression("t", k[6:, :6], k[:6, :6], None, None)
+    assert np.isnan(scores["test_loss_kr_t"]) and np.isnan(scores["test_acc_kr_t"])
+    with pytest.raises(SingularKernelError, match="Θ_∞ on the 6 training points"):
+        run._regression("inf", k[6:, :6], k[:6, :6], None, None)
