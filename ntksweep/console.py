@@ -76,6 +76,8 @@ def _width_exponent(trials: pd.DataFrame):
     number of widths), or None with fewer than 2 widths."""
     from .analysis import fit_power_law
 
+    if trials.empty:  # e.g. the output dir went away under a stopping sweep
+        return None
     done = trials[trials.status.map(lambda s: Status(s).done)]
     widths = done.width.nunique()
     return (fit_power_law(done.width, done.init_dist_inf), widths) if widths >= 2 else None

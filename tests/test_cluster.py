@@ -191,7 +191,11 @@ def test_kuberay_manifests_are_consistent():
     # the job finds the cluster by name and writes where the head mounts the results volume
     assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
     mount = head["containers"][0]["volumeMounts"][0]
-    claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in head["volumes"]}
+    claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in head["volumes"]
+             if "persistentVolumeClaim" in v}
+    # the specs ConfigMap is optional: the head starts without one
+    specs = [v for v in head["volumes"] if "configMap" in v]
+    assert specs and all(v["configMap"]["optional"] for v in specs)
     assert claim[mount["name"]] == pvc["metadata"]["name"]
     entry = shlex.split(job["spec"]["entrypoint"])
     assert entry[:2] == ["ntksweep", "run"]
@@ -291,3 +295,20 @@ def test_slurm_script_runs_a_sweep(tmp_path):
     exp = client.get_experiment_by_name("slurmy")
     children = client.search_runs([exp.experiment_id], "tags.`ntksweep.role` = 'trial'")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("env, gpus", [
+    ({"SLURM_GPUS_ON_NODE": "4"}, "4"),                       # any request, as slurmd saw it
+    ({"SLURM_GPUS_PER_NODE": "2"}, "2"),                      # --gpus-per-node=2
+    ({"SLURM_GPUS_PER_NODE": "a100:8"}, "8"),                 # --gpus-per-node=a100:8
+    ({"SLURM_TRES_PER_NODE": "gres/gpu:3"}, "3"),             # --gres=gpu:3
+    ({"SLURM_JOB_GRES": "gpu:h100:2"}, "2"),                  # --gres=gpu:h100:2
+    ({"SLURM_TRES_PER_NODE": "cpu=4,gres/gpu:tesla:6"}, "6"),
+    ({"SLURM_JOB_GPUS": "0,1,2"}, "3"),                       # only the ids
+    ({}, "0"),                                                # a CPU allocation
+])
+def test_slurm_script_counts_gpus_from_every_variable(env, gpus):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    run = subprocess.run(["bash", str(CLUSTER / "slurm" / "ntksweep.sbatch"), "--print-gpus"],
+                         env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and run.stdout.strip() == gpus, (run.stdout, run.stderr)
