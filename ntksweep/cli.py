@@ -194,17 +194,10 @@ def _tracking_uri(args, meta) -> str:
 
 
 def cmd_ui(args) -> int:
-    from .tracking.uri import SERVER_ENV, redact, ui_command
+    from .tracking.ui import serve_ui
 
-    uri = _tracking_uri(args, _sweep_meta(args.out))
-    cmd = ui_command(uri, args.port, args.host)
-    print(f"MLflow UI for {args.out}: http://{args.host}:{args.port}  "
-          f"({redact(' '.join(cmd))})", flush=True)
-    for name, value in SERVER_ENV.items():  # a value the user set wins
-        os.environ.setdefault(name, value)
-    # replace this process: signals (Ctrl-C, a test's terminate) reach the server itself
-    os.execvp(cmd[0], cmd)
-    return 1  # not reached
+    meta = _sweep_meta(args.out)
+    return serve_ui(_tracking_uri(args, meta), meta.name, args.host, args.port)
 
 
 def cmd_sync(args) -> int:

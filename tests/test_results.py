@@ -339,32 +339,35 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
                              "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in line
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                assert body.strip() == b"OK"
+        seen = []
+        for line in proc.stdout:        # the link is printed once the server answers
+            seen.append(line)
+            if "MLflow UI for sweep" in line:
                 break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("MLflow UI did not answer")
-        assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI
-        # a trial's spec artifact, kept in the output dir, comes back through the UI
         uri = f"sqlite:///{Path(summary.out_dir) / 'mlflow.db'}"
         client = MlflowClient(uri)
-        run = client.search_runs([client.get_experiment_by_name("ui").experiment_id],
-                                 "tags.`ntksweep.role` = 'trial'", max_results=1)[0]
+        exp_id = client.get_experiment_by_name("ui").experiment_id
+        assert seen[-1].strip().endswith(
+            f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"), seen
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+        assert body.strip() == b"OK"
+        assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI
+        # a trial's spec artifact, kept in the output dir, comes back through the UI
+        run = client.search_runs([exp_id], "tags.`ntksweep.role` = 'trial'", max_results=1)[0]
         assert run.info.artifact_uri.startswith(str(Path(summary.out_dir).resolve()))
         served = urllib.request.urlopen(f"http://127.0.0.1:{port}/get-artifact?path="
                                         f"trial_spec.json&run_uuid={run.info.run_id}",
                                         timeout=30).read()
         assert json.loads(served)["width"] == int(run.data.params["width"])
+        # a second UI on the same port is refused at once, with a non-zero exit
+        busy = subprocess.run([sys.executable, "-m", "ntksweep.cli", "ui", summary.out_dir,
+                               "--port", str(port)], capture_output=True, text=True, timeout=60)
+        assert busy.returncode != 0 and "in use" in busy.stderr + busy.stdout, busy
+        proc.terminate()                              # SIGTERM reaches the server: a clean stop
+        assert proc.wait(30) == 0
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
         shutil.rmtree(tmp_path / "ui", ignore_errors=True)
 
 

@@ -1,0 +1,79 @@
+"""``ntksweep ui``: serve the MLflow UI on a sweep's store, and say where its runs are only
+once the server answers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+from ..errors import TrackingError, UserError
+from .uri import SERVER_ENV, redact, ui_command
+
+__all__ = ["serve_ui", "check_port_free", "runs_page"]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before starting anything."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"port {port} on {host} is in use ({e.strerror}): another "
+                            "MLflow UI may be serving there; pick another with --port") from None
+
+
+def runs_page(base: str, experiment_id: str | None) -> str:
+    """The deep link to an experiment's runs (MLflow 3's experiment page, runs tab)."""
+    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else base
+
+
+def _experiment_id(uri: str, name: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else None
+
+
+def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TrackingError(f"the MLflow UI exited with code {proc.returncode} before "
+                                "it answered; its output is above")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise TrackingError(f"the MLflow UI did not answer on {url} within {timeout_s:.0f} s")
+
+
+def serve_ui(uri: str, experiment: str, host: str, port: int, *,
+             timeout_s: float = 120.0, stream=None) -> int:
+    """Start the UI, wait until it answers, print the link to the sweep's runs, and serve
+    until interrupted (Ctrl-C or SIGTERM reach the server too). Returns its exit code."""
+    check_port_free(host, port)
+    cmd = ui_command(uri, port, host)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{port}"
+    print(f"starting the MLflow UI ({redact(' '.join(cmd))}) …", file=stream, flush=True)
+    proc = subprocess.Popen(cmd, env={**SERVER_ENV, **os.environ})
+    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _wait_until_up(proc, base, timeout_s)
+        link = runs_page(base, _experiment_id(uri, experiment))
+        print(f"MLflow UI for sweep {experiment!r}: {link}", file=stream, flush=True)
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM) else code
