@@ -348,7 +348,8 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
         client = MlflowClient(uri)
         exp_id = client.get_experiment_by_name("ui").experiment_id
         assert seen[-1].strip().endswith(
-            f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"), seen
+            f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        ), seen
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
         assert body.strip() == b"OK"
         assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI

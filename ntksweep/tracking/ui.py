@@ -27,8 +27,11 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def runs_page(base: str, experiment_id: str | None) -> str:
-    """The deep link to an experiment's runs (MLflow 3's experiment page, runs tab)."""
-    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else base
+    """The deep link to an experiment's runs in MLflow 3's model-training view (the UI's
+    GenAI/model-training switch is a browser setting: the link sets it for this page)."""
+    if not experiment_id:
+        return base
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _experiment_id(uri: str, name: str) -> str | None:
