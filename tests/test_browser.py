@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 from ntksweep.report import make_report
 from ntksweep.sweep import run_sweep
 from ntksweep.sweep_spec import load_sweep_spec
-from servers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("NTKSWEEP_TEST_ARTIFACTS",
