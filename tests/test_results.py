@@ -20,7 +20,7 @@ from servers import MlflowServer, free_port
 import ntksweep
 from ntksweep import store
 from ntksweep.records import RECORD_COLUMNS
-from ntksweep.sweep import run_sweep
+from ntksweep.sweep import plan_sweep, run_sweep, sweep_id_of
 from ntksweep.sweep_spec import load_sweep_spec
 from ntksweep.trial import run_trial
 from ntksweep.trial_spec import TrialSpec
@@ -330,6 +330,52 @@ def test_refusals_before_any_trial(ray_local, tmp_path):
     run_sweep(other, quiet=True, force=True)
     meta = json.loads((Path(first.output_dir) / "sweep.json").read_text())
     assert meta["name"] == "other"
+
+
+def test_a_sweep_grows_in_place_and_a_changed_base_is_another_sweep(ray_local, tmp_path):
+    def spec(grid, **base):
+        return load_sweep_spec({"name": "grow", "output_dir": str(tmp_path / "grow"),
+                                "base": {**TINY, **base}, "grid": grid})
+
+    first = run_sweep(spec({"width": [8, 16], "seed": [0]}), quiet=True)
+    assert plan_sweep(spec({"width": [8, 16, 32], "seed": [0, 1]}))["sweep_id"] == \
+        first.sweep_id                                     # dry-run: the same sweep
+    grown = run_sweep(spec({"width": [8, 16, 32], "seed": [0, 1]}), quiet=True)
+    assert grown.sweep_id == first.sweep_id and grown.skipped == 2 and grown.total == 6
+    trials, _ = ntksweep.load_results(grown.out_dir)
+    assert len(trials) == 6 and set(trials.sweep_id) == {first.sweep_id}
+    client = MlflowClient(grown.tracking_uri)                # one parent run, six children
+    exp = client.get_experiment_by_name("grow").experiment_id
+    assert len(client.search_runs([exp], "tags.`ntksweep.role` = 'sweep'")) == 1
+    assert len(client.search_runs([exp], "tags.`ntksweep.role` = 'trial'")) == 6
+    # a changed base field is another sweep: refused, saying which field
+    with pytest.raises(ValueError, match=r"base field lr 1\.0 → 0\.5"):
+        plan_sweep(spec({"width": [8]}, lr=0.5))
+
+
+def test_a_forced_sweep_hides_the_failed_rows_it_superseded(ray_local, tmp_path):
+    out = str(tmp_path / "f")
+    broken = load_sweep_spec({"name": "f", "output_dir": out,   # 1798 of digits' 1797 images
+                              "base": {**TINY, "dataset": "digits", "n_train": 1790},
+                              "grid": {"width": [8]}})
+    first = run_sweep(broken, quiet=True)                # the trial fails making its data
+    assert first.counts == {"failed": 1}
+    fixed = run_sweep(load_sweep_spec({"name": "f", "output_dir": out, "base": TINY,
+                                       "grid": {"width": [8, 16]}}), quiet=True, force=True)
+    trials, ckpts = ntksweep.load_results(out)
+    assert set(trials.status) == {"completed"} and set(trials.sweep_id) == {fixed.sweep_id}
+    assert set(ckpts.trial_id) <= set(trials.trial_id)
+
+
+def test_an_output_dir_from_an_earlier_version_keeps_its_sweep_id(tmp_path):
+    from ntksweep.sweep.driver import _earlier_sweep_id
+
+    spec = spec_for(tmp_path, "old")
+    Path(spec.output_dir).mkdir()
+    earlier = _earlier_sweep_id(spec)
+    (Path(spec.output_dir) / "sweep.json").write_text(json.dumps(
+        {"sweep_id": earlier, "name": "old", "tracking_uri": ""}))
+    assert plan_sweep(spec)["sweep_id"] == earlier != sweep_id_of(spec)
 
 
 def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):

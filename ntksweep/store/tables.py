@@ -188,14 +188,30 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
     matching files). Sorted by width, depth, trial_id (and step)."""
     ckpts = _read(_locate(out), "checkpoints", CHECKPOINTS_SCHEMA, filters)
     ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
-    return load_trials(out, filters), _with_defaults(ckpts)
+    trials, superseded = _current_trials(out, filters)
+    ckpts = ckpts[~ckpts.trial_id.isin(superseded)].reset_index(drop=True)
+    return trials, _with_defaults(ckpts)
 
 
 def load_trials(out: str | Path, filters: dict[str, Any] | None = None) -> pd.DataFrame:
     """The trials table alone (``load_results``' first frame), without reading checkpoints."""
+    return _current_trials(out, filters)[0]
+
+
+def _current_trials(out, filters) -> tuple[pd.DataFrame, set[str]]:
+    """The trials table, and the ids left out of it: failed or killed trials of an earlier
+    sweep the dir held (before a ``--force`` run of another) — the current one superseded
+    them. Completed trials of any sweep stay: they are measurements."""
     trials = _read(_locate(out), "trials", TRIALS_SCHEMA, filters)
+    meta = read_meta(out)
+    if meta is not None and not trials.empty:
+        unfinished = ~trials.status.isin([s.value for s in Status if s.done])
+        superseded = unfinished & (trials.sweep_id != meta.sweep_id)
+        gone, trials = set(trials.trial_id[superseded]), trials[~superseded]
+    else:
+        gone = set()
     return _with_defaults(trials.sort_values(["width", "depth", "trial_id"],
-                                             ignore_index=True))
+                                             ignore_index=True)), gone
 
 
 def _with_defaults(table: pd.DataFrame) -> pd.DataFrame:

@@ -21,14 +21,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from .. import store
 from ..data import make_dataset
 from ..errors import OutputDirError, SpecError, TrackingError, UserError
 from ..lock import check_unlocked
 from ..records import Status
-from ..sweep_spec import SweepSpec
+from ..sweep_spec import SweepSpec, load_sweep_spec
 from ..tracking.uri import redact, resolve_tracking_uri
-from ..trial_spec import TrialSpec
+from ..trial_spec import TRIAL_FIELDS, TrialSpec
 from .run import SweepRun, work_estimate
 
 __all__ = ["SweepSummary", "Preflight", "preflight", "run_sweep", "plan_sweep", "sweep_id_of",
@@ -52,22 +54,54 @@ class SweepSummary:
 
 
 def sweep_id_of(spec: SweepSpec) -> str:
-    """What a sweep measures (name, base, axes), not how it runs (resources, retries)."""
+    """A sweep's identity: its name and base fields — what every trial shares. Axis values
+    and seeds can be added to a sweep (it grows in place: same id, same MLflow parent run);
+    a changed base field makes another sweep. How it runs (resources, retries) is not part
+    of it."""
+    blob = json.dumps({"name": spec.name, "base": spec.base}, sort_keys=True, default=list)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _earlier_sweep_id(spec: SweepSpec) -> str:
+    """The id versions before 0.2 gave the same spec (its axes included): an output dir they
+    wrote keeps its id, and so its MLflow parent run."""
     blob = json.dumps({"name": spec.name, "base": spec.base, "grid": spec.grid, "zip": spec.zip},
                       sort_keys=True, default=list)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def check_output_dir(spec: SweepSpec, force: bool = False) -> str:
-    """Refuse an output dir (a path or an ``s3://`` URI) that holds a different sweep unless
+def check_output_dir(spec: SweepSpec, force: bool = False) -> tuple[str, str]:
+    """(the output dir, the sweep's id in it). Refuse an output dir (a path or an ``s3://``
+    URI) that holds a different sweep — another name or other base fields — unless
     ``force``; reads only."""
-    out = spec.out_dir
+    out, sid = spec.out_dir, sweep_id_of(spec)
     held = store.read_meta(out)
-    if held is not None and not force and held.sweep_id != sweep_id_of(spec):
+    if held is None:
+        return out, sid
+    if held.sweep_id in (sid, _earlier_sweep_id(spec)):
+        return out, held.sweep_id
+    if not force:
         raise OutputDirError(f"output dir {out!r} holds a different sweep ({held.name!r}, id "
-                             f"{held.sweep_id}); use another output dir, or --force to add to "
-                             "it anyway")
-    return out
+                             f"{held.sweep_id}){_differences(out, spec)}; adding axis values "
+                             "or seeds grows a sweep in place, but a changed name or base "
+                             "field is another sweep: use another output dir, or --force to "
+                             "add to it anyway")
+    return out, sid
+
+
+def _differences(out: str, spec: SweepSpec) -> str:
+    """': name …; base field lr 0.5 → 1.0' against the sweep.yaml the dir was run with."""
+    try:
+        held = load_sweep_spec(yaml.safe_load(store.read_text(out, "sweep.yaml") or "{}"))
+    except (UserError, yaml.YAMLError, TypeError):
+        return ""
+    changes = [f"name {held.name!r} → {spec.name!r}"] if held.name != spec.name else []
+    default = {k: f.default for k, f in TRIAL_FIELDS.items()}
+    for key in sorted(set(held.base) | set(spec.base)):
+        before, after = (b.get(key, default.get(key)) for b in (held.base, spec.base))
+        if before != after:
+            changes.append(f"base field {key} {before} → {after}")
+    return ": " + "; ".join(changes) if changes else ""
 
 
 def _plan_state(status: Status | None) -> str:
@@ -104,12 +138,12 @@ def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: boo
         if tracking:
             raise
         uri, explicit = "", False
-    out = check_output_dir(spec, force)
+    out, sid = check_output_dir(spec, force)
     check_unlocked(out)
     trials = spec.trials()
     _check_trials(trials, force)
     store.check_writable(out, create=False)
-    return Preflight(out, sweep_id_of(spec), uri, explicit, trials, *store.trial_states(out))
+    return Preflight(out, sid, uri, explicit, trials, *store.trial_states(out))
 
 
 def _check_trials(trials: list[TrialSpec], force: bool) -> None:
