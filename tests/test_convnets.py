@@ -272,3 +272,19 @@ def test_structured_conv_ntk_is_the_brute_force_jacobian_product(make, k):
     torch.testing.assert_close(tiled, got if k > 1 else got[:, :, 0, 0], rtol=1e-12,
                                atol=1e-14)
     assert empirical_ntk(model, x[:1]).shape[:2] == (1, 1)       # auto picks structured
+
+
+@pytest.mark.parametrize("architecture, readout", [("cnn", "gap"), ("cnn", "flatten"),
+                                                   ("resnet", "gap")])
+def test_limits_are_shardable_and_tiled_equals_untiled(architecture, readout):
+    """Rows of Θ_∞ computed apart (as shards on different machines would) and in tiny tiles
+    equal the whole kernel in one tile."""
+    x = RNG.normal(size=(7, 2, 5, 5))
+    kw = dict(architecture=architecture, depth=3, readout=readout, bias_std=0.2)
+    whole = analytic_kernels(x, memory_budget=1 << 30, **kw)
+    tiny = analytic_kernels(x, memory_budget=1, **kw)                 # one image pair a tile
+    shards = [analytic_kernels(x[rows], x, **kw) for rows in (slice(0, 3), slice(3, 7))]
+    for k in ("ntk", "nngp"):
+        np.testing.assert_allclose(getattr(tiny, k), getattr(whole, k), rtol=1e-13)
+        np.testing.assert_allclose(np.concatenate([getattr(s, k) for s in shards]),
+                                   getattr(whole, k), rtol=1e-13)

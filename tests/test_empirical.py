@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ntksweep import MLP, analytic_kernels, empirical_ntk
+from ntksweep.models import CNN, ResNet
 from ntksweep.kernels import empirical, ntk_methods, tiling
 
 MC_RTOL = 0.05  # relative Frobenius error allowed for a 50-network Monte-Carlo mean
@@ -182,11 +183,16 @@ def test_out_of_memory_tile_is_split_and_retried(monkeypatch):
     assert max(calls) == 9 and min(calls) <= 2
 
 
-def test_sharded_over_two_ray_actors_equals_unsharded(ray_local):
+@pytest.mark.parametrize("make, shape", [
+    (lambda: MLP(5, 32, 3, out_dim=2, bias_std=0.1, seed=3, dtype=torch.float64), (5,)),
+    (lambda: CNN(2, 8, 3, out_dim=2, bias_std=0.1, seed=3, dtype=torch.float64), (2, 5, 5)),
+    (lambda: ResNet(1, 8, 4, seed=3, dtype=torch.float64), (1, 6, 6)),
+])
+def test_sharded_over_two_ray_actors_equals_unsharded(ray_local, make, shape):
     from ntksweep.sweep import RayTileExecutor
 
-    model = MLP(5, 32, 3, out_dim=2, bias_std=0.1, seed=3, dtype=torch.float64)
-    x = torch.randn(23, 5, dtype=torch.float64)
+    model = make()
+    x = torch.randn(23, *shape, dtype=torch.float64)
     full = empirical_ntk(model, x)
     with RayTileExecutor(num_actors=2) as ex:
         sharded = empirical_ntk(model, x, block_size=6, executor=ex)
