@@ -20,42 +20,79 @@ __all__ = ["progress", "LogProgress", "failures", "headline", "sweep_numbers",
 
 class LogProgress:
     """tqdm's interface for output that is not a terminal (cluster logs, files): one line
-    every ``every`` seconds and one at the end, no carriage returns."""
+    every ``every`` seconds and one at the end, no carriage returns. The ETA waits for the
+    first ``warmup`` trials (the workers' start-up is in them) and then extrapolates the
+    rate since."""
 
-    def __init__(self, total: int, every: float = 10.0, stream=None):
-        self.total, self.n, self.every = total, 0, every
+    def __init__(self, total: int, every: float = 10.0, stream=None, warmup: int = 1):
+        self.total, self.n, self.every, self.warmup = total, 0, every, warmup
         self.stream = stream or sys.stderr
         self.started = self.last = time.monotonic()
+        self.warm: tuple[float, int] | None = None     # (time, trials) when warm-up ended
         self.postfix: dict = {}
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        if self.warm is None and self.n >= self.warmup:
+            self.warm = (time.monotonic(), self.n)
         if time.monotonic() - self.last >= self.every:
             self._line()
 
     def set_postfix(self, refresh: bool = False, **values) -> None:
         self.postfix = values
 
+    def _eta(self, now: float) -> str:
+        if self.warm is None or self.n == self.warm[1]:
+            return ", warming up" if self.n < self.total else ""
+        rate = (self.n - self.warm[1]) / max(now - self.warm[0], 1e-9)
+        return f", ETA {(self.total - self.n) / rate:.0f} s"
+
     def _line(self) -> None:
         self.last = now = time.monotonic()
-        elapsed = now - self.started
-        eta = f", ETA {elapsed / self.n * (self.total - self.n):.0f} s" if self.n else ""
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        print(f"trials: {self.n}/{self.total} done{extra}, {elapsed:.0f} s{eta}",
-              file=self.stream, flush=True)
+        print(f"trials: {self.n}/{self.total} done{extra}, {now - self.started:.0f} s"
+              f"{self._eta(now)}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.total:
             self._line()
 
 
-def progress(total: int, quiet: bool):
-    """A tqdm bar on a terminal, ``LogProgress`` lines otherwise, nothing when ``quiet``."""
+class _WarmBar:
+    """A tqdm bar that shows no time estimate until the first ``warmup`` trials are done:
+    with the workers' start-up in them, its first estimate would read minutes for a sweep
+    of seconds."""
+
+    WARMING = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+               "[{elapsed}, warming up{postfix}]")
+
+    def __init__(self, bar, warmup: int):
+        self.bar, self.warmup = bar, warmup
+        bar.bar_format = self.WARMING
+        bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        if self.bar.bar_format is not None and self.bar.n >= self.warmup:
+            self.bar.bar_format = None
+            self.bar.refresh()
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self.bar.set_postfix(refresh=refresh, **values)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def progress(total: int, quiet: bool, warmup: int = 1):
+    """A tqdm bar on a terminal, ``LogProgress`` lines otherwise, nothing when ``quiet``;
+    no time estimate before ``warmup`` trials (the first wave, one per worker) are done."""
     from tqdm.auto import tqdm
 
     if not quiet and not sys.stderr.isatty():
-        return LogProgress(total)
-    return tqdm(total=total, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
+        return LogProgress(total, warmup=warmup)
+    bar = tqdm(total=total, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
+    return bar if quiet else _WarmBar(bar, warmup)
 
 
 def failures(trials: pd.DataFrame, axes: list[str], limit: int = 10) -> list[str]:

@@ -215,3 +215,25 @@ def test_a_store_written_before_new_fields_existed_reads_with_their_defaults(tmp
     for name, default in ADDED_LATER.items():
         assert (trials[name] == default).all() and (ckpts[name] == default).all()
     assert store.spec_from_row(trials.iloc[0]).trial_id == trials.trial_id[0] == spec.trial_id
+
+
+def test_progress_lines_wait_for_the_warm_up_before_an_eta():
+    """Without a terminal: a line per update here (every=0); no ETA until the first wave of
+    trials (the workers' start-up) is done and one more trial gives a rate."""
+    import io
+    import time
+
+    from ntksweep.console import LogProgress, progress
+
+    out = io.StringIO()
+    bar = LogProgress(5, every=0.0, stream=out, warmup=2)
+    for _ in range(5):
+        bar.update(1)
+        time.sleep(0.01)
+    lines = out.getvalue().splitlines()
+    assert all("warming up" in line and "ETA" not in line for line in lines[:2]), lines
+    assert all("ETA" in line for line in lines[2:4]), lines
+    assert lines[-1].startswith("trials: 5/5 done") and "warming" not in lines[-1]
+    quiet = progress(3, quiet=True)                                # nothing at all
+    quiet.update(1)
+    quiet.close()

@@ -197,7 +197,8 @@ class SweepRun:
     def loop(self) -> None:
         """Run until every trial is done or a stop is requested; always close the tracker
         and release the actors (a crash marks the sweep's run FAILED)."""
-        progress = console.progress(len(self.todo), self.quiet)
+        progress = console.progress(len(self.todo), self.quiet,
+                                    warmup=min(len(self.todo), max(1, self.shape.n)))
         old = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
         shown, crashed = None, False
         try:
