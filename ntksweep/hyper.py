@@ -8,12 +8,10 @@ from typing import Any
 
 from .activations import ACTIVATIONS, get_activation
 from .errors import SpecError
+from .parametrizations import PARAMETRIZATIONS, kernel_is_ntk_limit
 
 __all__ = ["PARAMETRIZATIONS", "ARCHITECTURES", "PADDINGS", "READOUTS", "RULES", "problem",
            "check_network", "check_conv"]
-
-PARAMETRIZATIONS = ("ntk", "standard")
-
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -31,7 +29,7 @@ RULES = {
     "weight_std": (lambda v: is_finite(v) and v > 0, "must be a finite number > 0"),
     "bias_std": (lambda v: is_finite(v) and v >= 0, "must be a finite number >= 0"),
     "parametrization": (lambda v: v in PARAMETRIZATIONS,
-                        f"must be {' or '.join(map(repr, PARAMETRIZATIONS))}"),
+                        f"must be one of {', '.join(PARAMETRIZATIONS)}"),
     "activation": (lambda v: v in ACTIVATIONS, f"must be one of {', '.join(sorted(ACTIVATIONS))}"),
     "leaky_relu_slope": (is_finite, "must be a finite number (leaky ReLU's negative slope)"),
 }
@@ -55,6 +53,11 @@ def check_network(*, depth, activation, weight_std, bias_std, parametrization,
     if parametrization == "standard" and not (is_int(width) and width >= 1):
         raise SpecError("parametrization='standard' needs width=<hidden width> (its NTK scales "
                         "with width)")
+    if parametrization == "mean_field" and depth != 2:
+        raise SpecError(f"parametrization 'mean_field' is defined for two-layer networks "
+                        f"(depth 2); got depth {depth} — for deeper ones use 'mup'")
+    if parametrization == "mup" and depth < 2:
+        raise SpecError("parametrization 'mup' needs a hidden layer (depth >= 2)")
 
 
 ARCHITECTURES = ("mlp", "cnn", "resnet")
@@ -79,6 +82,8 @@ def check_conv(*, architecture, depth, kernel_size, padding, readout,
     if architecture == "resnet" and (depth < 2 or padding != "same" or readout != "gap"):
         raise SpecError("a resnet has depth >= 2 (a stem and a readout), padding 'same' and "
                         "readout 'gap'")
-    if parametrization is not None and architecture != "mlp" and parametrization != "ntk":
-        raise SpecError(f"the {architecture} limit is implemented in the NTK "
-                        "parametrization only; use parametrization: ntk")
+    if parametrization is not None and architecture != "mlp" \
+            and not kernel_is_ntk_limit(parametrization):
+        raise SpecError(f"the {architecture} limit is implemented for the parametrizations "
+                        "whose kernel tends to the NTK one's (ntk, mup, mean_field); got "
+                        f"{parametrization!r}")

@@ -1,5 +1,6 @@
-"""Training: full-batch gradient descent (Jacot's) or minibatch SGD, with a checkpoint
-schedule and divergence detection. Time t = lr × step (Jacot's continuous time)."""
+"""Training: full-batch gradient descent (Jacot's), minibatch SGD or Adam, each layer at the
+learning rate its parametrization gives it (``parametrizations.lr_factors``), with a
+checkpoint schedule and divergence detection. Time t = lr × step (Jacot's continuous time)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models.layers import affine_layers
+from .parametrizations import lr_factors
 from .records import Status
 from .trial_spec import TrialSpec
 
-__all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train"]
+__all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train", "make_optimizer"]
 
 
 def checkpoint_schedule(spec: TrialSpec) -> list[int]:
@@ -29,9 +32,29 @@ def checkpoint_schedule(spec: TrialSpec) -> list[int]:
 
 
 def batch_rows(spec: TrialSpec, n: int) -> int:
-    """Rows per optimisation step out of n training points: all of them for gd, else a
-    minibatch of ``batch_size`` (32 when unset)."""
-    return n if spec.optimizer == "gd" else min(spec.batch_size or 32, n)
+    """Rows per optimisation step out of n training points: all of them for gd (and for
+    adam without a ``batch_size``), else a minibatch of ``batch_size`` (sgd: 32 when unset)."""
+    if spec.optimizer == "gd" or (spec.optimizer == "adam" and spec.batch_size is None):
+        return n
+    return min(spec.batch_size or 32, n)
+
+
+def make_optimizer(model: nn.Module, spec: TrialSpec) -> torch.optim.Optimizer:
+    """SGD (gd, sgd) or Adam over parameter groups at lr · r, r each layer's learning-rate
+    factor in the trial's parametrization for this optimizer (1 outside Dense/Conv layers)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    seen = set()
+    for module in affine_layers(model):
+        rates = (module.weight_lr, module.bias_lr) if spec.optimizer != "adam" else \
+            lr_factors(spec.parametrization, "adam", module.role, spec.width)
+        for p, r in zip((module.weight, module.bias), rates):
+            groups.setdefault(r, []).append(p)
+            seen.add(id(p))
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:
+        groups.setdefault(1.0, []).extend(rest)
+    params = [{"params": ps, "lr": spec.lr * r} for r, ps in sorted(groups.items())]
+    return torch.optim.Adam(params) if spec.optimizer == "adam" else torch.optim.SGD(params)
 
 
 def loss_value(spec: TrialSpec, out: torch.Tensor, y: torch.Tensor,
@@ -57,7 +80,7 @@ def train(
     ``divergence_factor`` × its initial value (a checkpoint is then recorded at that step).
     """
     checkpoints = set(checkpoint_schedule(spec))
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
+    opt = make_optimizer(model, spec)
     gen = torch.Generator().manual_seed(spec.seed)
     n = x.shape[0]
     batch = batch_rows(spec, n)

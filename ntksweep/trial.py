@@ -273,7 +273,7 @@ class _Run:
         m, spec, nan = self.m, self.spec, float("nan")
         rec = {"f_change": float(np.sqrt(np.mean((f_ev - self.init["f_ev"]) ** 2))),
                "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan}
-        if spec.loss == "mse":
+        if self._kernel_dynamics():
             for name, model in self._linear_models().items():
                 for suffix, pred in (("", model.gd(spec.lr, step)),
                                      ("_flow", model.flow(spec.lr * step))):
@@ -293,13 +293,20 @@ class _Run:
                            for name, k in (("inf", self.limit.ntk), ("lin", init["theta0"]))}
         return self.linear
 
+    def _kernel_dynamics(self) -> bool:
+        """Whether the trial trains by a kernel flow its linear models can follow: MSE by
+        gradient descent (Adam's steps are not one)."""
+        return self.spec.loss == "mse" and self.spec.optimizer != "adam"
+
     def _nngp(self) -> np.ndarray:
         """The empirical NNGP on the eval set (M, M): the covariance of an output given the
-        features A (M, F) the readout layer sees, (σ_w²/F) A Aᵀ + σ_b² — the same for every
-        output, and Σ^(L)'s finite-width estimate (its fluctuations shrink like n^(−1/2))."""
+        features A (M, F) the readout layer sees, v_W A Aᵀ + v_b with v the prior variances
+        of one readout weight and bias ((σ_w²/F, σ_b²) in the NTK parametrization) — the
+        same for every output, and Σ^(L)'s finite-width estimate."""
         with torch.no_grad():
             a = self.model.features(self.t.x_ev).double().cpu().numpy()
-        return self.spec.weight_std ** 2 * (a @ a.T) / a.shape[1] + self.spec.bias_std ** 2
+        v_w, v_b = self.model.readout.prior
+        return v_w * (a @ a.T) + v_b
 
     def _test_metrics(self, step: int) -> Record:
         """The net's loss and accuracy on the held-out test set, beside kernel regression's
@@ -324,7 +331,7 @@ class _Run:
                      "init": (theta0_te, init["theta0"][m:, m:], f_te, init["f_tr"])}
             for name, (k_te, k_tr, f0_te, f0_tr) in fixed.items():
                 self.baselines.update(self._regression(name, k_te, k_tr, f0_te, f0_tr))
-            if self.spec.loss == "mse":
+            if self._kernel_dynamics():
                 self.test_linear = KernelDynamics(
                     lim.ntk, self.limit.ntk[m:, m:], f_te, init["f_tr"], self.data.y_train)
         rec.update(self.baselines)

@@ -47,8 +47,8 @@ class TrialSpec:
     # training
     lr: float = 1.0
     steps: int = 200
-    optimizer: str = "gd"              # gd: full batch (Jacot's); sgd: minibatches
-    batch_size: int | None = None      # sgd only
+    optimizer: str = "gd"              # gd: full batch (Jacot's); sgd: minibatches; adam
+    batch_size: int | None = None      # sgd (default 32), adam (default: full batch)
     loss: str = "mse"                  # mse: C = (1/N) Σ ‖f(x_i) − y_i‖²; cross_entropy
     checkpoints: int = 20              # number of checkpoints (step 0 and the last included)
     checkpoint_spacing: str = "log"    # log | linear
@@ -159,7 +159,7 @@ class TrialSpec:
         need(self.dataset != "file" or bool(self.data_path), "data_path",
              "dataset 'file' needs data_path")
         need(is_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
-        need(self.optimizer in ("gd", "sgd"), "optimizer", "must be 'gd' or 'sgd'")
+        need(self.optimizer in ("gd", "sgd", "adam"), "optimizer", "must be 'gd', 'sgd' or 'adam'")
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "batch_size", "must be an integer >= 1 or null")
         need(self.loss in ("mse", "cross_entropy"), "loss", "must be 'mse' or 'cross_entropy'")

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ntksweep import MLP, analytic_kernels, empirical_ntk
-from ntksweep.models import CNN, ResNet
 from ntksweep.kernels import empirical, ntk_methods, tiling
+from ntksweep.models import CNN, ResNet
 
 MC_RTOL = 0.05  # relative Frobenius error allowed for a 50-network Monte-Carlo mean
 

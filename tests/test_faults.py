@@ -301,7 +301,7 @@ _MALFORMED = [  # (YAML text or a dict to dump, extra CLI args, what the one lin
     ({**_OK, "base": {**TINY, "weight_std": -1}}, [], "weight_std: must be"),
     ({**_OK, "base": {**TINY, "dataset": "mnist"}}, [], "dataset: must be one of"),
     ({**_OK, "base": {**TINY, "loss": "cross_entropy"}}, [], "cross_entropy needs class"),
-    ({**_OK, "base": {**TINY, "optimizer": "adam"}}, [], "optimizer: must be"),
+    ({**_OK, "base": {**TINY, "optimizer": "adamw"}}, [], "optimizer: must be"),
     ({**_OK, "base": {**TINY, "dtype": "float16"}}, [], "dtype: must be"),
     ({**_OK, "base": {**TINY, "keep_kernels": "some"}}, [], "keep_kernels: must be"),
     ({**_OK, "base": {**TINY, "checkpoint_steps": [50]}}, [], "checkpoint_steps: must be"),

@@ -310,7 +310,10 @@ def analytic_kernels(
     readout: str = "gap",
     memory_budget: int = 1 << 28,
 ) -> AnalyticKernels:
-    """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1).
+    """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1), or
+    of a CNN or ResNet (``architecture``) for images (n, C, H, W). In ``mup`` and
+    ``mean_field`` Θ_∞ is the limit of Θ_η at initialisation (the NTK parametrization's)
+    and Σ is σ_b² (``ntksweep.parametrizations``).
 
     Returns (n1, n2) float64 kernels per logit (the k-output limit is Θ_∞ ⊗ I_k).
     ``quadrature=True`` forces quadrature even where a closed form exists (for checks);
@@ -326,6 +329,17 @@ def analytic_kernels(
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
+    if parametrization in ("mup", "mean_field"):
+        # Θ_η at initialisation is the NTK parametrization's Θ for the same draws; the
+        # output's prior variance tends to σ_b² (ntksweep.parametrizations)
+        ntk = analytic_kernels(
+            x1, x2, depth=depth, activation=activation, weight_std=weight_std,
+            bias_std=bias_std, quadrature=quadrature, quadrature_points=quadrature_points,
+            tile=tile, fused=fused, leaky_relu_slope=leaky_relu_slope,
+            architecture=architecture, kernel_size=kernel_size, padding=padding,
+            readout=readout, memory_budget=memory_budget).ntk
+        return AnalyticKernels(ntk, np.full_like(ntk, bias_std**2), int(depth), activation,
+                               float(weight_std), float(bias_std), parametrization)
     if architecture != "mlp":
         ntk_np, nngp_np = conv_limits(
             x1, x2, architecture=architecture, depth=depth, activation=activation,

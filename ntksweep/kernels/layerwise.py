@@ -73,7 +73,8 @@ def _per_example_gradients(model: nn.Module, x: Tensor) -> list[Tensor]:
         else:
             g_w = torch.einsum("nco,nm->ncom", d, a).flatten(2)
             g_b = d
-        grads += [g_w.mul_(m.weight_mult), g_b * m.bias_mult]
+        grads += [g_w.mul_(m.weight_mult * m.weight_lr ** 0.5),   # Θ_η: r_p-weighted
+                  g_b * (m.bias_mult * m.bias_lr ** 0.5)]
     return grads
 
 

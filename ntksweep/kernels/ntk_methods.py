@@ -1,9 +1,11 @@
-"""Empirical NTK Θ(x, x') = Σ_p ∂_p f(x) ∂_p f(x')ᵀ of a finite network, exactly.
+"""Empirical NTK Θ(x, x') = Σ_p r_p ∂_p f(x) ∂_p f(x')ᵀ of a finite network, exactly, with
+r_p the parameter's learning-rate factor (``parametrizations``; 1 in the NTK and standard
+parametrizations): Θ_η, the kernel of gradient descent, df/dt = −η Θ_η ∇_f C.
 
 Three methods, all returning (n1, n2, k, k) for k outputs:
 
 - ``structured`` (ntksweep MLPs): per dense layer z = α W a + β b the parameters' share of
-  the NTK is (α² A Aᵀ + β²) ⊙ (D Dᵀ), with A the layer's inputs and D = ∂f/∂z the output
+  the NTK is (r_W α² A Aᵀ + r_b β²) ⊙ (D Dᵀ), with A the layer's inputs and D = ∂f/∂z the output
   gradients w.r.t. its pre-activations (Novak et al. 2022, "structured derivatives").
   D comes from a backward pass of pre-activation gradients only — no weight gradients,
   no Jacobian: time O(N L k n² + N² L k² n), memory O(N L k n + N² k²).
@@ -23,6 +25,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from ..errors import UserError
 from ..models import MLP
+from ..models.layers import parameter_lr_factors
 from .layerwise import ntk_layerwise
 
 __all__ = ["ntk_structured", "ntk_jacobian", "ntk_vps", "METHODS", "trainable_params"]
@@ -70,9 +73,9 @@ def ntk_structured(model: MLP, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         theta = torch.zeros(n1, n2, *(() if k == 1 else (k, k)), dtype=x1.dtype, device=x1.device)
         eye = torch.eye(k, dtype=x1.dtype, device=x1.device)
         for layer, (a1, d1), (a2, d2) in zip(model.layers, f1, f2):
-            gram = (a1 @ a2.T).mul_(layer.weight_mult**2)                 # α² A Aᵀ + β²
+            gram = (a1 @ a2.T).mul_(layer.weight_lr * layer.weight_mult**2)   # r α² AAᵀ + r β²
             if layer.bias_mult:
-                gram.add_(layer.bias_mult**2)
+                gram.add_(layer.bias_lr * layer.bias_mult**2)
             if d1 is None:                                                # output layer: I_k
                 theta += gram if k == 1 else gram[:, :, None, None] * eye
             elif k == 1:
@@ -98,10 +101,13 @@ def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tens
     jac = vmap(jacrev(f), (None, 0))
     j1 = jac(params, x1)
     j2 = j1 if x2 is None else jac(params, x2)
+    rates = parameter_lr_factors(model)
     theta = None
     for name in params:
         a, b = j1[name].flatten(2), j2[name].flatten(2)                  # (N, k, P_name)
         term = torch.einsum("ikp,jlp->ijkl", a, b)
+        if rates[name] != 1.0:
+            term.mul_(rates[name])
         theta = term if theta is None else theta.add_(term)
     return theta
 
@@ -117,9 +123,11 @@ def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
 
     out2, vjp_fn = vjp(lambda p: f(p, x2), params)
     n2, k = out2.shape
+    rates = parameter_lr_factors(model)
 
     def column(vec):                                                    # vec (n2, k)
-        (cotangent,) = vjp_fn(vec)                                      # J2ᵀ vec
+        (cotangent,) = vjp_fn(vec)                                      # R J2ᵀ vec
+        cotangent = {n: c * rates[n] if rates[n] != 1.0 else c for n, c in cotangent.items()}
         return jvp(lambda p: f(p, x1), (params,), (cotangent,))[1]      # J1 J2ᵀ vec (n1, k)
 
     basis = torch.eye(n2 * k, dtype=out2.dtype, device=out2.device).reshape(n2 * k, n2, k)

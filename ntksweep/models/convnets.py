@@ -51,10 +51,14 @@ class _ConvNet(nn.Module):
         return dict(parametrization=parametrization, weight_std=weight_std, bias_std=bias_std,
                     generator=generator, dtype=dtype, device=device)
 
-    def _conv(self, c_in: int, init: dict) -> Conv:
+    def _conv(self, c_in: int, init: dict, role: str) -> Conv:
         k = self.kernel_size
-        return Conv(*init_affine((self.width, c_in, k, k), c_in * k * k, **init),
-                    padding=self.padding)
+        return Conv(**init_affine((self.width, c_in, k, k), c_in * k * k, role=role,
+                                  width=self.width, **init), padding=self.padding)
+
+    def _readout(self, fan_in: int, init: dict) -> Dense:
+        return Dense(**init_affine((self.out_dim, fan_in), fan_in, role="readout",
+                                   width=self.width, **init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) → f(x) (N, out_dim)."""
@@ -84,7 +88,8 @@ class CNN(_ConvNet):
                            device=device)
         self.readout_kind = readout
         channels = [in_channels] + [width] * (depth - 1)
-        self.convs = nn.ModuleList(self._conv(c, init) for c in channels[:-1])
+        self.convs = nn.ModuleList(self._conv(c, init, "input" if i == 0 else "hidden")
+                                   for i, c in enumerate(channels[:-1]))
         fan_in = channels[-1]
         if readout == "flatten":
             if image_size is None:
@@ -96,7 +101,7 @@ class CNN(_ConvNet):
                 raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions "
                                 f"leave nothing of a {image_size[0]}×{image_size[1]} image")
             fan_in *= h * w
-        self.readout = Dense(*init_affine((out_dim, fan_in), fan_in, **init))
+        self.readout = self._readout(fan_in, init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The readout's input (N, F): flattened φ(z) (F = C·H'·W') or its spatial mean
@@ -123,9 +128,9 @@ class ResNet(_ConvNet):
                            out_dim=out_dim, parametrization=parametrization,
                            leaky_relu_slope=leaky_relu_slope, seed=seed, dtype=dtype,
                            device=device)
-        self.stem = self._conv(in_channels, init)
-        self.blocks = nn.ModuleList(self._conv(width, init) for _ in range(depth - 2))
-        self.readout = Dense(*init_affine((out_dim, width), width, **init))
+        self.stem = self._conv(in_channels, init, "input")
+        self.blocks = nn.ModuleList(self._conv(width, init, "hidden") for _ in range(depth - 2))
+        self.readout = self._readout(width, init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The readout's input (N, C): the spatial mean of φ(z) after the last block."""

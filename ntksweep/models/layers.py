@@ -1,9 +1,12 @@
-"""Layers with recorded forward multipliers, and their seeded initialisation.
+"""Layers with recorded forward multipliers and learning-rate factors, and their seeded
+initialisation.
 
-A layer computes z = weight_mult · (W ⊛ a) + bias_mult · b with W, b trainable. In the NTK
+A layer computes z = weight_mult · (W ⊛ a) + bias_mult · b with W, b trainable, initialised
+and trained as its parametrization says (``ntksweep.parametrizations``): in the NTK
 parametrization W, b ~ N(0, 1) and the multipliers are σ_w/√fan_in and σ_b; in the standard
 one the entries carry those scales and the multipliers are 1. The structured empirical NTK
-reads the multipliers, so a network and its kernel come from one definition.
+reads the multipliers and the learning-rate factors, so a network and its kernel come from
+one definition.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["Dense", "Conv", "init_affine"]
+from ..parametrizations import layer_scales, lr_factors
+
+__all__ = ["Dense", "Conv", "init_affine", "affine_layers", "parameter_lr_factors"]
 
 
 def _randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype,
@@ -31,16 +36,31 @@ def _randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype,
     return out
 
 
-class Dense(nn.Module):
-    """z = weight_mult · W a + bias_mult · b, with W (out, in) and b (out,) trainable."""
+class _Affine(nn.Module):
+    """What Dense and Conv share: W, b trainable; z = weight_mult · (W ⊛ a) + bias_mult · b;
+    the learning-rate factors r of W and b under gradient descent (the measured kernel Θ_η
+    weighs each layer's share by them), the layer's ``role`` (``parametrizations``) and the
+    prior variances of one entry of the effective W and b."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, weight_mult: float,
-                 bias_mult: float):
+                 bias_mult: float, *, weight_lr: float = 1.0, bias_lr: float = 1.0,
+                 role: str = "hidden", prior: tuple[float, float] | None = None):
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
         self.weight_mult = float(weight_mult)
         self.bias_mult = float(bias_mult)
+        self.weight_lr, self.bias_lr, self.role = float(weight_lr), float(bias_lr), role
+        self.prior = prior if prior is not None else (self.weight_mult**2, self.bias_mult**2)
+
+    def _repr_scales(self) -> str:
+        lr = f", lr×({self.weight_lr:.4g}, {self.bias_lr:.4g})" \
+            if (self.weight_lr, self.bias_lr) != (1.0, 1.0) else ""
+        return f"weight_mult={self.weight_mult:.4g}, bias_mult={self.bias_mult:.4g}{lr}"
+
+
+class Dense(_Affine):
+    """z = weight_mult · W a + bias_mult · b, with W (out, in) and b (out,) trainable."""
 
     @property
     def in_features(self) -> int:
@@ -52,36 +72,35 @@ class Dense(nn.Module):
         return z
 
     def extra_repr(self) -> str:
-        return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, "
-                f"weight_mult={self.weight_mult:.4g}, bias_mult={self.bias_mult:.4g}")
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, {self._repr_scales()}"
 
 
-def init_affine(weight_shape: tuple[int, ...], fan_in: int, *, parametrization: str,
-                weight_std: float, bias_std: float, generator: torch.Generator | None,
-                dtype: torch.dtype, device: str | torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(W, b, weight_mult, bias_mult) of one layer, W then b drawn from ``generator``."""
+def init_affine(weight_shape: tuple[int, ...], fan_in: int, *, role: str, width: int,
+                parametrization: str, weight_std: float, bias_std: float,
+                generator: torch.Generator | None, dtype: torch.dtype,
+                device: str | torch.device) -> dict:
+    """One layer's constructor arguments in ``parametrization`` (``layer_scales``; the
+    learning-rate factors under gradient descent, ``lr_factors``): W then b drawn from
+    ``generator``; ``width`` is the network's hidden width n."""
+    scales = layer_scales(parametrization, role, fan_in, width, weight_std=weight_std,
+                          bias_std=bias_std)
     w = _randn(*weight_shape, generator=generator, dtype=dtype, device=device)
     b = _randn(weight_shape[0], generator=generator, dtype=dtype, device=device)
-    if parametrization == "ntk":
-        mults = (weight_std / math.sqrt(fan_in), bias_std)
-    else:
-        w, b = w.mul_(weight_std / math.sqrt(fan_in)), b.mul_(bias_std)
-        mults = (1.0, 1.0)
-    return w.to(device=device), b.to(device=device), *mults
+    if scales.weight_init != 1.0 or scales.bias_init != 1.0:
+        w, b = w.mul_(scales.weight_init), b.mul_(scales.bias_init)
+    weight_lr, bias_lr = lr_factors(parametrization, "gd", role, width)
+    return dict(weight=w.to(device=device), bias=b.to(device=device),
+                weight_mult=scales.weight_mult, bias_mult=scales.bias_mult,
+                weight_lr=weight_lr, bias_lr=bias_lr, role=role,
+                prior=(scales.weight_variance, scales.bias_variance))
 
 
-class Conv(nn.Module):
+class Conv(_Affine):
     """z = weight_mult · (W ∗ a) + bias_mult · b: a k×k convolution, stride 1, zero padding
     ``same`` (output H×W) or ``valid`` (output (H−k+1)×(W−k+1)); W (C_out, C_in, k, k)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, weight_mult: float,
-                 bias_mult: float, padding: str = "same"):
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-        self.weight_mult = float(weight_mult)
-        self.bias_mult = float(bias_mult)
+    def __init__(self, *, padding: str = "same", **affine):
+        super().__init__(**affine)
         self.padding = padding
 
     @property
@@ -96,5 +115,22 @@ class Conv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, "
-                f"k={self.kernel_size}, padding={self.padding}, "
-                f"weight_mult={self.weight_mult:.4g}, bias_mult={self.bias_mult:.4g}")
+                f"k={self.kernel_size}, padding={self.padding}, {self._repr_scales()}")
+
+
+def parameter_lr_factors(model: nn.Module) -> dict[str, float]:
+    """Every trainable parameter's learning-rate factor r under gradient descent, by name
+    (1 for parameters outside ``Dense`` and ``Conv`` layers): the weights of the measured
+    kernel Θ_η = Σ_p r_p ∂_p f ∂_p fᵀ."""
+    factors = {name: 1.0 for name, p in model.named_parameters() if p.requires_grad}
+    for prefix, module in model.named_modules():
+        if isinstance(module, _Affine):
+            dot = f"{prefix}." if prefix else ""
+            factors[f"{dot}weight"] = module.weight_lr
+            factors[f"{dot}bias"] = module.bias_lr
+    return factors
+
+
+def affine_layers(model: nn.Module) -> list[_Affine]:
+    """The model's ``Dense`` and ``Conv`` layers, in module order."""
+    return [m for m in model.modules() if isinstance(m, _Affine)]

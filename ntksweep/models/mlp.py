@@ -1,4 +1,5 @@
-"""Fully connected networks in Jacot's NTK parametrization (default) or the standard one.
+"""Fully connected networks in Jacot's NTK parametrization (default), the standard one, μP
+or the mean-field one (``ntksweep.parametrizations``).
 
 Depth L = number of weight matrices (docs/ARCHITECTURE.md, Conventions): L−1 hidden layers
 of width n.
@@ -72,8 +73,10 @@ class MLP(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         init = dict(parametrization=parametrization, weight_std=weight_std, bias_std=bias_std,
                     generator=generator, dtype=dtype, device=device)
-        self.layers = nn.ModuleList(Dense(*init_affine((n_out, n_in), n_in, **init))
-                                    for n_in, n_out in zip(self.widths[:-1], self.widths[1:]))
+        self.layers = nn.ModuleList(
+            Dense(**init_affine((n_out, n_in), n_in, role=_role(i, depth),
+                                width=n_out if i == 0 and depth > 1 else n_in, **init))
+            for i, (n_in, n_out) in enumerate(zip(self.widths[:-1], self.widths[1:])))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, in_dim) → f(x) (N, out_dim)."""
@@ -82,6 +85,11 @@ class MLP(nn.Module):
             z = layer(a)
             a = self.act.fn(z) if i < self.depth - 1 else z
         return a
+
+    @property
+    def readout(self) -> Dense:
+        """The last layer, which reads ``features``."""
+        return self.layers[-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's activations (N, n_(L−1)): what the readout layer sees."""
@@ -92,3 +100,8 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}, parametrization={self.parametrization}"
+
+
+def _role(i: int, depth: int) -> str:
+    """Layer i's role in its parametrization (a depth-1 net's one layer is its readout)."""
+    return "readout" if i == depth - 1 else "input" if i == 0 else "hidden"
