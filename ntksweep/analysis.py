@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from .records import KR_KERNELS  # noqa: E402
 from .store import load_array, spec_from_row  # noqa: E402
 from .trial import dataset_for, limit_kernels  # noqa: E402
 from .trial_spec import TrialSpec  # noqa: E402
@@ -27,8 +26,8 @@ from .trial_spec import TrialSpec  # noqa: E402
 __all__ = ["PowerLaw", "bootstrap_ci", "seed_summary", "fit_power_law", "width_exponents",
            "depth_trend", "fig_dist_vs_width", "fig_dist_over_time", "fig_depth_width_heatmap",
            "circle_kernel_rows", "circle_limit", "fig_jacot_fig1", "fig2_bands",
-           "fig_jacot_fig2", "save_figure", "test_accuracy_table", "fig_test_accuracy",
-           "MIN_WIDTHS"]
+           "fig_jacot_fig2", "save_figure", "MIN_WIDTHS", "group_columns", "seed_band",
+           "width_ticks"]
 
 MIN_WIDTHS = 3   # a width exponent's CI needs at least this many widths
 
@@ -85,6 +84,14 @@ def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
                     float(res.intercept), len(lx))
 
 
+def group_columns(trials: pd.DataFrame, base: tuple[str, ...]) -> list[str]:
+    """``base`` columns the table has, then the parametrization and optimizer where the
+    sweep varies them (a lazy-vs-rich sweep compares them line by line)."""
+    extra = [c for c in ("parametrization", "optimizer")
+             if c in trials.columns and trials[c].nunique() > 1]
+    return [c for c in base if c in trials.columns] + extra
+
+
 def width_exponents(trials: pd.DataFrame, metric: str = "init_dist_inf",
                     by: tuple[str, ...] = ("architecture", "depth", "activation")
                     ) -> pd.DataFrame:
@@ -92,7 +99,7 @@ def width_exponents(trials: pd.DataFrame, metric: str = "init_dist_inf",
     ``by`` columns the table has). A slope from fewer than ``MIN_WIDTHS`` widths gets no CI
     and a caution: two widths always fit a line."""
     rows = []
-    by = tuple(c for c in by if c in trials.columns)
+    by = tuple(group_columns(trials, by))
     for key, g in trials.groupby(list(by), sort=True):
         fit = fit_power_law(g["width"], g[metric])
         few = g.width.nunique() < MIN_WIDTHS
@@ -125,14 +132,14 @@ def _loglog(ax, xlabel, ylabel):
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _width_ticks(ax, widths) -> None:
+def width_ticks(ax, widths) -> None:
     """Ticks at the sweep's own widths (a log axis labels only powers of ten)."""
     widths = sorted({int(w) for w in widths})
     ax.set_xticks(widths, [str(w) for w in widths])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
-def _seed_band(ax, s: pd.DataFrame, label: str, **kw):
+def seed_band(ax, s: pd.DataFrame, label: str, **kw):
     """The seed mean as a line and its bootstrap CI as a band; returns the line's colour."""
     line, = ax.plot(s["width"], s["mean"], marker="o", ms=4, label=label, **kw)
     ax.fill_between(s["width"], s["lo"], s["hi"], color=line.get_color(), alpha=0.2, lw=0)
@@ -145,58 +152,21 @@ def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
     mean with its 95 % bootstrap band, the fitted slope (with CI from ≥ 3 widths) in the
     legend and as a dotted line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    by = [c for c in ("architecture", "activation", "depth") if c in trials.columns]
+    by = group_columns(trials, ("architecture", "activation", "depth"))
     for key, g in trials.groupby(by, sort=True):
         name = ", ".join(f"L={v}" if c == "depth" else str(v) for c, v in zip(by, key))
         fit = fit_power_law(g["width"], g[metric])
         ci = f"[{fit.slope_lo:+.2f}, {fit.slope_hi:+.2f}]" \
             if g.width.nunique() >= MIN_WIDTHS else f"({g.width.nunique()} widths: no CI)"
-        color = _seed_band(ax, seed_summary(g, ["width"], metric),
+        color = seed_band(ax, seed_summary(g, ["width"], metric),
                            f"{name}: slope {fit.slope:+.2f} {ci}")
         if np.isfinite(fit.slope):
             xs = np.array([g.width.min(), g.width.max()], float)
             ax.plot(xs, fit(xs), ls=":", color=color)
     _loglog(ax, "width n", label)
-    _width_ticks(ax, trials.width)
+    width_ticks(ax, trials.width)
     ax.legend(fontsize=7)
     ax.set_title(f"{metric} vs width (seed mean, 95 % bootstrap band)")
-    fig.tight_layout()
-    return fig
-
-
-def test_accuracy_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per (architecture, depth, width): the trained nets' final test accuracy (seed mean
-    and bootstrap CI) beside kernel regression's with Θ_∞, Σ, Θ_0 and Θ_T."""
-    by = [c for c in ("architecture", "depth", "width") if c in trials.columns]
-    net = seed_summary(trials, by, "final_test_acc").rename(
-        columns={"mean": "net", "lo": "net_lo", "hi": "net_hi", "n": "seeds"})
-    kernels = trials.groupby(by, sort=True)[[f"final_test_acc_kr_{k}" for k in KR_KERNELS]]
-    means = kernels.mean().rename(columns=lambda c: c.removeprefix("final_test_acc_"))
-    return net.merge(means.reset_index(), on=by)
-
-
-def fig_test_accuracy(trials: pd.DataFrame):
-    """Test accuracy vs width per architecture: the trained nets (seed mean, band) and
-    kernel regression with their Θ_∞ (dashed: the infinite-width prediction) and Θ_0
-    (dotted: the linearised nets)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    by = [c for c in ("architecture", "depth") if c in trials.columns]
-    for key, g in trials.groupby(by, sort=True):
-        name = " ".join(f"L={v}" if c == "depth" else str(v) for c, v in zip(by, key))
-        color = _seed_band(ax, seed_summary(g, ["width"], "final_test_acc"),
-                           f"{name}: trained net")
-        kr = g.groupby("width", sort=True)[["final_test_acc_kr_inf",
-                                            "final_test_acc_kr_init"]].mean()
-        ax.plot(kr.index, kr.final_test_acc_kr_inf, ls="--", color=color,
-                label=f"{name}: Θ∞ kernel regression")
-        ax.plot(kr.index, kr.final_test_acc_kr_init, ls=":", color=color)
-    ax.set_xscale("log")
-    _width_ticks(ax, trials.width)
-    ax.set_xlabel("width n")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("test accuracy: trained nets vs kernel regression (dotted: Θ₀)")
     fig.tight_layout()
     return fig
 

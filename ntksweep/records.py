@@ -26,6 +26,9 @@ Record = dict[str, Any]
 RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
                   "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
                   "f_change", "gap_inf", "gap_lin", "gap_inf_flow", "gap_lin_flow", "dist_nngp",
+                  "kernel_velocity", "target_align",
+                  *[f"coord_{r}{s}" for s in ("", "_change") for r in ("input", "hidden",
+                                                                         "readout")],
                   "test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
                   *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")],
                   "train_seconds", "kernel_seconds")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis
+from . import analysis_regimes as regimes
 from .errors import UserError
 from .records import Status
 from .store import is_uri, load_results, read_text
@@ -84,10 +85,14 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
         exps = pd.concat([analysis.width_exponents(ok, m)
                           for m in ("init_dist_inf", "final_dist_init")], ignore_index=True)
         tables.append(("Width exponents (log-log slope, 95 % CI)", exps))
-    if ok.final_test_acc.notna().any():
-        add(analysis.fig_test_accuracy(ok), "test_accuracy")
-        tables.append(("Test accuracy: trained nets (seed mean, 95 % CI) and kernel regression "
-                       "with Θ∞, the NNGP Σ, Θ₀ and Θ_T", analysis.test_accuracy_table(ok)))
+    if ok.final_test_loss.notna().any():
+        score = regimes.test_score(ok)
+        add(regimes.fig_test_scores(ok), f"test_{score}")
+        tables.append((f"Test {score}: trained nets (seed mean, 95 % CI), the Θ∞ linear model "
+                       "after the same steps (gd_inf), and kernel regression with Θ∞, the "
+                       "NNGP Σ, Θ₀ and Θ_T", regimes.test_table(ok)))
+    if ok.width.nunique() >= 2 and ok.final_coord_readout_change.notna().any():
+        add(regimes.fig_coord_check(ok), "coord_check")
     if ok.depth.nunique() >= 2 and ok.width.nunique() >= 1:
         add(analysis.fig_depth_width_heatmap(ok), "depth_width_heatmap")
         tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L)",

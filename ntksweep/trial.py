@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data import Dataset, make_dataset
+from .diagnostics import coordinate_check, kernel_velocity, preactivations, target_alignment
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
 from .kernels.regression import SingularKernelError, kernel_regression
@@ -196,6 +197,8 @@ class _Run:
         self.linear: dict[str, KernelDynamics] = {}   # the linear models, from step 0 on
         self.baselines: Record = {}   # kernel regression with the fixed kernels, on test
         self.test_linear: KernelDynamics | None = None   # the Θ_∞ linear model, on test
+        self.previous: tuple[float, np.ndarray] | None = None   # (t, Θ_t) last checkpoint
+        self.z_init: list = []        # every layer's pre-activations on eval at step 0
 
     def train(self) -> str:
         t = self.t
@@ -237,6 +240,7 @@ class _Run:
                        "eval_loss": self._loss(f_ev, t.y_ev, t.lab_ev)}
         rec.update(self._kernel_metrics(theta))
         rec.update(self._function_metrics(step, f_ev))
+        rec.update(self._feature_metrics(step, theta))
         rec.update(self._test_metrics(step))
         if _keep(self.spec.keep_kernels, step, self.spec.steps):
             self.kernels[step] = theta.copy()
@@ -292,6 +296,23 @@ class _Run:
                                                 init["f_tr"], self.data.y_train)
                            for name, k in (("inf", self.limit.ntk), ("lin", init["theta0"]))}
         return self.linear
+
+    def _feature_metrics(self, step: int, theta: np.ndarray) -> Record:
+        """Kernel velocity since the last checkpoint, kernel-target alignment, and the
+        coordinate check against step 0 (``diagnostics``)."""
+        t = self.spec.lr * step
+        z = preactivations(self.model, self.t.x_ev)
+        if step == 0:
+            self.z_init = z
+        finite = bool(np.isfinite(theta).all())
+        rec = {"kernel_velocity": float("nan"),
+               "target_align": target_alignment(theta, self.data.y_eval) if finite
+               else float("nan"), **coordinate_check(z, self.z_init)}
+        if self.previous is not None and finite and t > self.previous[0]:
+            rec["kernel_velocity"] = kernel_velocity(theta, self.previous[1],
+                                                     t - self.previous[0])
+        self.previous = (t, theta)
+        return rec
 
     def _kernel_dynamics(self) -> bool:
         """Whether the trial trains by a kernel flow its linear models can follow: MSE by

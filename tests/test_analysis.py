@@ -152,9 +152,9 @@ def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
     if name == "width_depth_scaling":
         assert {"depth_width_heatmap"} <= {p.stem for p in figures}
     if name == "architectures":   # the trained nets against kernel regression with Θ_∞
-        assert "test_accuracy" in {p.stem for p in figures}
+        assert {"test_acc", "coord_check"} <= {p.stem for p in figures}
         page = result["report"]["html"].read_text()
-        assert "Test accuracy: trained nets" in page and "kr_inf" in page
+        assert "Test acc: trained nets" in page and "kr_inf" in page and "gd_inf" in page
 
 
 def _analyze_module():

@@ -107,6 +107,20 @@ def test_every_record_column_is_its_formula_recomputed_independently():
              "init": regression(per_logit_ntk(net, x_te, x_tr), t0_tr_tr, f0_te, f0_tr)}
     theta0 = per_logit_ntk(net, x_ev, x_ev)
     expected, step = [], 0
+
+    def pre_activations(x):  # every layer's z, by an explicit forward pass
+        zs, a = [], x
+        with torch.no_grad():
+            for i, layer in enumerate(net.layers):
+                zs.append(a @ (layer.weight * layer.weight_mult).T
+                          + layer.bias * layer.bias_mult)
+                a = torch.relu(zs[-1])
+        return zs
+
+    def rms(t):
+        return float(t.pow(2).mean().sqrt())
+
+    z0, previous = pre_activations(x_ev), None
     for target in checkpoint_schedule(spec):
         while step < target:  # plain gradient descent on (1/N) Σ ‖f − y‖²
             loss = ((net(x_tr) - torch.tensor(y_tr)) ** 2).sum(1).mean()
@@ -149,6 +163,15 @@ def test_every_record_column_is_its_formula_recomputed_independently():
             cont = flow(k_xX, k_XX, f0_ev, f0_tr, y_tr, t)
             rec[f"gap_{name}"] = np.sqrt(np.mean((f_ev - disc) ** 2))
             rec[f"gap_{name}_flow"] = np.sqrt(np.mean((f_ev - cont) ** 2))
+        yy = y_ev @ y_ev.T
+        rec["target_align"] = np.sum(theta * yy) / (np.linalg.norm(theta) * np.linalg.norm(yy))
+        rec["kernel_velocity"] = np.nan if previous is None else \
+            np.linalg.norm(theta - previous[1]) / np.linalg.norm(previous[1]) / (t - previous[0])
+        previous = (t, theta)
+        zs = pre_activations(x_ev)                  # depth 3: input, hidden, readout
+        for role, i in (("input", 0), ("hidden", 1), ("readout", 2)):
+            rec[f"coord_{role}"] = rms(zs[i])
+            rec[f"coord_{role}_change"] = rms(zs[i] - z0[i])
         expected.append(rec)
     assert [r["step"] for r in result.records] == [r["step"] for r in expected]
     timed = ("train_seconds", "kernel_seconds")

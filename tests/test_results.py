@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from servers import MlflowServer, free_port
 
@@ -368,14 +369,23 @@ def test_a_forced_sweep_hides_the_failed_rows_it_superseded(ray_local, tmp_path)
 
 
 def test_an_output_dir_from_an_earlier_version_keeps_its_sweep_id(tmp_path):
+    """Earlier versions put the axes in a sweep's id: their dirs keep that id (and so their
+    MLflow parent run), also when the sweep grows now."""
     from ntksweep.sweep.driver import _earlier_sweep_id
 
     spec = spec_for(tmp_path, "old")
-    Path(spec.output_dir).mkdir()
+    out = Path(spec.output_dir)
+    out.mkdir()
     earlier = _earlier_sweep_id(spec)
-    (Path(spec.output_dir) / "sweep.json").write_text(json.dumps(
+    (out / "sweep.json").write_text(json.dumps(
         {"sweep_id": earlier, "name": "old", "tracking_uri": ""}))
-    assert plan_sweep(spec)["sweep_id"] == earlier != sweep_id_of(spec)
+    assert plan_sweep(spec)["sweep_id"] == earlier != sweep_id_of(spec)   # no sweep.yaml
+    (out / "sweep.yaml").write_text(yaml.safe_dump(spec.source))
+    grown = load_sweep_spec({**spec.source, "grid": {"width": [8, 16, 32], "seed": [0, 1]}})
+    assert plan_sweep(grown)["sweep_id"] == earlier
+    other = load_sweep_spec({**spec.source, "base": {**spec.base, "lr": 0.25}})
+    with pytest.raises(ValueError, match="base field lr 1.0 → 0.25"):
+        plan_sweep(other)
 
 
 def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):

@@ -72,28 +72,40 @@ def _earlier_sweep_id(spec: SweepSpec) -> str:
 
 def check_output_dir(spec: SweepSpec, force: bool = False) -> tuple[str, str]:
     """(the output dir, the sweep's id in it). Refuse an output dir (a path or an ``s3://``
-    URI) that holds a different sweep — another name or other base fields — unless
-    ``force``; reads only."""
+    URI) that holds a different sweep — another name or other base fields than the
+    sweep.yaml it was run with — unless ``force``; reads only. The same sweep keeps the id
+    it has there (one written by an earlier version included: its MLflow parent run is
+    found by it)."""
     out, sid = spec.out_dir, sweep_id_of(spec)
     held = store.read_meta(out)
-    if held is None:
+    if held is None or held.sweep_id == sid:
         return out, sid
-    if held.sweep_id in (sid, _earlier_sweep_id(spec)):
+    before = _held_spec(out)
+    same = (before.name, before.base) == (spec.name, spec.base) if before is not None \
+        else held.sweep_id == _earlier_sweep_id(spec)
+    if same:
         return out, held.sweep_id
     if not force:
         raise OutputDirError(f"output dir {out!r} holds a different sweep ({held.name!r}, id "
-                             f"{held.sweep_id}){_differences(out, spec)}; adding axis values "
-                             "or seeds grows a sweep in place, but a changed name or base "
-                             "field is another sweep: use another output dir, or --force to "
-                             "add to it anyway")
+                             f"{held.sweep_id}){_differences(before, spec)}; adding axis "
+                             "values or seeds grows a sweep in place, but a changed name or "
+                             "base field is another sweep: use another output dir, or "
+                             "--force to add to it anyway")
     return out, sid
 
 
-def _differences(out: str, spec: SweepSpec) -> str:
-    """': name …; base field lr 0.5 → 1.0' against the sweep.yaml the dir was run with."""
+def _held_spec(out: str) -> SweepSpec | None:
+    """The spec the output dir was run with (its sweep.yaml), or None if unreadable."""
+    text = store.read_text(out, "sweep.yaml")
     try:
-        held = load_sweep_spec(yaml.safe_load(store.read_text(out, "sweep.yaml") or "{}"))
+        return None if text is None else load_sweep_spec(yaml.safe_load(text) or {})
     except (UserError, yaml.YAMLError, TypeError):
+        return None
+
+
+def _differences(held: SweepSpec | None, spec: SweepSpec) -> str:
+    """': name …; base field lr 0.5 → 1.0' between the held spec and this one."""
+    if held is None:
         return ""
     changes = [f"name {held.name!r} → {spec.name!r}"] if held.name != spec.name else []
     default = {k: f.default for k, f in TRIAL_FIELDS.items()}
