@@ -111,7 +111,7 @@ def test_every_record_column_is_its_formula_recomputed_independently():
     def pre_activations(x):  # every layer's z, by an explicit forward pass
         zs, a = [], x
         with torch.no_grad():
-            for i, layer in enumerate(net.layers):
+            for layer in net.layers:
                 zs.append(a @ (layer.weight * layer.weight_mult).T
                           + layer.bias * layer.bias_mult)
                 a = torch.relu(zs[-1])
