@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 __all__ = ["PARAMETRIZATIONS", "ROLES", "LayerScales", "layer_scales", "lr_factors",
-           "kernel_is_ntk_limit"]
+           "kernel_is_ntk_limit", "has_nngp_limit"]
 
 PARAMETRIZATIONS = ("ntk", "standard", "mup", "mean_field")
 ROLES = ("input", "hidden", "readout")       # the first weight layer, the ones inside, the last
@@ -87,6 +87,12 @@ def lr_factors(parametrization: str, optimizer: str, role: str, width: int
 def kernel_is_ntk_limit(parametrization: str) -> bool:
     """Whether Θ_η at initialisation converges to the NTK parametrization's Θ_∞."""
     return parametrization in ("ntk", "mup", "mean_field")
+
+
+def has_nngp_limit(parametrization: str) -> bool:
+    """Whether the output's prior covariance has a non-degenerate limit (in μP and the
+    mean-field parametrization it tends to the constant σ_b²)."""
+    return parametrization in ("ntk", "standard")
 
 
 def _check(parametrization: str, role: str) -> None:

@@ -20,6 +20,7 @@ from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
 from .kernels.regression import SingularKernelError, kernel_regression
 from .models import CNN, MLP, ResNet
+from .parametrizations import has_nngp_limit
 from .records import KR_KERNELS, N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
 from .trial_spec import TrialSpec
@@ -350,6 +351,8 @@ class _Run:
             fixed = {"inf": (lim.ntk, self.limit.ntk[m:, m:], None, None),
                      "nngp": (lim.nngp, self.limit.nngp[m:, m:], None, None),
                      "init": (theta0_te, init["theta0"][m:, m:], f_te, init["f_tr"])}
+            if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: no regression
+                del fixed["nngp"]
             for name, (k_te, k_tr, f0_te, f0_tr) in fixed.items():
                 self.baselines.update(self._regression(name, k_te, k_tr, f0_te, f0_tr))
             if self._kernel_dynamics():
