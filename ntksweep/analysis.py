@@ -85,10 +85,10 @@ def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
 
 
 def group_columns(trials: pd.DataFrame, base: tuple[str, ...]) -> list[str]:
-    """``base`` columns the table has, then the parametrization and optimizer where the
-    sweep varies them (a lazy-vs-rich sweep compares them line by line)."""
-    extra = [c for c in ("parametrization", "optimizer")
-             if c in trials.columns and trials[c].nunique() > 1]
+    """``base`` columns the table has, then the dataset, parametrization and optimizer
+    where the sweep varies them (a lazy-vs-rich sweep compares them line by line)."""
+    extra = [c for c in ("dataset", "parametrization", "optimizer")
+             if c in trials.columns and trials[c].nunique() > 1 and c not in base]
     return [c for c in base if c in trials.columns] + extra
 
 

@@ -16,9 +16,9 @@ __all__ = ["test_score", "test_table", "fig_test_scores", "fig_coord_check"]
 
 
 def test_score(trials: pd.DataFrame) -> str:
-    """'acc' where the sweep's data have labels (its accuracy columns are measured), else
-    'loss' (the MSE)."""
-    return "acc" if trials.final_test_acc.notna().any() else "loss"
+    """'acc' where every trial's data have labels (its accuracy columns are measured),
+    else 'loss' (the MSE, defined for every data set)."""
+    return "acc" if trials.final_test_acc.notna().all() else "loss"
 
 
 def _name(by: list[str], key) -> str:

@@ -72,20 +72,25 @@ def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None
     return analytic_kernels(x1, x2, **spec.kernel_args())
 
 
+def _data_key(spec: TrialSpec) -> tuple:
+    """Everything a trial's data set depends on: its name and ``make_dataset``'s arguments."""
+    return (spec.dataset, *spec.data_args().values())
+
+
 def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
-    return cache.get(("data", *spec.data_args().values()), lambda: dataset_for(spec))
+    return cache.get(("data", *_data_key(spec)), lambda: dataset_for(spec))
 
 
 def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
-    key = ("limit", *spec.data_args().values(), *spec.kernel_args().values())
+    key = ("limit", *_data_key(spec), *spec.kernel_args().values())
     x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
     return cache.get(key, lambda: limit_kernels(spec, x))
 
 
 def _test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit."""
-    key = ("limit_test", *spec.data_args().values(), *spec.kernel_args().values())
+    key = ("limit_test", *_data_key(spec), *spec.kernel_args().values())
     return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
                                                 inputs(spec, data, data.x_train)))
 

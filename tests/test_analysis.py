@@ -140,7 +140,7 @@ def test_jacot_fig2_at_cpu_scale(ray_local, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["quickstart", "width_depth_scaling", "digits",
-                                  "architectures"])
+                                  "architectures", "lazy_vs_rich"])
 def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
     out = _run_smoke(name, tmp_path)
     result = _analyze()(out, report=True)
@@ -151,6 +151,9 @@ def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
     assert len(trials) == len(load_sweep_spec(spec_path(name), smoke=True).trials())
     if name == "width_depth_scaling":
         assert {"depth_width_heatmap"} <= {p.stem for p in figures}
+    if name == "lazy_vs_rich":    # the coordinate check and test loss per parametrization
+        assert {"test_loss", "coord_check"} <= {p.stem for p in figures}
+        assert set(trials.parametrization) == {"ntk", "mup"}
     if name == "architectures":   # the trained nets against kernel regression with Θ_∞
         assert {"test_acc", "coord_check"} <= {p.stem for p in figures}
         page = result["report"]["html"].read_text()

@@ -288,3 +288,18 @@ def test_infinite_width_output_law_matches_monte_carlo():
     se = np.sqrt(var / samples)
     assert np.all(np.abs(ft.mean(1) - mean[:, 0]) < 5 * se)
     np.testing.assert_allclose(ft.var(1), var, rtol=0.05)
+
+
+def test_one_process_runs_trials_of_different_data_sets_on_their_own_data():
+    """A worker's cache keys data and limits by the data set's name too: a digits trial
+    and a sphere trial with the same sizes and seed get different data."""
+    from ntksweep.trial import TrialCache
+
+    cache = TrialCache()
+    common = dict(n_train=16, n_eval=8, width=8, depth=2, steps=1, checkpoints=2, dim=8)
+    digits = run_trial(TrialSpec(dataset="digits", **common), cache=cache)
+    sphere = run_trial(TrialSpec(dataset="sphere", **common), cache=cache)
+    alone = run_trial(TrialSpec(dataset="sphere", **common))
+    assert digits.records[0]["train_loss"] != sphere.records[0]["train_loss"]
+    assert sphere.records[0]["train_loss"] == alone.records[0]["train_loss"]
+    assert sphere.records[0]["dist_inf"] == alone.records[0]["dist_inf"]
