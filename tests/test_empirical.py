@@ -172,11 +172,11 @@ def test_out_of_memory_tile_is_split_and_retried(monkeypatch):
     real = ntk_methods.METHODS["structured"]
     calls = []
 
-    def flaky(m, a, b=None):
+    def flaky(m, a, b=None, trace=False):
         calls.append(a.shape[0])
         if a.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("simulated: tile too large")
-        return real(m, a, b)
+        return real(m, a, b, trace=trace)
 
     monkeypatch.setitem(ntk_methods.METHODS, "structured", flaky)
     torch.testing.assert_close(empirical_ntk(model, x, method="structured"), full)
@@ -215,3 +215,25 @@ def test_bad_inputs():
         empirical_ntk(model, torch.randn(2, 3), method="fast")
     with pytest.raises(ValueError, match="needs an ntksweep.models.MLP"):
         empirical_ntk(SmallCNN(), torch.randn(2, 1, 6, 6), method="structured")
+
+
+@pytest.mark.parametrize("method", ["structured", "jacobian", "ntk_vps"])
+@pytest.mark.parametrize("make, shape", [
+    (lambda: MLP(4, 16, 3, out_dim=3, bias_std=0.2, seed=4, dtype=torch.float64), (4,)),
+    (lambda: CNN(1, 5, 3, out_dim=3, bias_std=0.2, seed=4, dtype=torch.float64), (1, 5, 5)),
+    (lambda: ResNet(1, 5, 3, out_dim=3, parametrization="mup", seed=4, dtype=torch.float64),
+     (1, 5, 5)),
+])
+def test_the_per_logit_trace_is_computed_directly_and_equals_the_full_kernels(method, make,
+                                                                             shape):
+    """trace=True forms only the k diagonal output pairs: equal to the mean of the full
+    kernel's diagonal, symmetric, cross, tiled and μP-weighted alike."""
+    model = make()
+    x1, x2 = torch.randn(7, *shape, dtype=torch.float64), torch.randn(4, *shape,
+                                                                     dtype=torch.float64)
+    for a, b in ((x1, None), (x1, x2)):
+        full = empirical_ntk(model, a, b, method=method)
+        want = full.diagonal(dim1=2, dim2=3).mean(-1)
+        for block in (None, 3):
+            got = empirical_ntk(model, a, b, method=method, trace=True, block_size=block)
+            torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-13)

@@ -89,16 +89,16 @@ def empirical_ntk(
         method = _choose_method(model, method, n1 + n2, k, like.element_size(), memory_budget)
         block = _block(model, method, max(n1, n2), k, like.element_size(), block_size,
                        memory_budget)
-        computation = TileComputation(model, a, b, method)
+        computation = TileComputation(model, a, b, method, trace)
         tiles = plan_tiles(n1, n2, block, symmetric=b is None)
         device = like.device if out_device is None else torch.device(out_device)
-        out = torch.empty(n1, n2, k, k, dtype=like.dtype, device=device)
+        out = torch.empty(n1, n2, *(() if trace else (k, k)), dtype=like.dtype, device=device)
         _assemble(out, (executor or SerialExecutor()).map_tiles(computation, tiles),
                   symmetric=b is None)
     finally:
         model.train(was_training)
     if trace:
-        return out.diagonal(dim1=2, dim2=3).mean(-1)
+        return out
     return out[:, :, 0, 0] if k == 1 else out
 
 
@@ -121,12 +121,13 @@ def _block(model: nn.Module, method: str, n: int, k: int, itemsize: int,
 
 
 def _assemble(out: Tensor, blocks, symmetric: bool) -> None:
-    """Write each (tile, value) into ``out`` (n1, n2, k, k), mirroring off-diagonal tiles of
-    a symmetric kernel."""
+    """Write each (tile, value) into ``out`` (n1, n2, k, k) or (n1, n2), mirroring
+    off-diagonal tiles of a symmetric kernel."""
     for tile, value in blocks:
         if isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()  # zero-copy from Ray's object store
         value = torch.as_tensor(value).to(out.device)
         out[tile.r0:tile.r1, tile.c0:tile.c1] = value
         if symmetric and tile.r0 != tile.c0:
-            out[tile.c0:tile.c1, tile.r0:tile.r1] = value.permute(1, 0, 3, 2)
+            out[tile.c0:tile.c1, tile.r0:tile.r1] = value.transpose(0, 1) if value.dim() == 2 \
+                else value.permute(1, 0, 3, 2)

@@ -78,12 +78,20 @@ def _per_example_gradients(model: nn.Module, x: Tensor) -> list[Tensor]:
     return grads
 
 
-def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) of a network of ``Dense`` and ``Conv`` layers (module doc)."""
+def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
+                  trace: bool = False) -> Tensor:
+    """Θ (n1, n2, k, k) of a network of ``Dense`` and ``Conv`` layers (module doc); with
+    ``trace`` only its per-logit mean (n1, n2): k Gram products of single outputs instead
+    of one of all k² output pairs."""
     g1 = _per_example_gradients(model, x1)
     g2 = g1 if x2 is None else _per_example_gradients(model, x2)
     n1, k = g1[0].shape[:2]
     n2 = g2[0].shape[0]
+    if trace:
+        theta = torch.zeros(k, n1, n2, dtype=g1[0].dtype, device=g1[0].device)
+        for a, b in zip(g1, g2):                                    # (n, k, m) each
+            theta.baddbmm_(a.transpose(0, 1), b.permute(1, 2, 0))
+        return theta.mean(0)
     theta = torch.zeros(n1 * k, n2 * k, dtype=g1[0].dtype, device=g1[0].device)
     for a, b in zip(g1, g2):
         a, b = a.reshape(n1 * k, -1), b.reshape(n2 * k, -1)

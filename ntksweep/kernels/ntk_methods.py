@@ -63,27 +63,31 @@ def mlp_features(model: MLP, x: Tensor) -> list[tuple[Tensor, Tensor | None]]:
     return list(zip(inputs, grads))
 
 
-def ntk_structured(model: MLP, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) of an ntksweep MLP by structured derivatives."""
+def ntk_structured(model: MLP, x1: Tensor, x2: Tensor | None = None, *,
+                   trace: bool = False) -> Tensor:
+    """Θ (n1, n2, k, k) of an ntksweep MLP by structured derivatives; with ``trace`` its
+    per-logit mean (n1, n2) — only the k diagonal output pairs are formed."""
     with torch.no_grad():
         f1 = mlp_features(model, x1)
         f2 = f1 if x2 is None else mlp_features(model, x2)
         n1, n2, k = x1.shape[0], (x1 if x2 is None else x2).shape[0], model.out_dim
         # k = 1 (the common case) accumulates into a contiguous (n1, n2) matrix
-        theta = torch.zeros(n1, n2, *(() if k == 1 else (k, k)), dtype=x1.dtype, device=x1.device)
+        flat = k == 1 or trace
+        theta = torch.zeros(n1, n2, *(() if flat else (k, k)), dtype=x1.dtype, device=x1.device)
         eye = torch.eye(k, dtype=x1.dtype, device=x1.device)
         for layer, (a1, d1), (a2, d2) in zip(model.layers, f1, f2):
             gram = (a1 @ a2.T).mul_(layer.weight_lr * layer.weight_mult**2)   # r α² AAᵀ + r β²
             if layer.bias_mult:
                 gram.add_(layer.bias_lr * layer.bias_mult**2)
             if d1 is None:                                                # output layer: I_k
-                theta += gram if k == 1 else gram[:, :, None, None] * eye
+                theta += gram if flat else gram[:, :, None, None] * eye
             elif k == 1:
                 theta.addcmul_(gram, d1[:, 0] @ d2[:, 0].T)
+            elif trace:                                                   # (1/k) Σ_c D_c D_cᵀ
+                theta.addcmul_(gram, torch.einsum("ikn,jkn->ij", d1, d2), value=1 / k)
             else:
                 theta.addcmul_(gram[:, :, None, None], torch.einsum("ikn,jln->ijkl", d1, d2))
-        theta = theta.reshape(n1, n2, k, k)
-    return theta
+    return theta if trace else theta.reshape(n1, n2, k, k)
 
 
 # --------------------------------------------------------------------------- generic
@@ -94,8 +98,10 @@ def _single_output(model: nn.Module, params: dict[str, Tensor]):
     return f
 
 
-def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) by contracting per-example Jacobians (torch.func vmap(jacrev))."""
+def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
+                 trace: bool = False) -> Tensor:
+    """Θ (n1, n2, k, k) by contracting per-example Jacobians (torch.func vmap(jacrev)); with
+    ``trace`` its per-logit mean (n1, n2)."""
     params = trainable_params(model)
     f = _single_output(model, params)
     jac = vmap(jacrev(f), (None, 0))
@@ -105,15 +111,18 @@ def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tens
     theta = None
     for name in params:
         a, b = j1[name].flatten(2), j2[name].flatten(2)                  # (N, k, P_name)
-        term = torch.einsum("ikp,jlp->ijkl", a, b)
+        term = torch.einsum("ikp,jkp->ij", a, b) / a.shape[1] if trace \
+            else torch.einsum("ikp,jlp->ijkl", a, b)
         if rates[name] != 1.0:
             term.mul_(rates[name])
         theta = term if theta is None else theta.add_(term)
     return theta
 
 
-def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-    """Θ (n1, n2, k, k) by NTK-vector products: columns J1 (J2ᵀ e_j) for each basis e_j."""
+def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
+            trace: bool = False) -> Tensor:
+    """Θ (n1, n2, k, k) by NTK-vector products: columns J1 (J2ᵀ e_j) for each basis e_j
+    (``trace``: the per-logit mean of it, (n1, n2))."""
     params = trainable_params(model)
     x2 = x1 if x2 is None else x2
 
@@ -132,15 +141,17 @@ def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
 
     basis = torch.eye(n2 * k, dtype=out2.dtype, device=out2.device).reshape(n2 * k, n2, k)
     cols = vmap(column)(basis)                                          # (n2 k, n1, k)
-    return cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)               # (n1, n2, k, k)
+    theta = cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)              # (n1, n2, k, k)
+    return theta.diagonal(dim1=2, dim2=3).mean(-1) if trace else theta
 
 
-def ntk_structured_any(model: nn.Module, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+def ntk_structured_any(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
+                       trace: bool = False) -> Tensor:
     """Structured derivatives: the MLP's feature products, or per-layer gradients of any
     network of ``Dense`` and ``Conv`` layers (``layerwise``)."""
     if isinstance(model, MLP):
-        return ntk_structured(model, x1, x2)
-    return ntk_layerwise(model, x1, x2)
+        return ntk_structured(model, x1, x2, trace=trace)
+    return ntk_layerwise(model, x1, x2, trace=trace)
 
 
 METHODS = {"structured": ntk_structured_any, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}

@@ -47,18 +47,21 @@ class TileComputation:
     x1: Tensor
     x2: Tensor | None
     method: str
+    trace: bool = False            # the per-logit mean (r, c) instead of (r, c, k, k)
 
     def to(self, device: str | torch.device) -> TileComputation:
         return TileComputation(self.model.to(device), self.x1.to(device),
-                               None if self.x2 is None else self.x2.to(device), self.method)
+                               None if self.x2 is None else self.x2.to(device), self.method,
+                               self.trace)
 
     def __call__(self, tile: Tile) -> Tensor:
-        """The (r, c, k, k) block, splitting itself in four on CUDA out-of-memory (the
-        pieces then come back assembled on the host)."""
+        """The (r, c, k, k) block (``trace``: (r, c)), splitting itself in four on CUDA
+        out-of-memory (the pieces then come back assembled on the host)."""
         xr = self.x1[tile.r0:tile.r1]
         xc = (self.x1 if self.x2 is None else self.x2)[tile.c0:tile.c1]
         try:
-            return METHODS[self.method](self.model, xr, None if tile.diagonal else xc)
+            return METHODS[self.method](self.model, xr, None if tile.diagonal else xc,
+                                        trace=self.trace)
         except torch.cuda.OutOfMemoryError:
             if tile.r1 - tile.r0 <= 1 and tile.c1 - tile.c0 <= 1:
                 raise
