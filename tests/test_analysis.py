@@ -154,6 +154,12 @@ def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
     if name == "lazy_vs_rich":    # the coordinate check and test loss per parametrization
         assert {"test_loss", "coord_check"} <= {p.stem for p in figures}
         assert set(trials.parametrization) == {"ntk", "mup"}
+        # from a real sweep: under ntk the kernel's movement falls with width (slope
+        # ≤ −0.5), under μP it does not vanish (slope ≥ −0.15); so do the coordinates'
+        checks = _analyze()(str(spec_path(name)), out=out)["expected"]
+        moved = {c["text"]: c["verdict"] for c in checks if "dist_init" in c["text"]
+                 or "coord_hidden" in c["text"]}
+        assert len(moved) == 4 and set(moved.values()) == {"PASS"}, checks
     if name == "architectures":   # the trained nets against kernel regression with Θ_∞
         assert {"test_acc", "coord_check"} <= {p.stem for p in figures}
         page = result["report"]["html"].read_text()
