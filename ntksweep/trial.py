@@ -16,12 +16,11 @@ import torch
 
 from .data import Dataset, make_dataset
 from .diagnostics import coordinate_check, kernel_velocity, preactivations, target_alignment
+from .held_out import TEST_COLUMNS, HeldOut
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
-from .kernels.regression import SingularKernelError, kernel_regression
 from .models import CNN, MLP, ResNet
-from .parametrizations import has_nngp_limit
-from .records import KR_KERNELS, N_EIGS, Record, Status, TrialOutcome
+from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
 from .trial_spec import TrialSpec
 
@@ -64,12 +63,14 @@ def dataset_for(spec: TrialSpec) -> Dataset:
     return make_dataset(spec.dataset, **spec.data_args())
 
 
-def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None
-                  ) -> AnalyticKernels:
+def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
+                  device: str = "cpu") -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
     standard one, its width) on x1 (n1, d) × x2 (n2, d): what every comparison with the limit
-    uses, in trials and in figures alike."""
-    return analytic_kernels(x1, x2, **spec.kernel_args())
+    uses, in trials and in figures alike. A conv net's limit runs on ``device`` (a GPU, where
+    the trial has one)."""
+    where = {"device": device} if spec.architecture != "mlp" else {}
+    return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
 
 
 def _data_key(spec: TrialSpec) -> tuple:
@@ -81,18 +82,20 @@ def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
     return cache.get(("data", *_data_key(spec)), lambda: dataset_for(spec))
 
 
-def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
+def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
+            ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
     key = ("limit", *_data_key(spec), *spec.kernel_args().values())
     x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
-    return cache.get(key, lambda: limit_kernels(spec, x))
+    return cache.get(key, lambda: limit_kernels(spec, x, device=device))
 
 
-def _test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache) -> AnalyticKernels:
+def _test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
+                 ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit."""
     key = ("limit_test", *_data_key(spec), *spec.kernel_args().values())
     return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
-                                                inputs(spec, data, data.x_train)))
+                                                inputs(spec, data, data.x_train), device))
 
 
 def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
@@ -180,7 +183,7 @@ class _Run:
         self.spec, self.device, self.on_checkpoint = spec, device, on_checkpoint
         dtype = getattr(torch, spec.dtype)
         self.data = data = _data(spec, cache)
-        self.limit = _limits(spec, data, cache)
+        self.limit = _limits(spec, data, cache, device)
         self.m = data.x_eval.shape[0]
         self.out_dim = 10 if spec.loss == "cross_entropy" else data.out_dim
         self.model = build_model(spec, data, self.out_dim, dtype, device)
@@ -191,7 +194,11 @@ class _Run:
                           as_t(data.y_eval), shaped(data.x_test), as_t(data.y_test),
                           labels(data.labels_train), labels(data.labels_eval),
                           labels(data.labels_test))
-        self.test_limit = _test_limits(spec, data, cache) if spec.n_test else None
+        m = self.m
+        self.held_out = None if not spec.n_test else HeldOut(
+            spec, data, self.t.x_te, self.t.x_tr,
+            (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]),
+            _test_limits(spec, data, cache, device), self._ntk, self._kernel_dynamics())
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []
@@ -201,8 +208,6 @@ class _Run:
         self._resume: float | None = None
         self.init: dict[str, np.ndarray] = {}   # Θ_0 on [eval; train], f_0 on eval and train
         self.linear: dict[str, KernelDynamics] = {}   # the linear models, from step 0 on
-        self.baselines: Record = {}   # kernel regression with the fixed kernels, on test
-        self.test_linear: KernelDynamics | None = None   # the Θ_∞ linear model, on test
         self.previous: tuple[float, np.ndarray] | None = None   # (t, Θ_t) last checkpoint
         self.z_init: list = []        # every layer's pre-activations on eval at step 0
 
@@ -320,6 +325,15 @@ class _Run:
         self.previous = (t, theta)
         return rec
 
+    def _test_metrics(self, step: int) -> Record:
+        """The held-out test set's columns (``held_out``; NaN without one)."""
+        if self.held_out is None:
+            return {c: float("nan") for c in TEST_COLUMNS}
+        t, m = self.t, self.m
+        f_te = self._outputs(t.x_te)
+        init = {"theta0_tr": self.init["theta0"][m:, m:], "f_tr": self.init["f_tr"]}
+        return self.held_out.record(step, f_te, self._loss(f_te, t.y_te, t.lab_te), init)
+
     def _kernel_dynamics(self) -> bool:
         """Whether the trial trains by a kernel flow its linear models can follow: MSE by
         gradient descent (Adam's steps are not one)."""
@@ -334,68 +348,3 @@ class _Run:
             a = self.model.features(self.t.x_ev).double().cpu().numpy()
         v_w, v_b = self.model.readout.prior
         return v_w * (a @ a.T) + v_b
-
-    def _test_metrics(self, step: int) -> Record:
-        """The net's loss and accuracy on the held-out test set, beside kernel regression's
-        (``kernels.regression``) with Θ_∞, Σ, Θ_0 (from this net's f_0: the linearised net
-        trained to convergence) and Θ_t (at the last checkpoint only). Θ_∞ and Σ predict the
-        mean over the initial GP (f_0 = 0). ``*_gd_inf``: the Θ_∞ linear model after the
-        same GD steps from this net's f_0 (as ``gap_inf``; MSE only) — the infinite-width
-        prediction for the net as trained so far. Kernel losses are the MSE on y."""
-        rec = {c: float("nan") for c in ("test_loss", "test_acc", "test_loss_gd_inf",
-                                         "test_acc_gd_inf", *_KR_COLUMNS)}
-        if not self.spec.n_test:
-            return rec
-        t, m, n = self.t, self.m, self.t.x_tr.shape[0]
-        f_te = self._outputs(t.x_te)
-        rec["test_loss"] = self._loss(f_te, t.y_te, t.lab_te)
-        rec["test_acc"] = self._accuracy(f_te)
-        if step == 0:
-            lim, init = self.test_limit, self.init
-            theta0_te = self._ntk(t.x_te, t.x_tr)
-            fixed = {"inf": (lim.ntk, self.limit.ntk[m:, m:], None, None),
-                     "nngp": (lim.nngp, self.limit.nngp[m:, m:], None, None),
-                     "init": (theta0_te, init["theta0"][m:, m:], f_te, init["f_tr"])}
-            if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: no regression
-                del fixed["nngp"]
-            for name, (k_te, k_tr, f0_te, f0_tr) in fixed.items():
-                self.baselines.update(self._regression(name, k_te, k_tr, f0_te, f0_tr))
-            if self._kernel_dynamics():
-                self.test_linear = KernelDynamics(
-                    lim.ntk, self.limit.ntk[m:, m:], f_te, init["f_tr"], self.data.y_train)
-        rec.update(self.baselines)
-        if self.test_linear is not None:
-            rec.update(self._scores("gd_inf", self.test_linear.gd(self.spec.lr, step)))
-        if step == self.spec.steps:  # the "after kernel" Θ_T on [train; test] × train
-            theta = self._ntk(torch.cat([t.x_tr, t.x_te]), t.x_tr)
-            rec.update(self._regression("t", theta[n:], theta[:n], None, None))
-        return rec
-
-    def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr) -> Record:
-        """Kernel regression's test scores. A singular limit kernel (duplicate inputs) is the
-        user's to fix (ridge) and fails the trial with that advice; a singular measured one
-        (a net whose units died) is a measurement: NaN."""
-        try:
-            pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
-                                     f0_x=f0_te, f0_X=f0_tr, name=_KR_NAMES[name])
-        except SingularKernelError:
-            if name in ("inf", "nngp"):
-                raise
-            pred = np.full((len(k_te), self.data.y_train.shape[1]), np.nan)
-        return self._scores(f"kr_{name}", pred)
-
-    def _scores(self, suffix: str, pred: np.ndarray) -> Record:
-        """MSE on y and accuracy of test-set predictions (T, k)."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            mse = float(((pred - self.data.y_test) ** 2).sum(1).mean())
-        return {f"test_loss_{suffix}": mse, f"test_acc_{suffix}": self._accuracy(pred)}
-
-    def _accuracy(self, f: np.ndarray) -> float:
-        labels = self.data.labels_test
-        if labels is None or not np.isfinite(f).all():
-            return float("nan")
-        return float((f.argmax(1) == labels).mean())
-
-
-_KR_COLUMNS = [f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")]
-_KR_NAMES = {"inf": "Θ_∞", "nngp": "the NNGP Σ", "init": "Θ_0", "t": "Θ_t"}

@@ -288,3 +288,24 @@ def test_limits_are_shardable_and_tiled_equals_untiled(architecture, readout):
         np.testing.assert_allclose(getattr(tiny, k), getattr(whole, k), rtol=1e-13)
         np.testing.assert_allclose(np.concatenate([getattr(s, k) for s in shards]),
                                    getattr(whole, k), rtol=1e-13)
+
+
+def test_the_conv_limit_runs_on_a_named_device_and_the_mlp_says_where_it_runs():
+    x = RNG.normal(size=(4, 1, 5, 5))
+    here = analytic_kernels(x, architecture="resnet", depth=3, activation="tanh")
+    there = analytic_kernels(x, architecture="resnet", depth=3, activation="tanh",
+                             device="cpu")
+    np.testing.assert_array_equal(here.ntk, there.ntk)
+    with pytest.raises(ValueError, match="the MLP recursion runs on the CPU"):
+        analytic_kernels(x.reshape(4, -1), depth=3, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_conv_limit_on_a_gpu_equals_the_cpus():
+    x = RNG.normal(size=(12, 2, 6, 6))
+    for activation in ("relu", "tanh"):        # a closed form and a quadrature
+        kw = dict(architecture="cnn", depth=4, activation=activation, bias_std=0.1)
+        cpu = analytic_kernels(x, **kw)
+        gpu = analytic_kernels(x, device="cuda", **kw)
+        np.testing.assert_allclose(gpu.ntk, cpu.ntk, rtol=1e-10)
+        np.testing.assert_allclose(gpu.nngp, cpu.nngp, rtol=1e-10)

@@ -113,10 +113,10 @@ def test_a_singular_measured_kernel_is_nan_and_a_singular_limit_says_what_to_do(
     from ntksweep.trial import TrialCache, _Run
 
     spec = TrialSpec(dataset="digits", n_train=6, n_eval=4, n_test=3, width=8, depth=2)
-    run = _Run(spec, TrialCache(), "cpu", None)
+    held_out = _Run(spec, TrialCache(), "cpu", None).held_out
     phi = np.random.default_rng(5).standard_normal((9, 2))
     k = phi @ phi.T                                             # rank 2 on 6 points
-    scores = run._regression("t", k[6:, :6], k[:6, :6], None, None)
+    scores = held_out._regression("t", k[6:, :6], k[:6, :6], None, None)
     assert np.isnan(scores["test_loss_kr_t"]) and np.isnan(scores["test_acc_kr_t"])
     with pytest.raises(SingularKernelError, match="Θ_∞ on the 6 training points"):
-        run._regression("inf", k[6:, :6], k[:6, :6], None, None)
+        held_out._regression("inf", k[6:, :6], k[:6, :6], None, None)

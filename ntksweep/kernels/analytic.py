@@ -309,6 +309,7 @@ def analytic_kernels(
     padding: str = "same",
     readout: str = "gap",
     memory_budget: int = 1 << 28,
+    device: str | None = None,
 ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1), or
     of a CNN or ResNet (``architecture``) for images (n, C, H, W). In ``mup`` and
@@ -324,7 +325,9 @@ def analytic_kernels(
     block of ``tile`` = (rows, cols) pairs at a time (an int: square) so that the block stays
     in cache: 64 × 512 keeps the fused path's four buffers in a laptop's L2 while amortising
     each torch op's dispatch cost. With x2 None only the blocks on and above the diagonal are
-    computed and mirrored.
+    computed and mirrored. Conv nets and ResNets run their pixel-pair recursion on
+    ``device`` (e.g. 'cuda'; default the CPU) in tiles of image pairs under
+    ``memory_budget`` bytes.
     """
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
@@ -337,7 +340,7 @@ def analytic_kernels(
             bias_std=bias_std, quadrature=quadrature, quadrature_points=quadrature_points,
             tile=tile, fused=fused, leaky_relu_slope=leaky_relu_slope,
             architecture=architecture, kernel_size=kernel_size, padding=padding,
-            readout=readout, memory_budget=memory_budget).ntk
+            readout=readout, memory_budget=memory_budget, device=device).ntk
         return AnalyticKernels(ntk, np.full_like(ntk, bias_std**2), int(depth), activation,
                                float(weight_std), float(bias_std), parametrization)
     if architecture != "mlp":
@@ -345,9 +348,13 @@ def analytic_kernels(
             x1, x2, architecture=architecture, depth=depth, activation=activation,
             weight_std=weight_std, bias_std=bias_std, parametrization=parametrization,
             leaky_relu_slope=leaky_relu_slope, kernel_size=kernel_size, padding=padding,
-            readout=readout, quadrature=quadrature, memory_budget=memory_budget)
+            readout=readout, quadrature=quadrature, memory_budget=memory_budget,
+            device=device)
         return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),
                                float(bias_std), parametrization)
+    if device not in (None, "cpu"):
+        raise SpecError(f"device={device!r} runs the conv nets' and ResNets' limits; the MLP "
+                        "recursion runs on the CPU (it is per image pair O(L), not O(L·P²))")
     a_np, b_np, symmetric = as_float64_inputs(x1, x2)
     given = (a_np, b_np)
     scale = None

@@ -143,8 +143,9 @@ def _readout_on_inputs(a: Tensor, b: Tensor, readout: str, weight_std: float,
 def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, depth: int,
                  dual, weight_std: float, bias_std: float, kernel_size: int, padding: str,
                  readout: str, memory_budget: int) -> tuple[Tensor, Tensor]:
-    """Θ_∞ and Σ (n1, n2) float64 for images a (n1, C, H, W), b (n2, C, H, W); image pairs
-    in tiles whose working memory stays near ``memory_budget`` bytes."""
+    """Θ_∞ and Σ (n1, n2) float64 for images a (n1, C, H, W), b (n2, C, H, W), on their
+    device; image pairs in tiles whose working memory stays near ``memory_budget`` bytes
+    (on a CPU also within ``CACHE_TILE_BYTES``)."""
     n1, n2 = a.shape[0], b.shape[0]
     if architecture == "cnn" and depth == 1:
         return _readout_on_inputs(a, b, readout, weight_std, bias_std)
@@ -155,8 +156,10 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
     pixels = a.shape[2] * a.shape[3]
     per_pair = 8 * 8 * (pixels if architecture == "cnn" and readout == "flatten"
                         else pixels * pixels)                              # ~8 buffers
-    side = max(1, int(math.sqrt(max(1, min(memory_budget, CACHE_TILE_BYTES) // per_pair))))
-    ntk, nngp = torch.empty(n1, n2, dtype=torch.float64), torch.empty(n1, n2, dtype=torch.float64)
+    budget = memory_budget if a.is_cuda else min(memory_budget, CACHE_TILE_BYTES)
+    side = max(1, int(math.sqrt(max(1, budget // per_pair))))
+    ntk = torch.empty(n1, n2, dtype=torch.float64, device=a.device)
+    nngp = torch.empty_like(ntk)
     for i in range(0, n1, side):
         rows = slice(i, min(i + side, n1))
         for j in range(i if symmetric else 0, n2, side):
@@ -195,12 +198,16 @@ def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
 
 def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std,
                 parametrization, leaky_relu_slope, kernel_size, padding, readout, quadrature,
-                memory_budget) -> tuple[np.ndarray, np.ndarray]:
+                memory_budget, device=None) -> tuple[np.ndarray, np.ndarray]:
     """``analytic_kernels`` for ``architecture`` 'cnn' or 'resnet': (Θ_∞, Σ), (n1, n2)
-    float64 numpy, for images x1 (n1, C, H, W) and x2 (n2, C, H, W) (default x1)."""
+    float64 numpy, for images x1 (n1, C, H, W) and x2 (n2, C, H, W) (default x1); the
+    recursion runs on ``device`` (default: the CPU)."""
     check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
                padding=padding, readout=readout, parametrization=parametrization)
     a, b, symmetric = as_float64_images(x1, x2)
+    if device is not None:
+        a = a.to(device)
+        b = a if symmetric else b.to(device)
     if padding == "valid" and (depth - 1) * (kernel_size - 1) >= min(a.shape[2:]):
         raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions leave "
                         f"nothing of a {a.shape[2]}×{a.shape[3]} image")
@@ -209,7 +216,7 @@ def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std
                              dual=dual, weight_std=weight_std, bias_std=bias_std,
                              kernel_size=kernel_size, padding=padding, readout=readout,
                              memory_budget=memory_budget)
-    ntk, nngp = ntk.numpy(), nngp.numpy()
+    ntk, nngp = ntk.cpu().numpy(), nngp.cpu().numpy()
     if not (np.isfinite(ntk).all() and np.isfinite(nngp).all()):
         raise SpecError(f"the {activation} {architecture} kernel overflows float64 for these "
                         "inputs; rescale them, e.g. standardise them")

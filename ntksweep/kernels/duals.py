@@ -194,7 +194,7 @@ def _polar_expectations(act, s1: Tensor, s2: Tensor, rho: Tensor, out: tuple[Ten
     cos α = 0 and σ(v) along cos(α − β) = 0, (cos β, sin β) = (ρ, √(1−ρ²)), since
     u = s1 r cos α and v = s2 r cos(α − β). Each of the four arcs between those directions
     gets a tanh-sinh rule, so a turn-over of width 1/(s r) is resolved at any std s."""
-    r, w_r, x, w_x = _polar_nodes()
+    r, w_r, x, w_x = (t.to(rho.device) for t in _polar_nodes())
     beta = torch.acos(rho)                                                  # (P,)
     kinks = torch.stack([torch.full_like(beta, 0.5 * _PI), torch.full_like(beta, 1.5 * _PI),
                          torch.remainder(beta + 0.5 * _PI, 2 * _PI),
@@ -247,7 +247,7 @@ def quadrature_dual(activation: str, points: int | None = None, *, chunk: int = 
             _polar_expectations(act, s1, s2, rho, (e_sigma, e_dot), chunk // 2)
             return e_sigma.reshape(shape), e_dot.reshape(shape)
         m = points or _points_for(std)
-        z, w = _trapezoid_nodes(m)
+        z, w = (t.to(rho.device) for t in _trapezoid_nodes(m))
         step = max(1, chunk // (m * m))
         for lo in range(0, rho.numel(), step):
             sl = slice(lo, lo + step)

@@ -1,0 +1,102 @@
+"""A trial's held-out test set: the trained net's loss and accuracy there, beside what the
+kernels predict — the Θ_∞ linear model after the same GD steps, and kernel regression
+(``kernels.regression``) with Θ_∞, the NNGP Σ, Θ_0 and Θ_T.
+
+Θ_∞ and Σ predict the mean over the initial GP (f_0 = 0); Θ_0 starts from this net's f_0
+(the linearised net trained to convergence); Θ_T, the "after kernel", is measured at the
+last checkpoint only. The fixed kernels' solves are done once, at step 0. Kernel losses
+are the MSE on y; accuracies need class labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .data import Dataset
+from .kernels import AnalyticKernels
+from .kernels.metrics import KernelDynamics
+from .kernels.regression import SingularKernelError, kernel_regression
+from .parametrizations import has_nngp_limit
+from .records import KR_KERNELS, Record
+from .trial_spec import TrialSpec
+
+__all__ = ["HeldOut", "TEST_COLUMNS"]
+
+TEST_COLUMNS = ("test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
+                *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")])
+_NAMES = {"inf": "Θ_∞", "nngp": "the NNGP Σ", "init": "Θ_0", "t": "Θ_t"}
+
+
+class HeldOut:
+    """The test-set columns of one trial's checkpoints. ``train_limits`` are the trial's Θ_∞
+    and Σ on its training points (N, N) each; ``limit_test`` between test and training
+    points (T, N); ``ntk(x1, x2)`` measures the net's kernel (the trial's Θ_η), per logit,
+    as numpy; x_te (T, …) and x_tr (N, …) are the inputs as the net reads them."""
+
+    def __init__(self, spec: TrialSpec, data: Dataset, x_te: torch.Tensor,
+                 x_tr: torch.Tensor, train_limits: tuple[np.ndarray, np.ndarray],
+                 limit_test: AnalyticKernels,
+                 ntk: Callable[[torch.Tensor, torch.Tensor], np.ndarray], kernel_flow: bool):
+        self.spec, self.data, self.x_te, self.x_tr = spec, data, x_te, x_tr
+        self.train_limits, self.limit_test, self.ntk = train_limits, limit_test, ntk
+        self.kernel_flow = kernel_flow           # MSE by gradient descent: a linear model
+        self.baselines: Record = {}
+        self.linear: KernelDynamics | None = None
+
+    def record(self, step: int, f_te: np.ndarray, loss: float,
+               init: dict[str, np.ndarray]) -> Record:
+        """The checkpoint's test columns from the net's test outputs f_te (T, k) and loss;
+        ``init``: Θ_0 on the training points ('theta0_tr') and f_0 there ('f_tr')."""
+        rec = {"test_loss": loss, "test_acc": self._accuracy(f_te)}
+        if step == 0:
+            self._fixed_baselines(f_te, init)
+        rec.update(self.baselines)
+        if self.linear is not None:
+            rec.update(self._scores("gd_inf", self.linear.gd(self.spec.lr, step)))
+        if step == self.spec.steps:  # the "after kernel" Θ_T on [train; test] × train
+            n = self.x_tr.shape[0]
+            theta = self.ntk(torch.cat([self.x_tr, self.x_te]), self.x_tr)
+            rec.update(self._regression("t", theta[n:], theta[:n], None, None))
+        return {c: rec.get(c, float("nan")) for c in TEST_COLUMNS}
+
+    def _fixed_baselines(self, f0_te: np.ndarray, init: dict[str, np.ndarray]) -> None:
+        lim, (ntk_tr, nngp_tr) = self.limit_test, self.train_limits
+        fixed = {"inf": (lim.ntk, ntk_tr, None, None),
+                 "nngp": (lim.nngp, nngp_tr, None, None),
+                 "init": (self.ntk(self.x_te, self.x_tr), init["theta0_tr"], f0_te,
+                          init["f_tr"])}
+        if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: nothing to regress
+            del fixed["nngp"]
+        for name, (k_te, k_tr, f0_x, f0_X) in fixed.items():
+            self.baselines.update(self._regression(name, k_te, k_tr, f0_x, f0_X))
+        if self.kernel_flow:
+            self.linear = KernelDynamics(lim.ntk, ntk_tr, f0_te, init["f_tr"],
+                                         self.data.y_train)
+
+    def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr) -> Record:
+        """Kernel regression's test scores. A singular limit kernel (duplicate inputs) is the
+        user's to fix (ridge) and fails the trial with that advice; a singular measured one
+        (a net whose units died) is a measurement: NaN."""
+        try:
+            pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
+                                     f0_x=f0_te, f0_X=f0_tr, name=_NAMES[name])
+        except SingularKernelError:
+            if name in ("inf", "nngp"):
+                raise
+            pred = np.full((len(k_te), self.data.y_train.shape[1]), np.nan)
+        return self._scores(f"kr_{name}", pred)
+
+    def _scores(self, suffix: str, pred: np.ndarray) -> Record:
+        """MSE on y and accuracy of test-set predictions (T, k)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            mse = float(((pred - self.data.y_test) ** 2).sum(1).mean())
+        return {f"test_loss_{suffix}": mse, f"test_acc_{suffix}": self._accuracy(pred)}
+
+    def _accuracy(self, f: np.ndarray) -> float:
+        labels = self.data.labels_test
+        if labels is None or not np.isfinite(f).all():
+            return float("nan")
+        return float((f.argmax(1) == labels).mean())
