@@ -91,8 +91,9 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
         tables.append((f"Test {score}: trained nets (seed mean, 95 % CI), the Θ∞ linear model "
                        "after the same steps (gd_inf), and kernel regression with Θ∞, the "
                        "NNGP Σ, Θ₀ and Θ_T", regimes.test_table(ok)))
-    if ok.width.nunique() >= 2 and ok.final_coord_readout_change.notna().any():
-        add(regimes.fig_coord_check(ok), "coord_check")
+    coords = ok[ok.final_coord_readout_change.notna()]      # (older files lack the columns)
+    if coords.width.nunique() >= 2:
+        add(regimes.fig_coord_check(coords), "coord_check")
     if ok.depth.nunique() >= 2 and ok.width.nunique() >= 1:
         add(analysis.fig_depth_width_heatmap(ok), "depth_width_heatmap")
         tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L)",
