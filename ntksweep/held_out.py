@@ -34,13 +34,19 @@ class HeldOut:
     """The test-set columns of one trial's checkpoints. ``train_limits`` are the trial's Θ_∞
     and Σ on its training points (N, N) each; ``limit_test`` between test and training
     points (T, N); ``ntk(x1, x2)`` measures the net's kernel (the trial's Θ_η), per logit,
-    as numpy; x_te (T, …) and x_tr (N, …) are the inputs as the net reads them."""
+    as numpy; x_te (T, …) and x_tr (N, …) are the inputs as the net reads them. The limits'
+    regressions do not depend on the net: ``memo(key, make)`` (a worker's cache) keeps them
+    per ``limit_key`` (data, limit and ridge), so each is solved once per worker."""
 
     def __init__(self, spec: TrialSpec, data: Dataset, x_te: torch.Tensor,
                  x_tr: torch.Tensor, train_limits: tuple[np.ndarray, np.ndarray],
                  limit_test: AnalyticKernels,
-                 ntk: Callable[[torch.Tensor, torch.Tensor], np.ndarray], kernel_flow: bool):
+                 ntk: Callable[[torch.Tensor, torch.Tensor], np.ndarray], kernel_flow: bool,
+                 memo: Callable[[tuple, Callable], Record] | None = None,
+                 limit_key: tuple = ()):
         self.spec, self.data, self.x_te, self.x_tr = spec, data, x_te, x_tr
+        self.memo = memo or (lambda _key, make: make())
+        self.limit_key = limit_key
         self.train_limits, self.limit_test, self.ntk = train_limits, limit_test, ntk
         self.kernel_flow = kernel_flow           # MSE by gradient descent: a linear model
         self.baselines: Record = {}
@@ -71,7 +77,9 @@ class HeldOut:
         if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: nothing to regress
             del fixed["nngp"]
         for name, (k_te, k_tr, f0_x, f0_X) in fixed.items():
-            self.baselines.update(self._regression(name, k_te, k_tr, f0_x, f0_X))
+            solve = lambda: self._regression(name, k_te, k_tr, f0_x, f0_X)  # noqa: B023,E731
+            self.baselines.update(solve() if name == "init" else
+                                  self.memo(("kr", name, *self.limit_key), solve))
         if self.kernel_flow:
             self.linear = KernelDynamics(lim.ntk, ntk_tr, f0_te, init["f_tr"],
                                          self.data.y_train)

@@ -198,7 +198,8 @@ class _Run:
         self.held_out = None if not spec.n_test else HeldOut(
             spec, data, self.t.x_te, self.t.x_tr,
             (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]),
-            _test_limits(spec, data, cache, device), self._ntk, self._kernel_dynamics())
+            _test_limits(spec, data, cache, device), self._ntk, self._kernel_dynamics(),
+            cache.get, (*_data_key(spec), *spec.kernel_args().values(), spec.ridge))
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []

@@ -120,3 +120,18 @@ def test_a_singular_measured_kernel_is_nan_and_a_singular_limit_says_what_to_do(
     assert np.isnan(scores["test_loss_kr_t"]) and np.isnan(scores["test_acc_kr_t"])
     with pytest.raises(SingularKernelError, match="Θ_∞ on the 6 training points"):
         held_out._regression("inf", k[6:, :6], k[:6, :6], None, None)
+
+
+def test_the_limits_regressions_are_solved_once_per_worker():
+    """Θ_∞'s and Σ's predictions do not depend on the net: a worker's second trial on the
+    same data and limit reuses them (one cached entry each), Θ_0's is its own."""
+    from ntksweep.trial import TrialCache
+
+    cache = TrialCache()
+    spec = TrialSpec(dataset="digits", n_train=30, n_eval=8, n_test=20, width=16, depth=2,
+                     steps=2, checkpoints=2)
+    first, second = (run_trial(spec.replace(seed=s), cache=cache).records[0] for s in (0, 1))
+    assert first["test_loss_kr_inf"] == second["test_loss_kr_inf"]
+    assert first["test_loss_kr_init"] != second["test_loss_kr_init"]
+    solved = [k[:2] for k in cache._items if k[0] == "kr"]
+    assert sorted(solved) == [("kr", "inf"), ("kr", "nngp")]
