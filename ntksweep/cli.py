@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # anything else is a bug: it keeps its traceback
         print(f"ntksweep: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ntksweep status OUT | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
