@@ -40,31 +40,47 @@ def test_table(trials: pd.DataFrame) -> pd.DataFrame:
     return net.merge(means.reset_index(), on=by).assign(score=f"test {score}")
 
 
+_BASELINES = (("gd_inf", "Θ∞ linear model, same steps", "--", "C0"),   # one style each,
+              ("kr_inf", "Θ∞ regression (t → ∞)", ":", "C1"),              # in every panel
+              ("kr_nngp", "Σ (NNGP) regression", (0, (1, 3)), "C2"),
+              ("kr_init", "Θ₀ regression", "-.", "C3"),
+              ("kr_t", "Θ_T regression", (0, (5, 1, 1, 1)), "C4"))
+
+
 def fig_test_scores(trials: pd.DataFrame):
-    """Test accuracy (or MSE) vs width per group: the trained nets (seed mean, band), the
-    Θ_∞ linear model after the same steps (dashed: the infinite-width prediction for the
-    nets as trained) and kernel regression with Θ_∞ (dotted: its t → ∞ end)."""
+    """Test accuracy (or MSE) vs width, one panel per group: the trained nets (seed mean,
+    band) against every kernel baseline — the Θ_∞ linear model after the same steps (the
+    infinite-width prediction for the nets as trained) and kernel regression with Θ_∞, Σ,
+    Θ_0 and Θ_T."""
     score = test_score(trials)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     by = group_columns(trials, ("architecture", "depth"))
-    for key, g in trials.groupby(by, sort=True):
-        name = _name(by, key)
-        color = seed_band(ax, seed_summary(g, ["width"], f"final_test_{score}"),
-                          f"{name}: trained net")
-        kr = g.groupby("width", sort=True)[[f"final_test_{score}_gd_inf",
-                                            f"final_test_{score}_kr_inf"]].mean()
-        ax.plot(kr.index, kr.iloc[:, 0], ls="--", color=color, label=f"{name}: Θ∞, same steps")
-        ax.plot(kr.index, kr.iloc[:, 1], ls=":", color=color)
-    ax.set_xscale("log")
-    if score == "loss":
-        ax.set_yscale("log")
-    width_ticks(ax, trials.width)
-    ax.set_xlabel("width n")
-    ax.set_ylabel("test accuracy" if score == "acc" else "test MSE")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("trained nets vs their infinite-width kernel (dotted: Θ∞ regression, t → ∞)")
-    fig.tight_layout()
+    groups = list(trials.groupby(by, sort=True))
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False)
+    for ax, (key, g) in zip(axes.flat, groups):
+        seed_band(ax, seed_summary(g, ["width"], f"final_test_{score}"), "trained net",
+                  color="black")
+        means = g.groupby("width", sort=True).mean(numeric_only=True)
+        for name, label, style, color in _BASELINES:
+            column = f"final_test_{score}_{name}"
+            if means[column].notna().any():
+                ax.plot(means.index, means[column], ls=style, color=color, label=label)
+        ax.set_xscale("log")
+        if score == "loss":
+            ax.set_yscale("log")
+        width_ticks(ax, g.width)
+        ax.set_xlabel("width n")
+        ax.set_ylabel("test accuracy" if score == "acc" else "test MSE")
+        ax.set_title(_name(by, key), fontsize=9)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()
+               if not h.get_label().startswith("_")}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle("trained nets vs the kernels of their infinite-width limit (seed means)")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 

@@ -160,6 +160,12 @@ def test_every_experiment_runs_in_smoke_mode(ray_local, tmp_path, name):
         moved = {c["text"]: c["verdict"] for c in checks if "dist_init" in c["text"]
                  or "coord_hidden" in c["text"]}
         assert len(moved) == 4 and set(moved.values()) == {"PASS"}, checks
+        # and under ntk the nets' test loss comes closer to the Θ_∞ linear model's with width
+        ntk = trials[trials.parametrization == "ntk"].assign(
+            gap=lambda t: (t.final_test_loss - t.final_test_loss_gd_inf).abs()
+            / t.final_test_loss_gd_inf)
+        gaps = ntk.groupby(["dataset", "width"]).gap.mean().unstack()
+        assert (gaps[gaps.columns.max()] < gaps[gaps.columns.min()]).all(), gaps
     if name == "architectures":   # the trained nets against kernel regression with Θ_∞
         assert {"test_acc", "coord_check"} <= {p.stem for p in figures}
         page = result["report"]["html"].read_text()
