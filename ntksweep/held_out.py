@@ -10,6 +10,7 @@ are the MSE on y; accuracies need class labels.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -76,8 +77,8 @@ class HeldOut:
                           init["f_tr"])}
         if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: nothing to regress
             del fixed["nngp"]
-        for name, (k_te, k_tr, f0_x, f0_X) in fixed.items():
-            solve = lambda: self._regression(name, k_te, k_tr, f0_x, f0_X)  # noqa: B023,E731
+        for name, args in fixed.items():
+            solve = functools.partial(self._regression, name, *args)
             self.baselines.update(solve() if name == "init" else
                                   self.memo(("kr", name, *self.limit_key), solve))
         if self.kernel_flow:
