@@ -155,8 +155,9 @@ def _images(n_train: int, n_eval: int, seed: int, side: int, n_test: int = 0) ->
                    image_shape=(1, side, side), x_test=xt, y_test=yt)
 
 
-def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
-               n_test: int = 0) -> Dataset:
+def _read_arrays(path: str | None) -> dict[str, np.ndarray]:
+    """A data file's arrays (X, y and optional X_eval, y_eval, X_test, y_test), read as
+    plain data: Parquet through pandas, .npz never unpickled."""
     if not path:
         raise SpecError("dataset 'file' needs data_path=<.npz or .parquet file>")
     p = Path(path)
@@ -188,6 +189,13 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
     for key in ("X", "y"):
         if key not in arrays:
             raise DataFileError(f"{path}: missing array {key!r} (found: {', '.join(arrays)})")
+    return arrays
+
+
+def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
+               n_test: int = 0) -> Dataset:
+    arrays = _read_arrays(path)
+    name = Path(path).name
 
     def checked(x, y, which):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -229,7 +237,7 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
             parts[part] = x[order[start:start + n]], y[order[start:start + n]]
             start += n
     (xr, yr), (xe, ye), (xt, yt) = parts["train"], parts["eval"], parts["test"]
-    return Dataset(p.name, xr, yr, xe, ye, image_shape=image_shape, x_test=xt, y_test=yt)
+    return Dataset(name, xr, yr, xe, ye, image_shape=image_shape, x_test=xt, y_test=yt)
 
 
 def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..activations import LEAKY_RELU_SLOPE
 from ..errors import SpecError
 from ..hyper import check_network
+from ..parametrizations import has_nngp_limit
 from .conv import conv_limits
 from .duals import SNAP, get_dual
 
@@ -332,26 +333,32 @@ def analytic_kernels(
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
-    if parametrization in ("mup", "mean_field"):
-        # Θ_η at initialisation is the NTK parametrization's Θ for the same draws; the
-        # output's prior variance tends to σ_b² (ntksweep.parametrizations)
-        ntk = analytic_kernels(
-            x1, x2, depth=depth, activation=activation, weight_std=weight_std,
-            bias_std=bias_std, quadrature=quadrature, quadrature_points=quadrature_points,
-            tile=tile, fused=fused, leaky_relu_slope=leaky_relu_slope,
-            architecture=architecture, kernel_size=kernel_size, padding=padding,
-            readout=readout, memory_budget=memory_budget, device=device).ntk
-        return AnalyticKernels(ntk, np.full_like(ntk, bias_std**2), int(depth), activation,
-                               float(weight_std), float(bias_std), parametrization)
+    # mup, mean_field: Θ_η at initialisation is the NTK parametrization's Θ for the same
+    # draws, and the output's prior variance tends to σ_b² (ntksweep.parametrizations)
+    limit = parametrization if has_nngp_limit(parametrization) else "ntk"
     if architecture != "mlp":
         ntk_np, nngp_np = conv_limits(
             x1, x2, architecture=architecture, depth=depth, activation=activation,
-            weight_std=weight_std, bias_std=bias_std, parametrization=parametrization,
+            weight_std=weight_std, bias_std=bias_std, parametrization=limit,
             leaky_relu_slope=leaky_relu_slope, kernel_size=kernel_size, padding=padding,
             readout=readout, quadrature=quadrature, memory_budget=memory_budget,
             device=device)
-        return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),
-                               float(bias_std), parametrization)
+    else:
+        ntk_np, nngp_np = _mlp_limits(
+            x1, x2, depth=depth, activation=activation, weight_std=weight_std,
+            bias_std=bias_std, parametrization=limit, width=width, quadrature=quadrature,
+            quadrature_points=quadrature_points, tile=tile, fused=fused,
+            leaky_relu_slope=leaky_relu_slope, device=device)
+    if limit != parametrization:
+        nngp_np = np.full_like(ntk_np, bias_std**2)
+    return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),
+                           float(bias_std), parametrization)
+
+
+def _mlp_limits(x1, x2, *, depth, activation, weight_std, bias_std, parametrization, width,
+                quadrature, quadrature_points, tile, fused, leaky_relu_slope, device
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``analytic_kernels`` for an MLP: (Θ_∞, Σ), (n1, n2) float64 numpy."""
     if device not in (None, "cpu"):
         raise SpecError(f"device={device!r} runs the conv nets' and ResNets' limits; the MLP "
                         "recursion runs on the CPU (it is per image pair O(L), not O(L·P²))")
@@ -379,5 +386,4 @@ def analytic_kernels(
         raise SpecError(f"the {activation} kernel overflows float64 for these inputs "
                         f"(x·x/n0 up to {max(map(_max_sq, given)):.3g}); rescale the "
                         "inputs, e.g. standardise them")
-    return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),
-                           float(bias_std), parametrization)
+    return ntk_np, nngp_np
