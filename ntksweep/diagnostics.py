@@ -14,6 +14,8 @@ far it moved from initialisation, on the eval set.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ from torch import nn
 from .models.layers import affine_layers
 from .parametrizations import ROLES
 
-__all__ = ["COORD_COLUMNS", "kernel_velocity", "target_alignment", "preactivations",
+__all__ = ["COORD_COLUMNS", "kernel_velocity", "target_alignment", "EvalPass", "forward_pass",
            "coordinate_check"]
 
 COORD_COLUMNS = tuple(f"coord_{r}{s}" for s in ("", "_change") for r in ROLES)
@@ -38,19 +40,35 @@ def target_alignment(theta: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(theta * yy) / (np.linalg.norm(theta) * np.linalg.norm(yy)))
 
 
-def preactivations(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """(role, z) of every Dense and Conv layer of ``model`` on x, in module order."""
+@dataclass(frozen=True)
+class EvalPass:
+    """One forward pass on x (M, …): the outputs f (M, k) and the readout's input features
+    (M, F), float64 numpy, and (role, z) of every Dense and Conv layer, in module order."""
+
+    output: np.ndarray
+    features: np.ndarray
+    preactivations: list[tuple[str, torch.Tensor]]
+
+
+def forward_pass(model: nn.Module, x: torch.Tensor) -> EvalPass:
+    """Everything a checkpoint reads off the network on x, from one pass (hooks record each
+    layer's pre-activations and what its ``readout`` layer reads)."""
     layers = affine_layers(model)
     seen: dict[nn.Module, torch.Tensor] = {}
+    features: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda m, _a, z: seen.__setitem__(m, z.detach()))
              for m in layers]
+    hooks.append(model.readout.register_forward_pre_hook(
+        lambda _m, args: features.append(args[0].detach())))
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for h in hooks:
             h.remove()
-    return [(m.role, seen[m]) for m in layers if m in seen]
+    as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
+    return EvalPass(as_np(out.reshape(len(x), -1)), as_np(features[0]),
+                    [(m.role, seen[m]) for m in layers if m in seen])
 
 
 def coordinate_check(now: list[tuple[str, torch.Tensor]],

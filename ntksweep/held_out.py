@@ -41,6 +41,7 @@ class HeldOut:
 
     def __init__(self, spec: TrialSpec, data: Dataset, x_te: torch.Tensor,
                  x_tr: torch.Tensor, train_limits: tuple[np.ndarray, np.ndarray],
+                 inf_eig: Callable[[], tuple[np.ndarray, np.ndarray]],
                  limit_test: AnalyticKernels,
                  ntk: Callable[[torch.Tensor, torch.Tensor], np.ndarray], kernel_flow: bool,
                  memo: Callable[[tuple, Callable], Record] | None = None,
@@ -49,6 +50,7 @@ class HeldOut:
         self.memo = memo or (lambda _key, make: make())
         self.limit_key = limit_key
         self.train_limits, self.limit_test, self.ntk = train_limits, limit_test, ntk
+        self.inf_eig = inf_eig          # Θ_∞(X, X)'s eigendecomposition, shared (trial)
         self.kernel_flow = kernel_flow           # MSE by gradient descent: a linear model
         self.baselines: Record = {}
         self.linear: KernelDynamics | None = None
@@ -71,7 +73,7 @@ class HeldOut:
 
     def _fixed_baselines(self, f0_te: np.ndarray, init: dict[str, np.ndarray]) -> None:
         lim, (ntk_tr, nngp_tr) = self.limit_test, self.train_limits
-        fixed = {"inf": (lim.ntk, ntk_tr, None, None),
+        fixed = {"inf": (lim.ntk, ntk_tr, None, None, self.inf_eig),
                  "nngp": (lim.nngp, nngp_tr, None, None),
                  "init": (self.ntk(self.x_te, self.x_tr), init["theta0_tr"], f0_te,
                           init["f_tr"])}
@@ -83,15 +85,16 @@ class HeldOut:
                                   self.memo(("kr", name, *self.limit_key), solve))
         if self.kernel_flow:
             self.linear = KernelDynamics(lim.ntk, ntk_tr, f0_te, init["f_tr"],
-                                         self.data.y_train)
+                                         self.data.y_train, eig=self.inf_eig())
 
-    def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr) -> Record:
+    def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr, eig=None) -> Record:
         """Kernel regression's test scores. A singular limit kernel (duplicate inputs) is the
         user's to fix (ridge) and fails the trial with that advice; a singular measured one
         (a net whose units died) is a measurement: NaN."""
         try:
             pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
-                                     f0_x=f0_te, f0_X=f0_tr, name=_NAMES[name])
+                                     f0_x=f0_te, f0_X=f0_tr, name=_NAMES[name],
+                                     eig=None if eig is None else eig())
         except SingularKernelError:
             if name in ("inf", "nngp"):
                 raise

@@ -15,10 +15,16 @@ import numpy as np
 import torch
 
 from .data import Dataset, make_dataset
-from .diagnostics import coordinate_check, kernel_velocity, preactivations, target_alignment
+from .diagnostics import coordinate_check, forward_pass, kernel_velocity, target_alignment
 from .held_out import TEST_COLUMNS, HeldOut
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
-from .kernels.metrics import KernelDynamics, alignment, rel_frobenius, top_eigenvalues
+from .kernels.metrics import (
+    KernelDynamics,
+    alignment,
+    eigendecompose,
+    rel_frobenius,
+    top_eigenvalues,
+)
 from .models import CNN, MLP, ResNet
 from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
@@ -194,12 +200,13 @@ class _Run:
                           as_t(data.y_eval), shaped(data.x_test), as_t(data.y_test),
                           labels(data.labels_train), labels(data.labels_eval),
                           labels(data.labels_test))
-        m = self.m
+        m, self.cache = self.m, cache
+        self.limit_key = (*_data_key(spec), *spec.kernel_args().values())
         self.held_out = None if not spec.n_test else HeldOut(
             spec, data, self.t.x_te, self.t.x_tr,
-            (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]),
+            (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]), self._inf_eig,
             _test_limits(spec, data, cache, device), self._ntk, self._kernel_dynamics(),
-            cache.get, (*_data_key(spec), *spec.kernel_args().values(), spec.ridge))
+            cache.get, (*self.limit_key, spec.ridge))
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []
@@ -219,6 +226,13 @@ class _Run:
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
+
+    def _inf_eig(self) -> tuple[np.ndarray, np.ndarray]:
+        """Θ_∞ on the training points, eigendecomposed once per worker and (data, limit):
+        the linear models on the eval and test sets and Θ_∞'s regression share it."""
+        m = self.m
+        return self.cache.get(("eig_inf", *self.limit_key),
+                              lambda: eigendecompose(self.limit.ntk[m:, m:]))
 
     def _outputs(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -240,7 +254,8 @@ class _Run:
         t0 = time.perf_counter()
         self.timers["train"] += t0 - (self._resume or t0)
         t, m = self.t, self.m
-        f_ev, f_tr = self._outputs(t.x_ev), self._outputs(t.x_tr)
+        ev = forward_pass(self.model, t.x_ev)
+        f_ev, f_tr = ev.output, self._outputs(t.x_tr)
         if step == 0:  # Θ_0 on [eval; train]: the linearised network's kernel
             self.init = {"theta0": self._ntk(torch.cat([t.x_ev, t.x_tr])), "f_ev": f_ev,
                          "f_tr": f_tr}
@@ -251,8 +266,8 @@ class _Run:
                        "train_loss": self._loss(f_tr, t.y_tr, t.lab_tr),
                        "eval_loss": self._loss(f_ev, t.y_ev, t.lab_ev)}
         rec.update(self._kernel_metrics(theta))
-        rec.update(self._function_metrics(step, f_ev))
-        rec.update(self._feature_metrics(step, theta))
+        rec.update(self._function_metrics(step, f_ev, ev.features))
+        rec.update(self._feature_metrics(step, theta, ev.preactivations))
         rec.update(self._test_metrics(step))
         if _keep(self.spec.keep_kernels, step, self.spec.steps):
             self.kernels[step] = theta.copy()
@@ -281,11 +296,13 @@ class _Run:
             rec[f"eig{i + 1}_inf"] = float(self.eig_inf[i]) if i < len(self.eig_inf) else nan
         return rec
 
-    def _function_metrics(self, step: int, f_ev: np.ndarray) -> Record:
+    def _function_metrics(self, step: int, f_ev: np.ndarray, features: np.ndarray
+                          ) -> Record:
         """f_t on the eval set (M, k) against f_0 and against the linear models' predictions:
         ``gap_*`` after the same number of full-batch GD steps with Θ_∞ / Θ_0 (the discrete
         dynamics a linearised network follows exactly; for SGD, the full-batch GD its steps
-        follow in expectation), ``gap_*_flow`` the continuous gradient flow at t = lr·step."""
+        follow in expectation), ``gap_*_flow`` the continuous gradient flow at t = lr·step;
+        ``dist_nngp`` from the readout's input ``features`` (M, F)."""
         m, spec, nan = self.m, self.spec, float("nan")
         rec = {"f_change": float(np.sqrt(np.mean((f_ev - self.init["f_ev"]) ** 2))),
                "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan}
@@ -296,7 +313,7 @@ class _Run:
                     with np.errstate(over="ignore", invalid="ignore"):  # a diverging model
                         gap = np.sqrt(np.mean((f_ev - pred) ** 2))
                     rec[f"gap_{name}{suffix}"] = float(gap)
-        rec["dist_nngp"] = rel_frobenius(self._nngp(), self.limit.nngp[:m, :m])
+        rec["dist_nngp"] = rel_frobenius(self._nngp(features), self.limit.nngp[:m, :m])
         return rec
 
     def _linear_models(self) -> dict[str, KernelDynamics]:
@@ -305,15 +322,16 @@ class _Run:
         if not self.linear:
             m, init = self.m, self.init
             self.linear = {name: KernelDynamics(k[:m, m:], k[m:, m:], init["f_ev"],
-                                                init["f_tr"], self.data.y_train)
-                           for name, k in (("inf", self.limit.ntk), ("lin", init["theta0"]))}
+                                                init["f_tr"], self.data.y_train, eig=eig)
+                           for name, k, eig in (("inf", self.limit.ntk, self._inf_eig()),
+                                                ("lin", init["theta0"], None))}
         return self.linear
 
-    def _feature_metrics(self, step: int, theta: np.ndarray) -> Record:
+    def _feature_metrics(self, step: int, theta: np.ndarray, z: list) -> Record:
         """Kernel velocity since the last checkpoint, kernel-target alignment, and the
-        coordinate check against step 0 (``diagnostics``)."""
+        coordinate check of the eval set's pre-activations z against step 0
+        (``diagnostics``)."""
         t = self.spec.lr * step
-        z = preactivations(self.model, self.t.x_ev)
         if step == 0:
             self.z_init = z
         finite = bool(np.isfinite(theta).all())
@@ -340,12 +358,10 @@ class _Run:
         gradient descent (Adam's steps are not one)."""
         return self.spec.loss == "mse" and self.spec.optimizer != "adam"
 
-    def _nngp(self) -> np.ndarray:
+    def _nngp(self, a: np.ndarray) -> np.ndarray:
         """The empirical NNGP on the eval set (M, M): the covariance of an output given the
         features A (M, F) the readout layer sees, v_W A Aᵀ + v_b with v the prior variances
         of one readout weight and bias ((σ_w²/F, σ_b²) in the NTK parametrization) — the
         same for every output, and Σ^(L)'s finite-width estimate."""
-        with torch.no_grad():
-            a = self.model.features(self.t.x_ev).double().cpu().numpy()
         v_w, v_b = self.model.readout.prior
         return v_w * (a @ a.T) + v_b

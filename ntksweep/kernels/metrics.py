@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "KernelDynamics",
+__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "KernelDynamics", "eigendecompose",
            "kernel_flow_prediction", "kernel_gd_prediction", "kernel_flow_gaussian"]
 
 
@@ -42,16 +42,18 @@ class KernelDynamics:
     dynamics a linearised network trained by GD follows exactly; it tends to the flow at
     t = ηs as η → 0, and at usual learning rates differs from it by a time-step error that
     does not shrink with width). Both g tend to their λ → 0 limits (2t/N, 2ηs/N), so
-    singular kernels are fine.
+    singular kernels are fine. ``regression`` is the t → ∞ end, g(λ) = 1/(λ + ridge).
 
     Shapes: theta_xX (M, N), theta_XX (N, N), f0_x (M, k), f0_X (N, k), y (N, k) — the
-    per-logit kernel acting on each output column (Θ ⊗ I_k).
+    per-logit kernel acting on each output column (Θ ⊗ I_k). ``eig``: Θ(X, X)'s
+    ``eigendecompose``, where it is already known (a fixed kernel shared by models).
     """
 
     def __init__(self, theta_xX: np.ndarray, theta_XX: np.ndarray, f0_x: np.ndarray,
-                 f0_X: np.ndarray, y: np.ndarray, *, n_train: int | None = None):
+                 f0_X: np.ndarray, y: np.ndarray, *, n_train: int | None = None,
+                 eig: tuple[np.ndarray, np.ndarray] | None = None):
         self.n = n_train or y.shape[0]
-        self.lam, v = _eig(theta_XX)
+        self.lam, v = eig if eig is not None else eigendecompose(theta_XX)
         self.proj = theta_xX @ v                                         # (M, N)
         self.residual = v.T @ (y - f0_X)                                 # (N, k), eigenbasis
         self.f0_x = f0_x
@@ -68,6 +70,14 @@ class KernelDynamics:
     def gd(self, lr: float, steps: int) -> np.ndarray:
         """f(x) (M, k) after ``steps`` full-batch GD steps of size ``lr``."""
         return self._at(_gd_gain(self.lam, lr, steps, self.n))
+
+    def regression(self, ridge: float = 0.0) -> np.ndarray | None:
+        """Kernel regression, f_0(x) + Θ(x, X)(Θ(X, X) + λI)⁻¹(Y − f_0(X)) with λ = ``ridge``
+        times the mean eigenvalue (M, k); None where Θ(X, X) + λI is singular."""
+        lam = self.lam + ridge * max(float(self.lam.mean()), 1e-300)
+        if _small(lam).any():
+            return None
+        return self._at(1.0 / lam)
 
 
 def kernel_flow_prediction(
@@ -110,7 +120,7 @@ def kernel_gd_prediction(theta_xX: np.ndarray, theta_XX: np.ndarray, f0_x: np.nd
     return KernelDynamics(theta_xX, theta_XX, f0_x, f0_X, y).gd(lr, steps)
 
 
-def _eig(theta_XX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def eigendecompose(theta_XX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Θ(X, X) = V Λ Vᵀ of its symmetric part, negative rounding clipped to 0."""
     lam, v = np.linalg.eigh(0.5 * (theta_XX + theta_XX.T))
     return np.clip(lam, 0.0, None), v
@@ -158,7 +168,7 @@ def kernel_flow_gaussian(
     Shapes: theta_xX, sigma_xX (M, N); theta_XX, sigma_XX (N, N); sigma_xx (M,) (the
     diagonal Σ(x, x)); y (N, k).
     """
-    lam, v = _eig(theta_XX)
+    lam, v = eigendecompose(theta_XX)
     gain = _flow_gain(lam, np.array([float(t)]), y.shape[0])
     a = (theta_xX @ v * gain[0]) @ v.T                                  # A (M, N)
     mean = a @ y

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
+from .metrics import KernelDynamics
 
 __all__ = ["kernel_regression", "SingularKernelError"]
 
@@ -26,21 +27,21 @@ class SingularKernelError(UserError):
 
 def kernel_regression(k_xX: np.ndarray, k_XX: np.ndarray, y: np.ndarray, *,
                       ridge: float = 0.0, f0_x: np.ndarray | None = None,
-                      f0_X: np.ndarray | None = None, name: str = "K") -> np.ndarray:
+                      f0_X: np.ndarray | None = None, name: str = "K",
+                      eig: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Predictions (M, k) at x from K(x, X) (M, N), K(X, X) (N, N), targets Y (N, k), and
     optionally the model's outputs at initialisation f_0(x) (M, k), f_0(X) (N, k) (default
-    zero: the mean over an initial GP). ``name`` says which kernel in an error."""
-    lam, v = np.linalg.eigh(0.5 * (k_XX + k_XX.T))
-    n = len(lam)
-    scale = max(float(lam.mean()), 1e-300)
-    if ridge > 0:
-        lam = lam + ridge * scale
-    if lam.min(initial=np.inf) <= 1e-12 * max(float(lam.max(initial=0.0)), 1e-300):
+    zero: the mean over an initial GP): ``KernelDynamics.regression``. ``name`` says which
+    kernel in an error; ``eig``: K(X, X)'s ``eigendecompose`` where it is already known."""
+    zeros = np.zeros((k_xX.shape[0], y.shape[1]))
+    model = KernelDynamics(k_xX, k_XX, zeros if f0_x is None else f0_x,
+                           0.0 if f0_X is None else f0_X, y, eig=eig)
+    pred = model.regression(ridge)
+    if pred is None:
+        lam = model.lam
         raise SingularKernelError(
-            f"{name} on the {n} training points is singular (smallest eigenvalue "
+            f"{name} on the {len(lam)} training points is singular (smallest eigenvalue "
             f"{lam.min():.3g}, largest {lam.max():.3g}): kernel regression without a ridge "
             "has no unique solution; set ridge (e.g. ridge: 1e-6, relative to the mean "
             "eigenvalue)")
-    residual = y if f0_X is None else y - f0_X
-    pred = k_xX @ (v @ ((v.T @ residual) / lam[:, None]))
-    return pred if f0_x is None else f0_x + pred
+    return pred
