@@ -274,6 +274,45 @@ def test_structured_conv_ntk_is_the_brute_force_jacobian_product(make, k):
     assert empirical_ntk(model, x[:1]).shape[:2] == (1, 1)       # auto picks structured
 
 
+@pytest.mark.parametrize("trace", [False, True])
+@pytest.mark.parametrize("make", [
+    lambda: CNN(3, 8, 3, out_dim=2, readout="flatten", image_size=(5, 5), bias_std=0.2, seed=2,
+                dtype=torch.float64),
+    lambda: ResNet(3, 8, 4, out_dim=2, activation="tanh", seed=2, dtype=torch.float64),
+])
+def test_conv_ntk_under_a_memory_budget_splits_channels_and_tiles_and_is_exact(
+        make, trace, monkeypatch):
+    """Under a budget the kernel comes in tiles, each tile's forward and backward passes in
+    batches, and the layers' gradients a few input channels at a time; the kernel is the
+    brute-force one."""
+    from ntksweep.kernels import layerwise, tiling
+
+    model, x = make(), torch.tensor(RNG.normal(size=(12, 3, 5, 5)))
+    want = brute_force_ntk(model, x)
+    want = want.diagonal(dim1=2, dim2=3).mean(-1) if trace else want
+    monkeypatch.setattr(layerwise, "SIGNAL_BATCH", 2)      # batches smaller than the tiles
+    budget = tiling.tile_bytes(model, "structured", 4, 4, 2, 8, x[:1])
+    chunks, batches = [], []
+    real_chunks, real_batch = layerwise._gradient_chunks, layerwise._batch_signals
+
+    def chunk_recording(m, a, d, channels):
+        chunks.append((a.shape[1], channels))
+        return real_chunks(m, a, d, channels)
+
+    def batch_recording(m, xs):
+        batches.append(len(xs))
+        return real_batch(m, xs)
+
+    monkeypatch.setattr(layerwise, "_gradient_chunks", chunk_recording)
+    monkeypatch.setattr(layerwise, "_batch_signals", batch_recording)
+    got = empirical_ntk(model, x, method="structured", memory_budget=budget, trace=trace)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert any(channels < c_in for c_in, channels in chunks), chunks
+    assert max(batches) <= 4 and min(batches) < 4, batches
+    whole = empirical_ntk(model, x, method="structured", trace=trace)
+    torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("architecture, readout", [("cnn", "gap"), ("cnn", "flatten"),
                                                    ("resnet", "gap")])
 def test_limits_are_shardable_and_tiled_equals_untiled(architecture, readout):

@@ -172,11 +172,11 @@ def test_out_of_memory_tile_is_split_and_retried(monkeypatch):
     real = ntk_methods.METHODS["structured"]
     calls = []
 
-    def flaky(m, a, b=None, trace=False):
+    def flaky(m, a, b=None, **options):
         calls.append(a.shape[0])
         if a.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("simulated: tile too large")
-        return real(m, a, b, trace=trace)
+        return real(m, a, b, **options)
 
     monkeypatch.setitem(ntk_methods.METHODS, "structured", flaky)
     torch.testing.assert_close(empirical_ntk(model, x, method="structured"), full)

@@ -339,32 +339,32 @@ def test_malformed_specs_get_one_clear_line_and_touch_nothing(tmp_path, capsys, 
 @pytest.mark.slow
 def test_the_driver_keeps_no_python_state_per_finished_trial(tmp_path, monkeypatch):
     """The driver's Python heap (tracemalloc: deterministic, unlike resident memory) grows by
-    well under a kilobyte per finished trial, tracked or not: no per-trial state survives
-    its trial, and requests waiting for a lagging MLflow writer are bounded (here at 64, so
-    that the bound is reached; resident memory per trial: bench_driver_memory.py)."""
+    well under a kilobyte per finished trial: no per-trial state survives its trial, and
+    requests waiting for a lagging MLflow writer are bounded (here at 64, so that the bound
+    is reached; resident memory per trial: bench_driver_memory.py). Tracked, the driver does
+    everything it does untracked and feeds the tracker, so one tracked sweep covers both."""
     import gc
     import tracemalloc
 
     from ntksweep.tracking import tracker
 
     monkeypatch.setattr(tracker, "_MAX_QUEUED", 64)
-    for tracked in (True, False):
-        marks, done = {}, [0]
+    marks, done = {}, [0]
 
-        def on_event(kind, data, marks=marks, done=done):
-            if kind == "end":
-                done[0] += 1
-                if done[0] in (50, 250):
-                    gc.collect()
-                    marks[done[0]] = tracemalloc.get_traced_memory()[0]
+    def on_event(kind, data):
+        if kind == "end":
+            done[0] += 1
+            if done[0] in (50, 250):
+                gc.collect()
+                marks[done[0]] = tracemalloc.get_traced_memory()[0]
 
-        spec = load_sweep_spec({"name": "heap", "output_dir": str(tmp_path / str(tracked)),
-                                "base": {**TINY, "n_train": 2, "n_eval": 2, "width": 2,
-                                         "steps": 1, "checkpoints": 2},
-                                "grid": {"seed": list(range(250))}})
-        tracemalloc.start()
-        try:
-            run_sweep(spec, quiet=True, tracking=tracked, num_cpus=2, on_event=on_event)
-        finally:
-            tracemalloc.stop()
-        assert (marks[250] - marks[50]) / 200 < 1024, (tracked, marks)
+    spec = load_sweep_spec({"name": "heap", "output_dir": str(tmp_path),
+                            "base": {**TINY, "n_train": 2, "n_eval": 2, "width": 2,
+                                     "steps": 1, "checkpoints": 2},
+                            "grid": {"seed": list(range(250))}})
+    tracemalloc.start()
+    try:
+        run_sweep(spec, quiet=True, tracking=True, num_cpus=2, on_event=on_event)
+    finally:
+        tracemalloc.stop()
+    assert (marks[250] - marks[50]) / 200 < 1024, marks

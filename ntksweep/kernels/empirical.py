@@ -88,8 +88,8 @@ def empirical_ntk(
         n1, n2 = a.shape[0], (a if b is None else b).shape[0]
         method = _choose_method(model, method, n1 + n2, k, like.element_size(), memory_budget)
         block = _block(model, method, max(n1, n2), k, like.element_size(), block_size,
-                       memory_budget)
-        computation = TileComputation(model, a, b, method, trace)
+                       memory_budget, a[:1])
+        computation = TileComputation(model, a, b, method, trace, memory_budget)
         tiles = plan_tiles(n1, n2, block, symmetric=b is None)
         device = like.device if out_device is None else torch.device(out_device)
         out = torch.empty(n1, n2, *(() if trace else (k, k)), dtype=like.dtype, device=device)
@@ -103,14 +103,14 @@ def empirical_ntk(
 
 
 def _block(model: nn.Module, method: str, n: int, k: int, itemsize: int,
-           block_size: int | None, memory_budget: int | None) -> int:
+           block_size: int | None, memory_budget: int | None, point: Tensor) -> int:
     """The tile side: ``block_size``, or n, shrunk to the largest that fits the budget."""
     block = n if block_size is None else int(block_size)
     if memory_budget is not None:
         fits = [s for s in candidate_blocks(n)
-                if tile_bytes(model, method, s, s, k, itemsize) <= memory_budget]
+                if tile_bytes(model, method, s, s, k, itemsize, point) <= memory_budget]
         if not fits:
-            need = tile_bytes(model, method, 1, 1, k, itemsize)
+            need = tile_bytes(model, method, 1, 1, k, itemsize, point)
             raise UserError(f"memory_budget={memory_budget} bytes is too small for even a "
                             f"1×1 tile of this model with method={method!r} (needs about "
                             f"{need} bytes); raise the budget")

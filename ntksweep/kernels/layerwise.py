@@ -12,9 +12,14 @@ from one batched forward pass and one backward pass per output for the pre-activ
 gradients of every layer at once (each example's outputs depend on that example alone).
 There is no Jacobian of the whole network and no per-example re-run (Novak et al. 2022
 discuss the orderings: at these shapes the per-example weight gradients are the cheap one).
+G is formed one layer at a time and, under a memory budget, a few input channels at a time:
+its columns split, so Θ = Σ over the chunks of G Gᵀ with no work repeated.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +27,7 @@ from torch import Tensor, nn
 
 from ..models.layers import Conv, Dense
 
-__all__ = ["ntk_layerwise", "is_layerwise", "layer_gradient_sizes"]
+__all__ = ["ntk_layerwise", "is_layerwise", "footprint", "Footprint", "SIGNAL_BATCH"]
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -35,14 +40,73 @@ def is_layerwise(model: nn.Module) -> bool:
     return bool(owned) and all(id(p) in owned for p in model.parameters() if p.requires_grad)
 
 
-def layer_gradient_sizes(model: nn.Module) -> list[int]:
-    """Per layer: the length of one output's per-example gradient (weights and bias)."""
-    return [m.weight.numel() + m.bias.numel() for m in _layers(model)]
+# A tile's forward and backward passes go in batches of at least this many examples where
+# the budget is tight (smaller batches make the convolutions' products inefficient).
+SIGNAL_BATCH = 64
 
 
-def _per_example_gradients(model: nn.Module, x: Tensor) -> list[Tensor]:
-    """Per layer, its weights' then its bias's G (N, k, m): every output's gradient with
-    respect to them, for each example."""
+@dataclass(frozen=True)
+class _LayerShape:
+    """One layer's sizes for one example: C_in, P_in (input positions, 1 for dense), C_out,
+    P_out (output positions), kk (window size k², 1 for dense)."""
+
+    c_in: int
+    p_in: int
+    c_out: int
+    p_out: int
+    kk: int
+
+    def channel_bytes(self, k: int, itemsize: int) -> int:
+        """One example's share of a one-input-channel chunk: its k·C_out·k² weight
+        gradients and its k²·P_in patch entries."""
+        return itemsize * self.kk * (k * self.c_out + self.p_in)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes per example while its tile is computed. ``held``: every layer's input and its
+    k pre-activation gradients, kept to the end; ``transient``: the autograd graph's
+    pre-activations and activations and the unstacked gradients, while the example's batch
+    goes forward and back; ``chunk``: its share of the smallest gradient chunk (one input
+    channel of the widest layer)."""
+
+    held: int
+    transient: int
+    chunk: int
+
+    def tile_bytes(self, points: int) -> int:
+        """Working memory of ``points`` examples' signals and chunks, the forward and
+        backward passes done ``SIGNAL_BATCH`` at a time."""
+        return points * (self.held + self.chunk) + min(points, SIGNAL_BATCH) * self.transient
+
+
+def footprint(model: nn.Module, x: Tensor) -> Footprint:
+    """The per-example footprint of ``model``'s layers on inputs shaped like x (1, …)."""
+    shapes = []
+
+    def keep(module, args, output):
+        a = args[0]
+        kk = module.kernel_size ** 2 if isinstance(module, Conv) else 1
+        shapes.append(_LayerShape(a.shape[1], a[0, 0].numel(), output.shape[1],
+                                  output[0, 0].numel(), kk))
+
+    hooks = [m.register_forward_hook(keep) for m in _layers(model)]
+    try:
+        with torch.no_grad():
+            k = model(x[:1]).numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    size = x.element_size()
+    return Footprint(
+        held=size * sum(s.c_in * s.p_in + k * s.c_out * s.p_out for s in shapes),
+        transient=size * sum((2 + k) * s.c_out * s.p_out for s in shapes),
+        chunk=max(s.channel_bytes(k, size) for s in shapes))
+
+
+def _batch_signals(model: nn.Module, x: Tensor) -> list[tuple[nn.Module, Tensor, Tensor]]:
+    """Per layer: (layer, its input a (N, C_in, …), D = ∂f/∂z (N, k, C_out, P_out)), from one
+    forward pass and one backward pass per output (to the pre-activations only)."""
     layers = _layers(model)
     seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
@@ -60,46 +124,98 @@ def _per_example_gradients(model: nn.Module, x: Tensor) -> list[Tensor]:
     finally:
         for h in hooks:
             h.remove()
-    grads = []
+    del out, zs
+    signals = []
     for i, m in enumerate(layers):
-        d = torch.stack([g[i] for g in per_output], 1).detach()         # (N, k, C_out, …)
-        a = seen[m][0]
+        d = torch.stack([g[i] for g in per_output], 1).detach()          # (N, k, C_out, …)
+        signals.append((m, seen.pop(m)[0], d.reshape(*d.shape[:3], -1)))
+    return signals
+
+
+def _signals(model: nn.Module, x: Tensor, batch: int) -> list[tuple[nn.Module, Tensor, Tensor]]:
+    """``_batch_signals`` of all of x, ``batch`` examples at a time (each example's outputs
+    depend on it alone), written into tensors for all of x."""
+    if batch >= len(x):
+        return _batch_signals(model, x)
+    out = None
+    for i in range(0, len(x), batch):
+        part = _batch_signals(model, x[i:i + batch])
+        if out is None:
+            out = [(m, a.new_empty(len(x), *a.shape[1:]), d.new_empty(len(x), *d.shape[1:]))
+                   for m, a, d in part]
+        for (_, a, d), (_, pa, pd) in zip(out, part):
+            a[i:i + len(pa)], d[i:i + len(pd)] = pa, pd
+    return out
+
+
+def _gradient_chunks(m: nn.Module, a: Tensor, d: Tensor, channels: int) -> Iterator[Tensor]:
+    """The layer's per-example gradients G (N, k, ·), r_p-weighted (Θ_η): its weights'
+    α Σ_p D_p ⊗ patch_p, ``channels`` input channels at a time, then its bias's β Σ_p D_p.
+    Each column of G appears in exactly one chunk, so Σ_chunks G Gᵀ is the layer's share."""
+    scale = m.weight_mult * m.weight_lr ** 0.5
+    for c0 in range(0, a.shape[1], channels):
+        part = a[:, c0:c0 + channels]
         if isinstance(m, Conv):
             pad = m.kernel_size // 2 if m.padding == "same" else 0
-            patches = F.unfold(a, m.kernel_size, padding=pad)            # (N, C_in k², P)
-            d = d.flatten(3)                                              # (N, k, C_out, P)
-            g_w = torch.einsum("ncop,nmp->ncom", d, patches).flatten(2)
-            g_b = d.sum(-1)
+            patches = F.unfold(part, m.kernel_size, padding=pad)          # (N, c k², P)
         else:
-            g_w = torch.einsum("nco,nm->ncom", d, a).flatten(2)
-            g_b = d
-        grads += [g_w.mul_(m.weight_mult * m.weight_lr ** 0.5),   # Θ_η: r_p-weighted
-                  g_b * (m.bias_mult * m.bias_lr ** 0.5)]
-    return grads
+            patches = part[:, :, None]                                    # (N, c, 1)
+        yield torch.einsum("ncop,nmp->ncom", d, patches).flatten(2).mul_(scale)
+    yield d.sum(-1) * (m.bias_mult * m.bias_lr ** 0.5)
+
+
+def _channels_per_chunk(m: nn.Module, a: Tensor, d: Tensor, points: int,
+                        room: int | None) -> int:
+    """All input channels at once without a budget; else as many as ``room`` bytes hold
+    for ``points`` examples (at least one: the tile planner made room for that)."""
+    if room is None:
+        return a.shape[1]
+    kk = m.kernel_size ** 2 if isinstance(m, Conv) else 1
+    shape = _LayerShape(a.shape[1], a[0, 0].numel(), d.shape[2], d.shape[3], kk)
+    per_channel = points * shape.channel_bytes(d.shape[1], a.element_size())
+    return int(min(a.shape[1], max(1, room // per_channel)))
 
 
 def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
-                  trace: bool = False) -> Tensor:
+                  trace: bool = False, memory_budget: int | None = None) -> Tensor:
     """Θ (n1, n2, k, k) of a network of ``Dense`` and ``Conv`` layers (module doc); with
     ``trace`` only its per-logit mean (n1, n2): k Gram products of single outputs instead
-    of one of all k² output pairs."""
-    g1 = _per_example_gradients(model, x1)
-    g2 = g1 if x2 is None else _per_example_gradients(model, x2)
-    n1, k = g1[0].shape[:2]
-    n2 = g2[0].shape[0]
+    of one of all k² output pairs. With ``memory_budget`` (bytes) the forward and backward
+    passes go in batches and each layer's per-example gradients are formed a few input
+    channels at a time, so that all of it fits: the same arithmetic, in smaller pieces."""
+    n1, n2 = len(x1), len(x1 if x2 is None else x2)
+    points = n1 if x2 is None else n1 + n2
+    batch, room = points, None
+    if memory_budget is not None:
+        f = footprint(model, x1)
+        room = memory_budget - points * f.held                # for batches, then chunks
+        batch = max(1, room // f.transient)
+    s1 = _signals(model, x1, batch)
+    s2 = s1 if x2 is None else _signals(model, x2, batch)
+    k = s1[0][2].shape[1]
+    shape = (k, n1, n2) if trace else (n1 * k, n2 * k)
+    theta = torch.zeros(shape, dtype=s1[0][2].dtype, device=s1[0][2].device)
+    for (m, a1, d1), (_, a2, d2) in zip(s1, s2):
+        channels = _channels_per_chunk(m, a1, d1, points, room)
+        chunks1 = _gradient_chunks(m, a1, d1, channels)
+        chunks2 = chunks1 if x2 is None else _gradient_chunks(m, a2, d2, channels)
+        for g1 in chunks1:                                                # (n, k, m) each
+            g2 = g1 if x2 is None else next(chunks2)
+            _accumulate(theta, g1, g2, trace, symmetric=x2 is None)
     if trace:
-        theta = torch.zeros(k, n1, n2, dtype=g1[0].dtype, device=g1[0].device)
-        for a, b in zip(g1, g2):                                    # (n, k, m) each
-            theta.baddbmm_(a.transpose(0, 1), b.permute(1, 2, 0))
         return theta.mean(0)
-    theta = torch.zeros(n1 * k, n2 * k, dtype=g1[0].dtype, device=g1[0].device)
-    for a, b in zip(g1, g2):
-        a, b = a.reshape(n1 * k, -1), b.reshape(n2 * k, -1)
-        if x2 is None:
-            _add_gram(theta, a)
-        else:
-            theta.addmm_(a, b.T)
     return theta.reshape(n1, k, n2, k).permute(0, 2, 1, 3)
+
+
+def _accumulate(theta: Tensor, g1: Tensor, g2: Tensor, trace: bool, symmetric: bool) -> None:
+    """theta += the chunk's Gram: per output (k, n1, n2) with ``trace``, else all output
+    pairs (n1 k, n2 k)."""
+    if trace:
+        theta.baddbmm_(g1.transpose(0, 1), g2.permute(1, 2, 0))
+    elif symmetric:
+        _add_gram(theta, g1.reshape(theta.shape[0], -1))
+    else:
+        theta.addmm_(g1.reshape(theta.shape[0], -1), g2.reshape(theta.shape[1], -1).T)
 
 
 def _add_gram(out: Tensor, a: Tensor, blocks: int = 4) -> None:

@@ -146,12 +146,13 @@ def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
 
 
 def ntk_structured_any(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
-                       trace: bool = False) -> Tensor:
+                       trace: bool = False, memory_budget: int | None = None) -> Tensor:
     """Structured derivatives: the MLP's feature products, or per-layer gradients of any
-    network of ``Dense`` and ``Conv`` layers (``layerwise``)."""
+    network of ``Dense`` and ``Conv`` layers (``layerwise``, in chunks that fit
+    ``memory_budget``; an MLP's tile is bounded by its size alone)."""
     if isinstance(model, MLP):
         return ntk_structured(model, x1, x2, trace=trace)
-    return ntk_layerwise(model, x1, x2, trace=trace)
+    return ntk_layerwise(model, x1, x2, trace=trace, memory_budget=memory_budget)
 
 
 METHODS = {"structured": ntk_structured_any, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}

@@ -10,6 +10,7 @@ split in four and retried instead of failing the trial.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import MLP
-from .layerwise import layer_gradient_sizes
+from .layerwise import footprint
 from .ntk_methods import METHODS, trainable_params
 
 __all__ = ["Tile", "TileComputation", "TileExecutor", "SerialExecutor", "plan_tiles",
@@ -48,20 +49,22 @@ class TileComputation:
     x2: Tensor | None
     method: str
     trace: bool = False            # the per-logit mean (r, c) instead of (r, c, k, k)
+    memory_budget: int | None = None   # bytes per tile
 
     def to(self, device: str | torch.device) -> TileComputation:
-        return TileComputation(self.model.to(device), self.x1.to(device),
-                               None if self.x2 is None else self.x2.to(device), self.method,
-                               self.trace)
+        return dataclasses.replace(self, model=self.model.to(device), x1=self.x1.to(device),
+                                   x2=None if self.x2 is None else self.x2.to(device))
 
     def __call__(self, tile: Tile) -> Tensor:
         """The (r, c, k, k) block (``trace``: (r, c)), splitting itself in four on CUDA
         out-of-memory (the pieces then come back assembled on the host)."""
         xr = self.x1[tile.r0:tile.r1]
         xc = (self.x1 if self.x2 is None else self.x2)[tile.c0:tile.c1]
+        # only the conv nets' structured method splits its work further under the budget
+        budget = {"memory_budget": self.memory_budget} if self.method == "structured" else {}
         try:
             return METHODS[self.method](self.model, xr, None if tile.diagonal else xc,
-                                        trace=self.trace)
+                                        trace=self.trace, **budget)
         except torch.cuda.OutOfMemoryError:
             if tile.r1 - tile.r0 <= 1 and tile.c1 - tile.c0 <= 1:
                 raise
@@ -89,13 +92,16 @@ class SerialExecutor:
 
 
 def tile_bytes(model: nn.Module, method: str, rows: int, cols: int, out_dim: int,
-               itemsize: int) -> int:
+               itemsize: int, point: Tensor | None = None) -> int:
     """Working-memory estimate (bytes) of one rows × cols tile, excluding the model itself
-    and the assembled output: per-point features or Jacobians plus per-pair blocks."""
+    and the assembled output: per-point features or Jacobians plus per-pair blocks.
+    ``point`` (1, …): an input, needed for the structured method on conv nets (their
+    signals' sizes depend on the image size)."""
     k = out_dim
-    if method == "structured" and not isinstance(model, MLP):   # per-layer gradients,
-        per_point = 3 * k * sum(layer_gradient_sizes(model)) // 2  # and their transients
-        per_pair = 2 * k * k
+    if method == "structured" and not isinstance(model, MLP):   # layer signals and the
+        if point is None:                                       # smallest gradient chunk
+            raise ValueError("tile_bytes needs an example input for a conv net's layers")
+        return footprint(model, point).tile_bytes(rows + cols) + itemsize * rows * cols * 2 * k * k
     elif method == "structured":
         per_point = sum(l.in_features + (k + 2) * l.weight.shape[0] for l in model.layers)
         per_pair = 2 * k * k + 2

@@ -1,0 +1,107 @@
+"""ntksweep against neural-tangents, side by side in one run on one machine (issues #3, #22).
+
+neural-tangents is archived and needs its own venv (never a dependency of ntksweep):
+
+    python -m venv /tmp/ntvenv && /tmp/ntvenv/bin/pip install neural-tangents==0.6.5 \
+        jax==0.4.23 jaxlib==0.4.23 "numpy<2" "scipy<1.13" tf2jax==0.3.5
+    python benchmarks/bench_peer.py --peer-python /tmp/ntvenv/bin/python
+
+Both sides get the same inputs, float32 for the networks, best of --repeats after one warm-up
+(neural-tangents: after jit compilation). The peer runs first, in its own process, so the two
+never share the cores.
+1. analytic CNTK, depth 4 (three 3×3 SAME convolutions, ReLU, GAP, dense), 8×8×1, N = 128
+   (goal ≥ 5×), and the largest difference between the two kernels (relative to its max);
+2. empirical NTK of that CNN at width 128 (goal ≥ 2× the peer's faster implementation);
+3. empirical NTK of a depth-4 ReLU MLP, width 1024, N = 256, d = 16 (goal ≥ 2×).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ntksweep import analytic_kernels, empirical_ntk
+from ntksweep.models import CNN, MLP
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_empirical import best_time  # noqa: E402
+
+SHAPES = dict(depth=4, weight_std=1.0, bias_std=0.1, cnn_n=128, cnn_width=128, mlp_n=256,
+              mlp_width=1024, mlp_dim=16)
+
+
+def run_peer(python: str, x_cnn: np.ndarray, x_mlp: np.ndarray, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, out = Path(tmp, "inputs.npz"), Path(tmp, "peer.npz")
+        np.savez(inputs, cnn_x=x_cnn.transpose(0, 2, 3, 1), mlp_x=x_mlp, **SHAPES)
+        script = Path(__file__).with_name("peer_neural_tangents.py")
+        subprocess.run([python, str(script), str(inputs), str(out), "--repeats", str(repeats)],
+                       check=True, capture_output=True, text=True)
+        with np.load(out) as peer:
+            return {k: peer[k] for k in peer.files}
+
+
+def run_ours(x_cnn: np.ndarray, x_mlp: np.ndarray, repeats: int) -> dict:
+    s, sync = SHAPES, (lambda: None)
+    stds = dict(weight_std=s["weight_std"], bias_std=s["bias_std"])
+    res = {}
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        k = analytic_kernels(x_cnn, architecture="cnn", depth=s["depth"], **stds)
+        best = min(best, time.perf_counter() - t0)
+    res["cnn_analytic_s"], res["cnn_analytic_ntk"] = best, k.ntk
+    nets = {"cnn": (CNN(1, s["cnn_width"], s["depth"], seed=0, **stds), x_cnn),
+            "mlp": (MLP(s["mlp_dim"], s["mlp_width"], s["depth"], seed=0, **stds), x_mlp)}
+    for arch, (net, x) in nets.items():
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        for method in ("structured", "jacobian"):
+            res[f"{arch}_empirical_{method}_s"] = best_time(
+                lambda net=net, xt=xt, method=method: empirical_ntk(net, xt, method=method),
+                repeats, sync)
+    return res
+
+
+def report(ours: dict, peer: dict) -> None:
+    print(f"2-core CPU here; peer: {peer['versions']} on {peer['devices']}")
+    diff = np.abs(ours["cnn_analytic_ntk"] - peer["cnn_analytic_ntk"]).max()
+    scale = np.abs(ours["cnn_analytic_ntk"]).max()
+    rows = [("analytic CNTK, N=128", "cnn_analytic_s", ["cnn_analytic_s"]),
+            ("empirical CNN w=128, N=128", "cnn_empirical_structured_s",
+             ["cnn_empirical_structured_s", "cnn_empirical_jacobian_s"]),
+            ("empirical MLP w=1024, N=256", "mlp_empirical_structured_s",
+             ["mlp_empirical_structured_s", "mlp_empirical_jacobian_s"])]
+    print(f"{'':<29}{'ntksweep':>10}{'neural-tangents (best impl.)':>30}{'speed-up':>10}")
+    for label, mine, theirs in rows:
+        t_peer = min(float(peer[k]) for k in theirs)
+        which = min(theirs, key=lambda k: float(peer[k])).split("_")[-2]
+        print(f"{label:<29}{ours[mine]:>9.3f}s{t_peer:>20.3f}s ({which:>10})"
+              f"{t_peer / ours[mine]:>9.2f}×")
+    print(f"analytic CNTK: ntksweep (float64) vs neural-tangents (float32): "
+          f"max |ΔΘ| / max Θ = {diff / scale:.1e}")
+    print("all seconds: " + ", ".join(f"{k} ours {ours[k]:.3f} peer {float(peer[k]):.3f}"
+                                      for k in ours if k.endswith("_s")))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--peer-python", required=True, help="the Python of the neural-tangents venv")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    x_cnn = rng.normal(size=(SHAPES["cnn_n"], 1, 8, 8))
+    x_mlp = rng.normal(size=(SHAPES["mlp_n"], SHAPES["mlp_dim"]))
+    peer = run_peer(args.peer_python, x_cnn, x_mlp, args.repeats)
+    report(run_ours(x_cnn, x_mlp, args.repeats), peer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
