@@ -26,8 +26,8 @@ from .trial_spec import TrialSpec  # noqa: E402
 __all__ = ["PowerLaw", "bootstrap_ci", "seed_summary", "fit_power_law", "width_exponents",
            "depth_trend", "fig_dist_vs_width", "fig_dist_over_time", "fig_depth_width_heatmap",
            "circle_kernel_rows", "circle_limit", "fig_jacot_fig1", "fig2_bands",
-           "fig_jacot_fig2", "save_figure", "MIN_WIDTHS", "group_columns", "seed_band",
-           "width_ticks"]
+           "fig_jacot_fig2", "save_figure", "MIN_WIDTHS", "group_columns", "group_label",
+           "seed_band", "width_ticks"]
 
 MIN_WIDTHS = 3   # a width exponent's CI needs at least this many widths
 
@@ -85,11 +85,19 @@ def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
 
 
 def group_columns(trials: pd.DataFrame, base: tuple[str, ...]) -> list[str]:
-    """``base`` columns the table has, then the dataset, parametrization and optimizer
-    where the sweep varies them (a lazy-vs-rich sweep compares them line by line)."""
-    extra = [c for c in ("dataset", "parametrization", "optimizer")
+    """``base`` columns the table has, then the dataset, parametrization, optimizer and
+    learning rate where the sweep varies them (a lazy-vs-rich sweep compares them line by
+    line; nets trained at different rates are different experiments, never averaged)."""
+    extra = [c for c in ("dataset", "parametrization", "optimizer", "lr")
              if c in trials.columns and trials[c].nunique() > 1 and c not in base]
     return [c for c in base if c in trials.columns] + extra
+
+
+def group_label(by: list[str], key, sep: str = " ") -> str:
+    """A group's values as a legend or title reads them: ``L=4``, ``lr 0.25``, ``relu``."""
+    key = key if isinstance(key, tuple) else (key,)
+    named = {"depth": "L={}", "lr": "lr {:g}"}
+    return sep.join(named.get(c, "{}").format(v) for c, v in zip(by, key))
 
 
 def width_exponents(trials: pd.DataFrame, metric: str = "init_dist_inf",
@@ -154,7 +162,7 @@ def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     by = group_columns(trials, ("architecture", "activation", "depth"))
     for key, g in trials.groupby(by, sort=True):
-        name = ", ".join(f"L={v}" if c == "depth" else str(v) for c, v in zip(by, key))
+        name = group_label(by, key, ", ")
         fit = fit_power_law(g["width"], g[metric])
         ci = f"[{fit.slope_lo:+.2f}, {fit.slope_hi:+.2f}]" \
             if g.width.nunique() >= MIN_WIDTHS else f"({g.width.nunique()} widths: no CI)"

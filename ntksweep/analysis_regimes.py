@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .analysis import group_columns, plt, seed_band, seed_summary, width_ticks
+from .analysis import group_columns, group_label, plt, seed_band, seed_summary, width_ticks
 from .parametrizations import ROLES
 from .records import KR_KERNELS
 
@@ -19,11 +19,6 @@ def test_score(trials: pd.DataFrame) -> str:
     """'acc' where every trial's data have labels (its accuracy columns are measured),
     else 'loss' (the MSE, defined for every data set)."""
     return "acc" if trials.final_test_acc.notna().all() else "loss"
-
-
-def _name(by: list[str], key) -> str:
-    key = key if isinstance(key, tuple) else (key,)
-    return " ".join(f"L={v}" if c == "depth" else str(v) for c, v in zip(by, key))
 
 
 def test_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +67,7 @@ def fig_test_scores(trials: pd.DataFrame):
         width_ticks(ax, g.width)
         ax.set_xlabel("width n")
         ax.set_ylabel("test accuracy" if score == "acc" else "test MSE")
-        ax.set_title(_name(by, key), fontsize=9)
+        ax.set_title(group_label(by, key), fontsize=9)
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
@@ -94,7 +89,7 @@ def fig_coord_check(trials: pd.DataFrame):
         for key, g in trials.groupby(by, sort=True):
             s = seed_summary(g, ["width"], f"final_coord_{role}_change")
             if np.isfinite(s["mean"]).any():
-                seed_band(ax, s, _name(by, key))
+                seed_band(ax, s, group_label(by, key))
         ax.set_xscale("log")
         ax.set_yscale("log")
         width_ticks(ax, trials.width)
