@@ -43,6 +43,10 @@ def is_layerwise(model: nn.Module) -> bool:
 # A tile's forward and backward passes go in batches of at least this many examples where
 # the budget is tight (smaller batches make the convolutions' products inefficient).
 SIGNAL_BATCH = 64
+# On the CPU a layer's gradients are formed in chunks of about this many bytes (see
+# ``_channels_per_chunk``; measured in benchmarks/RESULTS.md, session 11).
+CPU_CHUNK_BYTES = 32 << 20
+MIN_CHUNK_CHANNELS = 8
 
 
 @dataclass(frozen=True)
@@ -160,20 +164,27 @@ def _gradient_chunks(m: nn.Module, a: Tensor, d: Tensor, channels: int) -> Itera
             patches = F.unfold(part, m.kernel_size, padding=pad)          # (N, c k², P)
         else:
             patches = part[:, :, None]                                    # (N, c, 1)
-        yield torch.einsum("ncop,nmp->ncom", d, patches).flatten(2).mul_(scale)
+        g = torch.einsum("ncop,nmp->ncom", d, patches).flatten(2).mul_(scale)
+        del patches
+        yield g
+        del g
     yield d.sum(-1) * (m.bias_mult * m.bias_lr ** 0.5)
 
 
 def _channels_per_chunk(m: nn.Module, a: Tensor, d: Tensor, points: int,
                         room: int | None) -> int:
-    """All input channels at once without a budget; else as many as ``room`` bytes hold
-    for ``points`` examples (at least one: the tile planner made room for that)."""
-    if room is None:
-        return a.shape[1]
+    """As many input channels as ``room`` bytes hold for ``points`` examples (at least one:
+    the tile planner made room for that; all without a budget). On the CPU also at most a
+    cache-sized chunk (its Gram product reads it back from the cache: 1.4× faster at
+    width 128, N = 128), but not fewer than ``MIN_CHUNK_CHANNELS`` for that (thinner
+    chunks make the k-output products inefficient)."""
     kk = m.kernel_size ** 2 if isinstance(m, Conv) else 1
     shape = _LayerShape(a.shape[1], a[0, 0].numel(), d.shape[2], d.shape[3], kk)
     per_channel = points * shape.channel_bytes(d.shape[1], a.element_size())
-    return int(min(a.shape[1], max(1, room // per_channel)))
+    fit = a.shape[1] if room is None else max(1, room // per_channel)
+    if not a.is_cuda:
+        fit = min(fit, max(MIN_CHUNK_CHANNELS, CPU_CHUNK_BYTES // per_channel))
+    return int(min(a.shape[1], fit))
 
 
 def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
@@ -202,6 +213,7 @@ def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
         for g1 in chunks1:                                                # (n, k, m) each
             g2 = g1 if x2 is None else next(chunks2)
             _accumulate(theta, g1, g2, trace, symmetric=x2 is None)
+            del g1, g2                    # the next chunk takes their place, not a second one
     if trace:
         return theta.mean(0)
     return theta.reshape(n1, k, n2, k).permute(0, 2, 1, 3)
