@@ -163,23 +163,32 @@ def test_memory_budget_bounds_the_tiles():
         empirical_ntk(model, x, memory_budget=100)
 
 
-def test_out_of_memory_tile_is_split_and_retried(monkeypatch):
+@pytest.mark.parametrize("make, shape, budget", [
+    (lambda: MLP(3, 8, 2, seed=0, dtype=torch.float64), (3,), None),
+    (lambda: CNN(2, 6, 3, out_dim=2, bias_std=0.1, seed=0, dtype=torch.float64), (2, 5, 5),
+     2**20),
+    (lambda: ResNet(1, 6, 4, seed=0, dtype=torch.float64), (1, 5, 5), None),
+], ids=["mlp", "cnn-under-a-budget", "resnet"])
+def test_out_of_memory_tile_is_split_and_retried(monkeypatch, make, shape, budget):
     # No GPU is needed to check the recovery logic: a method that runs out of memory on
-    # any tile larger than 2×2 must still produce the exact kernel through sub-tiles.
-    model = MLP(3, 8, 2, seed=0, dtype=torch.float64)
-    x = torch.randn(9, 3, dtype=torch.float64)
+    # any tile larger than 2×2 must still produce the exact kernel through sub-tiles
+    # (a conv net's pieces keep their memory budget).
+    model = make()
+    x = torch.randn(9, *shape, dtype=torch.float64)
     full = empirical_ntk(model, x)
     real = ntk_methods.METHODS["structured"]
     calls = []
 
     def flaky(m, a, b=None, **options):
         calls.append(a.shape[0])
+        assert options.get("memory_budget") == budget
         if a.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("simulated: tile too large")
         return real(m, a, b, **options)
 
     monkeypatch.setitem(ntk_methods.METHODS, "structured", flaky)
-    torch.testing.assert_close(empirical_ntk(model, x, method="structured"), full)
+    got = empirical_ntk(model, x, method="structured", memory_budget=budget)
+    torch.testing.assert_close(got, full, rtol=1e-12, atol=1e-12)
     assert max(calls) == 9 and min(calls) <= 2
 
 
