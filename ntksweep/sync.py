@@ -45,36 +45,44 @@ def _axes_of(sweep_yaml: str) -> tuple[tuple[str, ...], str]:
 
 
 def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
-    """Through an open ``Tracker``: one child run for each trial of the Parquet store that
-    has no run whose MLflow status matches its Parquet status, with its params, metric
-    histories (the checkpoint records, as a live run logs them) and status."""
+    """Through an open ``Tracker``: for each trial of the Parquet store that has no run whose
+    MLflow status matches its Parquet status, its params, metric histories (the checkpoint
+    records, as a live run logs them) and status. They go to the run its attempt already
+    has where a killed driver left one unfinished (it had written Parquet, not yet ended the
+    run), else to a new child run: an attempt never has two runs."""
     trials = store.load_trials(out_dir)
     if trials.empty:
         return {"pushed": 0, "already_there": 0}
-    present = _runs_by_status(tracker, sweep_id)
+    runs = _child_runs(tracker, sweep_id)
+    present = {(r.data.tags.get("trial_id"), r.info.status) for r in runs}
     missing = trials[[(tid, Status(s).mlflow) not in present
                       for tid, s in zip(trials["trial_id"], trials["status"])]]
     if missing.empty:        # the common resume: the checkpoints need not be read at all
         return {"pushed": 0, "already_there": len(trials)}
+    unfinished = {(r.data.tags.get("trial_id"), r.data.tags.get("attempt")): r.info.run_id
+                  for r in runs if r.info.status in _UNFINISHED}
     _, ckpts = store.load_results(out_dir, {"trial_id": list(missing["trial_id"])})
-    pushed = 0
     for _, row in missing.iterrows():
-        status = Status(row["status"])
-        spec = store.spec_from_row(row)
-        handle = tracker.start_trial(row["trial_id"], int(row["attempts"]), spec.to_dict(),
-                                     {"synced": "true"})
-        for _, rec in ckpts[ckpts["trial_id"] == row["trial_id"]].iterrows():
+        tid, attempt = row["trial_id"], int(row["attempts"])
+        spec = store.spec_from_row(row).to_dict()
+        if run_id := unfinished.get((tid, str(attempt))):
+            handle = tracker.reopen_trial(run_id, spec)
+        else:
+            handle = tracker.start_trial(tid, attempt, spec, {"synced": "true"})
+        for _, rec in ckpts[ckpts["trial_id"] == tid].iterrows():
             values = {c: store.plain_value(rec[c]) for c in RECORD_COLUMNS}
             tracker.log_record(handle, {k: v for k, v in values.items() if v is not None})
-        tracker.end_trial(handle, status, {"error": row["error"] or None})
-        pushed += 1
-    return {"pushed": pushed, "already_there": len(trials) - pushed}
+        tracker.end_trial(handle, Status(row["status"]),
+                          {"error": row["error"] or None, "synced": "true"})
+    return {"pushed": len(missing), "already_there": len(trials) - len(missing)}
 
 
-def _runs_by_status(tracker, sweep_id: str) -> set[tuple[str, str]]:
-    """(trial_id, MLflow status) of every child run of the sweep."""
-    runs = tracker.client.search_runs(
+_UNFINISHED = ("RUNNING", "KILLED")   # the MLflow statuses a killed driver leaves
+
+
+def _child_runs(tracker, sweep_id: str) -> list:
+    """Every child run of the sweep."""
+    return tracker.client.search_runs(
         [tracker.experiment_id],
         f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'trial'",
         max_results=50000)
-    return {(r.data.tags.get("trial_id"), r.info.status) for r in runs}

@@ -172,24 +172,37 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
 
 
 @pytest.mark.slow
-def test_sync_pushes_completed_trials_whose_only_runs_were_killed(ray_local, tmp_path):
+def test_sync_completes_the_runs_a_killed_driver_left_of_trials_in_parquet(ray_local, tmp_path):
+    """A driver killed after its Parquet write and before its runs ended: each attempt keeps
+    its one run, completed in place — the points it lacks added, none twice."""
     spec = load_sweep_spec({"name": "ks", "output_dir": str(tmp_path / "ks"), "base": TINY,
                             "grid": {"width": [8, 16]}})
     summary = run_sweep(spec, quiet=True)
-    uri = summary.tracking_uri
+    uri, out = summary.tracking_uri, summary.out_dir
     client = MlflowClient(uri)
-    for run in _children(uri, "ks"):   # as after a Ctrl-C whose trials then finished untracked
-        client.set_terminated(run.info.run_id, "KILLED")
-    sync = [sys.executable, "-m", "ntksweep.cli", "sync", summary.out_dir]
-    first = subprocess.run(sync, capture_output=True, text=True, timeout=300)
-    assert "2 trials pushed" in first.stdout, first.stdout + first.stderr
-    second = subprocess.run(sync, capture_output=True, text=True, timeout=300)
-    assert "0 trials pushed, 2 already there" in second.stdout, second.stdout + second.stderr
+    ckpts = ntksweep.load_results(out)[1]
+    full, cut = _children(uri, "ks")
+    client.set_terminated(full.info.run_id, "KILLED")    # every point had been sent …
+    client.log_metric(full.info.run_id, "dist_inf", 9.0, step=10**6)   # … and one more
+    client.delete_run(cut.info.run_id)                   # this one was cut short: its tags,
+    first = client.get_metric_history(cut.info.run_id, "dist_inf")[0]  # one point, no params
+    cut_id = client.create_run(full.info.experiment_id, tags=cut.data.tags).info.run_id
+    client.log_metric(cut_id, "dist_inf", first.value, step=first.step)
+    client.set_terminated(cut_id, "KILLED")
+    sync = [sys.executable, "-m", "ntksweep.cli", "sync", out]
+    once = subprocess.run(sync, capture_output=True, text=True, timeout=300)
+    assert "2 trials pushed" in once.stdout, once.stdout + once.stderr
+    twice = subprocess.run(sync, capture_output=True, text=True, timeout=300)
+    assert "0 trials pushed, 2 already there" in twice.stdout, twice.stdout + twice.stderr
     runs = _children(uri, "ks")
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
-    for run in runs:                 # synced runs carry the records as metrics, not the spec
-        if run.info.status == "FINISHED":
-            assert "width" not in run.data.metrics and "dist_inf" in run.data.metrics
+    assert {r.info.run_id for r in runs} == {full.info.run_id, cut_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "dist_inf")]
+        expected = sorted(ckpts[ckpts.trial_id == run.data.tags["trial_id"]].step)
+        assert sorted(steps) == expected + ([10**6] if run.info.run_id != cut_id else [])
+        assert run.data.tags["synced"] == "true" and run.data.tags["status"] == "completed"
+        assert "width" not in run.data.metrics and run.data.params["width"] in ("8", "16")
 
 
 @pytest.mark.slow

@@ -143,6 +143,7 @@ class Tracker:
         self._queue: queue.Queue = queue.Queue(maxsize=_MAX_QUEUED)
         self._senders = ThreadPoolExecutor(_SENDERS.get(urlparse(uri).scheme, 1), "mlflow-send")
         self._inflight: dict[int, list[Future]] = {}
+        self._logged: dict[int, dict[str, set[int]]] = {}  # reopened handle → key → steps
         try:
             self._open(experiment, sweep_yaml)
         except Exception as e:  # noqa: BLE001  (server down, network, auth…)
@@ -305,6 +306,28 @@ class Tracker:
         self._submit(start_trial)
         return handle
 
+    def reopen_trial(self, run_id: str, spec: dict[str, Any]) -> int:
+        """A handle on an existing child run: an attempt that a killed driver left
+        unfinished in MLflow although Parquet holds its result. The run gets the params it
+        lacks; what is logged through the handle skips the (metric, step) points the run
+        already has; ``end_trial`` gives it its final status: the attempt keeps one run."""
+        handle = next(self._handles)
+        if self.degraded:
+            return handle
+        params = _flat_params(spec)
+
+        def reopen_trial():
+            data = self.client.get_run(run_id).data
+            self._runs[handle] = run_id
+            self._buffers[handle] = _Pending(params=[p for p in params
+                                                     if p.key not in data.params])
+            self._logged[handle] = {
+                key: {m.step for m in self.client.get_metric_history(run_id, key)}
+                for key in data.metrics}
+
+        self._submit(reopen_trial)
+        return handle
+
     def log_record(self, handle: int | None, record: dict[str, Any]) -> None:
         if handle is None or self.degraded:
             return
@@ -313,7 +336,8 @@ class Tracker:
         def log_record():
             buf = self._buffers.get(handle)
             if buf is not None:
-                buf.add_metrics(metrics)
+                logged = self._logged.get(handle, {})
+                buf.add_metrics([m for m in metrics if m.step not in logged.get(m.key, ())])
                 if len(buf.metrics) >= _BATCH:
                     self._flush(handle)
 
@@ -338,6 +362,7 @@ class Tracker:
             run_id = self._runs.pop(handle, None)
             self._buffers.pop(handle, None)
             self._unborn.pop(handle, None)
+            self._logged.pop(handle, None)
             with self._lock:
                 self._ended.discard(handle)
             if run_id:
