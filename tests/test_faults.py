@@ -132,9 +132,9 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     spec_file = tmp_path / "s.yaml"
     out = tmp_path / "out"
     raw = {"name": "two", "output_dir": str(out),
-           "base": {**TINY, "n_train": 32, "steps": 1500, "checkpoints": 10, "width": 512,
+           "base": {**TINY, "n_train": 32, "steps": 2000, "checkpoints": 10, "width": 512,
                     "depth": 3},
-           "grid": {"seed": list(range(12))}}   # ~5 s each: longer than the live-UI window
+           "grid": {"seed": list(range(12))}}   # ~7 s each: longer than the live-UI window
     spec_file.write_text(yaml.safe_dump(raw))
     first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
     try:
@@ -142,18 +142,20 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
         while time.time() < deadline and not list((out / "trials").rglob("*.parquet")):
             time.sleep(0.2)
         assert (out / lock.LOCK_FILE).exists(), first.communicate(timeout=60)[0]
-        second = _cli("run", str(spec_file), "--quiet")
-        text, _ = second.communicate(timeout=120)
-        assert second.returncode == 2, text
-        assert f"pid {first.pid}" in text and "in use by another ntksweep driver" in text
-        dry = _cli("run", str(spec_file), "--dry-run")
-        assert dry.wait(timeout=120) == 2                # the dry run makes the same check
         uri = f"sqlite:///{out / 'mlflow.db'}"
         deadline = time.time() + 60                      # a trial's run is live in MLflow
         while time.time() < deadline and not any(r.info.status == "RUNNING"
                                                  for r in _children(uri, "two")):
             time.sleep(0.5)
         assert any(r.info.status == "RUNNING" for r in _children(uri, "two"))
+        # both at once: the first driver must still be running trials when it is killed
+        second, dry = _cli("run", str(spec_file), "--quiet"), _cli("run", str(spec_file),
+                                                                  "--dry-run")
+        text, _ = second.communicate(timeout=120)
+        assert second.returncode == 2, text
+        assert f"pid {first.pid}" in text and "in use by another ntksweep driver" in text
+        assert dry.wait(timeout=120) == 2                # the dry run makes the same check
+        assert first.poll() is None, "the first driver finished before it could be killed"
     finally:
         first.send_signal(signal.SIGKILL)                # no chance to clean up
         first.wait()
