@@ -8,8 +8,8 @@ is measured in one run, on the machine it runs on.
    Jacobian contraction on the same net (goal ≥ 1.3×), and its roofline ratio: its time ÷ the
    time of the bare operations it needs — one forward and one backward of the convolutions,
    the per-example weight-gradient products, the Gram products (goal ≤ 1.3);
-2. memory: width 256, N = 512 under memory_budget = 512 MiB against the unbounded kernel
-   (equal), with the peak memory of each (fresh processes; max RSS on CPU);
+2. memory: width 256, N = 512 under memory_budget = 512 MiB (and ``--budgets``) against the
+   unbounded kernel (equal), with the peak memory of each (fresh processes; max RSS on CPU);
 3. analytic, the same architecture and inputs at N = 128: the CNTK's time.
 """
 
@@ -101,6 +101,8 @@ def memory_one(cfg: dict) -> dict:
     torch.manual_seed(0)
     x = torch.randn(cfg["n"], 1, 8, 8)
     net = CNN(1, cfg["width"], 4, seed=0)
+    if cfg["warm"]:     # first-use allocations (the convolutions' kernels) not counted
+        empirical_ntk(net, x[:4])
     before, peak, done = _rss(), [0], threading.Event()
 
     def sample():
@@ -121,10 +123,12 @@ def memory_one(cfg: dict) -> dict:
 def memory(args) -> dict:
     ctx = mp.get_context("spawn")
     rows = {}
-    for budget in (512 << 20, None):
+    for budget in sorted({*args.budgets, 512}) + [None]:
+        budget = None if budget is None else budget << 20
         with ctx.Pool(1) as pool:
             rows[str(budget)] = pool.apply(memory_one, ({"n": 512, "width": 256,
-                                                         "budget": budget},))
+                                                         "budget": budget,
+                                                         "warm": args.warm},))
     bounded, unbounded = rows[str(512 << 20)], rows["None"]
     rows["equal_rel"] = abs(bounded["sum"] - unbounded["sum"]) / abs(unbounded["sum"])
     return rows
@@ -135,6 +139,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", choices=["speed", "memory"])
+    p.add_argument("--budgets", type=lambda v: [int(b) for b in v.split(",")], default=[512],
+                   help="memory budgets to measure, MiB, comma-separated (512 always)")
+    p.add_argument("--warm", action="store_true",
+                   help="count memory from after a small kernel (first-use allocations out)")
     args = p.parse_args(argv)
     results = {}
     if args.only in (None, "speed"):
