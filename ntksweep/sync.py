@@ -68,7 +68,7 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
         if run_id := unfinished.get((tid, str(attempt))):
             handle = tracker.reopen_trial(run_id, spec)
         else:
-            handle = tracker.start_trial(tid, attempt, spec, {"synced": "true"})
+            handle = tracker.start_trial(tid, attempt, spec)
         for _, rec in ckpts[ckpts["trial_id"] == tid].iterrows():
             values = {c: store.plain_value(rec[c]) for c in RECORD_COLUMNS}
             tracker.log_record(handle, {k: v for k, v in values.items() if v is not None})
@@ -77,7 +77,7 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
     return {"pushed": len(missing), "already_there": len(trials) - len(missing)}
 
 
-_UNFINISHED = ("RUNNING", "KILLED")   # the MLflow statuses a killed driver leaves
+_UNFINISHED = {Status.RUNNING.mlflow, Status.KILLED.mlflow}   # what a killed driver leaves
 
 
 def _child_runs(tracker, sweep_id: str) -> list:

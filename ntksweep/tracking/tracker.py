@@ -75,12 +75,14 @@ def _metrics(record: Record, now_ms: int) -> list[Metric]:
 
 @dataclass
 class _Pending:
-    """What a child run has not sent yet."""
+    """What a child run has not sent yet. ``logged``: metric key → the steps the run already
+    has (a reopened run), which are not sent again."""
 
     params: list[Param] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
     tags: list[RunTag] = field(default_factory=list)
     since: float = field(default_factory=time.monotonic)  # when the oldest item came in
+    logged: dict[str, set[int]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.params or self.metrics or self.tags)
@@ -91,6 +93,8 @@ class _Pending:
         return out
 
     def add_metrics(self, metrics: list[Metric]) -> None:
+        if self.logged:
+            metrics = [m for m in metrics if m.step not in self.logged.get(m.key, ())]
         if not self:
             self.since = time.monotonic()
         self.metrics.extend(metrics)
@@ -143,7 +147,6 @@ class Tracker:
         self._queue: queue.Queue = queue.Queue(maxsize=_MAX_QUEUED)
         self._senders = ThreadPoolExecutor(_SENDERS.get(urlparse(uri).scheme, 1), "mlflow-send")
         self._inflight: dict[int, list[Future]] = {}
-        self._logged: dict[int, dict[str, set[int]]] = {}  # reopened handle → key → steps
         try:
             self._open(experiment, sweep_yaml)
         except Exception as e:  # noqa: BLE001  (server down, network, auth…)
@@ -319,11 +322,10 @@ class Tracker:
         def reopen_trial():
             data = self.client.get_run(run_id).data
             self._runs[handle] = run_id
-            self._buffers[handle] = _Pending(params=[p for p in params
-                                                     if p.key not in data.params])
-            self._logged[handle] = {
-                key: {m.step for m in self.client.get_metric_history(run_id, key)}
-                for key in data.metrics}
+            self._buffers[handle] = _Pending(
+                params=[p for p in params if p.key not in data.params],
+                logged={key: {m.step for m in self.client.get_metric_history(run_id, key)}
+                        for key in data.metrics})
 
         self._submit(reopen_trial)
         return handle
@@ -336,8 +338,7 @@ class Tracker:
         def log_record():
             buf = self._buffers.get(handle)
             if buf is not None:
-                logged = self._logged.get(handle, {})
-                buf.add_metrics([m for m in metrics if m.step not in logged.get(m.key, ())])
+                buf.add_metrics(metrics)
                 if len(buf.metrics) >= _BATCH:
                     self._flush(handle)
 
@@ -362,7 +363,6 @@ class Tracker:
             run_id = self._runs.pop(handle, None)
             self._buffers.pop(handle, None)
             self._unborn.pop(handle, None)
-            self._logged.pop(handle, None)
             with self._lock:
                 self._ended.discard(handle)
             if run_id:
