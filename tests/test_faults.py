@@ -129,48 +129,57 @@ def _children(uri, name):
 
 @pytest.mark.slow
 def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
+    """One long trial and four short ones on two workers (longest first): the short ones
+    reach Parquet while the long one is still live in MLflow, for seconds on any machine —
+    the kill lands in the middle of it, not in a window between two trials' runs."""
     spec_file = tmp_path / "s.yaml"
     out = tmp_path / "out"
     raw = {"name": "two", "output_dir": str(out),
-           "base": {**TINY, "n_train": 32, "steps": 2000, "checkpoints": 10, "width": 512,
-                    "depth": 3},
-           "grid": {"seed": list(range(12))}}   # ~7 s each: longer than the live-UI window
+           "base": {**TINY, "n_train": 32, "checkpoints": 10, "width": 512, "depth": 3},
+           "zip": [{"seed": [0, 1, 2, 3, 4], "steps": [10000, 20, 20, 20, 20]}]}
     spec_file.write_text(yaml.safe_dump(raw))
     first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list((out / "trials").rglob("*.parquet")):
-            time.sleep(0.2)
-        assert (out / lock.LOCK_FILE).exists(), first.communicate(timeout=60)[0]
-        uri = f"sqlite:///{out / 'mlflow.db'}"
-        deadline = time.time() + 60                      # a trial's run is live in MLflow
-        while time.time() < deadline and not any(r.info.status == "RUNNING"
-                                                 for r in _children(uri, "two")):
-            time.sleep(0.5)
-        assert any(r.info.status == "RUNNING" for r in _children(uri, "two"))
-        # both at once: the first driver must still be running trials when it is killed
+        _wait_for(lambda: list((out / "trials").rglob("*.parquet")), 120, first)
+        assert (out / lock.LOCK_FILE).exists()
         second, dry = _cli("run", str(spec_file), "--quiet"), _cli("run", str(spec_file),
                                                                   "--dry-run")
         text, _ = second.communicate(timeout=120)
         assert second.returncode == 2, text
         assert f"pid {first.pid}" in text and "in use by another ntksweep driver" in text
         assert dry.wait(timeout=120) == 2                # the dry run makes the same check
-        assert first.poll() is None, "the first driver finished before it could be killed"
+        _wait_for(lambda: any(r.info.status == "RUNNING" for r in _children(uri, "two")),
+                  60, first)                             # the long trial's run is live
     finally:
         first.send_signal(signal.SIGKILL)                # no chance to clean up
         first.wait()
     done_before = set(ntksweep.load_results(out)[0].trial_id)
+    assert len(done_before) == 4                         # the long one was cut short
     summary = run_sweep(load_sweep_spec(spec_file), quiet=True)     # takes the dead one's lock
-    assert summary.counts == {"completed": 12 - len(done_before)}
+    assert summary.counts == {"completed": 1}
     runs = _children(uri, "two")
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
     trials = ntksweep.load_results(out)[0]
-    assert len(trials) == 12 and trials.trial_id.is_unique
+    assert len(trials) == 5 and trials.trial_id.is_unique
     for _, row in trials.iterrows():                    # exactly one finished run per trial,
         mine = [r for r in runs if r.data.tags["trial_id"] == row.trial_id]
         finished = [r for r in mine if r.info.status == "FINISHED"]
-        assert len(finished) == 1                       # numbered after the killed attempts
+        assert len(finished) == 1                       # numbered after the killed attempt
         assert int(finished[0].data.tags["attempt"]) == row.attempts == len(mine)
+    assert sorted(len([r for r in runs if r.data.tags["trial_id"] == t])
+                  for t in trials.trial_id) == [1, 1, 1, 1, 2]
+
+
+def _wait_for(condition, seconds: float, driver: subprocess.Popen) -> None:
+    """Poll until ``condition()``, failing with the driver's output if it ends first."""
+    deadline = time.time() + seconds
+    while not condition():
+        if driver.poll() is not None or time.time() > deadline:
+            driver.kill()
+            raise AssertionError(f"waited {seconds} s; the driver said:\n"
+                                 + driver.communicate(timeout=60)[0][-3000:])
+        time.sleep(0.3)
 
 
 @pytest.mark.slow
