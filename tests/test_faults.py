@@ -141,7 +141,7 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
     uri = f"sqlite:///{out / 'mlflow.db'}"
     try:
-        _wait_for(lambda: list((out / "trials").rglob("*.parquet")), 120, first)
+        _wait_for(lambda: len(list((out / "trials").rglob("*.parquet"))) == 4, 240, first)
         assert (out / lock.LOCK_FILE).exists()
         second, dry = _cli("run", str(spec_file), "--quiet"), _cli("run", str(spec_file),
                                                                   "--dry-run")
