@@ -10,7 +10,9 @@ is measured in one run, on the machine it runs on.
    the per-example weight-gradient products, the Gram products (goal ≤ 1.3);
 2. memory: width 256, N = 512 under memory_budget = 512 MiB (and ``--budgets``) against the
    unbounded kernel (equal), with the peak memory of each (fresh processes; max RSS on CPU);
-3. analytic, the same architecture and inputs at N = 128: the CNTK's time.
+3. analytic, the same architecture and inputs at N = 128: the CNTK's time;
+4. ``--only scale`` (asked for by name): the CNTK and a width-256 CNN's empirical NTK at
+   N = 1,000s of 8×8 and 16×16 images (``--points``), with the GPU's peak memory.
 """
 
 from __future__ import annotations
@@ -89,6 +91,40 @@ def speed(args) -> dict:
             "analytic_cntk_s": time.perf_counter() - t0}
 
 
+def scale_one(size: int, n: int, device: str, width: int) -> dict:
+    """Whether N = 1,000s of size×size images are practical: the analytic CNTK (depth 4, GAP,
+    ReLU, float64) and a width-``width`` CNN's empirical NTK (float32) at N, timed once each
+    (a first small call outside the timing pays the one-time costs); on CUDA with the peak
+    memory allocated."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    x = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(0))
+    xs = x.double().numpy()
+    analytic_kernels(xs[:4], architecture="cnn", depth=4, device=device)
+    t0 = time.perf_counter()
+    analytic_kernels(xs, architecture="cnn", depth=4, device=device)
+    t_analytic = time.perf_counter() - t0
+    net = CNN(1, width, 4, seed=0, device=device)
+    xd = x.to(device)
+    empirical_ntk(net, xd[:4])
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t0 = time.perf_counter()
+    empirical_ntk(net, xd)
+    sync()
+    t_empirical = time.perf_counter() - t0
+    pairs = n * (n + 1) / 2
+    return {"size": size, "n": n, "width": width, "analytic_s": t_analytic,
+            "analytic_ms_per_pair": 1e3 * t_analytic / pairs, "empirical_s": t_empirical,
+            "empirical_peak_GiB": torch.cuda.max_memory_allocated() / 2**30
+            if device == "cuda" else None}
+
+
+def scale(args) -> list[dict]:
+    return [scale_one(int(size), int(n), args.device, args.width)
+            for size, n in (point.split(":") for point in args.points.split(","))]
+
+
 def _rss_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())[1])
 
@@ -129,7 +165,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=["speed", "memory"])
+    p.add_argument("--only", choices=["speed", "memory", "scale"])
+    p.add_argument("--points", default="8:1000,8:2000,16:1000",
+                   help="scale: image side:N pairs, comma-separated")
+    p.add_argument("--width", type=int, default=256, help="scale: the CNN's channels")
     p.add_argument("--budgets", type=lambda v: [int(b) for b in v.split(",")], default=[512],
                    help="memory budgets to measure, MiB, comma-separated (512 always)")
     p.add_argument("--warm", action="store_true",
@@ -140,6 +179,8 @@ def main(argv=None) -> int:
         results["speed"] = speed(args)
     if args.only in (None, "memory"):
         results["memory"] = memory(args)
+    if args.only == "scale":        # minutes on a CPU: asked for by name only
+        results["scale"] = scale(args)
     print(json.dumps(results, indent=1))
     return 0
 
