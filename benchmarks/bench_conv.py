@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", choices=["speed", "memory", "scale"])
-    p.add_argument("--points", default="8:1000,8:2000,16:1000",
+    p.add_argument("--points", default="8:1000,8:4000,16:1000",
                    help="scale: image side:N pairs, comma-separated")
     p.add_argument("--width", type=int, default=256, help="scale: the CNN's channels")
     p.add_argument("--budgets", type=lambda v: [int(b) for b in v.split(",")], default=[512],

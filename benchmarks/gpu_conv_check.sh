@@ -4,14 +4,13 @@
 #   1. the conv limit on the GPU equals the CPU's (the test that skips without CUDA);
 #   2. bench_conv's speed rows on the GPU (structured vs torch.func, roofline);
 #   3. whether N = 1,000s of 8×8 and 16×16 images are practical: the CNTK and a width-256
-#      CNN's empirical NTK at each of $POINTS, with the peak GPU memory.
+#      CNN's empirical NTK at bench_conv's --points (or $POINTS), with the peak GPU memory.
 # JSON goes to $OUT (the device tool's folder) or ./gpu-out; ~5 min on an H100/H200.
 #   DEVICE=cpu POINTS=8:64 bash benchmarks/gpu_conv_check.sh   # the same steps, on a laptop
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD
 DEVICE=${DEVICE:-cuda}
-POINTS=${POINTS:-8:1000,8:4000,16:1000}
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 PY=$(command -v python3 || command -v python)
@@ -19,7 +18,7 @@ PY=$(command -v python3 || command -v python)
 "$PY" -m pytest -q -p no:cacheprovider tests/test_convnets.py -k "gpu or device" 2>&1 | tail -4
 rc=${PIPESTATUS[0]}
 "$PY" benchmarks/bench_conv.py --device "$DEVICE" --only speed > "$OUT/bench_conv_speed.json" \
-  && tail -n +1 "$OUT/bench_conv_speed.json" || rc=1
-"$PY" benchmarks/bench_conv.py --device "$DEVICE" --only scale --points "$POINTS" \
+  && cat "$OUT/bench_conv_speed.json" || rc=1
+"$PY" benchmarks/bench_conv.py --device "$DEVICE" --only scale ${POINTS:+--points "$POINTS"} \
   > "$OUT/bench_conv_scale.json" && cat "$OUT/bench_conv_scale.json" || rc=1
 exit "$rc"

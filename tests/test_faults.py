@@ -141,7 +141,7 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
     uri = f"sqlite:///{out / 'mlflow.db'}"
     try:
-        _wait_for(lambda: len(list((out / "trials").rglob("*.parquet"))) == 4, 240, first)
+        _wait_for(lambda: len(list((out / "trials").rglob("*.parquet"))) == 4, first)
         assert (out / lock.LOCK_FILE).exists()
         second, dry = _cli("run", str(spec_file), "--quiet"), _cli("run", str(spec_file),
                                                                   "--dry-run")
@@ -150,7 +150,7 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
         assert f"pid {first.pid}" in text and "in use by another ntksweep driver" in text
         assert dry.wait(timeout=120) == 2                # the dry run makes the same check
         _wait_for(lambda: any(r.info.status == "RUNNING" for r in _children(uri, "two")),
-                  60, first)                             # the long trial's run is live
+                  first)                                 # the long trial's run is live
     finally:
         first.send_signal(signal.SIGKILL)                # no chance to clean up
         first.wait()
@@ -171,13 +171,12 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
                   for t in trials.trial_id) == [1, 1, 1, 1, 2]
 
 
-def _wait_for(condition, seconds: float, driver: subprocess.Popen) -> None:
-    """Poll until ``condition()``, failing with the driver's output if it ends first."""
-    deadline = time.time() + seconds
+def _wait_for(condition, driver: subprocess.Popen) -> None:
+    """Poll until ``condition()``; if the driver ends first, fail with what it said (a hang is
+    pytest-timeout's to end, so no machine is too slow for this wait)."""
     while not condition():
-        if driver.poll() is not None or time.time() > deadline:
-            driver.kill()
-            raise AssertionError(f"waited {seconds} s; the driver said:\n"
+        if driver.poll() is not None:
+            raise AssertionError("the driver ended first; it said:\n"
                                  + driver.communicate(timeout=60)[0][-3000:])
         time.sleep(0.3)
 
@@ -392,7 +391,8 @@ def test_the_driver_keeps_no_python_state_per_finished_trial(tmp_path, monkeypat
             if done[0] in (50, 250):
                 caught_up = threading.Event()
                 writer._submit(caught_up.set)        # the writer does requests in order
-                assert caught_up.wait(60)
+                while not caught_up.wait(1):
+                    assert writer._thread.is_alive(), writer.degraded
                 gc.collect()
                 marks[done[0]] = tracemalloc.get_traced_memory()[0]
 
