@@ -9,11 +9,15 @@ Each "# Expected:" comment line of a spec is a check, written
 
     Expected: STAT(COLUMN) in [LO, HI] [where KEY=VALUE, ...]
 
-over the completed trials (``ntksweep.load_results``) that match every KEY=VALUE:
+over the completed trials (``ntksweep.load_results``) that match every KEY=VALUE, in each
+group of them (every field the sweep varies there but width and the seeds, as the report's
+tables): the check passes when every group's value is in the interval.
 
-- ``slope``: the log-log slope of COLUMN against width (the width exponent; from two widths
-  too, where the report gives it no CI);
-- ``mean``, ``min``, ``max``: of COLUMN over those trials;
+- ``slope``: the log-log slope of COLUMN against width (the width exponent), fitted from 3
+  widths or more (SKIP below: two points always fit a line);
+- ``two_point_slope``: log(m₂/m₁)/log(n₂/n₁) between the seed means m at the narrowest and
+  the widest width n — for sweeps of two widths by design (Jacot et al.'s 500 and 10,000);
+- ``mean``, ``min``, ``max``: of COLUMN over a group's trials;
 - ``widest``: for circle sweeps, a check of the Jacot et al. figures at the widest width —
   ``max_rel_gap_theta0`` (Fig. 1: seed-mean Θ_0 against Θ_∞ over γ), ``spread_ratio`` and
   ``median_inside_inf_band`` (Fig. 2: the trained nets' band against the limit's).
@@ -38,7 +42,7 @@ from ntksweep.sweep_spec import load_sweep_spec
 EXPECTED = re.compile(r"#\s*Expected:\s*(?P<stat>\w+)\((?P<col>\w+)\)\s+in\s+"
                       r"\[(?P<lo>[-+.\deE]+),\s*(?P<hi>[-+.\deE]+)\]"
                       r"(?:\s+where\s+(?P<where>.+))?\s*$")
-STATS = ("slope", "mean", "min", "max", "widest")
+STATS = ("slope", "two_point_slope", "mean", "min", "max", "widest")
 
 
 def expected_lines(spec_text: str) -> list[dict]:
@@ -78,22 +82,46 @@ def figure_checks(trials, ckpts, out) -> dict[int, dict]:
     return checks
 
 
-def evaluate(check: dict, done, figures: dict[int, dict]) -> float:
-    """The check's statistic on the completed trials (NaN: nothing to compute it on)."""
+def _statistic(stat: str, col: str, rows) -> float:
+    """One group's value of a check's statistic (NaN: not defined on these rows)."""
+    if stat == "slope":
+        if rows.width.nunique() < analysis.MIN_WIDTHS:
+            return np.nan
+        return analysis.fit_power_law(rows.width, rows[col]).slope
+    if stat == "two_point_slope":
+        means = rows.groupby("width")[col].mean()
+        if len(means) < 2:
+            return np.nan
+        return float(np.log(means.iloc[-1] / means.iloc[0])
+                     / np.log(means.index[-1] / means.index[0]))
+    return float(getattr(rows[col], stat)())
+
+
+def evaluate_groups(check: dict, done, figures: dict[int, dict]) -> list[tuple[str, float]]:
+    """(group, value) for each group of the trials the check's ``where`` selects."""
     if check["stat"] == "widest":
-        return figures[max(figures)].get(check["col"], np.nan) if figures else np.nan
+        return [("widest", figures[max(figures)].get(check["col"], np.nan) if figures
+                 else np.nan)]
     rows = done
     for key, value in check["where"].items():
         if key not in rows.columns:
-            return np.nan
+            return []
         rows = rows[rows[key].astype(str) == value]
     if check["col"] not in rows.columns or rows.empty:
+        return []
+    by = analysis.group_columns(rows)
+    return [(analysis.group_label(by, key, ", "), _statistic(check["stat"], check["col"], g))
+            for key, g in analysis.groups(rows, by)]
+
+
+def evaluate(check: dict, done, figures: dict[int, dict]) -> float:
+    """The check's deciding value: of the groups' finite values, the one farthest outside
+    [lo, hi] (or nearest its edge, when all are inside); NaN when none is finite."""
+    values = [v for _, v in evaluate_groups(check, done, figures) if np.isfinite(v)]
+    if not values:
         return np.nan
-    if check["stat"] == "slope":
-        if rows.width.nunique() < 2:
-            return np.nan
-        return analysis.fit_power_law(rows.width, rows[check["col"]]).slope
-    return float(getattr(rows[check["col"]], check["stat"])())
+    mid, half = (check["lo"] + check["hi"]) / 2, (check["hi"] - check["lo"]) / 2
+    return max(values, key=lambda v: abs(v - mid) - half)
 
 
 def run(target: str, *, smoke: bool = False, out: str | None = None,
@@ -123,8 +151,12 @@ def run(target: str, *, smoke: bool = False, out: str | None = None,
         value = evaluate(check, done, figures)
         verdict = "SKIP" if not np.isfinite(value) else \
             "PASS" if check["lo"] <= value <= check["hi"] else "FAIL"
-        result["expected"].append({**check, "value": value, "verdict": verdict})
-        print(f"{verdict}: {check['text']}  (measured {value:.3g})")
+        per_group = evaluate_groups(check, done, figures)
+        result["expected"].append({**check, "value": value, "verdict": verdict,
+                                   "groups": per_group})
+        shown = "; ".join(f"{g} {v:.3g}" for g, v in per_group) if len(per_group) > 1 \
+            else f"{value:.3g}"
+        print(f"{verdict}: {check['text']}  (measured {shown})")
     return result
 
 

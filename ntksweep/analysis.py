@@ -21,15 +21,16 @@ from scipy import stats  # noqa: E402
 
 from .store import load_array, spec_from_row  # noqa: E402
 from .trial import dataset_for, limit_kernels  # noqa: E402
-from .trial_spec import TrialSpec  # noqa: E402
+from .trial_spec import TRIAL_FIELDS, TrialSpec  # noqa: E402
 
 __all__ = ["PowerLaw", "bootstrap_ci", "seed_summary", "fit_power_law", "width_exponents",
            "depth_trend", "fig_dist_vs_width", "fig_dist_over_time", "fig_depth_width_heatmap",
            "circle_kernel_rows", "circle_limit", "fig_jacot_fig1", "fig2_bands",
-           "fig_jacot_fig2", "save_figure", "MIN_WIDTHS", "group_columns", "group_label",
+           "fig_jacot_fig2", "save_figure", "MIN_WIDTHS", "MIN_DEPTHS", "NEAR_EDGE", "REPLICATES",
+           "varying_fields", "group_columns", "groups", "group_label", "panel_grid",
            "seed_band", "width_ticks"]
 
-MIN_WIDTHS = 3   # a width exponent's CI needs at least this many widths
+MIN_WIDTHS = 3   # fewer widths give no width exponent: two points always fit a line
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 def seed_summary(df: pd.DataFrame, by: list[str], metric: str, **kw) -> pd.DataFrame:
     """One row per group of ``by``: mean of ``metric`` over seeds, bootstrap lo/hi, count."""
     rows = []
-    for key, g in df.groupby(by, sort=True):
+    for key, g in df.groupby(by, sort=True, dropna=False):
         mean, lo, hi = bootstrap_ci(g[metric], **kw)
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), "mean": mean, "lo": lo, "hi": hi, "n": len(g)})
@@ -84,50 +85,93 @@ def fit_power_law(x, y, level: float = 0.95) -> PowerLaw:
                     float(res.intercept), len(lx))
 
 
-def group_columns(trials: pd.DataFrame, base: tuple[str, ...]) -> list[str]:
-    """``base`` columns the table has, then the dataset, parametrization, optimizer and
-    learning rate where the sweep varies them (a lazy-vs-rich sweep compares them line by
-    line; nets trained at different rates are different experiments, never averaged)."""
-    extra = [c for c in ("dataset", "parametrization", "optimizer", "lr")
-             if c in trials.columns and trials[c].nunique() > 1 and c not in base]
-    return [c for c in base if c in trials.columns] + extra
+# Draws of one experiment: every summary pools them (and width is the x axis of the fits).
+REPLICATES = ("seed", "data_seed")
+_NOT_A_GROUP = ("width", *REPLICATES, "device")   # device: the same measurement anywhere
+
+
+def varying_fields(trials: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The spec fields that take more than one value among ``trials`` (in spec order), but
+    for width, the seeds, the device and ``exclude``: what tells a sweep's experiments apart.
+    Every summary is made per combination of them — pooling a CNN with a ResNet, or μP with
+    the NTK parametrization, gives a number that belongs to no network."""
+    return [c for c in TRIAL_FIELDS if c in trials.columns and c not in _NOT_A_GROUP
+            and c not in exclude and trials[c].nunique(dropna=False) > 1]
+
+
+def group_columns(trials: pd.DataFrame, base: tuple[str, ...] = (),
+                  exclude: tuple[str, ...] = ()) -> list[str]:
+    """The ``base`` columns the table has (they name a group in titles even where they do not
+    vary), then every other field the sweep varies (``varying_fields``) but ``exclude``."""
+    named = [c for c in base if c in trials.columns and c not in exclude]
+    return named + [c for c in varying_fields(trials, exclude) if c not in named]
+
+
+def groups(trials: pd.DataFrame, by: list[str]):
+    """(key tuple, rows) per group of ``by`` in sorted order, null values kept as a group of
+    their own (``batch_size: null`` beside ``batch_size: 32``); one group when ``by`` is
+    empty."""
+    if not by:
+        yield (), trials
+        return
+    for key, g in trials.groupby(by, sort=True, dropna=False):
+        yield (key if isinstance(key, tuple) else (key,)), g
 
 
 def group_label(by: list[str], key, sep: str = " ") -> str:
-    """A group's values as a legend or title reads them: ``L=4``, ``lr 0.25``, ``relu``."""
+    """A group's values as a legend or title reads them: ``L=4``, ``lr 0.25``, ``relu``,
+    ``bias_std 0.1`` (a name's value alone where it is a word)."""
     key = key if isinstance(key, tuple) else (key,)
-    named = {"depth": "L={}", "lr": "lr {:g}"}
-    return sep.join(named.get(c, "{}").format(v) for c, v in zip(by, key))
+
+    def one(c, v):
+        if c == "depth":
+            return f"L={v}"
+        if isinstance(v, str):
+            return v
+        return f"{c} {v:g}" if isinstance(v, float) else f"{c} {v}"
+
+    return sep.join(one(c, v) for c, v in zip(by, key)) or "all trials"
 
 
 def width_exponents(trials: pd.DataFrame, metric: str = "init_dist_inf",
                     by: tuple[str, ...] = ("architecture", "depth", "activation")
                     ) -> pd.DataFrame:
-    """The log-log slope of ``metric`` against width per group, with 95 % CI (groups by the
-    ``by`` columns the table has). A slope from fewer than ``MIN_WIDTHS`` widths gets no CI
-    and a caution: two widths always fit a line."""
+    """The log-log slope of ``metric`` against width per group (the ``by`` columns and every
+    other field the sweep varies), with its 95 % CI. Fewer than ``MIN_WIDTHS`` widths give no
+    fit (NaN and a note): two widths always fit a line."""
     rows = []
-    by = tuple(group_columns(trials, by))
-    for key, g in trials.groupby(list(by), sort=True):
-        fit = fit_power_law(g["width"], g[metric])
+    by = group_columns(trials, by)
+    for key, g in groups(trials, by):
         few = g.width.nunique() < MIN_WIDTHS
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), "metric": metric, "slope": fit.slope,
-                     "slope_lo": np.nan if few else fit.slope_lo,
-                     "slope_hi": np.nan if few else fit.slope_hi,
+        fit = fit_power_law(g["width"], g[metric])
+        rows.append({**dict(zip(by, key)), "metric": metric,
+                     **({"slope": np.nan, "slope_lo": np.nan, "slope_hi": np.nan} if few else
+                        {"slope": fit.slope, "slope_lo": fit.slope_lo,
+                         "slope_hi": fit.slope_hi}),
                      "widths": f"{g.width.min()}–{g.width.max()}", "points": fit.n_points,
-                     "note": f"only {g.width.nunique()} widths: no CI" if few else ""})
+                     "note": f"only {g.width.nunique()} widths: no fit" if few else ""})
     return pd.DataFrame(rows)
 
 
+MIN_DEPTHS = 3   # likewise for a depth trend
+# 2ηλ_max(Θ_0)/N from here on is "near" gradient descent's edge of stability at 2: the
+# kernel's movement there is driven by the step size (it grows steeply towards the edge)
+NEAR_EDGE = 1.0
+
+
 def depth_trend(trials: pd.DataFrame, metric: str = "init_dist_inf") -> pd.DataFrame:
-    """At each width: the depth slope of log metric (Hanin & Nica: fluctuations ~ √(L/n),
-    i.e. slope ½ in log L) and the seed means per depth."""
+    """Per group (every varying field but depth) and width: the log-log slope of ``metric``
+    against depth L (Hanin & Nica: fluctuations ~ √(L/n), slope ½) with its 95 % CI, from
+    at least ``MIN_DEPTHS`` depths (an empty table otherwise)."""
     rows = []
-    for (width, act), g in trials.groupby(["width", "activation"], sort=True):
+    by = group_columns(trials, ("activation",), exclude=("depth",)) + ["width"]
+    for key, g in groups(trials, by):
+        if g.depth.nunique() < MIN_DEPTHS:
+            continue
         fit = fit_power_law(g["depth"], g[metric])
-        rows.append({"width": width, "activation": act, "depth_slope": fit.slope,
-                     "depth_slope_lo": fit.slope_lo, "depth_slope_hi": fit.slope_hi})
+        rows.append({**dict(zip(by, key)), "depths": f"{g.depth.min()}–{g.depth.max()}",
+                     "depth_slope": fit.slope, "depth_slope_lo": fit.slope_lo,
+                     "depth_slope_hi": fit.slope_hi})
     return pd.DataFrame(rows)
 
 
@@ -154,21 +198,33 @@ def seed_band(ax, s: pd.DataFrame, label: str, **kw):
     return line.get_color()
 
 
+def panel_grid(n: int, cols: int = 3, size: tuple[float, float] = (4.4, 3.8)):
+    """A figure with ``n`` panels, up to ``cols`` a row: (fig, the n axes); spare cells are
+    hidden."""
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows),
+                             squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:n]
+
+
 def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
                       label: str = "‖Θ₀ − Θ∞‖ / ‖Θ∞‖ at init"):
-    """Metric vs width (log-log), one line per (architecture, activation, depth): the seed
-    mean with its 95 % bootstrap band, the fitted slope (with CI from ≥ 3 widths) in the
-    legend and as a dotted line."""
+    """Metric vs width (log-log), one line per group (``width_exponents``' groups): the seed
+    mean with its 95 % bootstrap band and, from ``MIN_WIDTHS`` widths on, the fitted slope with
+    its CI in the legend and as a dotted line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     by = group_columns(trials, ("architecture", "activation", "depth"))
-    for key, g in trials.groupby(by, sort=True):
+    for key, g in groups(trials, by):
         name = group_label(by, key, ", ")
         fit = fit_power_law(g["width"], g[metric])
-        ci = f"[{fit.slope_lo:+.2f}, {fit.slope_hi:+.2f}]" \
-            if g.width.nunique() >= MIN_WIDTHS else f"({g.width.nunique()} widths: no CI)"
-        color = seed_band(ax, seed_summary(g, ["width"], metric),
-                           f"{name}: slope {fit.slope:+.2f} {ci}")
-        if np.isfinite(fit.slope):
+        fitted = g.width.nunique() >= MIN_WIDTHS and np.isfinite(fit.slope)
+        text = f"slope {fit.slope:+.2f} [{fit.slope_lo:+.2f}, {fit.slope_hi:+.2f}]" if fitted \
+            else f"{g.width.nunique()} widths: no fit"
+        color = seed_band(ax, seed_summary(g, ["width"], metric), f"{name}: {text}")
+        if fitted:
             xs = np.array([g.width.min(), g.width.max()], float)
             ax.plot(xs, fit(xs), ls=":", color=color)
     _loglog(ax, "width n", label)
@@ -179,38 +235,44 @@ def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
     return fig
 
 
-def fig_dist_over_time(ckpts: pd.DataFrame, metric: str = "dist_init", depth: int | None = None):
-    """Metric against training time t = lr·step, one line per width (seed mean)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    data = ckpts if depth is None else ckpts[ckpts.depth == depth]
-    for width, g in data[data.t > 0].groupby("width", sort=True):
-        s = g.groupby("t")[metric].mean()
-        ax.plot(s.index, s.values, marker=".", label=f"n={width}")
-    _loglog(ax, "training time t = lr × step", metric)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{metric} over training" + (f" (L={depth})" if depth else ""))
+def fig_dist_over_time(ckpts: pd.DataFrame, metric: str = "dist_init"):
+    """Metric against training time t = lr·step, one panel per group (every field the sweep
+    varies but width and the seeds), one line per width (seed mean)."""
+    by = group_columns(ckpts)
+    panels = list(groups(ckpts[ckpts.t > 0], by))
+    fig, axes = panel_grid(len(panels))
+    for ax, (key, g) in zip(axes, panels):
+        for width, w in g.groupby("width", sort=True):
+            s = w.groupby("t")[metric].mean()
+            ax.plot(s.index, s.values, marker=".", label=f"n={width}")
+        _loglog(ax, "training time t = lr × step", metric)
+        ax.set_title(group_label(by, key), fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{metric} over training (seed mean per width)")
     fig.tight_layout()
     return fig
 
 
-def fig_depth_width_heatmap(trials: pd.DataFrame, metric: str = "init_dist_inf",
-                            activation: str | None = None):
-    """Seed-mean metric on a depth × width grid."""
-    data = trials if activation is None else trials[trials.activation == activation]
-    table = data.pivot_table(index="depth", columns="width", values=metric, aggfunc="mean")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    im = ax.imshow(np.log10(table.values), aspect="auto", origin="lower", cmap="viridis")
-    ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
-    ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
-    ax.set_xlabel("width n")
-    ax.set_ylabel("depth L")
-    for i in range(table.shape[0]):
-        for j in range(table.shape[1]):
-            v = table.values[i, j]
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
-    fig.colorbar(im, ax=ax, label=f"log10 {metric}")
-    ax.set_title(f"{metric}" + (f" ({activation})" if activation else ""))
+def fig_depth_width_heatmap(trials: pd.DataFrame, metric: str = "init_dist_inf"):
+    """Seed-mean metric on a depth × width grid, one panel per group (every other field the
+    sweep varies)."""
+    by = group_columns(trials, exclude=("depth",))
+    panels = list(groups(trials, by))
+    fig, axes = panel_grid(len(panels), cols=2, size=(6.4, 4.2))
+    for ax, (key, g) in zip(axes, panels):
+        table = g.pivot_table(index="depth", columns="width", values=metric, aggfunc="mean")
+        im = ax.imshow(np.log10(table.values), aspect="auto", origin="lower", cmap="viridis")
+        ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+        ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+        ax.set_xlabel("width n")
+        ax.set_ylabel("depth L")
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                v = table.values[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax, label=f"log10 {metric}")
+        ax.set_title(f"{metric}: {group_label(by, key)}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .analysis import group_columns, group_label, plt, seed_band, seed_summary, width_ticks
+from .analysis import (
+    group_columns,
+    group_label,
+    groups,
+    panel_grid,
+    plt,
+    seed_band,
+    seed_summary,
+    width_ticks,
+)
 from .parametrizations import ROLES
 from .records import KR_KERNELS
 
@@ -30,7 +39,7 @@ def test_table(trials: pd.DataFrame) -> pd.DataFrame:
     net = seed_summary(trials, by, f"final_test_{score}").rename(
         columns={"mean": "net", "lo": "net_lo", "hi": "net_hi", "n": "seeds"})
     cols = [f"final_test_{score}_{k}" for k in ("gd_inf", *[f"kr_{k}" for k in KR_KERNELS])]
-    means = trials.groupby(by, sort=True)[cols].mean()
+    means = trials.groupby(by, sort=True, dropna=False)[cols].mean()
     means = means.rename(columns=lambda c: c.removeprefix(f"final_test_{score}_"))
     return net.merge(means.reset_index(), on=by).assign(score=f"test {score}")
 
@@ -49,11 +58,9 @@ def fig_test_scores(trials: pd.DataFrame):
     Θ_0 and Θ_T."""
     score = test_score(trials)
     by = group_columns(trials, ("architecture", "depth"))
-    groups = list(trials.groupby(by, sort=True))
-    cols = min(3, len(groups))
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.8 * rows), squeeze=False)
-    for ax, (key, g) in zip(axes.flat, groups):
+    panels = list(groups(trials, by))
+    fig, axes = panel_grid(len(panels))
+    for ax, (key, g) in zip(axes, panels):
         seed_band(ax, seed_summary(g, ["width"], f"final_test_{score}"), "trained net",
                   color="black")
         means = g.groupby("width", sort=True).mean(numeric_only=True)
@@ -69,9 +76,7 @@ def fig_test_scores(trials: pd.DataFrame):
         ax.set_ylabel("test accuracy" if score == "acc" else "test MSE")
         ax.set_title(group_label(by, key), fontsize=9)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
-    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()
                if not h.get_label().startswith("_")}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("trained nets vs the kernels of their infinite-width limit (seed means)")
@@ -86,7 +91,7 @@ def fig_coord_check(trials: pd.DataFrame):
     fig, axes = plt.subplots(1, len(roles), figsize=(4.2 * len(roles), 4.0), squeeze=False)
     by = group_columns(trials, ("architecture", "depth"))
     for ax, role in zip(axes[0], roles):
-        for key, g in trials.groupby(by, sort=True):
+        for key, g in groups(trials, by):
             s = seed_summary(g, ["width"], f"final_coord_{role}_change")
             if np.isfinite(s["mean"]).any():
                 seed_band(ax, s, group_label(by, key))

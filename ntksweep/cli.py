@@ -44,7 +44,7 @@ def cmd_run(args) -> int:
     spec_path = args.spec or _default_spec_path()
     spec = load_sweep_spec(spec_path, overrides, smoke=args.smoke)
     if args.dry_run:
-        from .sweep.driver import plan_sweep
+        from .plan import plan_sweep
 
         plan = plan_sweep(spec, tracking_uri=args.tracking_uri, tracking=not args.no_tracking,
                           force=args.force)
@@ -105,7 +105,7 @@ def _quiet_start() -> None:
 
 def _closing_notes(out: str, spec, summary) -> None:
     """The failures (with where their tracebacks are) and the headline result."""
-    from .console import failures, headline
+    from .console import failures, headline, stability_notes
     from .store import load_trials
 
     trials = load_trials(out)
@@ -113,8 +113,10 @@ def _closing_notes(out: str, spec, summary) -> None:
         print("\nfailed trials (tracebacks: the 'error' column of load_results, or each "
               "run's 'error' tag in MLflow):")
         print("\n".join(failures(trials, list(spec.axes()))))
-    if (line := headline(trials)) is not None:
-        print(f"\nheadline: {line}")
+    if lines := headline(trials):
+        print("\nheadline: " + "\n".join(lines))
+    if notes := stability_notes(trials):
+        print("\nnear the edge of stability:\n" + "\n".join(notes))
 
 
 # --------------------------------------------------------------------------- trial

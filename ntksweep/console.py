@@ -8,14 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import store
 from .lock import live_holder
 from .records import Status
 
-__all__ = ["progress", "LogProgress", "failures", "headline", "sweep_numbers",
-           "status_lines"]
+__all__ = ["progress", "LogProgress", "failures", "headline", "stability_notes",
+           "sweep_numbers", "status_lines"]
 
 
 class LogProgress:
@@ -108,41 +109,102 @@ def failures(trials: pd.DataFrame, axes: list[str], limit: int = 10) -> list[str
     return lines
 
 
-def _width_exponent(trials: pd.DataFrame):
-    """(the power-law fit of init dist_inf against width over the finished trials, the
-    number of widths), or None with fewer than 2 widths."""
-    from .analysis import fit_power_law
-
+def _done(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty:  # e.g. the output dir went away under a stopping sweep
-        return None
-    done = trials[trials.status.map(lambda s: Status(s).done)]
-    widths = done.width.nunique()
-    return (fit_power_law(done.width, done.init_dist_inf), widths) if widths >= 2 else None
+        return trials
+    return trials[trials.status.map(lambda s: Status(s).done)]
+
+
+def _exponents(trials: pd.DataFrame) -> pd.DataFrame:
+    """init dist_inf's width exponent per group of the finished trials (``analysis``: every
+    field the sweep varies but width and the seeds); empty with fewer than 2 widths."""
+    from .analysis import width_exponents
+
+    done = _done(trials)
+    if done.empty or done.width.nunique() < 2:
+        return pd.DataFrame()
+    return width_exponents(done, "init_dist_inf", by=())
+
+
+def _group_name(row: pd.Series, by: list[str], sep: str = ", ") -> str:
+    from .analysis import group_label
+
+    return group_label(by, tuple(row[c] for c in by), sep)
+
+
+def _metric_safe(text: str) -> str:
+    """MLflow metric names hold letters, digits and ``_ - . / : space`` only."""
+    return "".join(c if c.isalnum() or c in "_-./: " else " " for c in text).strip()
 
 
 def sweep_numbers(trials: pd.DataFrame) -> dict[str, float]:
-    """The sweep's MLflow metrics: its trials by status, and the width exponent of init
-    dist_inf with its 95 % CI (where there are the widths for them)."""
+    """The sweep's MLflow metrics: its trials by status, and init dist_inf's width exponent
+    with its 95 % CI per group where it has ``MIN_WIDTHS`` widths
+    (``width_exponent_init_dist_inf``; ``…/<group>`` for each group of a sweep of several)."""
     counts = trials.status.value_counts()
     numbers = {f"trials_{s.value}": float(counts.get(s.value, 0))
                for s in (Status.COMPLETED, Status.FAILED, Status.DIVERGED)}
-    if (found := _width_exponent(trials)) is not None:
-        fit = found[0]
-        for suffix, v in (("", fit.slope), ("_lo", fit.slope_lo), ("_hi", fit.slope_hi)):
-            if v == v:                                                   # NaN: too few points
-                numbers[f"width_exponent_init_dist_inf{suffix}"] = float(v)
+    exps = _exponents(trials)
+    by = [c for c in exps.columns if c not in _EXPONENT_COLUMNS]
+    for _, row in exps.iterrows():
+        group = f"/{_metric_safe(_group_name(row, by, ' '))}" if len(exps) > 1 else ""
+        for suffix in ("", "_lo", "_hi"):
+            if np.isfinite(v := row[f"slope{suffix}"]):
+                numbers[f"width_exponent_init_dist_inf{suffix}{group}"] = float(v)
     return numbers
 
 
-def headline(trials: pd.DataFrame) -> str | None:
-    """The width exponent of init dist_inf, with its 95 % CI (or a caution)."""
-    if (found := _width_exponent(trials)) is None:
-        return None
-    fit, widths = found
-    text = f"init dist_inf ∝ width^{fit.slope:.2f}"
-    if widths < 3:
-        return text + f" (from {widths} widths only: no confidence interval; Θ_∞ theory: −0.5)"
-    return text + f" [{fit.slope_lo:.2f}, {fit.slope_hi:.2f}] (95 % CI; theory: −0.5)"
+_EXPONENT_COLUMNS = ("metric", "slope", "slope_lo", "slope_hi", "widths", "points", "note")
+
+
+def headline(trials: pd.DataFrame, limit: int = 12) -> list[str]:
+    """init dist_inf's width exponent with its 95 % CI — one line for a sweep of one group,
+    a line per group otherwise (never one fit over different networks); from fewer than
+    ``MIN_WIDTHS`` widths, the seed means at the narrowest and widest width instead."""
+    exps = _exponents(trials)
+    if exps.empty:
+        return []
+    by = [c for c in exps.columns if c not in _EXPONENT_COLUMNS]
+    done = _done(trials)
+    lines = []
+    for _, row in exps.head(limit).iterrows():
+        if np.isfinite(row.slope):
+            text = (f"init dist_inf ∝ width^{row.slope:.2f} [{row.slope_lo:.2f}, "
+                    f"{row.slope_hi:.2f}] (95 % CI; theory: −0.5)")
+        else:
+            rows = done[(done[by] == row[by]).all(axis=1)] if by else done
+            means = rows.groupby("width").init_dist_inf.mean()
+            text = (f"init dist_inf {means.iloc[0]:.3g} at width {means.index[0]} → "
+                    f"{means.iloc[-1]:.3g} at width {means.index[-1]} ({row.note}; "
+                    f"3 widths or more give the exponent)")
+        lines.append(text if not by else f"  {_group_name(row, by)}: {text}")
+    if by:
+        lines.insert(0, f"per group ({', '.join(by)}):")
+    if len(exps) > limit:
+        lines.append(f"  … and {len(exps) - limit} more groups (ntksweep report OUT)")
+    return lines
+
+
+def stability_notes(trials: pd.DataFrame) -> list[str]:
+    """A line per group (every varying field but width and the seeds) whose trials train
+    near or past gradient descent's edge of stability: 2ηλ_max(Θ_0)/N ≥ ``NEAR_EDGE`` (the
+    linearised net's GD diverges at 2). Its kernel moves because of the step size, not only
+    the width, so its movement does not compare with a group's far from the edge."""
+    from .analysis import NEAR_EDGE, group_columns, group_label, groups
+
+    done = _done(trials)
+    if done.empty or "init_lr_sharpness" not in done or done.init_lr_sharpness.isna().all():
+        return []
+    by = group_columns(done)
+    lines = []
+    for key, g in groups(done, by):
+        worst = g.init_lr_sharpness.max()
+        if worst >= NEAR_EDGE:
+            where = "past" if worst >= 2 else "near"
+            lines.append(f"  {group_label(by, key, ', ')}: 2ηλ_max(Θ₀)/N up to {worst:.2f}, "
+                         f"{where} gradient descent's edge of stability (2); lower its lr to "
+                         "compare its kernel's movement with the others'")
+    return lines
 
 
 def status_lines(out: str | Path) -> list[str]:

@@ -4,8 +4,10 @@ kernels predict — the Θ_∞ linear model after the same GD steps, and kernel 
 
 Θ_∞ and Σ predict the mean over the initial GP (f_0 = 0); Θ_0 starts from this net's f_0
 (the linearised net trained to convergence); Θ_T, the "after kernel", is measured at the
-last checkpoint only. The fixed kernels' solves are done once, at step 0. Kernel losses
-are the MSE on y; accuracies need class labels.
+last checkpoint only. With k > 1 outputs the measured kernels are the full (·, ·, k, k)
+ones, whose output pairs couple at finite width: the regression of the linearised network
+itself, not of its per-logit mean kernel. The fixed kernels' solves are done once, at
+step 0. Kernel losses are the MSE on y; accuracies need class labels.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class HeldOut:
     """The test-set columns of one trial's checkpoints. ``train_limits`` are the trial's Θ_∞
     and Σ on its training points (N, N) each; ``limit_test`` between test and training
     points (T, N); ``ntk(x1, x2)`` measures the net's kernel (the trial's Θ_η), per logit,
-    as numpy; x_te (T, …) and x_tr (N, …) are the inputs as the net reads them. The limits'
+    as numpy — full, (n1, n2, k, k), for k > 1 outputs (the kernel its linearised network
+    trains with); x_te (T, …) and x_tr (N, …) are the inputs as the net reads them. The limits'
     regressions do not depend on the net: ``memo(key, make)`` (a worker's cache) keeps them
     per ``limit_key`` (data, limit and ridge), so each is solved once per worker."""
 
@@ -58,7 +61,9 @@ class HeldOut:
     def record(self, step: int, f_te: np.ndarray, loss: float,
                init: dict[str, np.ndarray]) -> Record:
         """The checkpoint's test columns from the net's test outputs f_te (T, k) and loss;
-        ``init``: Θ_0 on the training points ('theta0_tr') and f_0 there ('f_tr')."""
+        ``init``: Θ_0 on the training points ('theta0_tr', as ``ntk`` measures it), its
+        eigendecomposition ('eig', a callable: shared with the trial) and f_0 there
+        ('f_tr')."""
         rec = {"test_loss": loss, "test_acc": self._accuracy(f_te)}
         if step == 0:
             self._fixed_baselines(f_te, init)
@@ -76,7 +81,7 @@ class HeldOut:
         fixed = {"inf": (lim.ntk, ntk_tr, None, None, self.inf_eig),
                  "nngp": (lim.nngp, nngp_tr, None, None),
                  "init": (self.ntk(self.x_te, self.x_tr), init["theta0_tr"], f0_te,
-                          init["f_tr"])}
+                          init["f_tr"], init["eig"])}
         if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: nothing to regress
             del fixed["nngp"]
         for name, args in fixed.items():

@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["N_EIGS", "KR_KERNELS", "RECORD_COLUMNS", "Record", "Status", "TrialOutcome",
-           "SweepMeta"]
+__all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "RECORD_COLUMNS", "Record", "Status",
+           "TrialOutcome", "SweepMeta"]
 
 N_EIGS = 3
 # kernel regression baselines on the test set (trial.py): Θ_∞, the NNGP Σ, Θ_0 (the
 # linearised net) and Θ_t (the kernel at the last checkpoint, the "after kernel")
 KR_KERNELS = ("inf", "nngp", "init", "t")
 Record = dict[str, Any]
+# step 0 only: stored as the trials table's init_<column>, never as a final value
+INIT_ONLY = ("lr_sharpness",)
 RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
                   "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
                   "f_change", "gap_inf", "gap_lin", "gap_inf_flow", "gap_lin_flow", "dist_nngp",
-                  "kernel_velocity", "target_align",
+                  "lr_sharpness", "kernel_velocity", "target_align",
                   *[f"coord_{r}{s}" for s in ("", "_change") for r in ("input", "hidden",
                                                                          "readout")],
                   "test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",

@@ -94,10 +94,11 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
     coords = ok[ok.final_coord_readout_change.notna()]      # (older files lack the columns)
     if coords.width.nunique() >= 2:
         add(regimes.fig_coord_check(coords), "coord_check")
-    if ok.depth.nunique() >= 2 and ok.width.nunique() >= 1:
+    if ok.depth.nunique() >= 2:
         add(analysis.fig_depth_width_heatmap(ok), "depth_width_heatmap")
-        tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L)",
-                       analysis.depth_trend(ok)))
+    if not (trend := analysis.depth_trend(ok)).empty:
+        tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L, 95 % CI)",
+                       trend))
     if len(ckpts):
         add(analysis.fig_dist_over_time(ckpts[ckpts.trial_id.isin(ok.trial_id)]),
             "dist_init_over_time")

@@ -22,10 +22,12 @@ from .kernels.metrics import (
     KernelDynamics,
     alignment,
     eigendecompose,
+    flat_kernel,
     rel_frobenius,
     top_eigenvalues,
 )
 from .models import CNN, MLP, ResNet
+from .parametrizations import has_nngp_limit
 from .records import N_EIGS, Record, Status, TrialOutcome
 from .train import loss_value, train
 from .trial_spec import TrialSpec
@@ -205,7 +207,7 @@ class _Run:
         self.held_out = None if not spec.n_test else HeldOut(
             spec, data, self.t.x_te, self.t.x_tr,
             (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]), self._inf_eig,
-            _test_limits(spec, data, cache, device), self._ntk, self._kernel_dynamics(),
+            _test_limits(spec, data, cache, device), self._ntk_lin, self._kernel_dynamics(),
             cache.get, (*self.limit_key, spec.ridge))
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
@@ -214,8 +216,9 @@ class _Run:
         self.outputs: dict[int, np.ndarray] = {}
         self.timers = {"train": 0.0, "kernel": 0.0}
         self._resume: float | None = None
-        self.init: dict[str, np.ndarray] = {}   # Θ_0 on [eval; train], f_0 on eval and train
+        self.init: dict[str, np.ndarray] = {}   # Θ_0 (eval × eval; [eval; train] × train), f_0
         self.linear: dict[str, KernelDynamics] = {}   # the linear models, from step 0 on
+        self.eig_lin: tuple[np.ndarray, np.ndarray] | None = None   # of Θ_0(X, X)
         self.previous: tuple[float, np.ndarray] | None = None   # (t, Θ_t) last checkpoint
         self.z_init: list = []        # every layer's pre-activations on eval at step 0
 
@@ -243,23 +246,31 @@ class _Run:
             return loss_value(self.spec, torch.as_tensor(f), y.double().cpu(),
                               None if labels is None else labels.cpu()).item()
 
-    def _ntk(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> np.ndarray:
+    def _ntk(self, x: torch.Tensor, x2: torch.Tensor | None = None, *,
+             trace: bool = True) -> np.ndarray:
+        """The net's Θ_η (n1, n2) per logit, or with ``trace=False`` (n1, n2, k, k) (n1, n2
+        for one output), float64 numpy."""
         return empirical_ntk(self.model, x, x2, method=self.spec.ntk_method,
                              memory_budget=self.spec.memory_budget,
-                             trace=True).double().cpu().numpy()
+                             trace=trace).double().cpu().numpy()
+
+    def _ntk_lin(self, x: torch.Tensor, x2: torch.Tensor) -> np.ndarray:
+        """The kernel the linearised network trains with: with k > 1 outputs the full
+        (n1, n2, k, k) Θ_η, whose output pairs couple at finite width (its per-logit mean
+        would be another linear model); (n1, n2) for one output."""
+        return self._ntk(x, x2, trace=self.out_dim == 1)
 
     def measure(self, step: int) -> None:
         """The checkpoint record at ``step`` (before that step's update)."""
         self._sync()
         t0 = time.perf_counter()
         self.timers["train"] += t0 - (self._resume or t0)
-        t, m = self.t, self.m
+        t = self.t
         ev = forward_pass(self.model, t.x_ev)
         f_ev, f_tr = ev.output, self._outputs(t.x_tr)
-        if step == 0:  # Θ_0 on [eval; train]: the linearised network's kernel
-            self.init = {"theta0": self._ntk(torch.cat([t.x_ev, t.x_tr])), "f_ev": f_ev,
-                         "f_tr": f_tr}
-            theta = self.init["theta0"][:m, :m]
+        if step == 0:
+            self._initial_kernels(f_ev, f_tr)
+            theta = self.init["theta0"]
         else:
             theta = self._ntk(t.x_ev)
         rec: Record = {"step": step, "t": self.spec.lr * step,
@@ -281,9 +292,37 @@ class _Run:
             self.on_checkpoint(rec)
         self._resume = time.perf_counter()
 
+    def _initial_kernels(self, f_ev: np.ndarray, f_tr: np.ndarray) -> None:
+        """Θ_0 per logit on the eval set (M, M) (the distances'), and the linearised network's
+        kernel (``_ntk_lin``) between [eval; train] and train (M + N, N[, k, k]) (its linear
+        models', its test-set regression's and its step-size sharpness)."""
+        t, m, one = self.t, self.m, self.out_dim == 1
+        both = torch.cat([t.x_ev, t.x_tr])
+        lin = self._ntk(both, trace=True) if one else self._ntk_lin(both, t.x_tr)
+        theta0 = lin[:m, :m] if one else self._ntk(t.x_ev)
+        self.init = {"theta0": theta0, "lin_xX": lin[:m, m:] if one else lin[:m],
+                     "lin_XX": lin[m:, m:] if one else lin[m:], "f_ev": f_ev, "f_tr": f_tr}
+
+    def _lin_eig(self) -> tuple[np.ndarray, np.ndarray]:
+        """Θ_0(X, X)'s eigendecomposition ((N k, N k) flat for k outputs), once per trial:
+        the eval set's and the test set's linear models and the sharpness share it."""
+        if self.eig_lin is None:
+            xx = self.init["lin_XX"]
+            self.eig_lin = eigendecompose(xx if xx.ndim == 2 else flat_kernel(xx))
+        return self.eig_lin
+
+    def _lr_sharpness(self) -> float:
+        """η · 2λ_max(Θ_0(X, X))/N: the step size against the sharpness of the linearised
+        net's MSE loss at init (its Gauss–Newton curvature is (2/N) Θ); gradient descent on it
+        diverges above 2 (the edge of stability, Cohen et al. 2021). NaN where the net does not
+        train by MSE gradient descent (Adam's steps, cross-entropy's curvature differ)."""
+        if not self._kernel_dynamics():
+            return float("nan")
+        return 2 * self.spec.lr * float(self._lin_eig()[0].max()) / self.data.x_train.shape[0]
+
     def _kernel_metrics(self, theta: np.ndarray) -> Record:
         """Θ_t (M, M) against Θ_∞ and Θ_0: distances, alignments, top eigenvalues."""
-        theta0 = self.init["theta0"][:self.m, :self.m]
+        theta0 = self.init["theta0"]
         nan = float("nan")
         finite = bool(np.isfinite(theta).all())
         rec = {"dist_inf": rel_frobenius(theta, self.theta_inf) if finite else nan,
@@ -302,10 +341,13 @@ class _Run:
         ``gap_*`` after the same number of full-batch GD steps with Θ_∞ / Θ_0 (the discrete
         dynamics a linearised network follows exactly; for SGD, the full-batch GD its steps
         follow in expectation), ``gap_*_flow`` the continuous gradient flow at t = lr·step;
-        ``dist_nngp`` from the readout's input ``features`` (M, F)."""
-        m, spec, nan = self.m, self.spec, float("nan")
+        ``dist_nngp`` from the readout's input ``features`` (M, F), where the
+        parametrization has an NNGP limit (NaN otherwise: ``_nngp_distance``);
+        ``lr_sharpness`` at step 0."""
+        spec, nan = self.spec, float("nan")
         rec = {"f_change": float(np.sqrt(np.mean((f_ev - self.init["f_ev"]) ** 2))),
-               "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan}
+               "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan,
+               "lr_sharpness": self._lr_sharpness() if step == 0 else nan}
         if self._kernel_dynamics():
             for name, model in self._linear_models().items():
                 for suffix, pred in (("", model.gd(spec.lr, step)),
@@ -313,18 +355,28 @@ class _Run:
                     with np.errstate(over="ignore", invalid="ignore"):  # a diverging model
                         gap = np.sqrt(np.mean((f_ev - pred) ** 2))
                     rec[f"gap_{name}{suffix}"] = float(gap)
-        rec["dist_nngp"] = rel_frobenius(self._nngp(features), self.limit.nngp[:m, :m])
+        rec["dist_nngp"] = self._nngp_distance(features)
         return rec
+
+    def _nngp_distance(self, features: np.ndarray) -> float:
+        """‖Σ_n − Σ^(L)‖_F / ‖Σ^(L)‖_F on the eval set. NaN under μP and mean-field: their
+        readout's prior variance vanishes with width, so Σ^(L) is the bias's σ_b² alone and
+        the distance would measure only a readout term that vanishes like 1/n (or divide by
+        zero at σ_b = 0)."""
+        if not has_nngp_limit(self.spec.parametrization):
+            return float("nan")
+        return rel_frobenius(self._nngp(features), self.limit.nngp[:self.m, :self.m])
 
     def _linear_models(self) -> dict[str, KernelDynamics]:
         """The linear models with Θ_∞ and Θ_0 from this trial's f_0, built once (their
         eigendecompositions are the costly part) and read at every checkpoint."""
         if not self.linear:
-            m, init = self.m, self.init
-            self.linear = {name: KernelDynamics(k[:m, m:], k[m:, m:], init["f_ev"],
-                                                init["f_tr"], self.data.y_train, eig=eig)
-                           for name, k, eig in (("inf", self.limit.ntk, self._inf_eig()),
-                                                ("lin", init["theta0"], None))}
+            m, init, y = self.m, self.init, self.data.y_train
+            self.linear = {
+                "inf": KernelDynamics(self.limit.ntk[:m, m:], self.limit.ntk[m:, m:],
+                                      init["f_ev"], init["f_tr"], y, eig=self._inf_eig()),
+                "lin": KernelDynamics(init["lin_xX"], init["lin_XX"], init["f_ev"],
+                                      init["f_tr"], y, eig=self._lin_eig())}
         return self.linear
 
     def _feature_metrics(self, step: int, theta: np.ndarray, z: list) -> Record:
@@ -348,9 +400,10 @@ class _Run:
         """The held-out test set's columns (``held_out``; NaN without one)."""
         if self.held_out is None:
             return {c: float("nan") for c in TEST_COLUMNS}
-        t, m = self.t, self.m
+        t = self.t
         f_te = self._outputs(t.x_te)
-        init = {"theta0_tr": self.init["theta0"][m:, m:], "f_tr": self.init["f_tr"]}
+        init = {"theta0_tr": self.init["lin_XX"], "f_tr": self.init["f_tr"],
+                "eig": self._lin_eig}
         return self.held_out.record(step, f_te, self._loss(f_te, t.y_te, t.lab_te), init)
 
     def _kernel_dynamics(self) -> bool:

@@ -198,8 +198,15 @@ name: x
                            "final_test_acc": [0.8, 0.85] * 3})
     values = [analyze.evaluate(c, trials, {}) for c in checks]
     assert values[0] == pytest.approx(-0.5)        # only the cnn rows: the mlp's slope is −1
-    assert values[1] == pytest.approx(0.825)       # outside [0.9, 1]: a FAIL
+    # per architecture, never pooled (0.825 belongs to no network); the worst one decides
+    assert analyze.evaluate_groups(checks[1], trials, {}) == [("cnn", pytest.approx(0.8)),
+                                                              ("mlp", pytest.approx(0.85))]
+    assert values[1] == pytest.approx(0.8)         # outside [0.9, 1]: a FAIL
     assert np.isnan(values[2])                     # SKIP
+    two = trials[trials.width < 256]               # two widths: no fit, and the slope SKIPs
+    assert np.isnan(analyze.evaluate(checks[0], two, {}))
+    two_point = {**checks[0], "stat": "two_point_slope"}
+    assert analyze.evaluate(two_point, two, {}) == pytest.approx(-0.5)
 
 
 def test_analyze_explains_itself():

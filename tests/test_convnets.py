@@ -86,17 +86,19 @@ def direct(x, y, *, architecture, depth, k, padding, readout, sw=1.0, sb=0.1):
     return sw * sw * ed_mean + out_sigma, out_sigma
 
 
-@pytest.mark.parametrize("architecture, padding, readout, depth", [
-    ("cnn", "same", "gap", 3), ("cnn", "same", "flatten", 3), ("cnn", "valid", "flatten", 2),
-    ("cnn", "valid", "gap", 2), ("resnet", "same", "gap", 4)])
+@pytest.mark.parametrize("architecture, padding, readout, depth, k", [
+    ("cnn", "same", "gap", 3, 3), ("cnn", "same", "flatten", 3, 3),
+    ("cnn", "valid", "flatten", 2, 3), ("cnn", "valid", "gap", 2, 3),
+    ("resnet", "same", "gap", 4, 3),
+    ("cnn", "same", "gap", 3, 11)])     # a window wider than twice the image: offsets ≥ 4 see 0
 def test_limits_equal_a_direct_double_sum_over_pixel_pairs(architecture, padding, readout,
-                                                           depth):
+                                                           depth, k):
     x = RNG.normal(size=(2, 2, 4, 4))
     got = analytic_kernels(x, architecture=architecture, depth=depth, bias_std=0.1,
-                           padding=padding, readout=readout)
+                           padding=padding, readout=readout, kernel_size=k)
     for i in range(2):
         for j in range(2):
-            ntk, nngp = direct(x[i], x[j], architecture=architecture, depth=depth, k=3,
+            ntk, nngp = direct(x[i], x[j], architecture=architecture, depth=depth, k=k,
                                padding=padding, readout=readout)
             assert got.ntk[i, j] == pytest.approx(ntk, rel=1e-10)
             assert got.nngp[i, j] == pytest.approx(nngp, rel=1e-10)

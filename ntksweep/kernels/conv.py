@@ -67,7 +67,7 @@ def _shift_mean(e: Tensor, k: int, padding: str, axes: tuple[int, int]) -> Tenso
         return out.div_(k)
     out = e.clone()                                                      # d = 0
     for d in range(-(k // 2), k // 2 + 1):
-        if d:  # outputs whose p + d (and q + d) stay inside the image: zeros elsewhere
+        if d and abs(d) < n:  # outputs whose p + d (and q + d) stay inside the image
             lo, hi = max(0, -d), min(n, n - d)
             cut(out, lo, hi).add_(cut(e, lo + d, hi + d))
     return out.div_(k)

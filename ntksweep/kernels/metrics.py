@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "KernelDynamics", "eigendecompose",
-           "kernel_flow_prediction", "kernel_gd_prediction", "kernel_flow_gaussian"]
+           "flat_kernel", "per_logit", "kernel_flow_prediction", "kernel_gd_prediction",
+           "kernel_flow_gaussian"]
 
 
 def rel_frobenius(a: np.ndarray, b: np.ndarray) -> float:
@@ -21,6 +22,19 @@ def alignment(a: np.ndarray, b: np.ndarray) -> float:
     """Kernel alignment ⟨a, b⟩_F / (‖a‖_F ‖b‖_F) ∈ [−1, 1] (Cristianini et al. 2002;
     the "kernel velocity" cosine of Fort et al. 2020 is 1 − this)."""
     return float(np.vdot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def flat_kernel(theta: np.ndarray) -> np.ndarray:
+    """A k-output kernel (n1, n2, k, k) as the (n1 k, n2 k) matrix it is: row (i, a), column
+    (j, b) holds Θ(x_i, x_j)[a, b]."""
+    n1, n2, k, _ = theta.shape
+    return theta.transpose(0, 2, 1, 3).reshape(n1 * k, n2 * k)
+
+
+def per_logit(theta: np.ndarray) -> np.ndarray:
+    """The per-logit mean (1/k) Σ_c Θ[:, :, c, c] (n1, n2) of a k-output kernel (n1, n2, k, k)
+    (what the distances compare; it is Θ_∞ for the limit Θ_∞ ⊗ I_k)."""
+    return np.einsum("ijcc->ij", theta) / theta.shape[2]
 
 
 def top_eigenvalues(k: np.ndarray, m: int = 3) -> np.ndarray:
@@ -44,23 +58,33 @@ class KernelDynamics:
     does not shrink with width). Both g tend to their λ → 0 limits (2t/N, 2ηs/N), so
     singular kernels are fine. ``regression`` is the t → ∞ end, g(λ) = 1/(λ + ridge).
 
-    Shapes: theta_xX (M, N), theta_XX (N, N), f0_x (M, k), f0_X (N, k), y (N, k) — the
-    per-logit kernel acting on each output column (Θ ⊗ I_k). ``eig``: Θ(X, X)'s
-    ``eigendecompose``, where it is already known (a fixed kernel shared by models).
+    Shapes: theta_xX (M, N), theta_XX (N, N), f0_x (M, k), f0_X (N, k), y (N, k) — one
+    kernel acting on each output column (Θ ⊗ I_k: the limit, or a one-output net) — or the
+    full k-output kernels theta_xX (M, N, k, k), theta_XX (N, N, k, k), whose output pairs
+    couple (a finite net's Θ_0: the true linearised network); then Θ(X, X) is the
+    (N k, N k) ``flat_kernel``. ``eig``: Θ(X, X)'s ``eigendecompose`` (of that flat matrix
+    for a full kernel), where it is already known (a fixed kernel shared by models).
     """
 
     def __init__(self, theta_xX: np.ndarray, theta_XX: np.ndarray, f0_x: np.ndarray,
-                 f0_X: np.ndarray, y: np.ndarray, *, n_train: int | None = None,
+                 f0_X: np.ndarray | float, y: np.ndarray, *, n_train: int | None = None,
                  eig: tuple[np.ndarray, np.ndarray] | None = None):
         self.n = n_train or y.shape[0]
+        self.shape = f0_x.shape                                          # (M, k)
+        residual = y - f0_X                                              # (N, k)
+        if theta_XX.ndim == 4:  # one output column of the (N k)-long stacked targets
+            theta_xX, theta_XX = flat_kernel(theta_xX), flat_kernel(theta_XX)
+            f0_x, residual = f0_x.reshape(-1, 1), residual.reshape(-1, 1)
         self.lam, v = eig if eig is not None else eigendecompose(theta_XX)
         self.proj = theta_xX @ v                                         # (M, N)
-        self.residual = v.T @ (y - f0_X)                                 # (N, k), eigenbasis
+        self.residual = v.T @ residual                                   # (N, k), eigenbasis
         self.f0_x = f0_x
 
     def _at(self, gain: np.ndarray) -> np.ndarray:
-        """f_0(x) + Θ(x, X) V diag(gain) Vᵀ (Y − f_0(X)) for gain (N,) or (T, N)."""
-        return self.f0_x + np.einsum("mn,...n,nk->...mk", self.proj, gain, self.residual)
+        """f_0(x) + Θ(x, X) V diag(gain) Vᵀ (Y − f_0(X)) for gain (N,) or (T, N): (M, k) or
+        (T, M, k)."""
+        out = self.f0_x + np.einsum("mn,...n,nk->...mk", self.proj, gain, self.residual)
+        return out.reshape(*out.shape[:-2], *self.shape)
 
     def flow(self, t: float | np.ndarray) -> np.ndarray:
         """f_t(x) (M, k), or (T, M, k) for a vector of times."""
@@ -98,14 +122,6 @@ def kernel_flow_prediction(
     Shapes as ``KernelDynamics``, or with a full (M, N, k, k) / (N, N, k, k) kernel,
     flattened to (M k, N k). Returns (M, k), or (T, M, k) for a vector of times.
     """
-    n, k = y.shape
-    if theta_XX.ndim == 4:  # rows (i, a), columns (j, b); the cost still averages over N
-        m = theta_xX.shape[0]
-        flat = kernel_flow_prediction(
-            theta_xX.transpose(0, 2, 1, 3).reshape(m * k, n * k),
-            theta_XX.transpose(0, 2, 1, 3).reshape(n * k, n * k),
-            f0_x.reshape(-1, 1), f0_X.reshape(-1, 1), y.reshape(-1, 1), t, n_train=n)
-        return flat.reshape(*flat.shape[:-2], m, k)
     return KernelDynamics(theta_xX, theta_XX, f0_x, f0_X, y, n_train=n_train).flow(t)
 
 

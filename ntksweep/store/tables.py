@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..records import RECORD_COLUMNS, Status, SweepMeta, TrialOutcome
+from ..records import INIT_ONLY, RECORD_COLUMNS, Status, SweepMeta, TrialOutcome
 from ..trial_spec import ADDED_LATER, TRIAL_FIELDS, TrialSpec
 from .location import _locate, _Location, _write_table, read_text, save_array, write_text
 
@@ -39,7 +39,8 @@ _SPEC_FIELDS = [pa.field(name, _arrow_type(f.type)) for name, f in TRIAL_FIELDS.
                 if name not in PARTITIONS]
 _META = {b"ntksweep_schema": SCHEMA_VERSION.encode()}
 _INT_RECORD = {"step"}
-FINAL_COLUMNS = [c for c in RECORD_COLUMNS if c not in ("step", "t")]
+FINAL_COLUMNS = [c for c in RECORD_COLUMNS if c not in ("step", "t", *INIT_ONLY)]
+INIT_COLUMNS = ["dist_inf", "dist_nngp", *INIT_ONLY]     # stored as init_<column> too
 
 TRIALS_SCHEMA = pa.schema([
     pa.field("trial_id", pa.string(), nullable=False),
@@ -54,8 +55,7 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("final_step", pa.int64()),
     pa.field("final_t", pa.float64()),
     *[pa.field(f"final_{c}", pa.float64()) for c in FINAL_COLUMNS],
-    pa.field("init_dist_inf", pa.float64()),
-    pa.field("init_dist_nngp", pa.float64()),
+    *[pa.field(f"init_{c}", pa.float64()) for c in INIT_COLUMNS],
     *_SPEC_FIELDS,
 ], metadata=_META)
 
@@ -106,8 +106,7 @@ def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialO
            "attempts": attempts, "error": outcome.error, "run_device": outcome.device,
            "host": host, "wall_seconds": outcome.wall_seconds, "n_checkpoints": len(records),
            "final_step": final.get("step"), "final_t": final.get("t"),
-           "init_dist_inf": first.get("dist_inf"), "init_dist_nngp": first.get("dist_nngp"),
-           **values}
+           **{f"init_{c}": first.get(c) for c in INIT_COLUMNS}, **values}
     row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
     _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id))

@@ -1,7 +1,8 @@
 """Everything that talks to Ray lives in this package (docs/ARCHITECTURE.md: one adapter per
 external system)."""
 
-from .driver import SweepSummary, check_output_dir, plan_sweep, run_sweep, sweep_id_of
+from ..plan import check_output_dir, plan_sweep, sweep_id_of
+from .driver import SweepSummary, run_sweep
 from .shard import RayTileExecutor
 
 __all__ = ["RayTileExecutor", "SweepSummary", "plan_sweep", "check_output_dir", "run_sweep",
