@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
         from .plan import plan_sweep
 
         plan = plan_sweep(spec, tracking_uri=args.tracking_uri, tracking=not args.no_tracking,
-                          force=args.force)
+                          force=args.force, address=args.address)
         states = [r["state"] for r in plan["trials"]]
         done = {s.value for s in Status if s.done}
         print(f"sweep {spec.name!r} (id {plan['sweep_id']}) → {plan['out_dir']}")
@@ -121,8 +121,9 @@ def _closing_notes(out: str, spec, summary) -> None:
 
 # --------------------------------------------------------------------------- trial
 def cmd_trial(args) -> int:
+    from .plan import check_trials
     from .sweep_spec import parse_overrides
-    from .trial import run_trial
+    from .trial import resolve_device, run_trial
     from .yaml_input import load_yaml
 
     fields = {}
@@ -137,6 +138,8 @@ def cmd_trial(args) -> int:
     fields.update({name: load_yaml(getattr(args, name), f"--{name}")[0] for name in TRIAL_FIELDS
                    if getattr(args, name, None) is not None})
     spec = TrialSpec.from_dict(fields)
+    check_trials([spec])                      # the data, the network, the budget
+    resolve_device(spec.device)               # this process runs it: its devices
     print(f"trial {spec.trial_id}: width={spec.width} depth={spec.depth} "
           f"activation={spec.activation} dataset={spec.dataset} lr={spec.lr} steps={spec.steps}")
     result = run_trial(spec)

@@ -24,11 +24,23 @@ import numpy as np
 
 from .errors import DataFileError, SpecError
 
-__all__ = ["Dataset", "DATASETS", "IMAGE_DATASETS", "make_dataset"]
+__all__ = ["Dataset", "DataShape", "DATASETS", "IMAGE_DATASETS", "DIGITS_IMAGES",
+           "make_dataset", "data_shape"]
 
 DATASETS = ("circle", "sphere", "digits", "images", "file")
+DIGITS_IMAGES = 1797    # scikit-learn's bundled 8×8 digits (a test reads the set to check it)
 IMAGE_DATASETS = ("digits", "images", "file")   # what a cnn or resnet can read
 TEACHERS = ("quadratic", "linear", "network")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """One point of a data set: ``in_dim`` features, as an image (C, H, W) where it is one
+    (``image_shape``, else None), and ``out_dim`` targets."""
+
+    in_dim: int
+    image_shape: tuple[int, int, int] | None
+    out_dim: int
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,10 @@ class Dataset:
     @property
     def in_dim(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(self.in_dim, self.image_shape, self.out_dim)
 
     @property
     def out_dim(self) -> int:
@@ -125,8 +141,7 @@ def _digits(n_train: int, n_eval: int, seed: int, n_test: int = 0) -> Dataset:
     bunch = load_digits()
     x, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
     if n_train + n_eval + n_test > len(x):
-        raise SpecError(f"digits has {len(x)} images; n_train + n_eval + n_test = "
-                        f"{n_train + n_eval + n_test}")
+        raise SpecError(_too_many_digits(n_train + n_eval + n_test))
     order = np.random.default_rng(seed).permutation(len(x))
     tr, ev = order[:n_train], order[n_train:n_train + n_eval]
     te = order[n_train + n_eval:n_train + n_eval + n_test]
@@ -136,6 +151,11 @@ def _digits(n_train: int, n_eval: int, seed: int, n_test: int = 0) -> Dataset:
     return Dataset("digits", x[tr], onehot[tr], x[ev], onehot[ev], labels[tr], labels[ev],
                    image_shape=(1, 8, 8), x_test=x[te], y_test=onehot[te],
                    labels_test=labels[te])
+
+
+def _too_many_digits(wanted: int) -> str:
+    return (f"digits has {DIGITS_IMAGES} images but n_train + n_eval + n_test = {wanted}; "
+            "ask for fewer")
 
 
 def _images(n_train: int, n_eval: int, seed: int, side: int, n_test: int = 0) -> Dataset:
@@ -259,3 +279,21 @@ def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: in
     if name == "file":
         return _load_file(path, n_train, n_eval, seed, n_test)
     raise SpecError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def data_shape(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
+               teacher: str = "quadratic", path: str | None = None,
+               train_inputs: str = "gaussian", n_test: int = 0) -> DataShape:
+    """The shape of a data set's points (``make_dataset``'s arguments) without drawing it:
+    from the name for the built-in sets; a file is read and checked whole (once: a missing or
+    malformed one fails here, before anything runs)."""
+    if name == "digits" and n_train + n_eval + n_test > DIGITS_IMAGES:
+        raise SpecError(_too_many_digits(n_train + n_eval + n_test))
+    builtin = {"circle": DataShape(2, None, 1), "sphere": DataShape(dim, None, 1),
+               "digits": DataShape(64, (1, 8, 8), 10),
+               "images": DataShape(dim * dim, (1, dim, dim), 1)}
+    if name in builtin:
+        return builtin[name]
+    return make_dataset(name, n_train=n_train, n_eval=n_eval, seed=seed, dim=dim,
+                        teacher=teacher, path=path, train_inputs=train_inputs,
+                        n_test=n_test).shape

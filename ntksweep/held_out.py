@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,38 +22,48 @@ import torch
 from .data import Dataset
 from .kernels import AnalyticKernels
 from .kernels.metrics import KernelDynamics
-from .kernels.regression import SingularKernelError, kernel_regression
+from .kernels.regression import SingularKernelError, regression_weights
 from .parametrizations import has_nngp_limit
 from .records import KR_KERNELS, Record
 from .trial_spec import TrialSpec
 
-__all__ = ["HeldOut", "TEST_COLUMNS"]
+__all__ = ["HeldOut", "NetKernel", "TEST_COLUMNS"]
 
 TEST_COLUMNS = ("test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
                 *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")])
 _NAMES = {"inf": "Θ_∞", "nngp": "the NNGP Σ", "init": "Θ_0", "t": "Θ_t"}
 
 
+@dataclass(frozen=True)
+class NetKernel:
+    """How the held-out set reads the net's kernel Θ_η — the one its linearised network
+    trains with (per logit for one output, full (n1, n2, k, k) for k): ``kernel(x)`` on x
+    × x, and ``times(x1, x2, α)`` = Θ(x1, x2) α (n1, k) for α (n2, k), without forming
+    Θ(x1, x2) (numpy in, numpy out)."""
+
+    kernel: Callable[[torch.Tensor], np.ndarray]
+    times: Callable[[torch.Tensor, torch.Tensor, np.ndarray], np.ndarray]
+
+
 class HeldOut:
     """The test-set columns of one trial's checkpoints. ``train_limits`` are the trial's Θ_∞
     and Σ on its training points (N, N) each; ``limit_test`` between test and training
-    points (T, N); ``ntk(x1, x2)`` measures the net's kernel (the trial's Θ_η), per logit,
-    as numpy — full, (n1, n2, k, k), for k > 1 outputs (the kernel its linearised network
-    trains with); x_te (T, …) and x_tr (N, …) are the inputs as the net reads them. The limits'
-    regressions do not depend on the net: ``memo(key, make)`` (a worker's cache) keeps them
-    per ``limit_key`` (data, limit and ridge), so each is solved once per worker."""
+    points (T, N); ``net`` reads the net's kernel (``NetKernel``); x_te (T, …) and x_tr
+    (N, …) are the inputs as the net reads them. The limits' regressions do not depend on
+    the net: ``memo(key, make)`` (a worker's cache) keeps them per ``limit_key`` (data,
+    limit and ridge), so each is solved once per worker."""
 
     def __init__(self, spec: TrialSpec, data: Dataset, x_te: torch.Tensor,
                  x_tr: torch.Tensor, train_limits: tuple[np.ndarray, np.ndarray],
                  inf_eig: Callable[[], tuple[np.ndarray, np.ndarray]],
                  limit_test: AnalyticKernels,
-                 ntk: Callable[[torch.Tensor, torch.Tensor], np.ndarray], kernel_flow: bool,
+                 net: NetKernel, kernel_flow: bool,
                  memo: Callable[[tuple, Callable], Record] | None = None,
                  limit_key: tuple = ()):
         self.spec, self.data, self.x_te, self.x_tr = spec, data, x_te, x_tr
         self.memo = memo or (lambda _key, make: make())
         self.limit_key = limit_key
-        self.train_limits, self.limit_test, self.ntk = train_limits, limit_test, ntk
+        self.train_limits, self.limit_test, self.net = train_limits, limit_test, net
         self.inf_eig = inf_eig          # Θ_∞(X, X)'s eigendecomposition, shared (trial)
         self.kernel_flow = kernel_flow           # MSE by gradient descent: a linear model
         self.baselines: Record = {}
@@ -70,18 +81,17 @@ class HeldOut:
         rec.update(self.baselines)
         if self.linear is not None:
             rec.update(self._scores("gd_inf", self.linear.gd(self.spec.lr, step)))
-        if step == self.spec.steps:  # the "after kernel" Θ_T on [train; test] × train
-            n = self.x_tr.shape[0]
-            theta = self.ntk(torch.cat([self.x_tr, self.x_te]), self.x_tr)
-            rec.update(self._regression("t", theta[n:], theta[:n], None, None))
+        if step == self.spec.steps:  # the "after kernel" Θ_T, from a zero start
+            rec.update(self._regression("t", self._measured, self.net.kernel(self.x_tr),
+                                        None, None))
         return {c: rec.get(c, float("nan")) for c in TEST_COLUMNS}
 
     def _fixed_baselines(self, f0_te: np.ndarray, init: dict[str, np.ndarray]) -> None:
         lim, (ntk_tr, nngp_tr) = self.limit_test, self.train_limits
         fixed = {"inf": (lim.ntk, ntk_tr, None, None, self.inf_eig),
                  "nngp": (lim.nngp, nngp_tr, None, None),
-                 "init": (self.ntk(self.x_te, self.x_tr), init["theta0_tr"], f0_te,
-                          init["f_tr"], init["eig"])}
+                 "init": (self._measured, init["theta0_tr"], f0_te, init["f_tr"],
+                          init["eig"])}
         if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: nothing to regress
             del fixed["nngp"]
         for name, args in fixed.items():
@@ -92,19 +102,25 @@ class HeldOut:
             self.linear = KernelDynamics(lim.ntk, ntk_tr, f0_te, init["f_tr"],
                                          self.data.y_train, eig=self.inf_eig())
 
+    def _measured(self, alpha: np.ndarray) -> np.ndarray:
+        """Θ_η(x_te, X) α (T, k) of the net as it is now."""
+        return self.net.times(self.x_te, self.x_tr, alpha)
+
     def _regression(self, name: str, k_te, k_tr, f0_te, f0_tr, eig=None) -> Record:
-        """Kernel regression's test scores. A singular limit kernel (duplicate inputs) is the
-        user's to fix (ridge) and fails the trial with that advice; a singular measured one
-        (a net whose units died) is a measurement: NaN."""
+        """Kernel regression's test scores, f_0 + K(x_te, X) α: K(x_te, X) a limit's (T, N)
+        matrix, or the net's product (``_measured``). A singular limit kernel (duplicate
+        inputs) is the user's to fix (ridge) and fails the trial with that advice; a singular
+        measured one (a net whose units died) is a measurement: NaN."""
+        y = self.data.y_train
         try:
-            pred = kernel_regression(k_te, k_tr, self.data.y_train, ridge=self.spec.ridge,
-                                     f0_x=f0_te, f0_X=f0_tr, name=_NAMES[name],
-                                     eig=None if eig is None else eig())
+            alpha = regression_weights(k_tr, y, ridge=self.spec.ridge, f0_X=f0_tr,
+                                       name=_NAMES[name], eig=None if eig is None else eig())
         except SingularKernelError:
             if name in ("inf", "nngp"):
                 raise
-            pred = np.full((len(k_te), self.data.y_train.shape[1]), np.nan)
-        return self._scores(f"kr_{name}", pred)
+            return self._scores(f"kr_{name}", np.full((len(self.x_te), y.shape[1]), np.nan))
+        pred = k_te(alpha) if callable(k_te) else k_te @ alpha
+        return self._scores(f"kr_{name}", pred if f0_te is None else f0_te + pred)
 
     def _scores(self, suffix: str, pred: np.ndarray) -> Record:
         """MSE on y and accuracy of test-set predictions (T, k)."""

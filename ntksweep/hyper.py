@@ -11,7 +11,7 @@ from .errors import SpecError
 from .parametrizations import PARAMETRIZATIONS, kernel_is_ntk_limit
 
 __all__ = ["PARAMETRIZATIONS", "ARCHITECTURES", "PADDINGS", "READOUTS", "RULES", "problem",
-           "check_network", "check_conv"]
+           "depth_problem", "check_network", "check_conv"]
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -53,11 +53,19 @@ def check_network(*, depth, activation, weight_std, bias_std, parametrization,
     if parametrization == "standard" and not (is_int(width) and width >= 1):
         raise SpecError("parametrization='standard' needs width=<hidden width> (its NTK scales "
                         "with width)")
+    if (text := depth_problem(parametrization, depth)) is not None:
+        raise SpecError(text)
+
+
+def depth_problem(parametrization: str, depth: int) -> str | None:
+    """What is wrong with ``depth`` for ``parametrization`` (a μP net needs a hidden layer;
+    mean-field is defined for two layers), or None."""
     if parametrization == "mean_field" and depth != 2:
-        raise SpecError(f"parametrization 'mean_field' is defined for two-layer networks "
-                        f"(depth 2); got depth {depth} — for deeper ones use 'mup'")
+        return (f"parametrization 'mean_field' is defined for two-layer networks (depth 2); "
+                f"got depth {depth} — for deeper ones use 'mup'")
     if parametrization == "mup" and depth < 2:
-        raise SpecError("parametrization 'mup' needs a hidden layer (depth >= 2)")
+        return f"parametrization 'mup' needs a hidden layer (depth >= 2); got depth {depth}"
+    return None
 
 
 ARCHITECTURES = ("mlp", "cnn", "resnet")
@@ -66,9 +74,10 @@ READOUTS = ("gap", "flatten")
 
 
 def check_conv(*, architecture, depth, kernel_size, padding, readout,
-               parametrization=None) -> None:
+               parametrization=None, image_size: tuple[int, int] | None = None) -> None:
     """The convolutional networks' own rules (after ``check_network``); with a
-    ``parametrization``, also that their limit exists in it (networks need not)."""
+    ``parametrization``, also that their limit exists in it (networks need not); with an
+    ``image_size`` (H, W), that a cnn's valid convolutions leave at least one pixel."""
     if architecture not in ARCHITECTURES:
         raise SpecError(f"architecture must be one of {', '.join(ARCHITECTURES)}; "
                         f"got {architecture!r}")
@@ -82,6 +91,13 @@ def check_conv(*, architecture, depth, kernel_size, padding, readout,
     if architecture == "resnet" and (depth < 2 or padding != "same" or readout != "gap"):
         raise SpecError("a resnet has depth >= 2 (a stem and a readout), padding 'same' and "
                         "readout 'gap'")
+    if image_size is not None and architecture == "cnn" and padding == "valid":
+        left = min(image_size) - (depth - 1) * (kernel_size - 1)
+        if left < 1:
+            raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions leave "
+                            f"nothing of a {image_size[0]}×{image_size[1]} image (each takes "
+                            f"{kernel_size - 1} pixels off its side); use padding 'same', a "
+                            "smaller kernel_size or a smaller depth")
     if parametrization is not None and architecture != "mlp" \
             and not kernel_is_ntk_limit(parametrization):
         raise SpecError(f"the {architecture} limit is implemented for the parametrizations "

@@ -4,9 +4,13 @@ sweep package runs what this plans."""
 
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
 import json
+import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -14,15 +18,18 @@ from typing import Any
 import yaml
 
 from . import store
-from .data import make_dataset
+from .data import DataShape, data_shape
 from .errors import OutputDirError, SpecError, TrackingError, UserError
+from .hyper import check_conv
 from .lock import check_unlocked
+from .memory import TrialMemory, trial_memory
 from .records import Status
-from .sweep_spec import SweepSpec, load_sweep_spec
+from .sweep_spec import Resources, SweepSpec, load_sweep_spec
 from .tracking.uri import resolve_tracking_uri
 from .trial_spec import TRIAL_FIELDS, TrialSpec
 
-__all__ = ["Preflight", "preflight", "plan_sweep", "sweep_id_of", "check_output_dir"]
+__all__ = ["Preflight", "preflight", "plan_sweep", "sweep_id_of", "check_output_dir",
+           "check_trials", "local_gpus"]
 
 
 def sweep_id_of(spec: SweepSpec) -> str:
@@ -109,10 +116,10 @@ class Preflight:
 
 
 def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: bool = True,
-              force: bool = False) -> Preflight:
+              force: bool = False, address: str | None = None) -> Preflight:
     """Every check that can fail before Ray starts or a file is written: the tracking URI,
     the output dir (another sweep, another driver, writability — without creating it) and
-    the data files the trials read."""
+    the trials (``check_trials``; ``address``: the Ray cluster, None for a local one)."""
     meta = store.read_meta(spec.out_dir)
     try:  # a resumed sweep goes on where it was tracked, unless told otherwise
         uri, explicit = resolve_tracking_uri(tracking_uri, spec_uri=spec.tracking_uri,
@@ -125,23 +132,30 @@ def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: boo
     out, sid = check_output_dir(spec, force)
     check_unlocked(out)
     trials = spec.trials()
-    _check_trials(trials, force)
+    check_trials(trials, force=force, resources=spec.resources, local=address is None)
     store.check_writable(out, create=False)
     return Preflight(out, sid, uri, explicit, trials, *store.trial_states(out))
 
 
-def _check_trials(trials: list[TrialSpec], force: bool) -> None:
-    """Load every distinct user data file once, so that a missing or malformed one is refused
-    before anything runs (not as a failed trial per grid point), and refuse a trial whose
-    memory estimate exceeds this machine's memory (``force``: warn and go on)."""
-    in_dims: dict[tuple, int] = {}
+def check_trials(trials: list[TrialSpec], *, force: bool = False,
+                 resources: Resources | None = None, local: bool = True) -> None:
+    """Everything about the trials that can be refused before anything runs, once per
+    distinct data set and network: each data file read whole (a missing or malformed one is
+    one error, not a failed trial per grid point), each network fitting its data (images for
+    conv nets, at least one pixel after valid convolutions), each ``memory_budget`` holding
+    a 1×1 NTK tile, the devices the workers will see under ``resources`` (None: the trials
+    run in this process, which checks its own; ``local``: a Ray started on this machine),
+    and the largest trial's memory against this machine's (``force``: a warning)."""
+    shapes: dict[tuple, DataShape] = {}
     need, worst = 0, trials[0]
     for t in trials:
         key = (t.dataset, *t.data_args().values())
-        if key not in in_dims:
-            in_dims[key] = _in_dim(t)
-        if (bytes_ := t.memory_bytes(in_dims[key])) > need:
+        if key not in shapes:
+            shapes[key] = _data_shape(t)
+        if (bytes_ := _network_bytes(t, shapes[key])) > need:
             need, worst = bytes_, t
+    if resources is not None:
+        _check_devices({t.device for t in trials}, resources, local)
     budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > 0.8 * budget:
         msg = (f"trial {worst.trial_id} (width {worst.width}, depth {worst.depth}, n_train "
@@ -152,13 +166,86 @@ def _check_trials(trials: list[TrialSpec], force: bool) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def _in_dim(t: TrialSpec) -> int:
-    if t.dataset != "file":
-        return {"circle": 2, "sphere": t.dim, "digits": 64, "images": t.dim * t.dim}[t.dataset]
+def _data_shape(t: TrialSpec) -> DataShape:
     try:
-        return make_dataset("file", **t.data_args()).in_dim
+        return data_shape(t.dataset, **t.data_args())
     except UserError as e:
-        raise SpecError(f"trial {t.trial_id} (data_path {t.data_path!r}): {e}") from None
+        where = f"data_path {t.data_path!r}" if t.dataset == "file" else f"dataset {t.dataset}"
+        raise SpecError(f"trial {t.trial_id} ({where}): {e}") from None
+
+
+def _network_bytes(t: TrialSpec, shape: DataShape) -> int:
+    """The trial's estimated peak (``memory.trial_memory``), after refusing a network that
+    does not fit its data or a ``memory_budget`` too small for one NTK entry."""
+    return _checked_memory(*_network_key(t, shape)).peak
+
+
+def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
+    """What a trial's memory and its network's checks depend on (many trials share it)."""
+    out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
+    fields = ("architecture", "width", "depth", "kernel_size", "padding", "readout", "dtype",
+              "optimizer", "batch_size", "n_train", "n_eval", "n_test", "memory_budget",
+              "ntk_method", "loss", "dataset", "data_path")
+    return (TrialSpec(**{f: getattr(t, f) for f in fields}), shape, out_dim)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory:
+    what = f"{t.architecture} of width {t.width}, depth {t.depth}"
+    if t.architecture != "mlp":
+        if shape.image_shape is None:
+            raise SpecError(f"a {t.architecture} reads images, but dataset {t.dataset}"
+                            f"{f' ({t.data_path})' if t.data_path else ''} holds vectors of "
+                            f"{shape.in_dim} features: use images (a file's X as (N, C, H, W))"
+                            " or architecture mlp")
+        try:
+            check_conv(architecture=t.architecture, depth=t.depth, kernel_size=t.kernel_size,
+                       padding=t.padding, readout=t.readout, image_size=shape.image_shape[1:])
+        except SpecError as e:
+            raise SpecError(f"{what}: {e}") from None
+    in_shape = (shape.in_dim,) if t.architecture == "mlp" else shape.image_shape
+    memory = trial_memory(t, in_shape, out_dim)
+    if t.memory_budget is not None and memory.smallest_tile > t.memory_budget:
+        raise SpecError(f"memory_budget={t.memory_budget} bytes is too small for one entry "
+                        f"of the {what}'s empirical NTK (about {memory.smallest_tile} bytes); "
+                        "raise it, or leave it null")
+    return memory
+
+
+def _check_devices(devices: set[str], resources: Resources, local: bool) -> None:
+    """A worker sees only the GPUs Ray gives it, as cuda:0, cuda:1, …: ``gpus_per_trial``
+    of them (one, shared, for a fraction; one for ``auto`` on a cluster with GPUs)."""
+    named = sorted(d for d in devices if d.startswith("cuda"))
+    if not named:
+        return
+    gpus = resources.gpus_per_trial
+    seen = 1 if gpus == "auto" else math.ceil(gpus)
+    if seen == 0:
+        raise SpecError(f"device {named[0]}: resources.gpus_per_trial is 0, so the workers see "
+                        "no GPU; set gpus_per_trial (or device: auto / cpu)")
+    index = max(int(d.partition(":")[2] or 0) for d in named)
+    if index >= seen:
+        raise SpecError(f"device cuda:{index}: each worker sees only the {seen} GPU(s) Ray "
+                        f"gives it, as cuda:0{f'…cuda:{seen - 1}' if seen > 1 else ''}; use "
+                        "device: cuda (or auto)")
+    if local and local_gpus() == 0:
+        raise SpecError(f"device {named[0]}: this machine has no NVIDIA GPU (no "
+                        "/dev/nvidia*, CUDA_VISIBLE_DEVICES empty); use device: auto or cpu, "
+                        "or run on a cluster with GPUs (--address)")
+
+
+def local_gpus() -> int:
+    """NVIDIA GPUs this machine shows (``CUDA_VISIBLE_DEVICES`` if set, else its device
+    files), without starting CUDA: the driver never touches a GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = []
+        for part in visible.split(","):      # CUDA stops at the first invalid entry
+            if not part.strip() or part.strip().startswith("-"):
+                break
+            ids.append(part)
+        return len(ids)
+    return len([d for d in glob.glob("/dev/nvidia*") if re.fullmatch(r"/dev/nvidia\d+", d)])
 
 
 def plan_sweep(spec: SweepSpec, **checks) -> dict[str, Any]:

@@ -16,16 +16,19 @@ import torch
 
 from .data import Dataset, make_dataset
 from .diagnostics import coordinate_check, forward_pass, kernel_velocity, target_alignment
-from .held_out import TEST_COLUMNS, HeldOut
+from .errors import SpecError
+from .held_out import TEST_COLUMNS, HeldOut, NetKernel
 from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
 from .kernels.metrics import (
     KernelDynamics,
     alignment,
     eigendecompose,
     flat_kernel,
+    per_logit,
     rel_frobenius,
     top_eigenvalues,
 )
+from .kernels.ntk_methods import ntk_times
 from .models import CNN, MLP, ResNet
 from .parametrizations import has_nngp_limit
 from .records import N_EIGS, Record, Status, TrialOutcome
@@ -54,15 +57,16 @@ class TrialCache:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' → cuda where this process sees a GPU, else cpu; a named device must exist."""
+    """'auto' → cuda where this process sees a GPU, else cpu; a named device must exist
+    (``SpecError`` otherwise)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.partition(":")[2] or 0)
         if index >= n:
-            raise RuntimeError(f"device {device!r} requested but this process sees {n} CUDA "
-                               "GPU(s)")
+            raise SpecError(f"device {device!r} requested but this process sees {n} CUDA "
+                            "GPU(s); use device: auto or cpu")
     return device
 
 
@@ -207,8 +211,8 @@ class _Run:
         self.held_out = None if not spec.n_test else HeldOut(
             spec, data, self.t.x_te, self.t.x_tr,
             (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]), self._inf_eig,
-            _test_limits(spec, data, cache, device), self._ntk_lin, self._kernel_dynamics(),
-            cache.get, (*self.limit_key, spec.ridge))
+            _test_limits(spec, data, cache, device), NetKernel(self._ntk_lin, self._ntk_times),
+            self._kernel_dynamics(), cache.get, (*self.limit_key, spec.ridge))
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []
@@ -254,11 +258,16 @@ class _Run:
                              memory_budget=self.spec.memory_budget,
                              trace=trace).double().cpu().numpy()
 
-    def _ntk_lin(self, x: torch.Tensor, x2: torch.Tensor) -> np.ndarray:
+    def _ntk_lin(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> np.ndarray:
         """The kernel the linearised network trains with: with k > 1 outputs the full
         (n1, n2, k, k) Θ_η, whose output pairs couple at finite width (its per-logit mean
         would be another linear model); (n1, n2) for one output."""
         return self._ntk(x, x2, trace=self.out_dim == 1)
+
+    def _ntk_times(self, x: torch.Tensor, x2: torch.Tensor, alpha: np.ndarray) -> np.ndarray:
+        """Θ_η(x, x2) α (n, k) for α (n2, k), float64 numpy, without forming Θ_η(x, x2)."""
+        v = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+        return ntk_times(self.model, x, x2, v).double().cpu().numpy()
 
     def measure(self, step: int) -> None:
         """The checkpoint record at ``step`` (before that step's update)."""
@@ -293,15 +302,16 @@ class _Run:
         self._resume = time.perf_counter()
 
     def _initial_kernels(self, f_ev: np.ndarray, f_tr: np.ndarray) -> None:
-        """Θ_0 per logit on the eval set (M, M) (the distances'), and the linearised network's
-        kernel (``_ntk_lin``) between [eval; train] and train (M + N, N[, k, k]) (its linear
-        models', its test-set regression's and its step-size sharpness)."""
-        t, m, one = self.t, self.m, self.out_dim == 1
-        both = torch.cat([t.x_ev, t.x_tr])
-        lin = self._ntk(both, trace=True) if one else self._ntk_lin(both, t.x_tr)
-        theta0 = lin[:m, :m] if one else self._ntk(t.x_ev)
-        self.init = {"theta0": theta0, "lin_xX": lin[:m, m:] if one else lin[:m],
-                     "lin_XX": lin[m:, m:] if one else lin[m:], "f_ev": f_ev, "f_tr": f_tr}
+        """Θ_0 on [eval; train] in one pass: per logit on the eval set (M, M) for the
+        distances, and the linearised network's kernel (``_ntk_lin``) between [eval; train]
+        and train (M + N, N[, k, k]) for its linear models, its test-set regression and its
+        step-size sharpness."""
+        m = self.m
+        both = torch.cat([self.t.x_ev, self.t.x_tr])
+        lin = self._ntk(both, trace=self.out_dim == 1)        # (M+N, M+N) or (…, …, k, k)
+        theta0 = lin[:m, :m] if lin.ndim == 2 else per_logit(lin[:m, :m])
+        self.init = {"theta0": np.ascontiguousarray(theta0), "f_ev": f_ev, "f_tr": f_tr,
+                     "lin_xX": lin[:m, m:].copy(), "lin_XX": lin[m:, m:].copy()}
 
     def _lin_eig(self) -> tuple[np.ndarray, np.ndarray]:
         """Θ_0(X, X)'s eigendecomposition ((N k, N k) flat for k outputs), once per trial:

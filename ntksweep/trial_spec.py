@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .data import DATASETS, IMAGE_DATASETS, TEACHERS
+from .data import DATASETS, DIGITS_IMAGES, IMAGE_DATASETS, TEACHERS
 from .errors import SpecError
-from .hyper import RULES, check_conv, is_finite, is_int, problem
+from .hyper import RULES, check_conv, depth_problem, is_finite, is_int, problem
 
 __all__ = ["TrialSpec", "SpecError", "TRIAL_FIELDS", "suggest"]
 
@@ -96,25 +96,6 @@ class TrialSpec:
                                       for k in unknown))
         return cls(**{k: _coerce(k, v) for k, v in d.items()})
 
-    def memory_bytes(self, in_dim: int) -> int:
-        """A rough upper estimate of the trial's peak memory: the network, its gradients and
-        activations, the structured NTK's per-point features, and the float64 kernels on
-        [eval; train] (Θ_0, Θ_∞, Σ and working copies)."""
-        k = 10 if self.dataset == "digits" else 1
-        n = self.n_train + self.n_eval + self.n_test
-        itemsize = 4 if self.dtype == "float32" else 8
-        if self.architecture == "mlp":
-            params = in_dim * self.width + (self.depth - 2) * self.width ** 2 + self.width * k
-            features = n * self.depth * self.width * (k + 2)
-            return itemsize * (3 * params + 2 * n * self.depth * self.width + features) \
-                + 8 * 5 * n * n
-        # a conv net: P ≤ in_dim pixels; the generic empirical NTK holds per-example Jacobians
-        params = (self.depth - 1) * self.width ** 2 * self.kernel_size ** 2 \
-            + self.width * in_dim * k
-        activations = 2 * n * self.depth * self.width * in_dim
-        return itemsize * (3 * params + activations + n * k * params) + 8 * 5 * n * n \
-            + (1 << 28)                                        # the analytic kernel's tiles
-
     def data_args(self) -> dict[str, Any]:
         """``make_dataset``'s keyword arguments: everything the data set depends on."""
         return {"n_train": self.n_train, "n_eval": self.n_eval, "n_test": self.n_test,
@@ -145,6 +126,8 @@ class TrialSpec:
         for name in RULES:  # the network's rules, shared with models and analytic_kernels
             text = problem(name, getattr(self, name))
             need(text is None, name, text or "")
+        text = depth_problem(self.parametrization, self.depth)
+        need(text is None, "depth", text or "")
         for name, most in _MOST.items():
             v = getattr(self, name)
             need(is_int(v) and 1 <= v <= most, name, f"must be an integer in [1, {most:.0e}]")
@@ -156,6 +139,10 @@ class TrialSpec:
             need(is_int(v) and v >= 0, name, "must be an integer >= 0")
         need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         need(self.teacher in TEACHERS, "teacher", f"must be one of {', '.join(TEACHERS)}")
+        drawn = self.n_train + self.n_eval + self.n_test
+        need(self.dataset != "digits" or drawn <= DIGITS_IMAGES, "n_train",
+             f"digits has {DIGITS_IMAGES} images but n_train + n_eval + n_test = {drawn}; "
+             "ask for fewer")
         need(self.dataset != "file" or bool(self.data_path), "data_path",
              "dataset 'file' needs data_path")
         need(is_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
@@ -215,6 +202,17 @@ def suggest(name: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _whole(value: str | float) -> int | float:
+    """An integer written as one ('1000000000') or as a whole float ('1e9', 1.0e9: YAML reads
+    the first as a string); a fraction stays a float, for the field's rule to refuse."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            value = float(value)
+    return int(value) if value.is_integer() else value
+
+
 def _coerce(name: str, value):
     """YAML and ``--set`` give strings and ints where floats are meant: coerce by the
     field's declared type, and reject what cannot be coerced with the field's name."""
@@ -223,8 +221,8 @@ def _coerce(name: str, value):
         if declared.startswith("float") and isinstance(value, (int, str)) \
                 and not isinstance(value, bool):
             return float(value)
-        if declared.startswith("int") and isinstance(value, str):
-            return int(value)
+        if declared.startswith("int") and isinstance(value, (str, float)):
+            return _whole(value)
         if name == "checkpoint_steps" and value is not None:
             return tuple(int(s) for s in value)
     except (TypeError, ValueError):

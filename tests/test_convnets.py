@@ -287,12 +287,13 @@ def test_conv_ntk_under_a_memory_budget_splits_channels_and_tiles_and_is_exact(
     """Under a budget the kernel comes in tiles, each tile's forward and backward passes in
     batches, and the layers' gradients a few input channels at a time; the kernel is the
     brute-force one."""
+    from ntksweep import memory
     from ntksweep.kernels import layerwise, tiling
 
     model, x = make(), torch.tensor(RNG.normal(size=(12, 3, 5, 5)))
     want = brute_force_ntk(model, x)
     want = want.diagonal(dim1=2, dim2=3).mean(-1) if trace else want
-    monkeypatch.setattr(layerwise, "SIGNAL_BATCH", 2)      # batches smaller than the tiles
+    monkeypatch.setattr(memory, "SIGNAL_BATCH", 2)         # batches smaller than the tiles
     budget = tiling.tile_bytes(model, "structured", 4, 4, 2, 8, x[:1])
     chunks, batches = [], []
     real_chunks, real_batch = layerwise._gradient_chunks, layerwise._batch_signals

@@ -22,8 +22,9 @@ from ntksweep.trial_spec import TrialSpec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def per_logit_ntk(model, x1, x2):
-    """(1/k) Σ_c ∂f_c(x1)·∂f_c(x2) by brute force: the full Jacobian of every output."""
+def full_ntk(model, x1, x2):
+    """Θ(x1, x2)[a, b] = ∂f_a(x1)·∂f_b(x2) (n1, n2, k, k) by brute force: the full Jacobian
+    of every output."""
     params = [p for p in model.parameters()]
 
     def jac(x):
@@ -36,13 +37,34 @@ def per_logit_ntk(model, x1, x2):
         return torch.stack(rows).reshape(out.shape[0], out.shape[1], -1)  # (n, k, P)
 
     j1, j2 = jac(x1), jac(x2)
-    return torch.einsum("ikp,jkp->ij", j1, j2).detach().numpy() / j1.shape[1]
+    return torch.einsum("iap,jbp->ijab", j1, j2).detach().numpy()
+
+
+def per_logit_ntk(model, x1, x2):
+    """(1/k) Σ_c ∂f_c(x1)·∂f_c(x2)."""
+    return np.einsum("ijcc->ij", full_ntk(model, x1, x2)) / 10
+
+
+def flat(theta):
+    """A k-output kernel (n1, n2, k, k) as the (n1 k, n2 k) matrix of the stacked outputs."""
+    n1, n2, k, _ = theta.shape
+    return theta.transpose(0, 2, 1, 3).reshape(n1 * k, n2 * k)
+
+
+def times(theta, v):
+    """Θ v: a per-logit (n1, n2) kernel on each output column, or a full (n1, n2, k, k) one
+    coupling them, applied to v (n2, k)."""
+    return theta @ v if theta.ndim == 2 else np.einsum("ijab,jb->ia", theta, v)
 
 
 def flow(theta_xX, theta_XX, f0_x, f0_X, y, t):
     """f_t(x) under gradient flow on (1/N)Σ‖f − y‖² with a fixed kernel, by a matrix
     exponential and a linear solve (not an eigendecomposition)."""
     n = theta_XX.shape[0]
+    if theta_XX.ndim == 4:          # the stacked (N k) outputs, the cost still over N points
+        decay = np.eye(flat(theta_XX).shape[0]) - expm(-2.0 * t / n * flat(theta_XX))
+        step = np.linalg.solve(flat(theta_XX), decay @ (y - f0_X).reshape(-1))
+        return f0_x + (flat(theta_xX) @ step).reshape(f0_x.shape)
     decay = np.eye(n) - expm(-2.0 * t / n * theta_XX)
     return f0_x + theta_xX @ np.linalg.solve(theta_XX, decay @ (y - f0_X))
 
@@ -51,8 +73,8 @@ def gd(theta_xX, theta_XX, f0_x, f0_X, y, lr, steps):
     """f_s(x) of the linear model by iterating its full-batch GD update s times."""
     f_x, f_X = f0_x.copy(), f0_X.copy()
     for _ in range(steps):
-        f_x, f_X = (f_x - 2 * lr / len(y) * theta_xX @ (f_X - y),
-                    f_X - 2 * lr / len(y) * theta_XX @ (f_X - y))
+        f_x, f_X = (f_x - 2 * lr / len(y) * times(theta_xX, f_X - y),
+                    f_X - 2 * lr / len(y) * times(theta_XX, f_X - y))
     return f_x
 
 
@@ -91,20 +113,25 @@ def test_every_record_column_is_its_formula_recomputed_independently():
     m = 10
 
     def regression(k_te, k_tr, f0_te=0.0, f0_tr=0.0):  # t → ∞ of the flow: a linear solve
-        pred = f0_te + k_te @ np.linalg.solve(k_tr, y_tr - f0_tr)
+        if k_tr.ndim == 4:     # the net's own kernel: its k outputs couple
+            weights = np.linalg.solve(flat(k_tr), (y_tr - f0_tr).reshape(-1))
+            pred = f0_te + (flat(k_te) @ weights).reshape(len(k_te), -1)
+        else:
+            pred = f0_te + k_te @ np.linalg.solve(k_tr, y_tr - f0_tr)
         return {"loss": np.mean(np.sum((pred - y_te) ** 2, 1)),
                 "acc": np.mean(pred.argmax(1) == data.labels_test)}
 
     theta_inf = lim.ntk[:m, :m]
     with torch.no_grad():
         f0_ev, f0_tr = net(x_ev).numpy(), net(x_tr).numpy()
-    t0_ev_tr = per_logit_ntk(net, x_ev, x_tr)
-    t0_tr_tr = per_logit_ntk(net, x_tr, x_tr)
+    t0_ev_tr = full_ntk(net, x_ev, x_tr)            # the linearised net's: full (·, ·, k, k)
+    t0_tr_tr = full_ntk(net, x_tr, x_tr)
     with torch.no_grad():
         f0_te = net(x_te).numpy()
     fixed = {"inf": regression(lim_te.ntk, lim.ntk[m:, m:]),
              "nngp": regression(lim_te.nngp, lim.nngp[m:, m:]),
-             "init": regression(per_logit_ntk(net, x_te, x_tr), t0_tr_tr, f0_te, f0_tr)}
+             "init": regression(full_ntk(net, x_te, x_tr), t0_tr_tr, f0_te, f0_tr)}
+    sharpness = 2 * spec.lr * np.linalg.eigvalsh(flat(t0_tr_tr)).max() / len(y_tr)
     theta0 = per_logit_ntk(net, x_ev, x_ev)
     expected, step = [], 0
 
@@ -143,13 +170,14 @@ def test_every_record_column_is_its_formula_recomputed_independently():
                **{f"eig{i + 1}": eig[i] for i in range(3)},
                **{f"eig{i + 1}_inf": eig_inf[i] for i in range(3)},
                "f_change": np.sqrt(np.mean((f_ev - f0_ev) ** 2)),
-               "dist_nngp": frob(nngp(net, x_ev, 1.0, 0.2), lim.nngp[:m, :m])}
+               "dist_nngp": frob(nngp(net, x_ev, 1.0, 0.2), lim.nngp[:m, :m]),
+               "lr_sharpness": sharpness if step == 0 else np.nan}
         with torch.no_grad():
             f_te = net(x_te).numpy()
         rec["test_loss"] = np.mean(np.sum((f_te - y_te) ** 2, 1))
         rec["test_acc"] = np.mean(f_te.argmax(1) == data.labels_test)
-        after = regression(per_logit_ntk(copy.deepcopy(net), x_te, x_tr),
-                           per_logit_ntk(copy.deepcopy(net), x_tr, x_tr)) \
+        after = regression(full_ntk(copy.deepcopy(net), x_te, x_tr),
+                           full_ntk(copy.deepcopy(net), x_tr, x_tr)) \
             if step == spec.steps else {"loss": np.nan, "acc": np.nan}
         disc = gd(lim_te.ntk, lim.ntk[m:, m:], f0_te, f0_tr, y_tr, spec.lr, step)
         rec["test_loss_gd_inf"] = np.mean(np.sum((disc - y_te) ** 2, 1))

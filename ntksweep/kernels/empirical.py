@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..memory import largest_block
 from ..models import MLP
 from .layerwise import is_layerwise
 from .ntk_methods import METHODS, trainable_params
@@ -15,7 +16,6 @@ from .tiling import (
     SerialExecutor,
     TileComputation,
     TileExecutor,
-    candidate_blocks,
     plan_tiles,
     tile_bytes,
 )
@@ -107,14 +107,14 @@ def _block(model: nn.Module, method: str, n: int, k: int, itemsize: int,
     """The tile side: ``block_size``, or n, shrunk to the largest that fits the budget."""
     block = n if block_size is None else int(block_size)
     if memory_budget is not None:
-        fits = [s for s in candidate_blocks(n)
-                if tile_bytes(model, method, s, s, k, itemsize, point) <= memory_budget]
-        if not fits:
+        fits = largest_block(
+            n, lambda s: tile_bytes(model, method, s, s, k, itemsize, point), memory_budget)
+        if fits is None:
             need = tile_bytes(model, method, 1, 1, k, itemsize, point)
             raise UserError(f"memory_budget={memory_budget} bytes is too small for even a "
                             f"1×1 tile of this model with method={method!r} (needs about "
                             f"{need} bytes); raise the budget")
-        block = min(block, max(fits))
+        block = min(block, fits)
     if block < 1:
         raise UserError(f"block_size must be >= 1; got {block_size!r}")
     return block

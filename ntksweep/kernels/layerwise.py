@@ -19,15 +19,15 @@ its columns split, so Θ = Σ over the chunks of G Gᵀ with no work repeated.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..memory import CPU_CHUNK_BYTES, MIN_CHUNK_CHANNELS, Footprint, LayerShape
 from ..models.layers import Conv, Dense
 
-__all__ = ["ntk_layerwise", "is_layerwise", "footprint", "Footprint", "SIGNAL_BATCH"]
+__all__ = ["ntk_layerwise", "is_layerwise", "footprint", "layer_shapes"]
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -40,59 +40,17 @@ def is_layerwise(model: nn.Module) -> bool:
     return bool(owned) and all(id(p) in owned for p in model.parameters() if p.requires_grad)
 
 
-# A tile's forward and backward passes go in batches of at least this many examples where
-# the budget is tight (smaller batches make the convolutions' products inefficient).
-SIGNAL_BATCH = 64
-# On the CPU a layer's gradients are formed in chunks of about this many bytes (see
-# ``_channels_per_chunk``; measured in benchmarks/RESULTS.md, session 11).
-CPU_CHUNK_BYTES = 32 << 20
-MIN_CHUNK_CHANNELS = 8
 
-
-@dataclass(frozen=True)
-class _LayerShape:
-    """One layer's sizes for one example: C_in, P_in (input positions, 1 for dense), C_out,
-    P_out (output positions), kk (window size k², 1 for dense)."""
-
-    c_in: int
-    p_in: int
-    c_out: int
-    p_out: int
-    kk: int
-
-    def channel_bytes(self, k: int, itemsize: int) -> int:
-        """One example's share of a one-input-channel chunk: its k·C_out·k² weight
-        gradients and its k²·P_in patch entries."""
-        return itemsize * self.kk * (k * self.c_out + self.p_in)
-
-
-@dataclass(frozen=True)
-class Footprint:
-    """Bytes per example while its tile is computed. ``held``: every layer's input and its
-    k pre-activation gradients, kept to the end; ``transient``: the autograd graph's
-    pre-activations and activations and the unstacked gradients, while the example's batch
-    goes forward and back; ``chunk``: its share of the smallest gradient chunk (one input
-    channel of the widest layer)."""
-
-    held: int
-    transient: int
-    chunk: int
-
-    def tile_bytes(self, points: int) -> int:
-        """Working memory of ``points`` examples' signals and chunks, the forward and
-        backward passes done ``SIGNAL_BATCH`` at a time."""
-        return points * (self.held + self.chunk) + min(points, SIGNAL_BATCH) * self.transient
-
-
-def footprint(model: nn.Module, x: Tensor) -> Footprint:
-    """The per-example footprint of ``model``'s layers on inputs shaped like x (1, …)."""
+def layer_shapes(model: nn.Module, x: Tensor) -> tuple[list[LayerShape], int]:
+    """(each Dense and Conv layer's ``LayerShape`` on inputs shaped like x (1, …), the
+    model's output count k), from one forward pass."""
     shapes = []
 
     def keep(module, args, output):
         a = args[0]
         kk = module.kernel_size ** 2 if isinstance(module, Conv) else 1
-        shapes.append(_LayerShape(a.shape[1], a[0, 0].numel(), output.shape[1],
-                                  output[0, 0].numel(), kk))
+        shapes.append(LayerShape(a.shape[1], a[0, 0].numel(), output.shape[1],
+                                 output[0, 0].numel(), kk))
 
     hooks = [m.register_forward_hook(keep) for m in _layers(model)]
     try:
@@ -101,11 +59,13 @@ def footprint(model: nn.Module, x: Tensor) -> Footprint:
     finally:
         for h in hooks:
             h.remove()
-    size = x.element_size()
-    return Footprint(
-        held=size * sum(s.c_in * s.p_in + k * s.c_out * s.p_out for s in shapes),
-        transient=size * sum((2 + k) * s.c_out * s.p_out for s in shapes),
-        chunk=max(s.channel_bytes(k, size) for s in shapes))
+    return shapes, k
+
+
+def footprint(model: nn.Module, x: Tensor) -> Footprint:
+    """The per-example footprint of ``model``'s layers on inputs shaped like x (1, …)."""
+    shapes, k = layer_shapes(model, x)
+    return Footprint.of(shapes, k, x.element_size())
 
 
 def _batch_signals(model: nn.Module, x: Tensor) -> list[tuple[nn.Module, Tensor, Tensor]]:
@@ -179,7 +139,7 @@ def _channels_per_chunk(m: nn.Module, a: Tensor, d: Tensor, points: int,
     width 128, N = 128), but not fewer than ``MIN_CHUNK_CHANNELS`` for that (thinner
     chunks make the k-output products inefficient)."""
     kk = m.kernel_size ** 2 if isinstance(m, Conv) else 1
-    shape = _LayerShape(a.shape[1], a[0, 0].numel(), d.shape[2], d.shape[3], kk)
+    shape = LayerShape(a.shape[1], a[0, 0].numel(), d.shape[2], d.shape[3], kk)
     per_channel = points * shape.channel_bytes(d.shape[1], a.element_size())
     fit = a.shape[1] if room is None else max(1, room // per_channel)
     if not a.is_cuda:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "KernelDynamics", "eigendecompose",
-           "flat_kernel", "per_logit", "kernel_flow_prediction", "kernel_gd_prediction",
+           "flat_kernel", "per_logit", "small_eigenvalues", "kernel_flow_prediction",
+           "kernel_gd_prediction",
            "kernel_flow_gaussian"]
 
 
@@ -56,7 +57,8 @@ class KernelDynamics:
     dynamics a linearised network trained by GD follows exactly; it tends to the flow at
     t = ηs as η → 0, and at usual learning rates differs from it by a time-step error that
     does not shrink with width). Both g tend to their λ → 0 limits (2t/N, 2ηs/N), so
-    singular kernels are fine. ``regression`` is the t → ∞ end, g(λ) = 1/(λ + ridge).
+    singular kernels are fine. The t → ∞ end, g(λ) = 1/(λ + ridge), is kernel regression
+    (``regression.regression_weights``).
 
     Shapes: theta_xX (M, N), theta_XX (N, N), f0_x (M, k), f0_X (N, k), y (N, k) — one
     kernel acting on each output column (Θ ⊗ I_k: the limit, or a one-output net) — or the
@@ -94,14 +96,6 @@ class KernelDynamics:
     def gd(self, lr: float, steps: int) -> np.ndarray:
         """f(x) (M, k) after ``steps`` full-batch GD steps of size ``lr``."""
         return self._at(_gd_gain(self.lam, lr, steps, self.n))
-
-    def regression(self, ridge: float = 0.0) -> np.ndarray | None:
-        """Kernel regression, f_0(x) + Θ(x, X)(Θ(X, X) + λI)⁻¹(Y − f_0(X)) with λ = ``ridge``
-        times the mean eigenvalue (M, k); None where Θ(X, X) + λI is singular."""
-        lam = self.lam + ridge * max(float(self.lam.mean()), 1e-300)
-        if _small(lam).any():
-            return None
-        return self._at(1.0 / lam)
 
 
 def kernel_flow_prediction(
@@ -142,7 +136,7 @@ def eigendecompose(theta_XX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(lam, 0.0, None), v
 
 
-def _small(lam: np.ndarray) -> np.ndarray:
+def small_eigenvalues(lam: np.ndarray) -> np.ndarray:
     """Eigenvalues that are zero to the kernel's precision: their gains take the λ → 0 limit."""
     return lam <= 1e-12 * max(lam.max(initial=0.0), 1e-300)
 
@@ -151,7 +145,8 @@ def _flow_gain(lam: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
     """(1 − e^{−2tλ/N})/λ for each time, (T, N), with expm1 (→ 2t/N as λ → 0)."""
     rate = 2.0 * times[:, None] / n                                     # (T, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(_small(lam), rate, -np.expm1(-rate * lam) / np.where(lam > 0, lam, 1.0))
+        return np.where(small_eigenvalues(lam), rate,
+                        -np.expm1(-rate * lam) / np.where(lam > 0, lam, 1.0))
 
 
 def _gd_gain(lam: np.ndarray, lr: float, steps: int, n: int) -> np.ndarray:
@@ -161,7 +156,7 @@ def _gd_gain(lam: np.ndarray, lr: float, steps: int, n: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         stable = -np.expm1(steps * np.log1p(-np.minimum(c * lam, 1 - 1e-16))) / lam
         direct = (1.0 - np.power(1.0 - c * lam, steps)) / lam
-        return np.where(_small(lam), c * steps, np.where(c * lam < 1.0, stable, direct))
+        return np.where(small_eigenvalues(lam), c * steps, np.where(c * lam < 1.0, stable, direct))
 
 
 def kernel_flow_gaussian(

@@ -28,7 +28,8 @@ from ..models import MLP
 from ..models.layers import parameter_lr_factors
 from .layerwise import ntk_layerwise
 
-__all__ = ["ntk_structured", "ntk_jacobian", "ntk_vps", "METHODS", "trainable_params"]
+__all__ = ["ntk_structured", "ntk_jacobian", "ntk_vps", "ntk_times", "METHODS",
+           "trainable_params"]
 
 
 def trainable_params(model: nn.Module) -> dict[str, Tensor]:
@@ -119,26 +120,39 @@ def ntk_jacobian(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
     return theta
 
 
-def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
-            trace: bool = False) -> Tensor:
-    """Θ (n1, n2, k, k) by NTK-vector products: columns J1 (J2ᵀ e_j) for each basis e_j
-    (``trace``: the per-logit mean of it, (n1, n2))."""
+def _ntk_product(model: nn.Module, x1: Tensor, x2: Tensor):
+    """(v ↦ Θ(x1, x2) v for v (n2, k) → (n1, k), the outputs at x2 (n2, k)): one vjp over x2
+    (R J2ᵀ v, R the learning-rate factors) and one jvp over x1; no Jacobian is formed."""
     params = trainable_params(model)
-    x2 = x1 if x2 is None else x2
 
     def f(p, x):
         out = functional_call(model, p, (x,))
         return out.reshape(x.shape[0], -1)
 
     out2, vjp_fn = vjp(lambda p: f(p, x2), params)
-    n2, k = out2.shape
     rates = parameter_lr_factors(model)
 
-    def column(vec):                                                    # vec (n2, k)
+    def product(vec: Tensor) -> Tensor:
         (cotangent,) = vjp_fn(vec)                                      # R J2ᵀ vec
         cotangent = {n: c * rates[n] if rates[n] != 1.0 else c for n, c in cotangent.items()}
-        return jvp(lambda p: f(p, x1), (params,), (cotangent,))[1]      # J1 J2ᵀ vec (n1, k)
+        return jvp(lambda p: f(p, x1), (params,), (cotangent,))[1]      # J1 R J2ᵀ vec
 
+    return product, out2
+
+
+def ntk_times(model: nn.Module, x1: Tensor, x2: Tensor, v: Tensor) -> Tensor:
+    """Θ(x1, x2) v (n1, k) for v (n2, k), without forming Θ: what a kernel predictor
+    f(x) = f_0(x) + Θ(x, X) α needs at many points x once α is known."""
+    with torch.no_grad():
+        return _ntk_product(model, x1, x2)[0](v.to(dtype=x1.dtype, device=x1.device))
+
+
+def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
+            trace: bool = False) -> Tensor:
+    """Θ (n1, n2, k, k) by NTK-vector products: columns J1 (J2ᵀ e_j) for each basis e_j
+    (``trace``: the per-logit mean of it, (n1, n2))."""
+    column, out2 = _ntk_product(model, x1, x1 if x2 is None else x2)
+    n2, k = out2.shape
     basis = torch.eye(n2 * k, dtype=out2.dtype, device=out2.device).reshape(n2 * k, n2, k)
     cols = vmap(column)(basis)                                          # (n2 k, n1, k)
     theta = cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)              # (n1, n2, k, k)

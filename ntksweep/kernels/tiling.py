@@ -11,7 +11,6 @@ split in four and retried instead of failing the trial.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,12 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..memory import LayerShape, generic_tile_bytes, structured_tile_bytes
 from ..models import MLP
-from .layerwise import footprint
+from .layerwise import layer_shapes
 from .ntk_methods import METHODS, trainable_params
 
 __all__ = ["Tile", "TileComputation", "TileExecutor", "SerialExecutor", "plan_tiles",
-           "tile_bytes", "candidate_blocks"]
+           "tile_bytes"]
 
 
 @dataclass(frozen=True)
@@ -94,21 +94,20 @@ class SerialExecutor:
 def tile_bytes(model: nn.Module, method: str, rows: int, cols: int, out_dim: int,
                itemsize: int, point: Tensor | None = None) -> int:
     """Working-memory estimate (bytes) of one rows × cols tile, excluding the model itself
-    and the assembled output: per-point features or Jacobians plus per-pair blocks.
+    and the assembled output (``memory``: the same rules a trial's estimate plans by).
     ``point`` (1, …): an input, needed for the structured method on conv nets (their
     signals' sizes depend on the image size)."""
-    k = out_dim
-    if method == "structured" and not isinstance(model, MLP):   # layer signals and the
-        if point is None:                                       # smallest gradient chunk
+    if method == "structured" and not isinstance(model, MLP):
+        if point is None:
             raise ValueError("tile_bytes needs an example input for a conv net's layers")
-        return footprint(model, point).tile_bytes(rows + cols) + itemsize * rows * cols * 2 * k * k
-    elif method == "structured":
-        per_point = sum(l.in_features + (k + 2) * l.weight.shape[0] for l in model.layers)
-        per_pair = 2 * k * k + 2
-    else:
-        per_point = 3 * k * sum(p.numel() for p in trainable_params(model).values())
-        per_pair = 2 * k * k
-    return itemsize * ((rows + cols) * per_point + rows * cols * per_pair)
+        shapes, _ = layer_shapes(model, point)
+        return structured_tile_bytes(shapes, out_dim, itemsize, rows, cols, conv=True)
+    if method == "structured":
+        shapes = [LayerShape(layer.in_features, 1, layer.weight.shape[0], 1, 1)
+                  for layer in model.layers]
+        return structured_tile_bytes(shapes, out_dim, itemsize, rows, cols, conv=False)
+    params = sum(p.numel() for p in trainable_params(model).values())
+    return generic_tile_bytes(params, out_dim, itemsize, rows, cols)
 
 
 def plan_tiles(n1: int, n2: int, block: int, symmetric: bool) -> list[Tile]:
@@ -118,15 +117,3 @@ def plan_tiles(n1: int, n2: int, block: int, symmetric: bool) -> list[Tile]:
             tiles.append(Tile(r0, min(r0 + block, n1), c0, min(c0 + block, n2),
                               diagonal=symmetric and r0 == c0))
     return tiles
-
-
-def candidate_blocks(n: int) -> list[int]:
-    sizes = {n}
-    s = 1
-    while s < n:
-        sizes.add(s)
-        s *= 2
-    for s in list(sizes):  # also ⌈n/m⌉ so tiles are even
-        if s < n:
-            sizes.add(math.ceil(n / math.ceil(n / s)))
-    return sorted(sizes)

@@ -32,13 +32,13 @@ class _ConvNet(nn.Module):
     def _setup(self, architecture: str, in_channels: int, width: int, depth: int, *,
                kernel_size: int, padding: str, readout: str, activation: str,
                weight_std: float, bias_std: float, out_dim: int, parametrization: str,
-               leaky_relu_slope: float,
-               seed: int | None, dtype: torch.dtype, device) -> dict:
+               leaky_relu_slope: float, seed: int | None, dtype: torch.dtype, device,
+               image_size: tuple[int, int] | None = None) -> dict:
         check_network(depth=depth, activation=activation, weight_std=weight_std,
                       bias_std=bias_std, parametrization=parametrization, width=width,
                       leaky_relu_slope=leaky_relu_slope)
         check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
-                   padding=padding, readout=readout)
+                   padding=padding, readout=readout, image_size=image_size)
         for name, value in (("in_channels", in_channels), ("width", width),
                             ("out_dim", out_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -85,7 +85,7 @@ class CNN(_ConvNet):
                            weight_std=weight_std,
                            bias_std=bias_std, out_dim=out_dim, parametrization=parametrization,
                            leaky_relu_slope=leaky_relu_slope, seed=seed, dtype=dtype,
-                           device=device)
+                           device=device, image_size=image_size)
         self.readout_kind = readout
         channels = [in_channels] + [width] * (depth - 1)
         self.convs = nn.ModuleList(self._conv(c, init, "input" if i == 0 else "hidden")
@@ -96,11 +96,7 @@ class CNN(_ConvNet):
                 raise SpecError("readout='flatten' needs image_size=(H, W): its dense layer's "
                                 "fan-in is C·H·W")
             shrink = (kernel_size - 1) * (depth - 1) if padding == "valid" else 0
-            h, w = image_size[0] - shrink, image_size[1] - shrink
-            if h < 1 or w < 1:
-                raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions "
-                                f"leave nothing of a {image_size[0]}×{image_size[1]} image")
-            fan_in *= h * w
+            fan_in *= (image_size[0] - shrink) * (image_size[1] - shrink)
         self.readout = self._readout(fan_in, init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

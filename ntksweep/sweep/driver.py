@@ -48,7 +48,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     ``tracking=False``: Parquet only, no MLflow runs (``ntksweep sync`` pushes them later);
     the output dir still names the tracking URI that sync would use."""
     started = time.perf_counter()
-    pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force)
+    pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force,
+                    address=address)
     out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
     # files that do not read back, or disagree with each other, go aside; their trials rerun
     done, attempts = store.trial_states(out) if store.repair(out) else (pre.done, pre.attempts)
