@@ -326,8 +326,9 @@ def _nested_quad(f, k11, k12, k22):
 
 @pytest.mark.parametrize("name", ["tanh", "sigmoid", "softplus"])
 def test_quadrature_is_exact_at_every_variance(name):
-    """std 1e-3 … 1e3 (tanh saturates into a step within 1/std): against scipy's adaptive
-    quadrature, to 1e-8 relative."""
+    """std 1e-3 … 1e3 (tanh saturates into a step within 1/std), at every correlation — a
+    point with itself (ρ = ±1) and pairs within 1e-6 of it included: against scipy's
+    adaptive quadrature, to 1e-8 relative."""
     import warnings
 
     import scipy.special as sp
@@ -340,15 +341,16 @@ def test_quadrature_is_exact_at_every_variance(name):
     dual = quadrature_dual(name)
     for std in (1e-3, 1.0, 10.0, 100.0, 1e3):
         k = std * std
-        rhos = (1.0, 0.6, -0.3)
-        e, e_dot = dual(torch.full((3,), k, dtype=torch.float64),
-                        torch.tensor([r * k for r in rhos], dtype=torch.float64),
-                        torch.full((3,), 1.3 * k, dtype=torch.float64))
+        rhos = (1.0, 0.999999, 0.6, -0.3, -0.999999, -1.0)
+        scale = 1.3 ** 0.5                     # ρ is k12 / √(k11 k22), k22 = 1.3 k11
+        e, e_dot = dual(torch.full((len(rhos),), k, dtype=torch.float64),
+                        torch.tensor([r * k * scale for r in rhos], dtype=torch.float64),
+                        torch.full((len(rhos),), 1.3 * k, dtype=torch.float64))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # scipy's roundoff notes at its own 1e-12
             for i, rho in enumerate(rhos):
                 for got, f in ((e[i], fn[0]), (e_dot[i], fn[1])):
-                    want = _nested_quad(f, k, rho * k, 1.3 * k)
+                    want = _nested_quad(f, k, rho * k * scale, 1.3 * k)
                     assert got.item() == pytest.approx(want, rel=1e-8), (std, rho)
     with pytest.raises(SpecError, match="beyond what its quadrature resolves"):
         dual(*(torch.full((1,), 1e32, dtype=torch.float64),) * 3)
