@@ -167,8 +167,8 @@ def _report(out: str, tracking_uri: str, dest: str | None = None) -> None:
     if tracking_uri:
         from .tracking.tracker import Tracker
 
-        meta = _sweep_meta(out)
-        tracker = Tracker(tracking_uri, meta.name, meta.sweep_id)
+        meta = _sweep_meta(out)       # files only: a live sweep's runs stay as they are
+        tracker = Tracker(tracking_uri, meta.name, meta.sweep_id, role="artifacts")
         for path in [res["html"], *res["figures"]]:
             tracker.log_sweep_artifact(path)
         tracker.close("FINISHED")
@@ -195,7 +195,8 @@ def _tracking_uri(args, meta) -> str:
     """--tracking-uri, $MLFLOW_TRACKING_URI, or the store the sweep ran with."""
     from .tracking.uri import resolve_tracking_uri
 
-    return resolve_tracking_uri(args.tracking_uri, recorded=meta.tracking_uri)[0]
+    return resolve_tracking_uri(args.tracking_uri, recorded=meta.tracking_uri,
+                                out_dir=args.out)[0]
 
 
 def cmd_ui(args) -> int:
@@ -347,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # anything else is a bug: it keeps its traceback
         print(f"ntksweep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a sweep's own handlers are in place (start-up)
+        print("\nInterrupted: finished trials are saved; run the same command again to "
+              "resume.", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `ntksweep status OUT | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

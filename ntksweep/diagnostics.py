@@ -2,8 +2,9 @@
 with the targets, and the coordinate check of μP — each layer's pre-activation size and how
 far it moved from initialisation, on the eval set.
 
-- kernel velocity (Fort et al. 2020, "Deep learning versus kernel learning"):
-  ‖Θ_{t_i} − Θ_{t_(i−1)}‖_F / ‖Θ_{t_(i−1)}‖_F per unit of training time t = lr × step;
+- kernel velocity: ‖Θ_{t_i} − Θ_{t_(i−1)}‖_F / ‖Θ_{t_(i−1)}‖_F per unit of training time
+  t = lr × step, the kernel's relative Frobenius speed (Fort et al. 2020, "Deep learning
+  versus kernel learning", measure the kernel distance 1 − cos instead, blind to scale);
 - kernel-target alignment (Cristianini et al. 2002): ⟨Θ, Y Yᵀ⟩_F / (‖Θ‖_F ‖Y Yᵀ‖_F);
 - coordinate check (Yang et al. 2022, TP5 §D.1; the ``mup`` package's ``coord_check``):
   the RMS of each layer's pre-activations and of their change since step 0, averaged over

@@ -1,12 +1,22 @@
 """One driver per output dir: a lock file with a heartbeat, on a local path or an object
 store alike (it is written through ``store``'s text files).
 
-A driver writes ``driver.lock`` (its host, pid and a random token) and rewrites it every
-``HEARTBEAT`` seconds while it runs. Another driver refuses to start while the lock is
-fresh, naming the holder; a lock whose heartbeat is older than ``STALE`` seconds, or whose
-holder is a dead process on this host, is taken over. Taking a lock writes it and reads it
-back after ``SETTLE`` seconds: of two drivers racing for it, the one whose token is read back
-holds it and the other refuses (object stores have no atomic create-if-absent).
+A driver writes ``driver.lock`` (its host, pid, a random token and a generation number) and
+rewrites it every ``HEARTBEAT`` seconds while it runs. Another driver refuses to start while
+the lock is fresh, naming the holder; a lock whose heartbeat is older than ``STALE`` seconds,
+or whose holder is a dead process on this host, is taken over, with the next generation.
+Taking a lock writes it and reads it back after ``SETTLE`` seconds: of two drivers racing for
+it, the one whose token is read back holds it and the other refuses (object stores have no
+atomic create-if-absent).
+
+A holder can lose its lock without knowing: a driver stopped for longer than ``STALE`` (Ctrl-Z,
+a suspended laptop, a paused VM) is taken over, and when it continues it must not write
+again. So every write is fenced by ``DriverLock.ensure_held``: within ``LEASE`` seconds of
+the last time the holder read its own token back nobody can have taken the lock (that needs
+``STALE`` seconds without a heartbeat); past it, the holder reads the lock again — and after
+a silence long enough for a takeover to be under way, rewrites and reads it back after
+``SETTLE``, as taking it does — and raises ``LockLost`` if another driver holds it. The
+heartbeat never overwrites another driver's lock.
 """
 
 from __future__ import annotations
@@ -22,16 +32,25 @@ from pathlib import Path
 from . import store
 from .errors import OutputDirError
 
-__all__ = ["DriverLock", "check_unlocked", "live_holder", "LOCK_FILE"]
+__all__ = ["DriverLock", "LockLost", "check_unlocked", "live_holder", "LOCK_FILE"]
 
 LOCK_FILE = "driver.lock"
-HEARTBEAT = 10.0
-STALE = 45.0
+# seconds; the environment may shorten them (tests of a suspended driver)
+HEARTBEAT = float(os.environ.get("NTKSWEEP_LOCK_HEARTBEAT", 10.0))
+STALE = float(os.environ.get("NTKSWEEP_LOCK_STALE", 45.0))
+LEASE = STALE / 3          # < STALE − HEARTBEAT: a verified holder stays the holder this long
 SETTLE = 0.5
 
 
+class LockLost(OutputDirError):
+    """Another driver took this one's output dir over (it was stopped for too long)."""
+
+
 def _holder(out: str | Path) -> dict | None:
-    text = store.read_text(out, LOCK_FILE)
+    try:
+        text = store.read_text(out, LOCK_FILE)
+    except UnicodeDecodeError:   # not a lock this version wrote: nobody holds it
+        return None
     if text is None:
         return None
     try:
@@ -77,35 +96,84 @@ def check_unlocked(out: str | Path) -> None:
 
 
 class DriverLock:
-    """Hold the output dir's lock until ``release()`` (a context manager too)."""
+    """Hold the output dir's lock until ``release()`` (a context manager too); fence every
+    write with ``ensure_held()`` (module doc)."""
 
     def __init__(self, out: str | Path):
         self.out = out
         self.token = uuid.uuid4().hex
+        self.generation = 1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._verified = 0.0          # when a read last showed our token (time.time())
+        self._lost: dict | None = None
+        self._guard = threading.Lock()
         self.started = time.time()
 
     def _record(self) -> str:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "token": self.token, "started": self.started,
-                           "heartbeat": time.time()})
+                           "token": self.token, "generation": self.generation,
+                           "started": self.started, "heartbeat": time.time()})
 
     def acquire(self) -> DriverLock:
         check_unlocked(self.out)
+        before = _holder(self.out) or {}
+        self.generation = int(before.get("generation", 0) or 0) + 1
+        self._claim()
+        self._thread = threading.Thread(target=self._beat, name="driver-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _claim(self) -> None:
+        """Write our record, wait ``SETTLE``, and read it back: ours, or ``LockLost``."""
         store.write_text(self.out, LOCK_FILE, self._record())
         time.sleep(SETTLE)
         held = _holder(self.out)
         if held is None or held.get("token") != self.token:
             raise _refusal(self.out, held or {})
-        self._thread = threading.Thread(target=self._beat, name="driver-lock", daemon=True)
-        self._thread.start()
-        return self
+        self._verified = time.time()
+
+    def ensure_held(self) -> None:
+        """Raise ``LockLost`` unless this driver still holds the lock (module doc): call it
+        before every write. Cheap within ``LEASE`` of the last verification."""
+        if self._lost is not None:
+            raise self._lost_error()
+        if time.time() - self._verified < LEASE:
+            return
+        with self._guard:
+            if time.time() - self._verified < LEASE:
+                return
+            self._verify()
+
+    def _verify(self) -> None:
+        held = _holder(self.out)
+        if held is None or held.get("token") != self.token:
+            self._lost = held or {}
+            raise self._lost_error()
+        if time.time() - float(held.get("heartbeat", 0)) > LEASE:
+            try:          # silent long enough for a taker to be mid-takeover: race it fairly
+                self._claim()
+            except OutputDirError:
+                self._lost = _holder(self.out) or {}
+                raise self._lost_error() from None
+        else:
+            self._verified = time.time()
+
+    def _lost_error(self) -> LockLost:
+        held = self._lost or {}
+        return LockLost(f"this driver lost the output dir {str(self.out)!r} to another driver "
+                        f"(host {held.get('host')!r}, pid {held.get('pid')}) while it was "
+                        f"stopped for more than {STALE:g} s; it stops here and writes nothing "
+                        "more — the other driver carries the sweep on")
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
             try:
-                store.write_text(self.out, LOCK_FILE, self._record())
+                with self._guard:
+                    self._verify()       # never overwrite another driver's lock
+                    store.write_text(self.out, LOCK_FILE, self._record())
+            except LockLost:
+                return                   # the writes find out through ensure_held
             except OSError:  # a full disk or a lost mount: the sweep reports it where it writes
                 pass
 

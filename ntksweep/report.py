@@ -12,6 +12,7 @@ import pandas as pd
 
 from . import analysis
 from . import analysis_regimes as regimes
+from .console import stability_notes
 from .errors import UserError
 from .records import Status
 from .store import is_uri, load_results, read_text
@@ -55,6 +56,11 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
         f"<h1>ntksweep report: {name}</h1>", _header(out, trials),
         "<h2>Trials</h2>", status.to_html(index=False),
     ]
+    if notes := stability_notes(trials):
+        parts += ["<h2>Near the edge of stability</h2><p>These groups train with a step size "
+                  "near or past gradient descent's edge (2ηλ_max(Θ₀)/N = 2): their kernels "
+                  "move because of the step size, not only the width.</p><ul>",
+                  *[f"<li>{html.escape(n.strip())}</li>" for n in notes], "</ul>"]
     for title, table in tables:
         parts += [f"<h2>{html.escape(title)}</h2>",
                   table.to_html(index=False, float_format="%.3f", na_rep="")]
@@ -134,8 +140,13 @@ def _duration(seconds: float) -> str:
 
 
 def _mlflow_link(out, uri: str) -> str:
+    from .tracking.uri import is_embedded
+
     if not uri:
         return "not tracked"
+    if is_embedded(uri):
+        return (f"the SQLite store in the output dir — open it with <code>ntksweep ui "
+                f"{html.escape(str(out))}</code>")
     if uri.startswith(("http://", "https://")):
         return f"<a href='{html.escape(uri)}'>{html.escape(uri)}</a>"
     return (f"{html.escape(uri)} — open it with <code>ntksweep ui {html.escape(str(out))}"

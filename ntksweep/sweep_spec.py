@@ -30,7 +30,8 @@ from .errors import SpecError
 from .trial_spec import TRIAL_FIELDS, TrialSpec, suggest
 from .yaml_input import load_yaml
 
-__all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "SpecError"]
+__all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "spec_yaml",
+           "SpecError"]
 
 TOP_LEVEL = ("name", "output_dir", "base", "grid", "zip", "resources", "retries", "tracking_uri",
              "description", "smoke")
@@ -294,3 +295,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = load_yaml(value, f"--set {item}")[0]
     return out
+
+
+def spec_yaml(spec: SweepSpec) -> str:
+    """The spec as written to the output dir and MLflow (``sweep.yaml``): its source, with a
+    tracking URI's credentials removed (they belong in MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, never in a file)."""
+    from .tracking.uri import redact
+
+    source = dict(spec.source)
+    if isinstance(source.get("tracking_uri"), str):
+        source["tracking_uri"] = redact(source["tracking_uri"])
+    return yaml.safe_dump(source, sort_keys=False, allow_unicode=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import store
 from .errors import TrackingError, UserError
+from .lock import DriverLock
 from .records import RECORD_COLUMNS, Status
 from .tracking.uri import redact
 
@@ -18,14 +19,16 @@ __all__ = ["sync_from_store", "push_missing"]
 def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: str,
                     sweep_yaml: str = "") -> dict[str, int]:
     """Push every trial of the Parquet store that MLflow lacks (``push_missing``) to the
-    store at ``uri``. Idempotent: a second call pushes nothing."""
+    store at ``uri``, holding the output dir's lock as a driver does (a live sweep's runs are
+    its driver's: refused while one runs). Idempotent: a second call pushes nothing."""
     from .tracking.tracker import Tracker
 
     axes, description = _axes_of(sweep_yaml)
-    tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True, axes=axes,
-                      description=description)
-    counts = push_missing(tracker, out_dir, sweep_id)
-    tracker.close("FINISHED", {"synced_trials": counts["pushed"]})
+    with DriverLock(out_dir):
+        tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True, axes=axes,
+                          description=description, role="sync")
+        counts = push_missing(tracker, out_dir, sweep_id)
+        tracker.close("FINISHED", {"synced_trials": counts["pushed"]})
     if tracker.degraded:
         raise TrackingError(f"MLflow at {redact(uri)} failed during sync: {tracker.degraded}")
     return counts
@@ -47,9 +50,11 @@ def _axes_of(sweep_yaml: str) -> tuple[tuple[str, ...], str]:
 def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
     """Through an open ``Tracker``: for each trial of the Parquet store that has no run whose
     MLflow status matches its Parquet status, its params, metric histories (the checkpoint
-    records, as a live run logs them) and status. They go to the run its attempt already
-    has where a killed driver left one unfinished (it had written Parquet, not yet ended the
-    run), else to a new child run: an attempt never has two runs."""
+    records, as a live run logs them) and status. They go to the run of the same execution
+    where a killed driver left it unfinished (it had written Parquet, not yet ended the run:
+    the run's ``ntksweep.execution`` tag is the Parquet row's ``execution``), else to a new
+    child run numbered after every run the trial has: an execution never has two runs, and
+    two executions never share one (a killed attempt's run stays KILLED)."""
     trials = store.load_trials(out_dir)
     if trials.empty:
         return {"pushed": 0, "already_there": 0}
@@ -59,16 +64,23 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
                       for tid, s in zip(trials["trial_id"], trials["status"])]]
     if missing.empty:        # the common resume: the checkpoints need not be read at all
         return {"pushed": 0, "already_there": len(trials)}
-    unfinished = {(r.data.tags.get("trial_id"), r.data.tags.get("attempt")): r.info.run_id
-                  for r in runs if r.info.status in _UNFINISHED}
+    unfinished = {r.data.tags["ntksweep.execution"]: r.info.run_id for r in runs
+                  if r.info.status in _UNFINISHED and r.data.tags.get("ntksweep.execution")}
+    highest: dict[str, int] = {}
+    for r in runs:
+        if (a := r.data.tags.get("attempt", "")).isdigit():
+            tid = r.data.tags.get("trial_id")
+            highest[tid] = max(highest.get(tid, 0), int(a))
     _, ckpts = store.load_results(out_dir, {"trial_id": list(missing["trial_id"])})
     for _, row in missing.iterrows():
-        tid, attempt = row["trial_id"], int(row["attempts"])
+        tid, execution = row["trial_id"], store.plain_value(row["execution"])
         spec = store.spec_from_row(row).to_dict()
-        if run_id := unfinished.get((tid, str(attempt))):
-            handle = tracker.reopen_trial(run_id, spec)
-        else:
-            handle = tracker.start_trial(tid, attempt, spec)
+        if execution and (run_id := unfinished.get(execution)):
+            handle = tracker.reopen_trial(run_id, spec)     # the same execution's own run
+        else:   # another execution: its own run, numbered after every run the trial has
+            attempt = max(int(row["attempts"]), highest.get(tid, 0) + 1)
+            handle = tracker.start_trial(tid, attempt, spec, tags={
+                "ntksweep.execution": execution or ""})
         for _, rec in ckpts[ckpts["trial_id"] == tid].iterrows():
             values = {c: store.plain_value(rec[c]) for c in RECORD_COLUMNS}
             tracker.log_record(handle, {k: v for k, v in values.items() if v is not None})

@@ -29,7 +29,7 @@ from .location import (
     save_array,
     write_text,
 )
-from .repair import repair
+from .repair import quarantined_trials, repair
 from .tables import (
     CHECKPOINTS_SCHEMA,
     SCHEMA_VERSION,
@@ -49,4 +49,5 @@ __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial
            "load_array", "load_results", "load_trials", "finished_trials", "trial_states",
            "plain_value",
            "spec_from_row", "is_uri", "check_writable", "write_text", "read_text",
-           "delete_text", "read_meta", "write_meta", "repair", "_locate_uri"]
+           "delete_text", "read_meta", "write_meta", "repair", "quarantined_trials",
+           "_locate_uri"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from .location import _locate
 from .tables import CHECKPOINTS_SCHEMA, TRIALS_SCHEMA, scan, table_files
 
-__all__ = ["repair", "QUARANTINE"]
+__all__ = ["repair", "quarantined_trials", "QUARANTINE"]
 
 QUARANTINE = "_quarantine"   # under the output dir; "_" keeps every reader out of it
 
@@ -46,3 +46,11 @@ def repair(out: str | Path) -> list[str]:
                   f"{QUARANTINE}/{stamp}/ (their trials run again): {', '.join(moved)}",
                   stacklevel=2)
     return moved
+
+
+def quarantined_trials(moved: list[str]) -> dict[str, str]:
+    """trial_id → the quarantined files of that trial (as ``repair`` returns them), joined."""
+    out: dict[str, list[str]] = {}
+    for rel in moved:
+        out.setdefault(rel.rsplit("/", 1)[1].removesuffix(".parquet"), []).append(rel)
+    return {tid: ", ".join(files) for tid, files in out.items()}

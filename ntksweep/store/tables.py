@@ -47,6 +47,7 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("sweep_id", pa.string()),
     pa.field("status", pa.string()),
     pa.field("attempts", pa.int64()),
+    pa.field("execution", pa.string()),   # this attempt's id, also its MLflow run's tag
     pa.field("error", pa.string()),
     pa.field("run_device", pa.string()),  # where it ran (the spec.device column is what was asked)
     pa.field("host", pa.string()),
@@ -81,9 +82,10 @@ def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialOutcome, *,
-                attempts: int = 1, host: str = "") -> None:
+                attempts: int = 1, host: str = "", execution: str | None = None) -> None:
     """Write one trial attempt's outcome: its kept arrays, its checkpoints file, then its
-    trials row (the completion marker)."""
+    trials row (the completion marker). ``execution``: the id the attempt's MLflow run is
+    tagged with (``ntksweep.execution``), so that ``sync`` completes only that run."""
     loc = _locate(out)
     spec_dict = spec.to_dict()
     values = _spec_values(spec_dict)
@@ -103,7 +105,8 @@ def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialO
                  _partition_file("checkpoints", spec_dict, outcome.trial_id))
     final, first = outcome.final, outcome.first
     row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, "status": str(outcome.status),
-           "attempts": attempts, "error": outcome.error, "run_device": outcome.device,
+           "attempts": attempts, "execution": execution, "error": outcome.error,
+           "run_device": outcome.device,
            "host": host, "wall_seconds": outcome.wall_seconds, "n_checkpoints": len(records),
            "final_step": final.get("step"), "final_t": final.get("t"),
            **{f"init_{c}": first.get(c) for c in INIT_COLUMNS}, **values}

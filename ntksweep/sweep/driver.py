@@ -52,12 +52,14 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                     address=address)
     out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
     # files that do not read back, or disagree with each other, go aside; their trials rerun
-    done, attempts = store.trial_states(out) if store.repair(out) else (pre.done, pre.attempts)
+    moved = store.repair(out)
+    done, attempts = store.trial_states(out) if moved else (pre.done, pre.attempts)
     pending = [t for t in trials if not (s := done.get(t.trial_id)) or not s.done]
     # longest first; the sort is stable (also reversed), so ties stay in grid order
     todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))
     skipped = len(trials) - len(todo)
-    run = SweepRun(spec, out, sid, todo, attempts, quiet=quiet, on_event=on_event)
+    run = SweepRun(spec, out, sid, todo, attempts, quiet=quiet, on_event=on_event,
+                   quarantined=store.quarantined_trials(moved))
     run.start(address, num_cpus, uri, pre.explicit, tracking)
     run.loop()
     return SweepSummary(sid, out, len(trials), skipped, dict(run.counts),

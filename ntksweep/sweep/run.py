@@ -6,22 +6,22 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-import yaml
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from .. import console, store
 from ..errors import SpecError, TrackingError
-from ..lock import DriverLock
+from ..lock import DriverLock, LockLost
 from ..records import Record, Status, SweepMeta, TrialOutcome
-from ..sweep_spec import SweepSpec
+from ..sweep_spec import SweepSpec, spec_yaml
 from ..sync import push_missing
 from ..tracking.protocol import Untracked
-from ..tracking.uri import redact
+from ..tracking.uri import recorded_form
 from ..train import batch_rows
 from ..trial_spec import TrialSpec
 from .worker import Checkpoints, Finished, TrialWorker
@@ -95,6 +95,7 @@ class _Attempt:
     actor: Any
     worker: dict[str, Any]
     handle: int | None            # the tracker's handle of its MLflow run
+    execution: str                # its id, in its Parquet row and on its MLflow run
     tries: int = 1                # attempts in this run of the sweep (retries count these)
     records: list[Record] = field(default_factory=list)   # streamed so far, logged
 
@@ -106,9 +107,11 @@ class SweepRun:
 
     def __init__(self, spec: SweepSpec, out: str, sweep_id: str,
                  todo: deque[tuple[TrialSpec, int]], attempts: dict[str, int] | None = None,
-                 *, quiet: bool = False, on_event=None):
+                 *, quiet: bool = False, on_event=None,
+                 quarantined: dict[str, str] | None = None):
         self.spec, self.out, self.sweep_id, self.todo = spec, out, sweep_id, todo
         self.stored_attempts = attempts or {}
+        self.quarantined = quarantined or {}     # trial_id → its files moved aside now
         self.quiet, self.on_event = quiet, on_event
         self.actors: list = []
         self.starting: dict = {}        # describe() ref → actor: it takes trials once up
@@ -126,6 +129,7 @@ class SweepRun:
         self.tracker = None
         self.lock: DriverLock | None = None
         self.disk_full: str | None = None   # why the sweep stopped early, if it was the disk
+        self.lock_lost: str | None = None   # another driver took the output dir over
 
     # -- start --------------------------------------------------------------------------
     def start(self, address: str | None, num_cpus: int | None, uri: str, explicit: bool,
@@ -150,14 +154,16 @@ class SweepRun:
                                           all(t.device == "cpu" for t, _ in self.todo))
             store.check_writable(self.out)
             self.lock = DriverLock(self.out).acquire()
-            sweep_yaml = yaml.safe_dump(self.spec.source, sort_keys=False, allow_unicode=True)
+            sweep_yaml = spec_yaml(self.spec)
             store.write_text(self.out, "sweep.yaml", sweep_yaml)
-            store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name, redact(uri)))
+            store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name,
+                                                 recorded_form(uri, self.out)))
             for _ in range(self.shape.n if self.todo else 0):
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
             self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml,
                                    axes=tuple(self.spec.axes()),
-                                   description=self.spec.description) \
+                                   description=self.spec.description,
+                                   guard=self.lock.ensure_held) \
                 if tracking else Untracked()
             self._number_attempts()
             if tracking and not self.tracker.degraded:
@@ -169,10 +175,11 @@ class SweepRun:
 
     def _number_attempts(self) -> None:
         """A trial run again gets the attempt after its last one, whether Parquet (a failed
-        trial) or MLflow (a killed or lost attempt) remembers it."""
+        trial) or MLflow (a killed or lost attempt; every run of a trial whose Parquet record
+        went to quarantine, finished ones included) remembers it."""
         made = self.stored_attempts
-        self.todo = deque((t, 1 + max(made.get(t.trial_id, 0),
-                                      self.tracker.attempts.get(t.trial_id, 0)))
+        tracked = {**self.tracker.attempts, **self.tracker.attempts_of(self.quarantined)}
+        self.todo = deque((t, 1 + max(made.get(t.trial_id, 0), tracked.get(t.trial_id, 0)))
                           for t, _ in self.todo)
 
     def _new_actor(self) -> None:
@@ -199,10 +206,12 @@ class SweepRun:
         and release the actors (a crash marks the sweep's run FAILED)."""
         progress = console.progress(len(self.todo), self.quiet,
                                     warmup=min(len(self.todo), max(1, self.shape.n)))
-        old = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._stop)
+               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         shown, crashed = None, False
         try:
             while (self.todo or self.running) and not self.stop_requested:
+                self.lock.ensure_held()
                 self._hand_out()
                 ready, _ = ray.wait([*self.running, *self.starting], num_returns=1,
                                     timeout=1.0)
@@ -216,6 +225,9 @@ class SweepRun:
                                          retried=now[3], refresh=False)
         except KeyboardInterrupt:  # a second Ctrl-C while waiting on Ray
             self.stop_requested.append(signal.SIGINT)
+        except LockLost as e:      # another driver took over: write nothing more
+            self.lock_lost = str(e)
+            raise
         except BaseException:
             crashed = True
             raise
@@ -235,6 +247,13 @@ class SweepRun:
         self.stop_requested.append(signum)
 
     def _close(self, crashed: bool) -> None:
+        if self.lock_lost:         # the runs and the parent are the other driver's now
+            for a in self.actors:
+                _kill(a)
+            self.actors = []
+            self.tracker.abandon(self.lock_lost)
+            self._release()
+            return
         for attempt in self.running.values():  # stopped, or the driver itself failed
             self.tracker.end_trial(attempt.handle, Status.KILLED)
         for a in self.actors:
@@ -252,9 +271,15 @@ class SweepRun:
             actor = self.idle.pop()
             trial, attempt = self.todo.popleft()
             worker = self.infos[actor]
-            handle = self.tracker.start_trial(trial.trial_id, attempt, trial.to_dict(), worker)
+            execution = uuid.uuid4().hex[:16]
+            tags = {"ntksweep.execution": execution}
+            if files := self.quarantined.get(trial.trial_id):
+                tags["ntksweep.quarantined"] = files
+            handle = self.tracker.start_trial(trial.trial_id, attempt, trial.to_dict(), worker,
+                                              tags)
             self.running[actor.run.remote(trial)] = _Attempt(
-                trial, attempt, actor, worker, handle, self.tries.get(trial.trial_id, 1))
+                trial, attempt, actor, worker, handle, execution,
+                self.tries.get(trial.trial_id, 1))
             self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)
 
     def _on_ready(self, ref, progress) -> None:
@@ -327,9 +352,11 @@ class SweepRun:
         """Write the outcome to Parquet (what makes the trial count), then end its run. A full
         disk stops the sweep as SIGTERM would: what was written stays, this trial runs again
         on resume."""
+        self.lock.ensure_held()      # a driver that lost its output dir writes nothing
         try:
             store.write_trial(self.out, self.sweep_id, attempt.trial, outcome,
-                              attempts=attempt.attempt, host=attempt.worker.get("host", ""))
+                              attempts=attempt.attempt, host=attempt.worker.get("host", ""),
+                              execution=attempt.execution)
         except OSError as e:
             if not _disk_full(e):
                 raise

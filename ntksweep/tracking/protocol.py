@@ -17,7 +17,10 @@ class TrialTracker(Protocol):
     attempts: dict[str, int]   # trial_id → the highest attempt already tracked, unfinished
 
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
-                    worker: dict[str, Any] | None = None) -> int | None: ...
+                    worker: dict[str, Any] | None = None,
+                    tags: dict[str, str] | None = None) -> int | None: ...
+
+    def attempts_of(self, trial_ids) -> dict[str, int]: ...
 
     def log_record(self, handle: int | None, record: Record) -> None: ...
 
@@ -25,6 +28,8 @@ class TrialTracker(Protocol):
                   tags: dict[str, Any] | None = None) -> None: ...
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None: ...
+
+    def abandon(self, reason: str) -> None: ...
 
 
 class Untracked:
@@ -35,8 +40,12 @@ class Untracked:
     attempts: dict[str, int] = {}
 
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
-                    worker: dict[str, Any] | None = None) -> None:
+                    worker: dict[str, Any] | None = None,
+                    tags: dict[str, str] | None = None) -> None:
         return None
+
+    def attempts_of(self, trial_ids) -> dict[str, int]:
+        return {}
 
     def log_record(self, handle: int | None, record: Record) -> None:
         pass
@@ -46,4 +55,7 @@ class Untracked:
         pass
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:
+        pass
+
+    def abandon(self, reason: str) -> None:
         pass

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-__all__ = ["tune_sqlite", "artifact_root"]
+__all__ = ["tune_sqlite", "artifact_root", "relocate_artifacts"]
 
 log = logging.getLogger(__name__)
 _RELAXED_DBS: set[str] = set()
@@ -56,6 +56,40 @@ def artifact_root(uri: str) -> str | None:
     server or another database keeps its own default (None)."""
     path = _sqlite_path(uri)
     return str(Path(path).parent / "mlartifacts") if path else None
+
+
+def relocate_artifacts(uri: str) -> None:
+    """Keep a SQLite store's artifacts beside it after its directory was copied or moved:
+    the experiments' and runs' artifact locations that lie in some ``…/mlartifacts`` other
+    than the one beside this file (where ``artifact_root`` put them) are rewritten to it.
+    Without this a copied output dir's new runs would write their artifacts into the
+    original's directory, and a moved one's would recreate the old path."""
+    path = _sqlite_path(uri)
+    if path is None or not Path(path).is_file():
+        return
+    here = artifact_root(uri)
+    with sqlite3.connect(path, timeout=20) as conn:
+        if not conn.execute("SELECT name FROM sqlite_master WHERE name = 'experiments'"
+                            ).fetchone():
+            return                                    # a store MLflow has not built yet
+        for eid, location in conn.execute(
+                "SELECT experiment_id, artifact_location FROM experiments").fetchall():
+            old = _beside_root(location)
+            if old is None or old == here:
+                continue
+            conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                         (here + location.removeprefix("file://")[len(old):], eid))
+            conn.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                         "WHERE experiment_id = ? AND artifact_uri LIKE ?",
+                         (here, len(old) + 1, eid, old + "/%"))
+
+
+def _beside_root(location: str | None) -> str | None:
+    """The ``/…/mlartifacts`` directory a location lies in, or None (a server's, an S3
+    bucket's, MLflow's own ./mlruns)."""
+    location = (location or "").removeprefix("file://")
+    head, sep, _ = location.partition("/mlartifacts")
+    return head + sep if sep and location.startswith("/") else None
 
 
 def _relax_sqlite_sync(dbapi_conn, _record) -> None:

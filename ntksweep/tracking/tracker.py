@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..records import Record, Status
 from .mlflow_api import bound_http_requests, log_text_artifact, rest_log_batch
 from .naming import EXPERIMENT_KIND, axis_tags, run_name
 from .protocol import TrialTracker, Untracked
-from .sqlite import artifact_root, tune_sqlite
+from .sqlite import artifact_root, relocate_artifacts, tune_sqlite
 from .uri import scrub
 
 __all__ = ["TrialTracker", "Tracker", "Untracked"]
@@ -124,15 +125,28 @@ class Tracker:
     terminated only after its own batches landed). ``close()`` drains the queue.
     """
 
+    ROLES = ("driver", "sync", "artifacts")
+
     def __init__(self, uri: str, experiment: str, sweep_id: str, sweep_yaml: str = "",
-                 *, required: bool = False, axes: tuple[str, ...] = (), description: str = ""):
-        self.uri, self.sweep_id = uri, sweep_id
+                 *, required: bool = False, axes: tuple[str, ...] = (), description: str = "",
+                 role: str = "driver", guard: Callable[[], None] | None = None):
+        """``role``: ``driver`` (the sweep's one writer: the parent run goes RUNNING, runs no
+        driver is left to end are ended KILLED), ``sync`` (likewise, from ``ntksweep
+        sync``, which holds the output dir's lock as a driver does), or ``artifacts`` (only
+        adds files to the parent run — a report — and touches no run's status, so it may
+        run beside a live sweep). ``guard``: called before each request is sent (the
+        driver lock's ``ensure_held``); when it raises, nothing more is sent."""
+        if role not in self.ROLES:
+            raise ValueError(f"role must be one of {self.ROLES}; got {role!r}")
+        self.uri, self.sweep_id, self.role = uri, sweep_id, role
+        self._guard = guard or (lambda: None)
         self.axes, self.description = tuple(axes), description
         # MLflow prints a "View run" line per finished run on a server: 10^4 lines per sweep
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.degraded: str | None = None
         bound_http_requests()
         tune_sqlite(uri)
+        relocate_artifacts(uri)
         self.client = MlflowClient(tracking_uri=uri)
         # (run_id, metrics, params, tags): the REST path for servers, else the client's
         self._log_batch = rest_log_batch(uri) or self.client.log_batch
@@ -169,9 +183,13 @@ class Tracker:
             max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-            self._close_stale_runs()
+            if self.role != "artifacts":
+                self.client.update_run(self.parent_id, status="RUNNING")
+                self._close_stale_runs()
             return
+        if self.role == "artifacts":
+            raise RuntimeError(f"sweep {self.sweep_id} has no parent run in MLflow to add "
+                               "files to; run the sweep (or `ntksweep sync`) first")
         run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
             "ntksweep.sweep_id": self.sweep_id, "ntksweep.role": "sweep",
             "ntksweep.version": __version__, "ntksweep.git_commit": _git_commit() or "",
@@ -180,6 +198,21 @@ class Tracker:
         self.parent_id = run.info.run_id
         if sweep_yaml:
             self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
+
+    def attempts_of(self, trial_ids) -> dict[str, int]:
+        """trial_id → the highest attempt number any run of that trial holds in MLflow, for
+        the trials named (one query each: for the few whose Parquet record was lost, e.g.
+        moved to quarantine, while their runs stayed)."""
+        found: dict[str, int] = {}
+        for tid in trial_ids:
+            for run in self.client.search_runs(
+                    [self.experiment_id],
+                    f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.trial_id = '{tid}'",
+                    max_results=1000):
+                attempt = run.data.tags.get("attempt", "")
+                if attempt.isdigit():
+                    found[tid] = max(found.get(tid, 0), int(attempt))
+        return found
 
     def _close_stale_runs(self) -> None:
         """A resumed sweep's child runs still RUNNING belong to no live driver (killed with
@@ -215,6 +248,7 @@ class Tracker:
                 return
             if op is not _IDLE and not self.degraded:
                 try:
+                    self._guard()
                     op()
                 except Exception as e:  # noqa: BLE001  (any client/server/network error)
                     self._disable(getattr(op, "__name__", "request"), e)
@@ -288,7 +322,10 @@ class Tracker:
 
     # -- the driver's API (non-blocking) -------------------------------------------------
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
-                    worker: dict[str, Any] | None = None) -> int:
+                    worker: dict[str, Any] | None = None,
+                    tags: dict[str, str] | None = None) -> int:
+        """A new child run for this attempt (created with its first batch); ``tags``: more
+        of them (the execution's id, which quarantined file it replaces)."""
         handle = next(self._handles)
         if self.degraded:
             return handle
@@ -296,7 +333,7 @@ class Tracker:
                 **axis_tags(spec, self.axes),
                 "ntksweep.role": "trial", "trial_id": trial_id, "attempt": str(attempt),
                 "status": Status.RUNNING.value, "ntksweep.version": __version__,
-                **{k: str(v) for k, v in (worker or {}).items()}}
+                **{k: str(v) for k, v in (worker or {}).items()}, **(tags or {})}
         unborn = (run_name(trial_id, attempt, spec, self.axes), int(time.time() * 1000), tags,
                   json.dumps(spec, indent=1))
         params = _flat_params(spec)
@@ -378,9 +415,19 @@ class Tracker:
 
         self._submit(log_artifact)
 
+    def abandon(self, reason: str) -> None:
+        """Stop without sending anything more (what is queued or buffered is dropped): the
+        driver lost its output dir to another one, whose runs these are now."""
+        self.degraded = reason
+        self._submit(None)
+        self._thread.join(30)
+        self._senders.shutdown(wait=False, cancel_futures=True)
+
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None,
               timeout: float = 120.0) -> None:
-        """Finish the parent run — ``summary``'s numbers become its metrics (and tags) — and
+        """Finish the parent run — ``summary``'s numbers become its metrics, each at the step
+        after the ones earlier drivers logged, and its tags; an ``artifacts`` tracker leaves its
+        status alone — and
         wait until every queued request has been sent, for at most ``timeout`` seconds: a store
         that stops answering must not hold the sweep's exit (what is left unsent is marked
         ``degraded``; ``ntksweep sync`` pushes it later)."""
@@ -390,9 +437,13 @@ class Tracker:
                    if isinstance(v, (int, float)) and math.isfinite(v)]
 
         def close():
-            if tags or metrics:
-                self.client.log_batch(self.parent_id, metrics=metrics, tags=tags)
-            self.client.set_terminated(self.parent_id, status)
+            if tags or metrics:  # each driver's (or sync's) numbers at the next step
+                steps = {m.key: len(self.client.get_metric_history(self.parent_id, m.key))
+                         for m in metrics}
+                self.client.log_batch(self.parent_id, tags=tags, metrics=[
+                    Metric(m.key, m.value, m.timestamp, steps[m.key]) for m in metrics])
+            if self.role != "artifacts":
+                self.client.set_terminated(self.parent_id, status)
 
         if self.parent_id:
             self._submit(close)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from urllib.parse import urlparse
 
 from ..errors import TrackingError, UserError
 from .uri import SERVER_ENV, redact, ui_command
@@ -59,13 +60,21 @@ def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
 def serve_ui(uri: str, experiment: str, host: str, port: int, *,
              timeout_s: float = 120.0, stream=None) -> int:
     """Start the UI, wait until it answers, print the link to the sweep's runs, and serve
-    until interrupted (Ctrl-C or SIGTERM reach the server too). Returns its exit code."""
+    until interrupted (Ctrl-C or SIGTERM reach the server too). Returns its exit code. A
+    tracking server (http, https) serves its own UI: its link is printed and nothing starts.
+    The store (with any credentials) reaches the UI's process through its environment."""
+    if urlparse(uri).scheme in ("http", "https"):
+        base = redact(uri).rstrip("/")
+        print(f"MLflow UI for sweep {experiment!r} (its tracking server's own): "
+              f"{runs_page(base, _experiment_id(uri, experiment))}", file=stream, flush=True)
+        return 0
     check_port_free(host, port)
-    cmd = ui_command(uri, port, host)
+    cmd = ui_command(port, host)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    print(f"starting the MLflow UI ({redact(' '.join(cmd))}) …", file=stream, flush=True)
-    proc = subprocess.Popen(cmd, env={**SERVER_ENV, **os.environ})
+    print(f"starting the MLflow UI on {redact(uri)} …", file=stream, flush=True)
+    proc = subprocess.Popen(cmd, env={**SERVER_ENV, **os.environ,
+                                      "MLFLOW_BACKEND_STORE_URI": uri})
     forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 from ..errors import TrackingError
 
-__all__ = ["SERVER_ENV", "default_tracking_uri", "check_tracking_uri", "resolve_tracking_uri",
-           "redact", "scrub", "ui_command"]
+__all__ = ["SERVER_ENV", "EMBEDDED", "default_tracking_uri", "check_tracking_uri",
+           "resolve_tracking_uri", "recorded_form", "is_embedded", "redact", "scrub",
+           "credentials_env", "ui_command"]
+
+# What sweep.json records for the embedded default: SQLite inside the output dir, wherever
+# the dir is now — so a copied or moved output dir keeps its own store
+EMBEDDED = "embedded"
 
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 # For an `mlflow server` serving sweeps: MLflow 3 also starts a job runner for its GenAI
@@ -45,16 +50,36 @@ def check_tracking_uri(uri: str) -> None:
                             "sqlite:////abs/path.db")
 
 
+def is_embedded(recorded: str | None) -> bool:
+    """Whether sweep.json's URI is the embedded default: ``EMBEDDED``, or — by its shape, as
+    versions before 0.3 recorded it — an absolute SQLite URI of a file named mlflow.db (the
+    output dir it names may since have been copied or moved)."""
+    return recorded == EMBEDDED or bool(
+        recorded and recorded.startswith("sqlite:///") and recorded.endswith("/mlflow.db"))
+
+
+def recorded_form(uri: str, out_dir: str | Path) -> str:
+    """What sweep.json records of the URI a sweep runs with: ``EMBEDDED`` for the default
+    inside ``out_dir``, else the URI without its credentials."""
+    try:
+        if uri == default_tracking_uri(out_dir):
+            return EMBEDDED
+    except TrackingError:           # an object-store output dir has no default
+        pass
+    return redact(uri)
+
+
 def resolve_tracking_uri(given: str | None, *, spec_uri: str | None = None,
                          recorded: str | None = None, out_dir: str | Path | None = None
                          ) -> tuple[str, bool]:
     """(uri, explicit): the first of ``given`` (--tracking-uri), ``spec_uri`` (the spec's
     tracking_uri:), $MLFLOW_TRACKING_URI, ``recorded`` (what the sweep ran with, from its
-    sweep.json), else the SQLite default inside ``out_dir``. ``explicit``: named by the user
-    (a multi-node sweep may use an explicit SQLite file, never the default). Raises
+    sweep.json; the embedded default stands for the SQLite file in ``out_dir`` as it is
+    now), else the SQLite default inside ``out_dir``. ``explicit``: named by the user (a
+    multi-node sweep may use an explicit SQLite file, never the default). Raises
     ``TrackingError`` when none applies; validates the result."""
     explicit = given or spec_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    uri = explicit or recorded
+    uri = explicit or (None if is_embedded(recorded) else recorded)
     if not uri:
         if out_dir is None:
             raise TrackingError("no MLflow store is named: pass --tracking-uri http://HOST:5000")
@@ -81,7 +106,17 @@ def scrub(text: str, uri: str) -> str:
     return text.replace(userinfo + "@", "").replace(userinfo, "***")
 
 
-def ui_command(uri: str, port: int = 5000, host: str = "127.0.0.1") -> list[str]:
-    """The command that serves the MLflow UI on this store."""
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port)]
+def credentials_env(uri: str) -> dict[str, str]:
+    """The URI's ``user:password@`` as the environment MLflow reads them from
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD); empty without them."""
+    parsed = urlparse(uri)
+    if not parsed.username:
+        return {}
+    return {"MLFLOW_TRACKING_USERNAME": unquote(parsed.username),
+            "MLFLOW_TRACKING_PASSWORD": unquote(parsed.password or "")}
+
+
+def ui_command(port: int = 5000, host: str = "127.0.0.1") -> list[str]:
+    """The command that serves the MLflow UI; its store goes in its environment
+    (``MLFLOW_BACKEND_STORE_URI``), never on a command line others can read in ``ps``."""
+    return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
