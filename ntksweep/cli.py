@@ -54,6 +54,8 @@ def cmd_run(args) -> int:
         print(f"{len(states)} trials: {states.count('todo')} to run, "
               f"{sum(s in done for s in states)} already done, "
               f"{sum(s.startswith('rerun') for s in states)} to re-run")
+        for note in plan["notes"]:
+            print(f"note: {note}")
         print("axes:")
         for k, v in plan["axes"].items():
             print(f"  {k}: {v}")
@@ -124,13 +126,13 @@ def cmd_trial(args) -> int:
     from .plan import check_trials
     from .sweep_spec import parse_overrides
     from .trial import resolve_device, run_trial
-    from .yaml_input import load_yaml
+    from .yaml_input import load_yaml, read_spec_text
 
     fields = {}
     if args.spec:
         if not Path(args.spec).is_file():
             raise UserError(f"trial spec {args.spec!r} does not exist")
-        fields = load_yaml(Path(args.spec).read_text(), args.spec)[0] or {}
+        fields = load_yaml(read_spec_text(Path(args.spec), "trial spec"), args.spec)[0] or {}
         if not isinstance(fields, dict):
             raise UserError(f"{args.spec}: a trial spec is a mapping of trial fields")
     fields.update(parse_overrides(args.set or []))

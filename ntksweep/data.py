@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,29 +177,24 @@ def _images(n_train: int, n_eval: int, seed: int, side: int, n_test: int = 0) ->
                    image_shape=(1, side, side), x_test=xt, y_test=yt)
 
 
+# The most a data file may decompress to (an .npz is a zip: 8 MB on disk can hold 8 GB of
+# zeros); the environment may raise it for data sets larger than this
+MAX_DATA_BYTES = int(os.environ.get("NTKSWEEP_MAX_DATA_BYTES", 4 << 30))
+
+
 def _read_arrays(path: str | None) -> dict[str, np.ndarray]:
     """A data file's arrays (X, y and optional X_eval, y_eval, X_test, y_test), read as
-    plain data: Parquet through pandas, .npz never unpickled."""
+    plain data: Parquet through pandas, .npz never unpickled and its arrays' sizes read from
+    their headers before any is decompressed."""
     if not path:
         raise SpecError("dataset 'file' needs data_path=<.npz or .parquet file>")
     p = Path(path)
     if not p.is_file():
         raise DataFileError(f"data file {path!r} does not exist")
     if p.suffix == ".parquet":
-        import pandas as pd
-
-        df = pd.read_parquet(p)
-        if "y" not in df.columns:
-            raise DataFileError(f"{path}: Parquet data needs a 'y' column beside the feature "
-                                "columns")
-        arrays = {"X": df.drop(columns=["y"]).to_numpy(np.float64), "y": df["y"].to_numpy()}
+        arrays = _read_parquet(p)
     elif p.suffix == ".npz":
-        try:  # plain arrays only: a pickled object in a data file could run code on load
-            with np.load(p, allow_pickle=False) as loaded:
-                arrays = {k: loaded[k] for k in loaded.files}
-        except ValueError as e:
-            raise DataFileError(f"{path}: holds pickled objects, which are never loaded (they "
-                                f"can run code): save plain numeric arrays ({e})") from None
+        arrays = _read_npz(p)
     elif p.suffix == ".npy":
         raise DataFileError(f"{path}: a data file must hold a dict of plain arrays X and y "
                             "(optional X_eval, y_eval), and a .npy file holds one array (a "
@@ -209,7 +206,62 @@ def _read_arrays(path: str | None) -> dict[str, np.ndarray]:
     for key in ("X", "y"):
         if key not in arrays:
             raise DataFileError(f"{path}: missing array {key!r} (found: {', '.join(arrays)})")
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise DataFileError(f"{path}: array {key!r} holds {a.dtype} values; data must be "
+                                "real numbers (bool, int or float)")
     return arrays
+
+
+def _read_npz(p: Path) -> dict[str, np.ndarray]:
+    """An .npz's arrays after checking, from each member's .npy header, that they are plain
+    (no pickled objects: they could run code) and decompress to at most ``MAX_DATA_BYTES``."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            total = 0
+            for name in z.namelist():
+                with z.open(name) as f:   # versions 2 and 3 differ only in the header's text
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                        else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise DataFileError(f"{p}: {name} holds pickled objects, which are never "
+                                        "loaded (they can run code): save plain numeric arrays")
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if total > MAX_DATA_BYTES:
+                raise DataFileError(f"{p}: its arrays decompress to {total / 2**30:.1f} GiB, "
+                                    f"more than the {MAX_DATA_BYTES / 2**30:.1f} GiB a data file "
+                                    "may hold (NTKSWEEP_MAX_DATA_BYTES raises it)")
+        with np.load(p, allow_pickle=False) as loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except DataFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise DataFileError(f"{p}: not a readable .npz of plain arrays ({type(e).__name__}: "
+                            f"{str(e)[:200]}); save with np.savez(path, X=..., y=...)") from None
+
+
+def _read_parquet(p: Path) -> dict[str, np.ndarray]:
+    """Feature columns and a ``y`` column of plain numbers, read by pandas."""
+    import pandas as pd
+
+    try:
+        df = pd.read_parquet(p)
+    except Exception as e:  # noqa: BLE001  (pyarrow's many ways to refuse a file)
+        raise DataFileError(f"{p}: not a readable Parquet file ({type(e).__name__}: "
+                            f"{str(e)[:200]})") from None
+    if "y" not in df.columns:
+        raise DataFileError(f"{p}: Parquet data needs a 'y' column beside the feature columns")
+    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+           or pd.api.types.is_complex_dtype(df[c])]
+    if bad:
+        raise DataFileError(f"{p}: column(s) {', '.join(map(str, bad[:5]))} are not real "
+                            "numbers; a data file holds numeric features and a numeric 'y'")
+    try:
+        return {"X": df.drop(columns=["y"]).to_numpy(np.float64), "y": df["y"].to_numpy()}
+    except (TypeError, ValueError) as e:
+        raise DataFileError(f"{p}: its columns do not read as numbers ({e})") from None
 
 
 def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
@@ -218,9 +270,15 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
     name = Path(path).name
 
     def checked(x, y, which):
+        if np.ndim(x) == 0 or np.ndim(y) == 0:
+            raise DataFileError(f"{path}: {which} must be arrays of points (a first axis); "
+                                f"got shapes {np.shape(x)}, {np.shape(y)}")
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         x = x.reshape(len(x), -1)
         y = y.reshape(len(y), -1)
+        if x.shape[1] == 0 or y.shape[1] == 0:
+            raise DataFileError(f"{path}: {which} has no features or no targets (shapes "
+                                f"{x.shape}, {y.shape})")
         if len(x) != len(y):
             raise DataFileError(f"{path}: {which} has {len(x)} inputs but {len(y)} labels")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):

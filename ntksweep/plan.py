@@ -13,6 +13,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,6 +26,7 @@ from .lock import check_unlocked
 from .memory import TrialMemory, trial_memory
 from .records import Status
 from .sweep_spec import Resources, SweepSpec, load_sweep_spec
+from .tracking.sqlite import StoreDamage, check_sqlite_store
 from .tracking.uri import resolve_tracking_uri
 from .trial_spec import TRIAL_FIELDS, TrialSpec
 
@@ -57,6 +59,8 @@ def check_output_dir(spec: SweepSpec, force: bool = False) -> tuple[str, str]:
     found by it)."""
     out, sid = spec.out_dir, sweep_id_of(spec)
     held = store.read_meta(out)
+    if held is None:
+        _refuse_foreign_dir(out)
     if held is None or held.sweep_id == sid:
         return out, sid
     before = _held_spec(out)
@@ -71,6 +75,24 @@ def check_output_dir(spec: SweepSpec, force: bool = False) -> tuple[str, str]:
                              "base field is another sweep: use another output dir, or "
                              "--force to add to it anyway")
     return out, sid
+
+
+# what an output dir holds once a sweep has written to it (sweep.json may be the one missing)
+_OURS = {"sweep.json", "sweep.yaml", "trials", "checkpoints", "mlflow.db", "mlartifacts",
+         "driver.lock", "kernels", "outputs", "_quarantine", "report", "report.html"}
+
+
+def _refuse_foreign_dir(out: str) -> None:
+    """Refuse a local directory that holds files but no sweep (``/``, a home dir, a project):
+    a sweep writes and moves files there, and some of them would be the user's."""
+    path = Path(out)
+    if "://" in out or not path.is_dir():
+        return
+    entries = {p.name for p in path.iterdir()}
+    if entries and not entries & _OURS:
+        shown = ", ".join(sorted(entries)[:3]) + (", …" if len(entries) > 3 else "")
+        raise OutputDirError(f"output dir {out!r} is not empty ({shown}) and holds no ntksweep "
+                             "sweep: choose a new or empty directory (output_dir: or --out)")
 
 
 def _held_spec(out: str) -> SweepSpec | None:
@@ -113,6 +135,7 @@ class Preflight:
     trials: list[TrialSpec]
     done: dict[str, Status]
     attempts: dict[str, int]      # the attempt number each stored trial recorded
+    damaged_store: StoreDamage | None = None   # a SQLite store with nothing to lose in it
 
 
 def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: bool = True,
@@ -134,7 +157,10 @@ def preflight(spec: SweepSpec, *, tracking_uri: str | None = None, tracking: boo
     trials = spec.trials()
     check_trials(trials, force=force, resources=spec.resources, local=address is None)
     store.check_writable(out, create=False)
-    return Preflight(out, sid, uri, explicit, trials, *store.trial_states(out))
+    damage = check_sqlite_store(uri) if tracking and uri else None
+    if damage is not None and damage.runs:        # runs only it has: the user's to move
+        raise TrackingError(damage.advice())
+    return Preflight(out, sid, uri, explicit, trials, *store.trial_states(out), damage)
 
 
 def check_trials(trials: list[TrialSpec], *, force: bool = False,
@@ -254,5 +280,8 @@ def plan_sweep(spec: SweepSpec, **checks) -> dict[str, Any]:
     pre = preflight(spec, **checks)
     rows = [{"trial_id": t.trial_id, **{k: getattr(t, k) for k in spec.axes()},
              "state": _plan_state(pre.done.get(t.trial_id))} for t in pre.trials]
+    notes = [f"the MLflow store {pre.damaged_store.path} is {pre.damaged_store.problem} and "
+             "holds no runs: the run sets it aside and rebuilds it from Parquet"] \
+        if pre.damaged_store else []
     return {"sweep_id": pre.sweep_id, "out_dir": pre.out, "trials": rows,
-            "axes": {k: list(v) for k, v in spec.axes().items()}}
+            "axes": {k: list(v) for k, v in spec.axes().items()}, "notes": notes}

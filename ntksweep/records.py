@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "RECORD_COLUMNS", "Record", "Status",
-           "TrialOutcome", "SweepMeta"]
+           "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
 
 N_EIGS = 3
 # kernel regression baselines on the test set (trial.py): Θ_∞, the NNGP Σ, Θ_0 (the
@@ -93,10 +93,16 @@ class TrialOutcome:
         return self.records[0] if self.records else {}
 
 
+# sweep.json's tracking_uri for the embedded default: SQLite inside the output dir, wherever
+# the dir is now (a copied or moved dir keeps its own store)
+EMBEDDED_STORE = "embedded"
+
+
 @dataclass(frozen=True)
 class SweepMeta:
     """``sweep.json``: which sweep an output dir holds, and where it is tracked
-    (``tracking_uri`` "" when it names none; credentials never stored)."""
+    (``tracking_uri``: ``EMBEDDED_STORE``, a URI without credentials, or "" when it names
+    none)."""
 
     sweep_id: str
     name: str

@@ -28,7 +28,7 @@ import yaml
 
 from .errors import SpecError
 from .trial_spec import TRIAL_FIELDS, TrialSpec, suggest
-from .yaml_input import load_yaml
+from .yaml_input import MAX_SPEC_BYTES, load_yaml, read_spec_text
 
 __all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "spec_yaml",
            "SpecError"]
@@ -129,7 +129,10 @@ def _read(source: str | Path | dict) -> tuple[dict, _Where]:
     path = Path(source)
     if not path.is_file():
         raise SpecError(f"sweep spec {str(source)!r} does not exist")
-    raw, node = load_yaml(path.read_text(), str(path))
+    if path.stat().st_size > MAX_SPEC_BYTES:      # before reading it: a spec is a page
+        raise SpecError(f"{path}: {path.stat().st_size} bytes; a spec is at most "
+                        f"{MAX_SPEC_BYTES} bytes")
+    raw, node = load_yaml(read_spec_text(path), str(path))
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL)}")

@@ -11,7 +11,7 @@ import yaml
 
 from .errors import SpecError
 
-__all__ = ["MAX_SPEC_BYTES", "load_yaml"]
+__all__ = ["MAX_SPEC_BYTES", "load_yaml", "read_spec_text"]
 
 MAX_SPEC_BYTES = 1 << 20   # a sweep spec is a page of YAML; 1 MiB is far beyond any real one
 
@@ -46,4 +46,17 @@ def load_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise SpecError(f"{where}: not valid for a spec: {' '.join(str(e).split())}") from None
+    except RecursionError:          # [[[[…]]]] thousands deep: no spec nests past a few
+        raise SpecError(f"{where}: nested too deeply to be a spec (a spec's values are at "
+                        "most lists of lists)") from None
     return data, node
+
+
+def read_spec_text(path, what: str = "sweep spec") -> str:
+    """A spec file's text: ``SpecError`` for a file that is not UTF-8 text (a binary file
+    named by mistake)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file, so not a {what} (a YAML file is "
+                        "UTF-8 text)") from None

@@ -28,7 +28,7 @@ def repair(out: str | Path) -> list[str]:
     rows = Counter(ckpts["trial_id"])
     suspect = {tid for tid, n in zip(trials["trial_id"], trials["n_checkpoints"])
                if rows.get(tid, 0) != n}          # inconsistent: both files go
-    suspect |= {f.rsplit("/", 1)[1].removesuffix(".parquet") for f in bad_ckpts}
+    suspect |= {f.rsplit("/", 1)[1].removesuffix(".parquet") for f in bad_ckpts + bad_trials}
     bad = set(bad_trials) | set(bad_ckpts)
     bad |= {f for table in ("trials", "checkpoints") for f in table_files(loc, table)
             if f.rsplit("/", 1)[1].removesuffix(".parquet") in suspect}

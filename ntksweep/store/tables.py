@@ -15,7 +15,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..records import INIT_ONLY, RECORD_COLUMNS, Status, SweepMeta, TrialOutcome
+from ..errors import OutputDirError
+from ..records import (
+    EMBEDDED_STORE,
+    INIT_ONLY,
+    RECORD_COLUMNS,
+    Status,
+    SweepMeta,
+    TrialOutcome,
+)
 from ..trial_spec import ADDED_LATER, TRIAL_FIELDS, TrialSpec
 from .location import _locate, _Location, _write_table, read_text, save_array, write_text
 
@@ -166,10 +174,17 @@ def scan(loc: _Location, table: str, schema: pa.Schema, filters=None
                           exclude_invalid_files=False).to_table(filter=expr).to_pandas()
 
     try:
-        return read(files), []
+        rows, bad = read(files), []
     except (pa.ArrowException, OSError, ValueError):
         bad = unreadable_files(loc, table, schema)
-        return read([f for f in files if f not in bad]), bad
+        rows = read([f for f in files if f not in bad])
+    if table == "trials":   # a row no version writes (a status that is none of ours)
+        odd = ~rows["status"].isin([s.value for s in Status])
+        if odd.any():
+            bad += [loc.path(_partition_file("trials", row, row["trial_id"]))
+                    for _, row in rows[odd].iterrows()]
+            rows = rows[~odd]
+    return rows, bad
 
 
 def _read(loc: _Location, table: str, schema: pa.Schema, filters) -> pd.DataFrame:
@@ -261,9 +276,45 @@ def trial_states(out: str | Path) -> tuple[dict[str, Status], dict[str, int]]:
 
 
 def read_meta(out: str | Path) -> SweepMeta | None:
-    """The output dir's ``sweep.json``, or None where there is none (not an ntksweep dir)."""
-    text = read_text(out, "sweep.json")
-    return None if text is None else SweepMeta.from_json(text)
+    """The output dir's ``sweep.json``, or None where there is none (not an ntksweep dir). A
+    damaged one (a torn write, a disk that filled) is rebuilt from what the dir holds —
+    the sweep's id from its Parquet rows, its name from its sweep.yaml, the embedded MLflow
+    store if its file is there — and written back, with a warning; where those are missing
+    too, an ``OutputDirError`` says what to run."""
+    try:
+        text = read_text(out, "sweep.json")
+        return None if text is None else SweepMeta.from_json(text)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        meta = _rebuilt_meta(out)
+        if meta is None:
+            raise OutputDirError(
+                f"{out}/sweep.json is damaged ({type(e).__name__}) and the dir holds no "
+                "finished trial to rebuild it from: run the sweep again (ntksweep run SPEC "
+                "--out OUT) to rewrite it") from None
+        write_meta(out, meta)
+        warnings.warn(f"{out}/sweep.json was damaged ({type(e).__name__}: {e}); rebuilt it "
+                      f"from the dir's Parquet rows and sweep.yaml: {meta.to_json()}",
+                      stacklevel=2)
+        return meta
+
+
+def _rebuilt_meta(out: str | Path) -> SweepMeta | None:
+    """sweep.json from the rest of the dir: the sweep id most of its trial rows carry, the
+    name in its sweep.yaml (else the dir's), the embedded store where mlflow.db is there."""
+    import yaml
+
+    rows, _ = scan(_locate(out), "trials", TRIALS_SCHEMA)
+    if rows.empty:
+        return None
+    sweep_id = str(rows["sweep_id"].mode().iloc[0])
+    try:
+        name = (yaml.safe_load(read_text(out, "sweep.yaml") or "") or {}).get("name")
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        name = None
+    loc = _locate(out)
+    embedded = loc.fs.get_file_info(loc.path("mlflow.db")).type == pafs.FileType.File
+    return SweepMeta(sweep_id, str(name or Path(str(out).rstrip("/")).name),
+                     EMBEDDED_STORE if embedded else "")
 
 
 def write_meta(out: str | Path, meta: SweepMeta) -> None:

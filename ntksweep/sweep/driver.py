@@ -13,12 +13,14 @@ appears twice.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
 from .. import store
 from ..plan import preflight
 from ..sweep_spec import SweepSpec
+from ..tracking.sqlite import set_aside
 from ..tracking.uri import redact
 from .run import SweepRun, work_estimate
 
@@ -51,6 +53,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force,
                     address=address)
     out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
+    if pre.damaged_store is not None:       # nothing in it to lose: aside, and start afresh
+        moved = set_aside(pre.damaged_store)
+        warnings.warn(f"the MLflow store was {pre.damaged_store.problem}; moved it to {moved} "
+                      "and tracking starts a new one (Parquet's trials are pushed to it)",
+                      stacklevel=2)
     # files that do not read back, or disagree with each other, go aside; their trials rerun
     moved = store.repair(out)
     done, attempts = store.trial_states(out) if moved else (pre.done, pre.attempts)

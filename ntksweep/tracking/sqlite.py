@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-
-__all__ = ["tune_sqlite", "artifact_root", "relocate_artifacts"]
+__all__ = ["tune_sqlite", "artifact_root", "relocate_artifacts", "StoreDamage",
+           "check_sqlite_store", "set_aside"]
 
 log = logging.getLogger(__name__)
 _RELAXED_DBS: set[str] = set()
@@ -45,6 +45,9 @@ def tune_sqlite(uri: str) -> None:
     except sqlite3.OperationalError as e:  # locked by another writer: keep its journal mode
         log.info("SQLite store %s stays in its journal mode (%s)", path, e)
     _RELAXED_DBS.add(path)
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
     if not event.contains(Engine, "connect", _relax_sqlite_sync):
         event.listen(Engine, "connect", _relax_sqlite_sync)
 
@@ -99,3 +102,56 @@ def _relax_sqlite_sync(dbapi_conn, _record) -> None:
             dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
 
+
+
+@dataclass(frozen=True)
+class StoreDamage:
+    """A SQLite tracking store that MLflow cannot open as it is. ``runs``: the runs still
+    readable in it (0: nothing in it can be lost by setting it aside)."""
+
+    path: str
+    problem: str
+    runs: int
+
+    def advice(self) -> str:
+        return (f"the MLflow store {self.path} is damaged ({self.problem}) and holds "
+                f"{self.runs} runs: move it aside — mv {self.path} {self.path}.damaged — and "
+                "the next run (or `ntksweep sync OUT`) rebuilds it from Parquet")
+
+
+_MLFLOW_TABLES = ("alembic_version", "experiments", "runs")
+
+
+def check_sqlite_store(uri: str) -> StoreDamage | None:
+    """A SQLite store's damage (a half-built schema — the disk filled while MLflow created
+    it —, a truncated or corrupt file), or None for a sound one or none at all. Reads only."""
+    path = _sqlite_path(uri)
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=20) as conn:
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+            missing = [t for t in _MLFLOW_TABLES if t not in tables]
+            versions = 0 if missing else conn.execute(
+                "SELECT count(*) FROM alembic_version").fetchone()[0]
+            runs = 0 if missing else conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.DatabaseError as e:      # not a database, or malformed past reading
+        return StoreDamage(path, str(e), 0)
+    if check and check[0] != "ok":
+        return StoreDamage(path, f"quick_check: {check[0]}", runs)
+    if missing or not versions:
+        return StoreDamage(path, "half-built: " + (f"no {', '.join(missing)} table"
+                                                   if missing else "no schema version"), runs)
+    return None
+
+
+def set_aside(damage: StoreDamage) -> str:
+    """Move a damaged store (with its -wal and -shm) to ``<file>.damaged-<time>``; returns
+    the new name. Nothing is deleted."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("-wal", "-shm", ""):
+        if Path(damage.path + suffix).exists():
+            os.replace(damage.path + suffix, f"{damage.path}.damaged-{stamp}{suffix}")
+    return f"{damage.path}.damaged-{stamp}"

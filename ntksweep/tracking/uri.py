@@ -9,14 +9,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse, urlunparse
 
 from ..errors import TrackingError
+from ..records import EMBEDDED_STORE
 
 __all__ = ["SERVER_ENV", "EMBEDDED", "default_tracking_uri", "check_tracking_uri",
            "resolve_tracking_uri", "recorded_form", "is_embedded", "redact", "scrub",
            "credentials_env", "ui_command"]
 
-# What sweep.json records for the embedded default: SQLite inside the output dir, wherever
-# the dir is now — so a copied or moved output dir keeps its own store
-EMBEDDED = "embedded"
+EMBEDDED = EMBEDDED_STORE     # what sweep.json records for the embedded default
 
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 # For an `mlflow server` serving sweeps: MLflow 3 also starts a job runner for its GenAI
