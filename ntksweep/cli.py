@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .errors import UserError
 from .records import Status
-from .trial_spec import TRIAL_FIELDS, TrialSpec
 
 DEFAULT_SPEC = "quickstart (embedded)"
 
@@ -126,6 +125,7 @@ def cmd_trial(args) -> int:
     from .plan import check_trials
     from .sweep_spec import parse_overrides
     from .trial import resolve_device, run_trial
+    from .trial_spec import TRIAL_FIELDS, TrialSpec
     from .yaml_input import load_yaml, read_spec_text
 
     fields = {}
@@ -276,6 +276,8 @@ def _add_trial(sub) -> None:
     t.add_argument("--spec", help="a YAML mapping of trial fields")
     t.add_argument("--set", action="append", metavar="KEY=VALUE")
     t.add_argument("--json", help="also write the records to this JSON file")
+    from .trial_spec import TRIAL_FIELDS  # here: `ntksweep` itself imports no torch
+
     for name, f in TRIAL_FIELDS.items():
         t.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
                        help=f"(default: {f.default!r})")

@@ -16,7 +16,7 @@ from .lock import live_holder
 from .records import Status
 
 __all__ = ["progress", "LogProgress", "failures", "headline", "stability_notes",
-           "sweep_numbers", "status_lines"]
+           "sweep_numbers", "status_lines", "SUMMARY_COLUMNS"]
 
 
 class LogProgress:
@@ -135,6 +135,9 @@ def _group_name(row: pd.Series, by: list[str], sep: str = ", ") -> str:
 def _metric_safe(text: str) -> str:
     """MLflow metric names hold letters, digits and ``_ - . / : space`` only."""
     return "".join(c if c.isalnum() or c in "_-./: " else " " for c in text).strip()
+
+
+SUMMARY_COLUMNS = ("status", "init_dist_inf")   # beside the spec fields: what it reads
 
 
 def sweep_numbers(trials: pd.DataFrame) -> dict[str, float]:

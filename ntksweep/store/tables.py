@@ -4,6 +4,7 @@ per trial and table, hive-partitioned by width and depth."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,12 @@ def table_files(loc: _Location, table: str) -> list[str]:
                   and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/")))
 
 
-def unreadable_files(loc: _Location, table: str, schema: pa.Schema) -> list[str]:
-    """The table's files that do not read back whole under its schema."""
+def unreadable_files(loc: _Location, table: str, schema: pa.Schema,
+                     files: list[str] | None = None) -> list[str]:
+    """The table's files (or those of ``files``) that do not read back whole under its
+    schema."""
     bad = []
-    for path in table_files(loc, table):
+    for path in table_files(loc, table) if files is None else files:
         try:
             pq.read_table(path, filesystem=loc.fs, schema=schema)
         except (pa.ArrowException, OSError, ValueError):
@@ -153,31 +156,54 @@ def unreadable_files(loc: _Location, table: str, schema: pa.Schema) -> list[str]
     return bad
 
 
-def scan(loc: _Location, table: str, schema: pa.Schema, filters=None
+# Files read as one dataset at a time: each file comes back as its own small batch of ~170
+# columns (hundreds of KiB of buffers and metadata per file), so a table of 10⁵ files is
+# read in chunks of this many, each combined into one contiguous table of the selected
+# columns before the next is read (benchmarks/bench_store_scale.py)
+CHUNK_FILES = 128
+
+
+def scan(loc: _Location, table: str, schema: pa.Schema, filters=None,
+         columns: list[str] | None = None, sort: list[str] | None = None
          ) -> tuple[pd.DataFrame, list[str]]:
-    """(the table's readable rows, its unreadable files): one read of the whole table, and a
-    file-by-file one only when that fails."""
+    """(the table's readable rows — ``columns`` of them, all by default, sorted by ``sort``
+    before they become pandas — and its unreadable files), read ``CHUNK_FILES`` files at a
+    time; a chunk that fails is read file by file. Partition filters (width, depth) choose
+    the files by path before any is opened."""
     full = _full_schema(schema)
     path = loc.path(table)
-    files = table_files(loc, table)
-    if not files:
-        return full.empty_table().to_pandas(), []
+    files = [f for f in table_files(loc, table) if _in_partitions(f[len(path):], filters)]
+    if columns is not None and table == "trials":    # what the status check reads
+        columns = list(dict.fromkeys([*columns, "trial_id", "status", *PARTITIONS]))
     expr = None
     for key, value in (filters or {}).items():
         values = value if isinstance(value, (list, tuple, set)) else [value]
         term = ds.field(key).isin(list(values))
         expr = term if expr is None else expr & term
 
-    def read(paths):
+    def read(paths) -> pa.Table:  # one batch per file: combined, so chunks do not add up
         return ds.dataset(paths, filesystem=loc.fs, format="parquet", schema=full,
                           partitioning=_PARTITIONING, partition_base_dir=path,
-                          exclude_invalid_files=False).to_table(filter=expr).to_pandas()
+                          exclude_invalid_files=False).to_table(
+            columns=columns, filter=expr).combine_chunks()
 
-    try:
-        rows, bad = read(files), []
-    except (pa.ArrowException, OSError, ValueError):
-        bad = unreadable_files(loc, table, schema)
-        rows = read([f for f in files if f not in bad])
+    parts, bad = [], []
+    for i in range(0, len(files), CHUNK_FILES):
+        chunk = files[i:i + CHUNK_FILES]
+        try:
+            parts.append(read(chunk))
+        except (pa.ArrowException, OSError, ValueError):
+            broken = unreadable_files(loc, table, schema, chunk)
+            bad += broken
+            if len(broken) < len(chunk):
+                parts.append(read([f for f in chunk if f not in broken]))
+    empty = full.empty_table() if columns is None else full.empty_table().select(columns)
+    combined = pa.concat_tables([empty, *parts])
+    if sort:
+        combined = combined.sort_by([(key, "ascending") for key in sort])
+    parts.clear()             # the combined table holds the only reference to the buffers:
+    rows = combined.to_pandas(self_destruct=True, split_blocks=True)   # freed as converted
+    del combined
     if table == "trials":   # a row no version writes (a status that is none of ours)
         odd = ~rows["status"].isin([s.value for s in Status])
         if odd.any():
@@ -187,10 +213,28 @@ def scan(loc: _Location, table: str, schema: pa.Schema, filters=None
     return rows, bad
 
 
-def _read(loc: _Location, table: str, schema: pa.Schema, filters) -> pd.DataFrame:
-    """One table as a DataFrame. A file that cannot be read is skipped with a warning that
-    names it (a resumed sweep moves it aside and runs its trial again: ``repair``)."""
-    rows, bad = scan(loc, table, schema, filters)
+def _in_partitions(relative: str, filters) -> bool:
+    """Whether a file's ``/width=…/depth=…/`` path lies in the filters' partitions."""
+    for key in PARTITIONS:
+        if filters and key in filters:
+            wanted = filters[key] if isinstance(filters[key], (list, tuple, set)) \
+                else [filters[key]]
+            found = re.search(rf"/{key}=(-?\d+)/", relative)
+            if found and int(found[1]) not in {int(v) for v in wanted}:
+                return False
+    return True
+
+
+_ORDER = {"trials": ["width", "depth", "trial_id"],
+          "checkpoints": ["width", "depth", "trial_id", "step"]}
+
+
+def _read(loc: _Location, table: str, schema: pa.Schema, filters,
+          columns: list[str] | None = None) -> pd.DataFrame:
+    """One table as a DataFrame, in ``_ORDER``. A file that cannot be read is skipped with a
+    warning that names it (a resumed sweep moves it aside and runs its trial again:
+    ``repair``)."""
+    rows, bad = scan(loc, table, schema, filters, columns, sort=_ORDER[table])
     if bad:
         warnings.warn(f"{len(bad)} unreadable file(s) in {loc.path(table)} skipped: "
                       f"{', '.join(bad)}; resuming the sweep moves them aside and runs their "
@@ -203,32 +247,53 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
     """(trials, checkpoints) DataFrames of an output dir, optionally filtered, e.g.
     ``filters={"width": [256, 1024], "depth": 3}`` (partition filters read only the
     matching files). Sorted by width, depth, trial_id (and step)."""
-    ckpts = _read(_locate(out), "checkpoints", CHECKPOINTS_SCHEMA, filters)
-    ckpts = ckpts.sort_values(["width", "depth", "trial_id", "step"], ignore_index=True)
     trials, superseded = _current_trials(out, filters)
-    ckpts = ckpts[~ckpts.trial_id.isin(superseded)].reset_index(drop=True)
+    ckpts = _read(_locate(out), "checkpoints", CHECKPOINTS_SCHEMA, filters)
+    if superseded:
+        ckpts = ckpts[~ckpts.trial_id.isin(superseded)].reset_index(drop=True)
+    if ckpts.trial_id.nunique() < len(ckpts.drop_duplicates(["trial_id", "width", "depth"])):
+        keys = trials[["trial_id", "width", "depth"]]      # the kept copies' rows, in order
+        ckpts = ckpts.merge(keys).sort_values(_ORDER["checkpoints"], ignore_index=True)
     return trials, _with_defaults(ckpts)
 
 
-def load_trials(out: str | Path, filters: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The trials table alone (``load_results``' first frame), without reading checkpoints."""
-    return _current_trials(out, filters)[0]
+def load_trials(out: str | Path, filters: dict[str, Any] | None = None,
+                columns: list[str] | None = None) -> pd.DataFrame:
+    """The trials table alone (``load_results``' first frame), without reading checkpoints;
+    ``columns``: only these (and trial_id, status, width, depth)."""
+    return _current_trials(out, filters, columns)[0]
 
 
-def _current_trials(out, filters) -> tuple[pd.DataFrame, set[str]]:
+def _current_trials(out, filters, columns=None) -> tuple[pd.DataFrame, set[str]]:
     """The trials table, and the ids left out of it: failed or killed trials of an earlier
     sweep the dir held (before a ``--force`` run of another) — the current one superseded
     them. Completed trials of any sweep stay: they are measurements."""
-    trials = _read(_locate(out), "trials", TRIALS_SCHEMA, filters)
+    if columns is not None:
+        columns = list(dict.fromkeys([*columns, "sweep_id", *ADDED_LATER]))
+    trials = _unique(_read(_locate(out), "trials", TRIALS_SCHEMA, filters, columns))
     meta = read_meta(out)
+    gone: set[str] = set()
     if meta is not None and not trials.empty:
         unfinished = ~trials.status.isin([s.value for s in Status if s.done])
         superseded = unfinished & (trials.sweep_id != meta.sweep_id)
-        gone, trials = set(trials.trial_id[superseded]), trials[~superseded]
-    else:
-        gone = set()
-    return _with_defaults(trials.sort_values(["width", "depth", "trial_id"],
-                                             ignore_index=True)), gone
+        if superseded.any():
+            gone, trials = set(trials.trial_id[superseded]), trials[~superseded]
+    return _with_defaults(trials.reset_index(drop=True)), gone
+
+
+def _unique(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial id: a trial's file copied into another partition (by hand, a
+    sync tool) reads as a second row there, with that partition's width or depth; the row
+    whose spec hashes to its id is the trial's (a resume moves the other aside)."""
+    twice = trials.trial_id.duplicated(keep=False)
+    if not twice.any():
+        return trials
+    if not set(TRIAL_FIELDS) <= set(trials.columns):   # a few columns asked for: any copy
+        return trials.drop_duplicates("trial_id", ignore_index=True)
+    keep = [i for i, row in trials[twice].iterrows()
+            if spec_from_row(row).trial_id == row["trial_id"]]
+    kept = pd.concat([trials[~twice], trials.loc[keep]]).drop_duplicates("trial_id")
+    return kept.sort_values(_ORDER["trials"], ignore_index=True)
 
 
 def _with_defaults(table: pd.DataFrame) -> pd.DataFrame:
@@ -269,7 +334,8 @@ def trial_states(out: str | Path) -> tuple[dict[str, Status], dict[str, int]]:
     """(trial_id → status, trial_id → attempt number) from one read of the trials table: what
     resume consults (failed trials run again, as their next attempt; ``repair`` deals with
     unreadable rows)."""
-    trials, _ = scan(_locate(out), "trials", TRIALS_SCHEMA)
+    trials, _ = scan(_locate(out), "trials", TRIALS_SCHEMA,
+                     columns=["trial_id", "status", "attempts"])
     ids = trials["trial_id"]
     return ({tid: Status(s) for tid, s in zip(ids, trials["status"])},
             {tid: int(a) for tid, a in zip(ids, trials["attempts"])})

@@ -23,7 +23,7 @@ from ..sync import push_missing
 from ..tracking.protocol import Untracked
 from ..tracking.uri import recorded_form
 from ..train import batch_rows
-from ..trial_spec import TrialSpec
+from ..trial_spec import TRIAL_FIELDS, TrialSpec
 from .worker import Checkpoints, Finished, TrialWorker
 
 __all__ = ["SweepRun", "WorkerShape", "worker_shape", "work_estimate",
@@ -262,7 +262,8 @@ class SweepRun:
         status = "FAILED" if crashed else "KILLED" if self.interrupted else "FINISHED"
         summary = {}
         if not crashed and not isinstance(self.tracker, Untracked):  # the whole sweep so far
-            summary = console.sweep_numbers(store.load_trials(self.out))
+            summary = console.sweep_numbers(store.load_trials(self.out, columns=[
+                *TRIAL_FIELDS, *console.SUMMARY_COLUMNS]))
         self.tracker.close(status, summary)
         self._release()
 

@@ -18,7 +18,8 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-__all__ = ["chunks", "rest_log_batch", "log_text_artifact", "bound_http_requests"]
+__all__ = ["chunks", "rest_log_batch", "log_text_artifact", "bound_http_requests",
+           "forget_sqlite_engine"]
 
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 
@@ -78,3 +79,18 @@ def bound_http_requests(max_retries: int = 2, timeout_s: int = 20) -> None:
     for runs that ``ntksweep sync`` can push later."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+
+
+def forget_sqlite_engine(path: str) -> None:
+    """Drop MLflow's cached engine of a SQLite store at ``path`` (MLflow keeps one per URI for
+    the process): after the file was set aside, a new store at that path must not be read
+    through connections to the old one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    with SqlAlchemyStore._engine_map_lock:
+        for uri in [u for u in SqlAlchemyStore._engine_map if u.startswith("sqlite:///")
+                    and os.path.realpath(u.removeprefix("sqlite:///").split("?")[0]) == path]:
+            SqlAlchemyStore._engine_map.pop(uri).dispose()
+    # the stores built on those engines (created their tables once, at construction)
+    type(_tracking_store_registry)._get_store_with_resolved_uri.cache_clear()

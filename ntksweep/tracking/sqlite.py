@@ -134,9 +134,10 @@ def check_sqlite_store(uri: str) -> StoreDamage | None:
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
             missing = [t for t in _MLFLOW_TABLES if t not in tables]
-            versions = 0 if missing else conn.execute(
-                "SELECT count(*) FROM alembic_version").fetchone()[0]
-            runs = 0 if missing else conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+            versions = conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] \
+                if "alembic_version" in tables else 0
+            runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0] \
+                if "runs" in tables else 0
     except sqlite3.DatabaseError as e:      # not a database, or malformed past reading
         return StoreDamage(path, str(e), 0)
     if check and check[0] != "ok":
@@ -150,8 +151,11 @@ def check_sqlite_store(uri: str) -> StoreDamage | None:
 def set_aside(damage: StoreDamage) -> str:
     """Move a damaged store (with its -wal and -shm) to ``<file>.damaged-<time>``; returns
     the new name. Nothing is deleted."""
+    from .mlflow_api import forget_sqlite_engine
+
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for suffix in ("-wal", "-shm", ""):
         if Path(damage.path + suffix).exists():
             os.replace(damage.path + suffix, f"{damage.path}.damaged-{stamp}{suffix}")
+    forget_sqlite_engine(damage.path)
     return f"{damage.path}.damaged-{stamp}"

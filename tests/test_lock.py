@@ -1,0 +1,162 @@
+"""One driver per output dir, fenced: a driver stopped long enough to be taken over (Ctrl-Z,
+a suspended laptop, a paused VM) finds out before its next write and writes nothing more;
+its heartbeat never overwrites the new driver's lock. Waits are on conditions (a lock gone
+stale, a token changed), never on the clock."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+import ntksweep
+from ntksweep import lock
+from ntksweep.errors import OutputDirError
+
+
+def _record(out):
+    return json.loads((out / lock.LOCK_FILE).read_text())
+
+
+def _until(condition, what: str, proc: subprocess.Popen | None = None):
+    """Poll until ``condition()``; a process that ends first fails the test with its output
+    (a hang is pytest-timeout's to end)."""
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the driver ended before {what}; it said:\n"
+                                 + proc.communicate(timeout=60)[0][-3000:])
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def short_lock(monkeypatch):
+    """A lock that goes stale in a fraction of a second, as a 45-s one would in minutes."""
+    monkeypatch.setattr(lock, "STALE", 0.6)
+    monkeypatch.setattr(lock, "LEASE", 0.2)
+    monkeypatch.setattr(lock, "HEARTBEAT", 0.1)
+    monkeypatch.setattr(lock, "SETTLE", 0.05)
+
+
+def test_a_holder_taken_over_while_stopped_may_not_write_and_never_overwrites(tmp_path,
+                                                                             short_lock):
+    first = lock.DriverLock(tmp_path).acquire()
+    assert _record(tmp_path)["generation"] == 1
+    first._stop.set()                       # its process stopped: no heartbeat, no writes
+    first._thread.join()
+    _until(lambda: time.time() - _record(tmp_path)["heartbeat"] > lock.STALE, "stale")
+    second = lock.DriverLock(tmp_path).acquire()
+    assert _record(tmp_path) | {"token": second.token, "generation": 2} == _record(tmp_path)
+    with pytest.raises(lock.LockLost, match=f"pid {os.getpid()}"):
+        first.ensure_held()                 # the stopped one continues: its first write fails
+    with pytest.raises(lock.LockLost):      # and every later one: never a write again
+        first.ensure_held()
+    first.release()                         # leaves the new holder's lock alone
+    assert _record(tmp_path)["token"] == second.token
+    second.ensure_held()
+    second.release()
+    assert not (tmp_path / lock.LOCK_FILE).exists()
+
+
+def test_a_heartbeat_that_wakes_after_a_takeover_leaves_the_new_lock(tmp_path, short_lock):
+    first = lock.DriverLock(tmp_path).acquire()
+    first._stop.set()
+    first._thread.join()
+    _until(lambda: time.time() - _record(tmp_path)["heartbeat"] > lock.STALE, "stale")
+    second = lock.DriverLock(tmp_path).acquire()
+    first._stop.clear()                     # its heartbeat thread runs again
+    beat = threading.Thread(target=first._beat, daemon=True)
+    beat.start()
+    beat.join(timeout=30)                   # it stops by itself: the lock is not its own
+    assert not beat.is_alive()
+    assert _record(tmp_path)["token"] == second.token
+    second.release()
+
+
+def test_a_verified_holder_reads_nothing_within_its_lease(tmp_path, short_lock, monkeypatch):
+    held = lock.DriverLock(tmp_path).acquire()
+    reads = []
+    real = lock._holder
+    monkeypatch.setattr(lock, "_holder", lambda out: reads.append(out) or real(out))
+    held._verified = time.time()
+    held.ensure_held()
+    assert reads == []                      # within the lease: no I/O per write
+    held._verified -= 10 * lock.LEASE
+    held.ensure_held()
+    assert reads                            # past it: the lock is read again
+    held.release()
+
+
+def test_a_lock_that_is_not_utf8_holds_nothing(tmp_path):
+    (tmp_path / lock.LOCK_FILE).write_bytes(b"\xff\xfe\x00garbage")
+    lock.check_unlocked(tmp_path)
+    held = lock.DriverLock(tmp_path).acquire()
+    held.release()
+
+
+@pytest.mark.slow
+def test_a_suspended_driver_stops_and_every_attempt_keeps_one_run(tmp_path):
+    """Driver A is stopped (SIGSTOP) until its lock is stale; B takes the output dir over;
+    A continues (SIGCONT), finds its lock gone before its next write and stops, exit 2; B
+    finishes the sweep. Every trial is in Parquet once and has one finished run."""
+    out = tmp_path / "out"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "suspended", "output_dir": str(out),
+        "base": {"dataset": "circle", "n_train": 16, "n_eval": 16, "depth": 3, "width": 256,
+                 "steps": 400, "checkpoints": 4, "device": "cpu"},
+        "grid": {"seed": list(range(8))}}))
+    env = {**os.environ, "NTKSWEEP_LOCK_STALE": "2", "NTKSWEEP_LOCK_HEARTBEAT": "0.3"}
+    cmd = [sys.executable, "-m", "ntksweep.cli", "run", str(spec), "--quiet", "--num-cpus", "2"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    second = None
+    try:
+        _until(lambda: len(list((out / "trials").rglob("*.parquet"))) >= 1, "a trial", first)
+        token = _record(out)["token"]
+        first.send_signal(signal.SIGSTOP)
+        _until(lambda: time.time() - _record(out)["heartbeat"] > 2.0, "its lock went stale")
+        second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        _until(lambda: (out / lock.LOCK_FILE).exists() and _record(out)["token"] != token,
+               "the takeover", second)
+        first.send_signal(signal.SIGCONT)
+        said, _ = first.communicate(timeout=300)
+        assert first.returncode == 2, said
+        assert "lost the output dir" in said and "writes nothing more" in said, said
+        said2, _ = second.communicate(timeout=600)
+        assert second.returncode == 0, said2
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+    trials = ntksweep.load_results(out)[0]
+    assert len(trials) == 8 and trials.trial_id.is_unique
+    assert set(trials.status) == {"completed"}
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("suspended")
+    runs = client.search_runs([exp.experiment_id], "tags.`ntksweep.role` = 'trial'",
+                              max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for tid in trials.trial_id:
+        finished = [r for r in runs if r.data.tags["trial_id"] == tid
+                    and r.info.status == "FINISHED"]
+        assert len(finished) == 1, (tid, [(r.data.tags["attempt"], r.info.status)
+                                          for r in runs if r.data.tags["trial_id"] == tid])
+    attempts = [(r.data.tags["trial_id"], r.data.tags["attempt"]) for r in runs]
+    assert len(attempts) == len(set(attempts))          # no attempt number twice
+
+
+def test_the_refusal_names_the_live_holder(tmp_path):
+    held = lock.DriverLock(tmp_path).acquire()
+    try:
+        with pytest.raises(OutputDirError, match=f"pid {os.getpid()}"):
+            lock.check_unlocked(tmp_path)
+    finally:
+        held.release()
