@@ -58,19 +58,18 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
     trials = store.load_trials(out_dir)
     if trials.empty:
         return {"pushed": 0, "already_there": 0}
-    runs = _child_runs(tracker, sweep_id)
-    present = {(r.data.tags.get("trial_id"), r.info.status) for r in runs}
+    runs = tracker.child_runs()
+    present = {(r.trial_id, r.status) for r in runs}
     missing = trials[[(tid, Status(s).mlflow) not in present
                       for tid, s in zip(trials["trial_id"], trials["status"])]]
     if missing.empty:        # the common resume: the checkpoints need not be read at all
         return {"pushed": 0, "already_there": len(trials)}
-    unfinished = {r.data.tags["ntksweep.execution"]: r.info.run_id for r in runs
-                  if r.info.status in _UNFINISHED and r.data.tags.get("ntksweep.execution")}
+    unfinished = {r.execution: r.run_id for r in runs
+                  if r.status in _UNFINISHED and r.execution}
     highest: dict[str, int] = {}
     for r in runs:
-        if (a := r.data.tags.get("attempt", "")).isdigit():
-            tid = r.data.tags.get("trial_id")
-            highest[tid] = max(highest.get(tid, 0), int(a))
+        if (r.attempt or "").isdigit():
+            highest[r.trial_id] = max(highest.get(r.trial_id, 0), int(r.attempt))
     _, ckpts = store.load_results(out_dir, {"trial_id": list(missing["trial_id"])})
     for _, row in missing.iterrows():
         tid, execution = row["trial_id"], store.plain_value(row["execution"])
@@ -90,11 +89,3 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
 
 
 _UNFINISHED = {Status.RUNNING.mlflow, Status.KILLED.mlflow}   # what a killed driver leaves
-
-
-def _child_runs(tracker, sweep_id: str) -> list:
-    """Every child run of the sweep."""
-    return tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'trial'",
-        max_results=50000)

@@ -267,13 +267,14 @@ def test_corrupt_or_truncated_files_are_skipped_then_moved_aside_and_rerun(ray_l
     with pytest.warns(UserWarning, match="1 unreadable file"):
         trials, _ = ntksweep.load_results(out)
     assert len(trials) == 3                                # the rest still reads
-    with pytest.warns(UserWarning, match="moved 3 unreadable or inconsistent file"):
+    # both files of each broken trial go aside: the corrupt row's checkpoints file too
+    with pytest.warns(UserWarning, match="moved 4 unreadable or inconsistent file"):
         again = run_sweep(spec, quiet=True, tracking=False)
     assert again.skipped == 2 and again.counts == {"completed": 2}
     trials, ckpts = ntksweep.load_results(out)
     assert len(trials) == 4 and trials.trial_id.is_unique
     assert (ckpts.groupby("trial_id").size() == trials.set_index("trial_id").n_checkpoints).all()
-    assert len(list((out / "_quarantine").rglob("*.parquet"))) == 3
+    assert len(list((out / "_quarantine").rglob("*.parquet"))) == 4
 
 
 _OK = {"name": "fz", "base": dict(TINY), "grid": {"seed": [0]}}

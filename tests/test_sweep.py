@@ -92,15 +92,17 @@ def test_killed_worker_process_is_replaced_and_trial_rerun(ray_local, tmp_path):
 
 
 def test_failing_trial_is_recorded_and_sweep_goes_on(ray_local, tmp_path):
-    # a device no machine has: the trial raises where it runs (a missing data file is now
-    # refused before the sweep starts: test_faults)
+    # a limit beyond its quadrature (tanh at pre-activation std 1e20): the trial raises where
+    # it runs (what preflight can see — missing files, impossible devices — is refused
+    # before the sweep starts: test_preflight)
     spec = sweep(tmp_path, grid={"seed": [0]},
-                 zip=[{"width": [8, 9], "device": ["cpu", "cuda:99"]}])
+                 zip=[{"width": [8, 9], "activation": ["relu", "tanh"],
+                       "weight_std": [1.0, 1e20]}])
     summary = run_sweep(spec, quiet=True)
     assert summary.counts == {"completed": 1, "failed": 1}
     trials, _ = assert_each_trial_once(summary.out_dir, spec)
     failed = trials[trials.status == "failed"].iloc[0]
-    assert "'cuda:99'" in failed.error and failed.attempts == 1   # not retried
+    assert "quadrature resolves" in failed.error and failed.attempts == 1   # not retried
     # a resumed sweep re-runs the failed trial only, as its next attempt
     again = run_sweep(spec, quiet=True)
     assert again.skipped == 1 and again.counts == {"failed": 1}
@@ -317,7 +319,8 @@ def test_the_cli_explains_a_sweep_in_a_log(tmp_path):
     spec_file.write_text(yaml.safe_dump({
         "name": "talk", "output_dir": str(tmp_path / "out"), "base": TINY,
         "grid": {"seed": [0]}, "zip": [{"width": [8, 16, 32, 9],
-                                        "device": ["cpu", "cpu", "cpu", "cuda:99"]}]}))
+                                        "activation": ["relu", "relu", "relu", "tanh"],
+                                        "weight_std": [1.0, 1.0, 1.0, 1e20]}]}))
     run = _cli("run", str(spec_file), "--num-cpus", "2")
     out, _ = run.communicate(timeout=300)
     assert run.returncode == 1, out                          # a trial failed
@@ -326,7 +329,7 @@ def test_the_cli_explains_a_sweep_in_a_log(tmp_path):
                     "Started a local Ray instance"):
         assert chatter not in out, out
     failed = out.split("failed trials", 1)[1]
-    assert "width=9" in failed and "cuda:99" in failed
+    assert "width=9" in failed and "quadrature resolves" in failed
     assert "headline: init dist_inf ∝ width^" in out and "95 % CI" in out
     status = _cli("status", str(tmp_path / "out"))
     text, _ = status.communicate(timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,7 +20,7 @@ from mlflow.utils.validation import (
 )
 
 __all__ = ["chunks", "rest_log_batch", "log_text_artifact", "bound_http_requests",
-           "forget_sqlite_engine"]
+           "forget_sqlite_engine", "RunKey", "child_run_keys"]
 
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 
@@ -94,3 +95,50 @@ def forget_sqlite_engine(path: str) -> None:
             SqlAlchemyStore._engine_map.pop(uri).dispose()
     # the stores built on those engines (created their tables once, at construction)
     type(_tracking_store_registry)._get_store_with_resolved_uri.cache_clear()
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What sync needs of a child run: its id and status, its trial, attempt and execution."""
+
+    run_id: str
+    status: str
+    trial_id: str | None
+    attempt: str | None
+    execution: str | None
+
+
+_RUN_KEYS_SQL = """
+SELECT r.run_uuid, r.status,
+       MAX(CASE WHEN t.key = 'trial_id' THEN t.value END),
+       MAX(CASE WHEN t.key = 'attempt' THEN t.value END),
+       MAX(CASE WHEN t.key = 'ntksweep.execution' THEN t.value END)
+FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid
+WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'
+  AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'ntksweep.sweep_id' AND value = ?)
+  AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'ntksweep.role' AND value = 'trial')
+GROUP BY r.run_uuid
+"""
+
+
+def child_run_keys(client, uri: str, experiment_id: str, sweep_id: str) -> list[RunKey]:
+    """Every child run of a sweep, as ``RunKey``s. From a SQLite store by one query on
+    MLflow's tables (its search builds each run whole, ~10 ms a run: minutes for 10⁵); from
+    any other store by its search, a page at a time (no cap on the number of runs)."""
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        path = uri.removeprefix("sqlite:///").split("?")[0]
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+            return [RunKey(*row) for row in conn.execute(_RUN_KEYS_SQL,
+                                                         (int(experiment_id), sweep_id))]
+    keys, token = [], None
+    query = f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'trial'"
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        keys += [RunKey(r.info.run_id, r.info.status, r.data.tags.get("trial_id"),
+                        r.data.tags.get("attempt"), r.data.tags.get("ntksweep.execution"))
+                 for r in page]
+        token = page.token
+        if not token:
+            return keys

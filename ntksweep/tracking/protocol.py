@@ -22,6 +22,8 @@ class TrialTracker(Protocol):
 
     def attempts_of(self, trial_ids) -> dict[str, int]: ...
 
+    def child_runs(self) -> list: ...
+
     def log_record(self, handle: int | None, record: Record) -> None: ...
 
     def end_trial(self, handle: int | None, status: Status | str,
@@ -46,6 +48,9 @@ class Untracked:
 
     def attempts_of(self, trial_ids) -> dict[str, int]:
         return {}
+
+    def child_runs(self) -> list:
+        return []
 
     def log_record(self, handle: int | None, record: Record) -> None:
         pass

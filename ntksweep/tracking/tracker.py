@@ -32,7 +32,13 @@ from mlflow.tracking import MlflowClient
 
 from .. import __version__
 from ..records import Record, Status
-from .mlflow_api import bound_http_requests, log_text_artifact, rest_log_batch
+from .mlflow_api import (
+    RunKey,
+    bound_http_requests,
+    child_run_keys,
+    log_text_artifact,
+    rest_log_batch,
+)
 from .naming import EXPERIMENT_KIND, axis_tags, run_name
 from .protocol import TrialTracker, Untracked
 from .sqlite import artifact_root, relocate_artifacts, tune_sqlite
@@ -198,6 +204,10 @@ class Tracker:
         self.parent_id = run.info.run_id
         if sweep_yaml:
             self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
+
+    def child_runs(self) -> list[RunKey]:
+        """Every child run of this sweep (id, status, trial, attempt, execution)."""
+        return child_run_keys(self.client, self.uri, self.experiment_id, self.sweep_id)
 
     def attempts_of(self, trial_ids) -> dict[str, int]:
         """trial_id → the highest attempt number any run of that trial holds in MLflow, for
