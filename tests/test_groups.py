@@ -111,7 +111,11 @@ def test_groups_near_the_edge_of_stability_are_named():
     trials = _table({"cnn": -0.5, "resnet": -0.5}, "architecture")
     trials.loc[trials.architecture == "resnet", "init_lr_sharpness"] = 1.24
     notes = console.stability_notes(trials)
-    assert len(notes) == 1 and notes[0].startswith("  resnet: 2ηλ_max(Θ₀)/N up to 1.24, near")
+    assert len(notes) == 1 and notes[0].startswith("  resnet: 2ηλ_max(Θ₀)/N 1.24 (median; "
+                                                   "up to 1.24), near")
+    narrow = trials.assign(init_lr_sharpness=0.4)           # one narrow net's draw: not
+    narrow.loc[0, "init_lr_sharpness"] = 2.5                 # the group's step size
+    assert console.stability_notes(narrow) == []
     trials.loc[trials.architecture == "resnet", "init_lr_sharpness"] = 2.5
     assert "past" in console.stability_notes(trials)[0]
 
