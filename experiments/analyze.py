@@ -36,7 +36,8 @@ import numpy as np
 
 import ntksweep
 from ntksweep import analysis, store
-from ntksweep.report import make_report
+from ntksweep.analysis import jacot
+from ntksweep.analysis.report import make_report
 from ntksweep.sweep_spec import load_sweep_spec
 
 EXPECTED = re.compile(r"#\s*Expected:\s*(?P<stat>\w+)\((?P<col>\w+)\)\s+in\s+"
@@ -64,16 +65,16 @@ def figure_checks(trials, ckpts, out) -> dict[int, dict]:
     checks: dict[int, dict] = {}
     circle = (ckpts.dataset == "circle").any() if len(ckpts) else False
     if circle and ckpts.kernel_path.notna().any():
-        rows = analysis.circle_kernel_rows(ckpts, out, "first")
+        rows = jacot.circle_kernel_rows(ckpts, out, "first")
         for width, g in rows.groupby("width"):
             mean = g.groupby("gamma").theta.mean()
             spec = store.spec_from_row(trials[trials.width == width].iloc[0])
-            limit = analysis.circle_limit(spec, mean.index.to_numpy())
+            limit = jacot.circle_limit(spec, mean.index.to_numpy())
             checks[int(width)] = {
                 "max_rel_gap_theta0": float(np.max(np.abs(mean.values - limit) / np.abs(limit))),
                 "dist_init_T": float(trials[trials.width == width].final_dist_init.mean())}
     if circle and ckpts.outputs_path.notna().any():
-        for width, b in analysis.fig2_bands(trials, ckpts, out).groupby("width"):
+        for width, b in jacot.fig2_bands(trials, ckpts, out).groupby("width"):
             checks.setdefault(int(width), {}).update({
                 "median_inside_inf_band": float(np.mean((b.net_q50 >= b.inf_q10)
                                                         & (b.net_q50 <= b.inf_q90))),

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from . import choices
+from .choices import LEAKY_RELU_SLOPE
 from .errors import SpecError
 
 __all__ = ["Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "LEAKY_RELU_SLOPE"]
-
-LEAKY_RELU_SLOPE = 0.01  # the default negative slope (torch's); a trial field sets another
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -69,6 +69,7 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("sin", torch.sin, torch.cos),
     ]
 }
+choices.check_implemented("activations", choices.ACTIVATIONS, ACTIVATIONS)
 
 
 def get_activation(name: str, *, leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Activation:

@@ -161,7 +161,7 @@ def cmd_trial(args) -> int:
 def _report(out: str, tracking_uri: str, dest: str | None = None) -> None:
     """Write the report; with a ``tracking_uri`` its figures and page also become artifacts
     of the sweep's parent run ("": an untracked sweep, nothing goes to MLflow)."""
-    from .report import make_report
+    from .analysis.report import make_report
 
     res = make_report(out, dest)
     print(f"report: {res['html']} ({len(res['figures'])} figures in "

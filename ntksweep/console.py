@@ -118,7 +118,7 @@ def _done(trials: pd.DataFrame) -> pd.DataFrame:
 def _exponents(trials: pd.DataFrame) -> pd.DataFrame:
     """init dist_inf's width exponent per group of the finished trials (``analysis``: every
     field the sweep varies but width and the seeds); empty with fewer than 2 widths."""
-    from .analysis import width_exponents
+    from .analysis.stats import width_exponents
 
     done = _done(trials)
     if done.empty or done.width.nunique() < 2:
@@ -127,7 +127,7 @@ def _exponents(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _group_name(row: pd.Series, by: list[str], sep: str = ", ") -> str:
-    from .analysis import group_label
+    from .analysis.stats import group_label
 
     return group_label(by, tuple(row[c] for c in by), sep)
 
@@ -191,9 +191,10 @@ def headline(trials: pd.DataFrame, limit: int = 12) -> list[str]:
 def stability_notes(trials: pd.DataFrame) -> list[str]:
     """A line per group (every varying field but width and the seeds) whose trials train
     near or past gradient descent's edge of stability: the median over its trials of
-    2ηλ_max(Θ_0)/N ≥ ``NEAR_EDGE`` (the linearised net's GD diverges at 2). Its kernel moves because of the step size, not only
-    the width, so its movement does not compare with a group's far from the edge."""
-    from .analysis import NEAR_EDGE, group_columns, group_label, groups
+    2ηλ_max(Θ_0)/N ≥ ``NEAR_EDGE`` (the linearised net's GD diverges at 2). Its kernel
+    moves because of the step size, not only the width, so its movement does not compare
+    with a group's far from the edge."""
+    from .analysis.stats import NEAR_EDGE, group_columns, group_label, groups
 
     done = _done(trials)
     if done.empty or "init_lr_sharpness" not in done or done.init_lr_sharpness.isna().all():

@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .activations import ACTIVATIONS, get_activation
+from .choices import ACTIVATIONS, ARCHITECTURES, PADDINGS, READOUTS
 from .errors import SpecError
 from .parametrizations import PARAMETRIZATIONS, kernel_is_ntk_limit
 
-__all__ = ["PARAMETRIZATIONS", "ARCHITECTURES", "PADDINGS", "READOUTS", "RULES", "problem",
-           "depth_problem", "check_network", "check_conv"]
+__all__ = ["PARAMETRIZATIONS", "RULES", "problem", "depth_problem", "check_network",
+           "check_conv"]
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -30,7 +30,8 @@ RULES = {
     "bias_std": (lambda v: is_finite(v) and v >= 0, "must be a finite number >= 0"),
     "parametrization": (lambda v: v in PARAMETRIZATIONS,
                         f"must be one of {', '.join(PARAMETRIZATIONS)}"),
-    "activation": (lambda v: v in ACTIVATIONS, f"must be one of {', '.join(sorted(ACTIVATIONS))}"),
+    "activation": (lambda v: isinstance(v, str) and v in ACTIVATIONS,
+                   f"must be one of {', '.join(sorted(ACTIVATIONS))}"),
     "leaky_relu_slope": (is_finite, "must be a finite number (leaky ReLU's negative slope)"),
 }
 
@@ -44,7 +45,8 @@ def problem(field: str, value: Any) -> str | None:
 def check_network(*, depth, activation, weight_std, bias_std, parametrization,
                   width=None, leaky_relu_slope=0.01) -> None:
     """Raise ``SpecError`` ('depth must be …; got 0') for the first invalid argument."""
-    get_activation(activation)  # its own message lists the known names
+    if (text := problem("activation", activation)) is not None:
+        raise SpecError(f"unknown activation {activation!r}; {text.replace('must be', 'choose')}")
     for field, value in (("depth", depth), ("weight_std", weight_std), ("bias_std", bias_std),
                          ("parametrization", parametrization),
                          ("leaky_relu_slope", leaky_relu_slope)):
@@ -68,9 +70,6 @@ def depth_problem(parametrization: str, depth: int) -> str | None:
     return None
 
 
-ARCHITECTURES = ("mlp", "cnn", "resnet")
-PADDINGS = ("same", "valid")
-READOUTS = ("gap", "flatten")
 
 
 def check_conv(*, architecture, depth, kernel_size, padding, readout,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import hashlib
-import json
 import math
 import os
 import re
@@ -25,30 +23,13 @@ from .hyper import check_conv
 from .lock import check_unlocked
 from .memory import TrialMemory, trial_memory
 from .records import Status
-from .sweep_spec import Resources, SweepSpec, load_sweep_spec
+from .sweep_spec import Resources, SweepSpec, load_sweep_spec, sweep_id_of
 from .tracking.sqlite import StoreDamage, check_sqlite_store
 from .tracking.uri import resolve_tracking_uri
 from .trial_spec import TRIAL_FIELDS, TrialSpec
 
-__all__ = ["Preflight", "preflight", "plan_sweep", "sweep_id_of", "check_output_dir",
+__all__ = ["Preflight", "preflight", "plan_sweep", "check_output_dir",
            "check_trials", "local_gpus"]
-
-
-def sweep_id_of(spec: SweepSpec) -> str:
-    """A sweep's identity: its name and base fields — what every trial shares. Axis values
-    and seeds can be added to a sweep (it grows in place: same id, same MLflow parent run);
-    a changed base field makes another sweep. How it runs (resources, retries) is not part
-    of it."""
-    blob = json.dumps({"name": spec.name, "base": spec.base}, sort_keys=True, default=list)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def _earlier_sweep_id(spec: SweepSpec) -> str:
-    """The id versions before 0.2 gave the same spec (its axes included): an output dir they
-    wrote keeps its id, and so its MLflow parent run."""
-    blob = json.dumps({"name": spec.name, "base": spec.base, "grid": spec.grid, "zip": spec.zip},
-                      sort_keys=True, default=list)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def check_output_dir(spec: SweepSpec, force: bool = False) -> tuple[str, str]:
@@ -65,7 +46,7 @@ def check_output_dir(spec: SweepSpec, force: bool = False) -> tuple[str, str]:
         return out, sid
     before = _held_spec(out)
     same = (before.name, before.base) == (spec.name, spec.base) if before is not None \
-        else held.sweep_id == _earlier_sweep_id(spec)
+        else held.sweep_id == spec.earlier_sweep_id
     if same:
         return out, held.sweep_id
     if not force:

@@ -18,7 +18,9 @@ known, and the nearest valid name.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from .trial_spec import TRIAL_FIELDS, TrialSpec, suggest
 from .yaml_input import MAX_SPEC_BYTES, load_yaml, read_spec_text
 
 __all__ = ["SweepSpec", "Resources", "load_sweep_spec", "parse_overrides", "spec_yaml",
-           "SpecError"]
+           "sweep_id_of", "SpecError"]
 
 TOP_LEVEL = ("name", "output_dir", "base", "grid", "zip", "resources", "retries", "tracking_uri",
              "description", "smoke")
@@ -72,6 +74,20 @@ class SweepSpec:
         """A local path or an object-store URI (``s3://bucket/prefix``): kept as a string."""
         return self.output_dir or str(Path("ntksweep-out") / self.name)
 
+    @property
+    def sweep_id(self) -> str:
+        """A sweep's identity: its name and base fields — what every trial shares. Axis values
+        and seeds can be added to a sweep (it grows in place: same id, same MLflow parent run);
+        a changed base field makes another sweep. How it runs (resources, retries) is not part
+        of it."""
+        return _hash({"name": self.name, "base": self.base})
+
+    @property
+    def earlier_sweep_id(self) -> str:
+        """The id versions before 0.2 gave the same spec (its axes included): an output dir
+        they wrote keeps its id, and so its MLflow parent run."""
+        return _hash({"name": self.name, "base": self.base, "grid": self.grid, "zip": self.zip})
+
     def axes(self) -> dict[str, tuple]:
         axes = dict(self.grid)
         for group in self.zip:
@@ -99,6 +115,15 @@ class SweepSpec:
                     seen.add(spec.trial_id)
                     out.append(spec)
         return out
+
+
+def _hash(blob: dict) -> str:
+    return hashlib.sha1(json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def sweep_id_of(spec: SweepSpec) -> str:
+    """``spec.sweep_id``."""
+    return spec.sweep_id
 
 
 def _line_of(node: yaml.Node | None, *path: str) -> str:

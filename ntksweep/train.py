@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import choices
 from .models.layers import affine_layers
 from .parametrizations import lr_factors
 from .records import Status
@@ -54,7 +55,12 @@ def make_optimizer(model: nn.Module, spec: TrialSpec) -> torch.optim.Optimizer:
     if rest:
         groups.setdefault(1.0, []).extend(rest)
     params = [{"params": ps, "lr": spec.lr * r} for r, ps in sorted(groups.items())]
-    return torch.optim.Adam(params) if spec.optimizer == "adam" else torch.optim.SGD(params)
+    return _OPTIMIZERS[spec.optimizer](params)
+
+
+# gd and sgd differ in batch_rows only; the learning-rate factors come from the parametrization
+_OPTIMIZERS = {"gd": torch.optim.SGD, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+choices.check_implemented("optimizers", choices.OPTIMIZERS, _OPTIMIZERS)
 
 
 def loss_value(spec: TrialSpec, out: torch.Tensor, y: torch.Tensor,

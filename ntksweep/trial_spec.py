@@ -12,6 +12,16 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .choices import (
+    CHECKPOINT_SPACINGS,
+    DTYPES,
+    KEEP_POLICIES,
+    LEAKY_RELU_SLOPE,
+    LOSSES,
+    NTK_METHODS,
+    OPTIMIZERS,
+    TRAIN_INPUTS,
+)
 from .data import DATASETS, DIGITS_IMAGES, IMAGE_DATASETS, TEACHERS
 from .errors import SpecError
 from .hyper import RULES, check_conv, depth_problem, is_finite, is_int, problem
@@ -42,7 +52,7 @@ class TrialSpec:
     weight_std: float = 1.0
     bias_std: float = 0.1
     parametrization: str = "ntk"
-    leaky_relu_slope: float = 0.01    # leaky_relu only: σ(x) = max(x, 0) + a·min(x, 0)
+    leaky_relu_slope: float = LEAKY_RELU_SLOPE   # leaky_relu only: max(x, 0) + a·min(x, 0)
     seed: int = 0
     # training
     lr: float = 1.0
@@ -146,14 +156,14 @@ class TrialSpec:
         need(self.dataset != "file" or bool(self.data_path), "data_path",
              "dataset 'file' needs data_path")
         need(is_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
-        need(self.optimizer in ("gd", "sgd", "adam"), "optimizer", "must be 'gd', 'sgd' or 'adam'")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "batch_size", "must be an integer >= 1 or null")
-        need(self.loss in ("mse", "cross_entropy"), "loss", "must be 'mse' or 'cross_entropy'")
+        need(self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
         need(self.loss != "cross_entropy" or self.dataset == "digits", "loss",
              "cross_entropy needs class labels (dataset 'digits')")
-        need(self.checkpoint_spacing in ("log", "linear"), "checkpoint_spacing",
-             "must be 'log' or 'linear'")
+        need(self.checkpoint_spacing in CHECKPOINT_SPACINGS, "checkpoint_spacing",
+             f"must be one of {', '.join(CHECKPOINT_SPACINGS)}")
         if self.checkpoint_steps is not None:
             need(all(isinstance(s, int) and 0 <= s <= self.steps for s in self.checkpoint_steps),
                  "checkpoint_steps", f"must be integers in [0, steps={self.steps}]")
@@ -161,18 +171,17 @@ class TrialSpec:
              "must be > 1")
         need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
              is not None, "device", "must be 'auto', 'cpu' or 'cuda[:i]'")
-        need(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64'")
-        need(self.ntk_method in ("auto", "structured", "jacobian", "ntk_vps"), "ntk_method",
-             "must be auto, structured, jacobian or ntk_vps")
+        need(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
+        need(self.ntk_method in NTK_METHODS, "ntk_method",
+             f"must be one of {', '.join(NTK_METHODS)}")
         need(self.memory_budget is None or (isinstance(self.memory_budget, int)
                                             and self.memory_budget > 0),
              "memory_budget", "must be a positive integer (bytes) or null")
-        need(self.keep_kernels in ("none", "first_last", "all"), "keep_kernels",
-             "must be none, first_last or all")
-        need(self.keep_outputs in ("none", "first_last", "all"), "keep_outputs",
-             "must be none, first_last or all")
-        need(self.train_inputs in ("gaussian", "circle"), "train_inputs",
-             "must be 'gaussian' or 'circle'")
+        for name in ("keep_kernels", "keep_outputs"):
+            need(getattr(self, name) in KEEP_POLICIES, name,
+                 f"must be one of {', '.join(KEEP_POLICIES)}")
+        need(self.train_inputs in TRAIN_INPUTS, "train_inputs",
+             f"must be one of {', '.join(TRAIN_INPUTS)}")
         try:
             check_conv(architecture=self.architecture, depth=self.depth,
                        kernel_size=self.kernel_size, padding=self.padding,
@@ -187,8 +196,9 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpe
 
 # fields added after the first release, with their defaults: a trial at the default hashes
 # as it did before the field existed, so resume and stored ids keep working
-ADDED_LATER = {"leaky_relu_slope": 0.01, "architecture": "mlp", "kernel_size": 3,
-                "padding": "same", "readout": "gap", "n_test": 0, "ridge": 0.0}
+ADDED_LATER = {name: TRIAL_FIELDS[name].default
+               for name in ("leaky_relu_slope", "architecture", "kernel_size", "padding",
+                            "readout", "n_test", "ridge")}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}

@@ -15,6 +15,7 @@ import pytest
 
 import ntksweep
 from ntksweep import analysis, store
+from ntksweep.analysis import jacot
 from ntksweep.sweep import run_sweep
 from ntksweep.sweep_spec import load_sweep_spec
 from ntksweep.trial import TrialCache, run_trial
@@ -243,7 +244,7 @@ def test_fig1_overlay_uses_each_standard_parametrization_width_limit(tmp_path):
                          keep_kernels="first_last", device="cpu")
         store.write_trial(tmp_path, "sp", spec, run_trial(spec))
     _, ckpts = ntksweep.load_results(tmp_path)
-    fig = analysis.fig_jacot_fig1(ckpts, tmp_path)
+    fig = jacot.fig_jacot_fig1(ckpts, tmp_path)
     drawn = {line.get_label(): line for line in fig.axes[0].get_lines()
              if line.get_label().startswith("Θ∞")}
     assert set(drawn) == {"Θ∞ (n=16)", "Θ∞ (n=64)"}

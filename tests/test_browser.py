@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from servers import free_port
 
-from ntksweep.report import make_report
+from ntksweep.analysis.report import make_report
 from ntksweep.sweep import run_sweep
 from ntksweep.sweep_spec import load_sweep_spec
 

@@ -217,7 +217,7 @@ def test_a_cnn_trial_measures_its_kernel_against_its_own_limit():
 @pytest.mark.slow
 def test_a_cnn_and_resnet_sweep_end_to_end(ray_local, tmp_path):
     import ntksweep
-    from ntksweep.report import make_report
+    from ntksweep.analysis.report import make_report
     from ntksweep.sweep import run_sweep
     from ntksweep.sweep_spec import load_sweep_spec
 

@@ -10,7 +10,7 @@ import pytest
 
 import ntksweep
 from ntksweep import analysis, console, store
-from ntksweep.report import make_report
+from ntksweep.analysis.report import make_report
 from ntksweep.trial import TrialCache, run_trial
 from ntksweep.trial_spec import TRIAL_FIELDS, TrialSpec
 

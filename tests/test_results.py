@@ -371,12 +371,11 @@ def test_a_forced_sweep_hides_the_failed_rows_it_superseded(ray_local, tmp_path)
 def test_an_output_dir_from_an_earlier_version_keeps_its_sweep_id(tmp_path):
     """Earlier versions put the axes in a sweep's id: their dirs keep that id (and so their
     MLflow parent run), also when the sweep grows now."""
-    from ntksweep.plan import _earlier_sweep_id
 
     spec = spec_for(tmp_path, "old")
     out = Path(spec.output_dir)
     out.mkdir()
-    earlier = _earlier_sweep_id(spec)
+    earlier = spec.earlier_sweep_id
     (out / "sweep.json").write_text(json.dumps(
         {"sweep_id": earlier, "name": "old", "tracking_uri": ""}))
     assert plan_sweep(spec)["sweep_id"] == earlier != sweep_id_of(spec)   # no sweep.yaml

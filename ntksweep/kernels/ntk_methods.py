@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from .. import choices
 from ..errors import UserError
 from ..models import MLP
 from ..models.layers import parameter_lr_factors
@@ -170,3 +171,4 @@ def ntk_structured_any(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *
 
 
 METHODS = {"structured": ntk_structured_any, "jacobian": ntk_jacobian, "ntk_vps": ntk_vps}
+choices.check_implemented("NTK methods", set(choices.NTK_METHODS) - {"auto"}, METHODS)

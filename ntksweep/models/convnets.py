@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ..activations import LEAKY_RELU_SLOPE, get_activation
+from ..choices import PADDINGS, READOUTS
 from ..errors import SpecError
-from ..hyper import PADDINGS, READOUTS, check_conv, check_network
+from ..hyper import check_conv, check_network
 from .layers import Conv, Dense, init_affine
 
 __all__ = ["CNN", "ResNet", "PADDINGS", "READOUTS"]

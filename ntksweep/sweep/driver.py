@@ -1,5 +1,6 @@
-"""The sweep driver: schedules trials on long-lived Ray actors and is the only writer of
-MLflow and Parquet (one writer: no lock races, works with SQLite and with a server).
+"""The sweep driver (``SweepRun``): starts Ray, the actors and the tracker, schedules trials
+on the long-lived actors, takes their messages, and is the only writer of MLflow and
+Parquet (one writer: no lock races, works with SQLite and with a server).
 
 Ray behaviour this relies on (docs/ARCHITECTURE.md, "Ray"): ``ActorPool`` wedges on a dead
 actor, so the driver runs its own ``ray.wait`` loop over streaming generators. A trial that
@@ -12,64 +13,392 @@ appears twice.
 
 from __future__ import annotations
 
-import time
-import warnings
-from collections import deque
+import errno
+import logging
+import signal
+import uuid
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
-from .. import store
-from ..plan import preflight
-from ..sweep_spec import SweepSpec
-from ..tracking.sqlite import set_aside
-from ..tracking.uri import redact
-from .run import SweepRun, work_estimate
+import ray
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-__all__ = ["SweepSummary", "run_sweep"]
+from .. import console, store
+from ..errors import SpecError, TrackingError
+from ..lock import DriverLock, LockLost
+from ..records import Record, Status, SweepMeta, TrialOutcome
+from ..sweep_spec import SweepSpec, spec_yaml
+from ..sync import push_missing
+from ..tracking.protocol import Untracked
+from ..tracking.uri import recorded_form
+from ..train import batch_rows
+from ..trial_spec import TRIAL_FIELDS, TrialSpec
+from .worker import Checkpoints, Finished, TrialWorker
+
+__all__ = ["SweepRun", "WorkerShape", "worker_shape", "work_estimate",
+           "check_single_node_tracking"]
+
+
+def check_single_node_tracking(uri: str, explicit: bool) -> None:
+    """The SQLite default is for one machine: a multi-node sweep needs a tracking server that
+    every user and node can reach (and that outlives the head node's disk)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1 and not explicit and uri.startswith("sqlite:"):
+        raise TrackingError(f"this Ray cluster has {len(alive)} nodes, but MLflow would use "
+                            f"the single-machine SQLite default ({uri}); start `mlflow server` "
+                            "(cluster/README.md) and pass --tracking-uri http://HOST:5000, or "
+                            "set tracking_uri: in the spec (an explicit sqlite:/// URI is "
+                            "accepted if you want the file on the driver's node)")
 
 
 @dataclass(frozen=True)
-class SweepSummary:
-    sweep_id: str
-    out_dir: str
-    total: int
-    skipped: int
-    counts: dict[str, int]
-    retried: int
-    wall_seconds: float
-    interrupted: bool = False
-    tracking_uri: str = ""                # "" when the sweep was not tracked in MLflow
-    tracking_degraded: str | None = None
-    workers: list[dict] = field(default_factory=list)
-    disk_full: str | None = None          # the sweep stopped because its disk filled up
+class WorkerShape:
+    """How many actors, with how many GPUs/CPUs each."""
+
+    n: int
+    gpus: float
+    cpus: float
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str | None = None,
-              force: bool = False, quiet: bool = False, num_cpus: int | None = None,
-              tracking: bool = True, on_event=None) -> SweepSummary:
-    """Run every trial of ``spec`` not already done in its output dir; see the module doc.
-    ``tracking=False``: Parquet only, no MLflow runs (``ntksweep sync`` pushes them later);
-    the output dir still names the tracking URI that sync would use."""
-    started = time.perf_counter()
-    pre = preflight(spec, tracking_uri=tracking_uri, tracking=tracking, force=force,
-                    address=address)
-    out, sid, uri, trials = pre.out, pre.sweep_id, pre.uri, pre.trials
-    if pre.damaged_store is not None:       # nothing in it to lose: aside, and start afresh
-        moved = set_aside(pre.damaged_store)
-        warnings.warn(f"the MLflow store was {pre.damaged_store.problem}; moved it to {moved} "
-                      "and tracking starts a new one (Parquet's trials are pushed to it)",
-                      stacklevel=2)
-    # files that do not read back, or disagree with each other, go aside; their trials rerun
-    moved = store.repair(out)
-    done, attempts = store.trial_states(out) if moved else (pre.done, pre.attempts)
-    pending = [t for t in trials if not (s := done.get(t.trial_id)) or not s.done]
-    # longest first; the sort is stable (also reversed), so ties stay in grid order
-    todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))
-    skipped = len(trials) - len(todo)
-    run = SweepRun(spec, out, sid, todo, attempts, quiet=quiet, on_event=on_event,
-                   quarantined=store.quarantined_trials(moved))
-    run.start(address, num_cpus, uri, pre.explicit, tracking)
-    run.loop()
-    return SweepSummary(sid, out, len(trials), skipped, dict(run.counts),
-                        run.retried, time.perf_counter() - started, run.interrupted,
-                        redact(uri) if tracking else "", run.tracker.degraded, run.workers,
-                        run.disk_full)
+def worker_shape(spec: SweepSpec, n_trials: int, cpu_only: bool = False) -> WorkerShape:
+    """``max_workers`` given: that many are requested (on an autoscaling cluster the ones
+    that do not fit yet wait for new nodes); otherwise as many as the cluster holds now.
+    ``gpus_per_trial: auto`` takes one GPU per actor on a cluster with GPUs, unless every
+    trial asks for ``device: cpu`` (then a GPU would only cap the actors at one per GPU)."""
+    res = ray.cluster_resources()
+    gpus = spec.resources.gpus_per_trial
+    if gpus == "auto":
+        gpus = 1.0 if res.get("GPU", 0) >= 1 and not cpu_only else 0.0
+    cpus = spec.resources.cpus_per_trial
+    if cap := spec.resources.max_workers:
+        return WorkerShape(min(cap, n_trials), float(gpus), float(cpus))
+    if gpus > 0:
+        n = int(res.get("GPU", 0) // gpus)
+        if n < 1:
+            raise SpecError(f"resources.gpus_per_trial={gpus} but the Ray cluster has "
+                            f"{res.get('GPU', 0)} GPUs; set gpus_per_trial: 0 for CPU workers, "
+                            "or max_workers: N to wait for an autoscaler to add GPU nodes")
+    else:
+        n = int(res.get("CPU", 1) // cpus)
+    return WorkerShape(max(1, min(n, n_trials)), float(gpus), float(cpus))
+
+
+def work_estimate(t: TrialSpec) -> float:
+    """A trial's multiply-adds, roughly, to start the longest first (LPT scheduling): a sweep
+    in grid order ends on its widest trials, one per worker, while the other workers idle.
+    Weights ≈ depth·width²; training passes over them steps × batch rows times; each
+    checkpoint's empirical NTK on the eval set ≈ M² passes. The checkpoint count is the
+    asked-for one (``checkpoint_schedule`` would dedupe it exactly, at a cost per trial that
+    adds up before a large sweep can start)."""
+    n_checkpoints = len(t.checkpoint_steps) if t.checkpoint_steps else t.checkpoints
+    return t.depth * t.width ** 2 * (t.steps * batch_rows(t, t.n_train)
+                                     + n_checkpoints * t.n_eval ** 2)
+
+
+@dataclass
+class _Attempt:
+    """A trial attempt running on an actor: what the driver knows of it."""
+
+    trial: TrialSpec
+    attempt: int
+    actor: Any
+    worker: dict[str, Any]
+    handle: int | None            # the tracker's handle of its MLflow run
+    execution: str                # its id, in its Parquet row and on its MLflow run
+    tries: int = 1                # attempts in this run of the sweep (retries count these)
+    records: list[Record] = field(default_factory=list)   # streamed so far, logged
+
+
+class SweepRun:
+    """The driver's state for one run of a sweep, and its steps: ``start`` (Ray, actors,
+    tracker, the output dir's metadata), ``loop`` (hand out trials, take messages, until
+    done or stopped), and the handlers of each event."""
+
+    def __init__(self, spec: SweepSpec, out: str, sweep_id: str,
+                 todo: deque[tuple[TrialSpec, int]], attempts: dict[str, int] | None = None,
+                 *, quiet: bool = False, on_event=None,
+                 quarantined: dict[str, str] | None = None):
+        self.spec, self.out, self.sweep_id, self.todo = spec, out, sweep_id, todo
+        self.stored_attempts = attempts or {}
+        self.quarantined = quarantined or {}     # trial_id → its files moved aside now
+        self.quiet, self.on_event = quiet, on_event
+        self.actors: list = []
+        self.starting: dict = {}        # describe() ref → actor: it takes trials once up
+        self.infos: dict = {}           # actor → its describe()
+        self.idle: list = []
+        self.running: dict[Any, _Attempt] = {}   # streaming generator → attempt
+        self.counts: Counter = Counter()
+        self.retried = 0
+        self.tries: dict[str, int] = {}   # trial_id → its try in this run (after a retry)
+        self.start_failures = 0
+        self.workers: list[dict] = []
+        self.stop_requested: list[int] = []
+        self.started_ray = False
+        self.shape = WorkerShape(0, 0.0, 1.0)
+        self.tracker = None
+        self.lock: DriverLock | None = None
+        self.disk_full: str | None = None   # why the sweep stopped early, if it was the disk
+        self.lock_lost: str | None = None   # another driver took the output dir over
+
+    # -- start --------------------------------------------------------------------------
+    def start(self, address: str | None, num_cpus: int | None, uri: str, explicit: bool,
+              tracking: bool) -> None:
+        """Start Ray (unless running), check the cluster and the output dir, write the sweep's
+        metadata, boot the actors and open the tracker; undo it all if any step fails."""
+        from ..tracking.tracker import Tracker
+
+        if self.todo and not ray.is_initialized():
+            # Ray resets its logger's level at init: keep what the caller set (the CLI quiets
+            # the start-up notices unless --verbose)
+            level = logging.getLogger("ray").level or logging.INFO
+            ray.init(address=address, num_cpus=None if address else num_cpus,
+                     include_dashboard=False, log_to_driver=not self.quiet,
+                     logging_level=level)
+            self.started_ray = True
+        try:
+            if self.todo:
+                if tracking:
+                    check_single_node_tracking(uri, explicit)
+                self.shape = worker_shape(self.spec, len(self.todo),
+                                          all(t.device == "cpu" for t, _ in self.todo))
+            store.check_writable(self.out)
+            self.lock = DriverLock(self.out).acquire()
+            sweep_yaml = spec_yaml(self.spec)
+            store.write_text(self.out, "sweep.yaml", sweep_yaml)
+            store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name,
+                                                 recorded_form(uri, self.out)))
+            for _ in range(self.shape.n if self.todo else 0):
+                self._new_actor()  # they boot (seconds) while MLflow opens its store
+            self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml,
+                                   axes=tuple(self.spec.axes()),
+                                   description=self.spec.description,
+                                   guard=self.lock.ensure_held) \
+                if tracking else Untracked()
+            self._number_attempts()
+            if tracking and not self.tracker.degraded:
+                # trials a killed driver wrote to Parquet before its tracker sent their runs
+                push_missing(self.tracker, self.out, self.sweep_id)
+        except BaseException:
+            self._release()
+            raise
+
+    def _number_attempts(self) -> None:
+        """A trial run again gets the attempt after its last one, whether Parquet (a failed
+        trial) or MLflow (a killed or lost attempt; every run of a trial whose Parquet record
+        went to quarantine, finished ones included) remembers it."""
+        made = self.stored_attempts
+        tracked = {**self.tracker.attempts, **self.tracker.attempts_of(self.quarantined)}
+        self.todo = deque((t, 1 + max(made.get(t.trial_id, 0), tracked.get(t.trial_id, 0)))
+                          for t, _ in self.todo)
+
+    def _new_actor(self) -> None:
+        # No runtime_env: Ray already sets OMP_NUM_THREADS to the actor's num_cpus, and the
+        # actor sizes torch's pool itself. An env_vars runtime_env would make Ray start a
+        # dedicated process per actor and leave the workers it prestarted for this driver
+        # idle, polling, on the cores the trials need.
+        shape = self.shape
+        a = TrialWorker.options(num_gpus=shape.gpus, num_cpus=shape.cpus).remote(int(shape.cpus))
+        self.actors.append(a)
+        self.starting[a.describe.remote()] = a
+
+    def _release(self) -> None:
+        for a in self.actors:
+            _kill(a)
+        if self.lock is not None:
+            self.lock.release()
+        if self.started_ray:
+            ray.shutdown()
+
+    # -- the loop -----------------------------------------------------------------------
+    def loop(self) -> None:
+        """Run until every trial is done or a stop is requested; always close the tracker
+        and release the actors (a crash marks the sweep's run FAILED)."""
+        progress = console.progress(len(self.todo), self.quiet,
+                                    warmup=min(len(self.todo), max(1, self.shape.n)))
+        old = {s: signal.signal(s, self._stop)
+               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        shown, crashed = None, False
+        try:
+            while (self.todo or self.running) and not self.stop_requested:
+                self.lock.ensure_held()
+                self._hand_out()
+                ready, _ = ray.wait([*self.running, *self.starting], num_returns=1,
+                                    timeout=1.0)
+                for ref in ready:
+                    self._on_ready(ref, progress)
+                now = (len(self.running), self.counts[Status.FAILED.value],
+                       self.counts[Status.DIVERGED.value], self.retried)
+                if shown != now:
+                    shown = now
+                    progress.set_postfix(running=now[0], failed=now[1], diverged=now[2],
+                                         retried=now[3], refresh=False)
+        except KeyboardInterrupt:  # a second Ctrl-C while waiting on Ray
+            self.stop_requested.append(signal.SIGINT)
+        except LockLost as e:      # another driver took over: write nothing more
+            self.lock_lost = str(e)
+            raise
+        except BaseException:
+            crashed = True
+            raise
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            progress.close()
+            self._close(crashed)
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.stop_requested)
+
+    def _stop(self, signum, frame) -> None:
+        # only a flag: an exception raised here would surface inside whatever call the
+        # driver is in (an MLflow request, a Parquet write) instead of at a safe point
+        self.stop_requested.append(signum)
+
+    def _close(self, crashed: bool) -> None:
+        if self.lock_lost:         # the runs and the parent are the other driver's now
+            for a in self.actors:
+                _kill(a)
+            self.actors = []
+            self.tracker.abandon(self.lock_lost)
+            self._release()
+            return
+        for attempt in self.running.values():  # stopped, or the driver itself failed
+            self.tracker.end_trial(attempt.handle, Status.KILLED)
+        for a in self.actors:
+            _kill(a)
+        self.actors = []
+        status = "FAILED" if crashed else "KILLED" if self.interrupted else "FINISHED"
+        summary = {}
+        if not crashed and not isinstance(self.tracker, Untracked):  # the whole sweep so far
+            summary = console.sweep_numbers(store.load_trials(self.out, columns=[
+                *TRIAL_FIELDS, *console.SUMMARY_COLUMNS]))
+        self.tracker.close(status, summary)
+        self._release()
+
+    def _hand_out(self) -> None:
+        while self.todo and self.idle and not self.stop_requested:
+            actor = self.idle.pop()
+            trial, attempt = self.todo.popleft()
+            worker = self.infos[actor]
+            execution = uuid.uuid4().hex[:16]
+            tags = {"ntksweep.execution": execution}
+            if files := self.quarantined.get(trial.trial_id):
+                tags["ntksweep.quarantined"] = files
+            handle = self.tracker.start_trial(trial.trial_id, attempt, trial.to_dict(), worker,
+                                              tags)
+            self.running[actor.run.remote(trial)] = _Attempt(
+                trial, attempt, actor, worker, handle, execution,
+                self.tries.get(trial.trial_id, 1))
+            self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)
+
+    def _on_ready(self, ref, progress) -> None:
+        if ref in self.starting:
+            self._on_actor_up(ref)
+            return
+        attempt = self.running[ref]
+        try:
+            message = ray.get(next(ref))
+        except StopIteration:
+            self.running.pop(ref)
+            self.idle.append(attempt.actor)
+        except (RayActorError, ActorDiedError) as e:
+            self._on_worker_died(ref, attempt, e, progress)
+        except RayTaskError as e:  # raised outside run_trial's own handling
+            self.running.pop(ref)
+            self.idle.append(attempt.actor)
+            self._finish(attempt, _failed(attempt, str(e)), progress)
+        else:
+            if isinstance(message, Checkpoints):
+                self._log(attempt, message.records)
+            else:
+                self._on_finished(ref, attempt, message, progress)
+
+    def _on_actor_up(self, ref) -> None:
+        """An actor came up (on a node that may be new), or failed to."""
+        actor = self.starting.pop(ref)
+        try:
+            self.infos[actor] = ray.get(ref)
+        except (RayActorError, ActorDiedError) as e:
+            self.start_failures += 1  # its node went away, or it cannot start
+            if self.start_failures > 2 * self.shape.n + self.spec.retries:
+                raise RuntimeError(f"trial workers keep failing to start; last: {e}") from None
+            self._new_actor()
+            return
+        self.workers.append(self.infos[actor])
+        self.idle.append(actor)
+
+    def _on_worker_died(self, ref, attempt: _Attempt, error: Exception, progress) -> None:
+        self.running.pop(ref)
+        self.tracker.end_trial(attempt.handle, Status.FAILED, {"error": f"worker died: {error}"})
+        _kill(attempt.actor)
+        self._new_actor()
+        if attempt.tries <= self.spec.retries:
+            self.retried += 1
+            self.todo.appendleft((attempt.trial, attempt.attempt + 1))
+            self.tries[attempt.trial.trial_id] = attempt.tries + 1
+            self._event("retry", trial=attempt.trial.trial_id)
+        else:
+            self._finish(attempt, _failed(attempt, f"worker process died {attempt.tries} "
+                                                   f"times; last: {error}"), progress)
+
+    def _on_finished(self, ref, attempt: _Attempt, message: Finished, progress) -> None:
+        # the actor takes its next trial before this one is written (not at end-of-stream)
+        outcome = message.outcome
+        self._log(attempt, outcome.records[len(attempt.records):])
+        self.running.pop(ref)
+        self.idle.append(attempt.actor)
+        self._hand_out()
+        self._finish(attempt, outcome, progress)
+        self._event("end", trial=attempt.trial.trial_id, status=str(outcome.status))
+
+    def _log(self, attempt: _Attempt, records: list[Record]) -> None:
+        for rec in records:
+            attempt.records.append(rec)
+            self.tracker.log_record(attempt.handle, rec)
+            self._event("record", trial=attempt.trial.trial_id, record=rec)
+
+    def _finish(self, attempt: _Attempt, outcome: TrialOutcome, progress) -> None:
+        """Write the outcome to Parquet (what makes the trial count), then end its run. A full
+        disk stops the sweep as SIGTERM would: what was written stays, this trial runs again
+        on resume."""
+        self.lock.ensure_held()      # a driver that lost its output dir writes nothing
+        try:
+            store.write_trial(self.out, self.sweep_id, attempt.trial, outcome,
+                              attempts=attempt.attempt, host=attempt.worker.get("host", ""),
+                              execution=attempt.execution)
+        except OSError as e:
+            if not _disk_full(e):
+                raise
+            self.disk_full = (f"the disk holding {self.out} is full ({e}); free space there "
+                              "(or use another output dir) and run the same command again")
+            self.stop_requested.append(signal.SIGTERM)
+            self.tracker.end_trial(attempt.handle, Status.KILLED, {"error": self.disk_full})
+            return
+        self.tracker.end_trial(attempt.handle, outcome.status, {
+            "device": outcome.device, "error": (outcome.error or "")[-4000:] or None,
+            "train_seconds": outcome.train_seconds, "kernel_seconds": outcome.kernel_seconds})
+        self.counts[outcome.status.value] += 1
+        progress.update(1)
+
+    def _event(self, kind: str, **data) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, data)
+
+
+def _failed(attempt: _Attempt, error: str) -> TrialOutcome:
+    """A trial that could not finish: the records it streamed, and why."""
+    return TrialOutcome(attempt.trial.trial_id, Status.FAILED, list(attempt.records),
+                        error=error, device="")
+
+
+def _disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+
+
+def _kill(actor) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001  (already dead)
+        pass

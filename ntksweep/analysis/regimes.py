@@ -1,25 +1,16 @@
-"""Figures and tables of how trained networks compare with their kernels — test error of the
-nets against kernel regression with Θ_∞, Σ, Θ_0 and Θ_T, and the coordinate check — per
-architecture, depth and (where a sweep varies it) parametrization. From the trials table
-of ``ntksweep.load_results`` only."""
+"""How trained networks compare with their kernels — test error of the nets against kernel
+regression with Θ_∞, Σ, Θ_0 and Θ_T, and the coordinate check — per group. From the
+trials table of ``ntksweep.load_results`` only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .analysis import (
-    group_columns,
-    group_label,
-    groups,
-    panel_grid,
-    plt,
-    seed_band,
-    seed_summary,
-    width_ticks,
-)
-from .parametrizations import ROLES
-from .records import KR_KERNELS
+from ..parametrizations import ROLES
+from ..records import KR_KERNELS
+from .figures import panel_grid, plt, seed_band, width_ticks
+from .stats import group_columns, group_label, groups, seed_summary
 
 __all__ = ["test_score", "test_table", "fig_test_scores", "fig_coord_check"]
 

@@ -1,5 +1,5 @@
-"""``ntksweep report OUT``: the standard figures and tables of any sweep, as PNG/SVG files and
-one self-contained HTML page (figures embedded), from the Parquet store only."""
+"""``ntksweep report OUT``: the standard figures and tables of any sweep, as PNG/SVG files
+and one self-contained HTML page (figures embedded), from the Parquet store only."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import analysis
-from . import analysis_regimes as regimes
-from .console import stability_notes
-from .errors import UserError
-from .records import Status
-from .store import is_uri, load_results, read_text
+from ..console import stability_notes
+from ..errors import UserError
+from ..records import Status
+from ..store import is_uri, load_results, read_text
+from . import figures as figs
+from . import jacot, regimes, stats
 
-__all__ = ["make_report", "default_report_dir"]
+__all__ = ["default_report_dir", "make_report"]
 
 
 def _img(path: Path) -> str:
@@ -81,14 +81,14 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
     tables = []
 
     def add(fig, name):
-        figures.extend(p for p in analysis.save_figure(fig, figdir, name) if p.suffix == ".png")
+        figures.extend(p for p in figs.save_figure(fig, figdir, name) if p.suffix == ".png")
 
     exps = pd.DataFrame()
     if ok.width.nunique() >= 2:
-        add(analysis.fig_dist_vs_width(ok), "dist_inf_vs_width")
-        add(analysis.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
+        add(figs.fig_dist_vs_width(ok), "dist_inf_vs_width")
+        add(figs.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
             "dist_init_vs_width")
-        exps = pd.concat([analysis.width_exponents(ok, m)
+        exps = pd.concat([stats.width_exponents(ok, m)
                           for m in ("init_dist_inf", "final_dist_init")], ignore_index=True)
         tables.append(("Width exponents (log-log slope, 95 % CI)", exps))
     if ok.final_test_loss.notna().any():
@@ -101,25 +101,25 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
     if coords.width.nunique() >= 2:
         add(regimes.fig_coord_check(coords), "coord_check")
     if ok.depth.nunique() >= 2:
-        add(analysis.fig_depth_width_heatmap(ok), "depth_width_heatmap")
-    if not (trend := analysis.depth_trend(ok)).empty:
+        add(figs.fig_depth_width_heatmap(ok), "depth_width_heatmap")
+    if not (trend := stats.depth_trend(ok)).empty:
         tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L, 95 % CI)",
                        trend))
     if len(ckpts):
-        add(analysis.fig_dist_over_time(ckpts[ckpts.trial_id.isin(ok.trial_id)]),
+        add(figs.fig_dist_over_time(ckpts[ckpts.trial_id.isin(ok.trial_id)]),
             "dist_init_over_time")
     if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
-        add(analysis.fig_jacot_fig1(ckpts, out), "jacot_fig1")
+        add(jacot.fig_jacot_fig1(ckpts, out), "jacot_fig1")
     if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
-        add(analysis.fig_jacot_fig2(ok, ckpts[ckpts.trial_id.isin(ok.trial_id)], out),
+        add(jacot.fig_jacot_fig2(ok, ckpts[ckpts.trial_id.isin(ok.trial_id)], out),
             "jacot_fig2")
     return figures, tables, exps
 
 
 def _header(out, trials: pd.DataFrame) -> str:
     """When, on what and with which version the numbers were made, and where MLflow has them."""
-    from . import __version__
-    from .store import read_meta
+    from .. import __version__
+    from ..store import read_meta
 
     meta = read_meta(out)
     devices = ", ".join(f"{d} ({n})" for d, n in trials.run_device.value_counts().items())
@@ -140,7 +140,7 @@ def _duration(seconds: float) -> str:
 
 
 def _mlflow_link(out, uri: str) -> str:
-    from .tracking.uri import is_embedded
+    from ..tracking.uri import is_embedded
 
     if not uri:
         return "not tracked"

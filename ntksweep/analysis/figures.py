@@ -1,0 +1,140 @@
+"""The standard figures of a sweep, from the DataFrames of ``ntksweep.load_results``: each
+function returns a matplotlib Figure (a panel or a line per group, ``stats.groups``);
+``save_figure`` writes PNG and SVG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written, not shown
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import (  # noqa: E402
+    MIN_WIDTHS,
+    fit_power_law,
+    group_columns,
+    group_label,
+    groups,
+    seed_summary,
+)
+
+__all__ = ["width_ticks", "seed_band", "panel_grid", "fig_dist_vs_width", "fig_dist_over_time",
+           "fig_depth_width_heatmap", "save_figure"]
+
+
+# ------------------------------------------------------------------------------- figures
+def _loglog(ax, xlabel, ylabel):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def width_ticks(ax, widths) -> None:
+    """Ticks at the sweep's own widths (a log axis labels only powers of ten)."""
+    widths = sorted({int(w) for w in widths})
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def seed_band(ax, s: pd.DataFrame, label: str, **kw):
+    """The seed mean as a line and its bootstrap CI as a band; returns the line's colour."""
+    line, = ax.plot(s["width"], s["mean"], marker="o", ms=4, label=label, **kw)
+    ax.fill_between(s["width"], s["lo"], s["hi"], color=line.get_color(), alpha=0.2, lw=0)
+    return line.get_color()
+
+
+def panel_grid(n: int, cols: int = 3, size: tuple[float, float] = (4.4, 3.8)):
+    """A figure with ``n`` panels, up to ``cols`` a row: (fig, the n axes); spare cells are
+    hidden."""
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows),
+                             squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:n]
+
+
+def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
+                      label: str = "‖Θ₀ − Θ∞‖ / ‖Θ∞‖ at init"):
+    """Metric vs width (log-log), one line per group (``width_exponents``' groups): the seed
+    mean with its 95 % bootstrap band and, from ``MIN_WIDTHS`` widths on, the fitted slope with
+    its CI in the legend and as a dotted line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    by = group_columns(trials, ("architecture", "activation", "depth"))
+    for key, g in groups(trials, by):
+        name = group_label(by, key, ", ")
+        fit = fit_power_law(g["width"], g[metric])
+        fitted = g.width.nunique() >= MIN_WIDTHS and np.isfinite(fit.slope)
+        text = f"slope {fit.slope:+.2f} [{fit.slope_lo:+.2f}, {fit.slope_hi:+.2f}]" if fitted \
+            else f"{g.width.nunique()} widths: no fit"
+        color = seed_band(ax, seed_summary(g, ["width"], metric), f"{name}: {text}")
+        if fitted:
+            xs = np.array([g.width.min(), g.width.max()], float)
+            ax.plot(xs, fit(xs), ls=":", color=color)
+    _loglog(ax, "width n", label)
+    width_ticks(ax, trials.width)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{metric} vs width (seed mean, 95 % bootstrap band)")
+    fig.tight_layout()
+    return fig
+
+
+def fig_dist_over_time(ckpts: pd.DataFrame, metric: str = "dist_init"):
+    """Metric against training time t = lr·step, one panel per group (every field the sweep
+    varies but width and the seeds), one line per width (seed mean)."""
+    by = group_columns(ckpts)
+    panels = list(groups(ckpts[ckpts.t > 0], by))
+    fig, axes = panel_grid(len(panels))
+    for ax, (key, g) in zip(axes, panels):
+        for width, w in g.groupby("width", sort=True):
+            s = w.groupby("t")[metric].mean()
+            ax.plot(s.index, s.values, marker=".", label=f"n={width}")
+        _loglog(ax, "training time t = lr × step", metric)
+        ax.set_title(group_label(by, key), fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{metric} over training (seed mean per width)")
+    fig.tight_layout()
+    return fig
+
+
+def fig_depth_width_heatmap(trials: pd.DataFrame, metric: str = "init_dist_inf"):
+    """Seed-mean metric on a depth × width grid, one panel per group (every other field the
+    sweep varies)."""
+    by = group_columns(trials, exclude=("depth",))
+    panels = list(groups(trials, by))
+    fig, axes = panel_grid(len(panels), cols=2, size=(6.4, 4.2))
+    for ax, (key, g) in zip(axes, panels):
+        table = g.pivot_table(index="depth", columns="width", values=metric, aggfunc="mean")
+        im = ax.imshow(np.log10(table.values), aspect="auto", origin="lower", cmap="viridis")
+        ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+        ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+        ax.set_xlabel("width n")
+        ax.set_ylabel("depth L")
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                v = table.values[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax, label=f"log10 {metric}")
+        ax.set_title(f"{metric}: {group_label(by, key)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name``.png and ``name``.svg; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths

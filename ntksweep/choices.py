@@ -1,0 +1,33 @@
+"""Every named choice a trial spec makes, stated once and torch-free, so that reading,
+validating and planning a spec imports no torch. The modules that implement each choice
+assert at import that they implement exactly these (``activations``, ``train``,
+``kernels.ntk_methods``, ``data``)."""
+
+from __future__ import annotations
+
+__all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "OPTIMIZERS", "LOSSES", "KEEP_POLICIES",
+           "NTK_METHODS", "CHECKPOINT_SPACINGS", "DTYPES", "ARCHITECTURES", "PADDINGS",
+           "READOUTS", "TRAIN_INPUTS", "check_implemented"]
+
+# σ of ``activations.ACTIVATIONS``; their kernels come from ``kernels.duals``
+ACTIVATIONS = ("relu", "leaky_relu", "erf", "tanh", "gelu", "identity", "sigmoid", "softplus",
+               "sin")
+LEAKY_RELU_SLOPE = 0.01      # leaky ReLU's default negative slope (torch's)
+OPTIMIZERS = ("gd", "sgd", "adam")                 # train.make_optimizer
+LOSSES = ("mse", "cross_entropy")                  # train.loss_value
+KEEP_POLICIES = ("none", "first_last", "all")      # which Θ_t / f_t a trial keeps as arrays
+NTK_METHODS = ("auto", "structured", "jacobian", "ntk_vps")   # kernels.empirical_ntk
+CHECKPOINT_SPACINGS = ("log", "linear")            # train.checkpoint_schedule
+DTYPES = ("float32", "float64")
+ARCHITECTURES = ("mlp", "cnn", "resnet")           # models, kernels.analytic_kernels
+PADDINGS = ("same", "valid")
+READOUTS = ("gap", "flatten")
+TRAIN_INPUTS = ("gaussian", "circle")              # the circle data set's training inputs
+
+
+def check_implemented(what: str, names, implemented) -> None:
+    """Fail at import if a module implements other choices than these (a choice added in
+    one place only)."""
+    if set(names) != set(implemented):
+        raise ImportError(f"{what}: the choices {sorted(names)} and the implemented "
+                          f"{sorted(implemented)} differ; keep ntksweep/choices.py in step")
