@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .lock import live_holder
 from .records import Status
+from .store.lock import live_holder
 
 __all__ = ["progress", "LogProgress", "failures", "headline", "stability_notes",
            "sweep_numbers", "status_lines", "SUMMARY_COLUMNS"]

@@ -20,9 +20,9 @@ from . import store
 from .data import DataShape, data_shape
 from .errors import OutputDirError, SpecError, TrackingError, UserError
 from .hyper import check_conv
-from .lock import check_unlocked
 from .memory import TrialMemory, trial_memory
 from .records import Status
+from .store.lock import check_unlocked
 from .sweep_spec import Resources, SweepSpec, load_sweep_spec, sweep_id_of
 from .tracking.sqlite import StoreDamage, check_sqlite_store
 from .tracking.uri import resolve_tracking_uri

@@ -19,7 +19,7 @@ __all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "RECORD_COLUMNS", "Record", "Sta
            "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
 
 N_EIGS = 3
-# kernel regression baselines on the test set (trial.py): Θ_∞, the NNGP Σ, Θ_0 (the
+# kernel regression baselines on the test set (trial/held_out.py): Θ_∞, the NNGP Σ, Θ_0 (the
 # linearised net) and Θ_t (the kernel at the last checkpoint, the "after kernel")
 KR_KERNELS = ("inf", "nngp", "init", "t")
 Record = dict[str, Any]

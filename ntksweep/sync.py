@@ -9,8 +9,8 @@ from pathlib import Path
 
 from . import store
 from .errors import TrackingError, UserError
-from .lock import DriverLock
 from .records import RECORD_COLUMNS, Status
+from .store.lock import DriverLock
 from .tracking.uri import redact
 
 __all__ = ["sync_from_store", "push_missing"]

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from servers import free_port
 
 import ntksweep
-from ntksweep import lock
 from ntksweep.errors import OutputDirError, SpecError
+from ntksweep.store import lock
 from ntksweep.sweep import plan_sweep, run_sweep
 from ntksweep.sweep_spec import load_sweep_spec
 from ntksweep.tracking.uri import redact, resolve_tracking_uri

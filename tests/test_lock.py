@@ -16,8 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import ntksweep
-from ntksweep import lock
 from ntksweep.errors import OutputDirError
+from ntksweep.store import lock
 
 
 def _record(out):

@@ -12,8 +12,8 @@ from ntksweep import TrialSpec, analytic_kernels, empirical_ntk
 from ntksweep.errors import SpecError
 from ntksweep.models import CNN, MLP, ResNet
 from ntksweep.parametrizations import layer_scales, lr_factors
-from ntksweep.train import make_optimizer
 from ntksweep.trial import run_trial
+from ntksweep.trial.train import make_optimizer
 
 SW, SB = 1.3, 0.2
 

@@ -15,8 +15,8 @@ from ntksweep import analytic_kernels
 from ntksweep.data import make_dataset
 from ntksweep.models import MLP
 from ntksweep.records import RECORD_COLUMNS
-from ntksweep.train import checkpoint_schedule
 from ntksweep.trial import run_trial
+from ntksweep.trial.train import checkpoint_schedule
 from ntksweep.trial_spec import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -110,10 +110,10 @@ def test_no_test_set_no_test_columns():
 def test_a_singular_measured_kernel_is_nan_and_a_singular_limit_says_what_to_do():
     """A net whose ReLUs died has a singular Θ_T: its kernel regression is NaN and the trial's
     other measurements stand; a singular Θ_∞ (duplicate inputs) is the user's to fix."""
-    from ntksweep.trial import TrialCache, _Run
+    from ntksweep.trial import TrialCache, TrialRun
 
     spec = TrialSpec(dataset="digits", n_train=6, n_eval=4, n_test=3, width=8, depth=2)
-    held_out = _Run(spec, TrialCache(), "cpu", None).held_out
+    held_out = TrialRun(spec, TrialCache(), "cpu", None).held_out
     phi = np.random.default_rng(5).standard_normal((9, 2))
     k = phi @ phi.T                                             # rank 2 on 6 points
     scores = held_out._regression("t", k[6:, :6], k[:6, :6], None, None)

@@ -11,8 +11,8 @@ from scipy.linalg import expm
 
 from ntksweep.data import make_dataset
 from ntksweep.kernels.metrics import alignment, kernel_flow_prediction, rel_frobenius
-from ntksweep.train import checkpoint_schedule
 from ntksweep.trial import run_trial
+from ntksweep.trial.train import checkpoint_schedule
 from ntksweep.trial_spec import SpecError, TrialSpec
 
 SMALL = dict(n_train=16, n_eval=16, steps=40, checkpoints=5, device="cpu")

@@ -26,13 +26,13 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from .. import console, store
 from ..errors import SpecError, TrackingError
-from ..lock import DriverLock, LockLost
 from ..records import Record, Status, SweepMeta, TrialOutcome
+from ..store.lock import DriverLock, LockLost
 from ..sweep_spec import SweepSpec, spec_yaml
 from ..sync import push_missing
 from ..tracking.protocol import Untracked
 from ..tracking.uri import recorded_form
-from ..train import batch_rows
+from ..trial.train import batch_rows
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
 from .worker import Checkpoints, Finished, TrialWorker
 

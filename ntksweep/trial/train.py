@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import choices
-from .models.layers import affine_layers
-from .parametrizations import lr_factors
-from .records import Status
-from .trial_spec import TrialSpec
+from .. import choices
+from ..models.layers import affine_layers
+from ..parametrizations import lr_factors
+from ..records import Status
+from ..trial_spec import TrialSpec
 
 __all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train", "make_optimizer"]
 

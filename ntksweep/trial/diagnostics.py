@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models.layers import affine_layers
-from .parametrizations import ROLES
+from ..models.layers import affine_layers
+from ..parametrizations import ROLES
 
 __all__ = ["COORD_COLUMNS", "kernel_velocity", "target_alignment", "EvalPass", "forward_pass",
            "coordinate_check"]

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import Dataset
-from .kernels import AnalyticKernels
-from .kernels.metrics import KernelDynamics
-from .kernels.regression import SingularKernelError, regression_weights
-from .parametrizations import has_nngp_limit
-from .records import KR_KERNELS, Record
-from .trial_spec import TrialSpec
+from ..data import Dataset
+from ..kernels import AnalyticKernels
+from ..kernels.metrics import KernelDynamics
+from ..kernels.regression import SingularKernelError, regression_weights
+from ..parametrizations import has_nngp_limit
+from ..records import KR_KERNELS, Record
+from ..trial_spec import TrialSpec
+from .builders import kernel_flow, limit_key
 
-__all__ = ["HeldOut", "NetKernel", "TEST_COLUMNS"]
+__all__ = ["HeldOut", "HeldOutLimits", "NetKernel", "TEST_COLUMNS"]
 
 TEST_COLUMNS = ("test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
                 *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")])
@@ -45,27 +46,33 @@ class NetKernel:
     times: Callable[[torch.Tensor, torch.Tensor, np.ndarray], np.ndarray]
 
 
-class HeldOut:
-    """The test-set columns of one trial's checkpoints. ``train_limits`` are the trial's Θ_∞
-    and Σ on its training points (N, N) each; ``limit_test`` between test and training
-    points (T, N); ``net`` reads the net's kernel (``NetKernel``); x_te (T, …) and x_tr
-    (N, …) are the inputs as the net reads them. The limits' regressions do not depend on
-    the net: ``memo(key, make)`` (a worker's cache) keeps them per ``limit_key`` (data,
-    limit and ridge), so each is solved once per worker."""
+@dataclass(frozen=True)
+class HeldOutLimits:
+    """The trial's limit kernels the held-out set needs: Θ_∞ and Σ on the training points
+    (N, N) each, both between the test and the training points (``test``, (T, N)), and Θ_∞'s
+    eigendecomposition on the training points (a callable: computed once, shared with the
+    trial's linear models)."""
 
-    def __init__(self, spec: TrialSpec, data: Dataset, x_te: torch.Tensor,
-                 x_tr: torch.Tensor, train_limits: tuple[np.ndarray, np.ndarray],
-                 inf_eig: Callable[[], tuple[np.ndarray, np.ndarray]],
-                 limit_test: AnalyticKernels,
-                 net: NetKernel, kernel_flow: bool,
-                 memo: Callable[[tuple, Callable], Record] | None = None,
-                 limit_key: tuple = ()):
-        self.spec, self.data, self.x_te, self.x_tr = spec, data, x_te, x_tr
+    ntk_train: np.ndarray
+    nngp_train: np.ndarray
+    test: AnalyticKernels
+    ntk_train_eig: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+class HeldOut:
+    """The test-set columns of one trial's checkpoints. x_test (T, …) and x_train (N, …) are
+    the inputs as the net reads them; ``limits`` the limit kernels (``HeldOutLimits``);
+    ``net`` reads the net's kernel (``NetKernel``). The limits' regressions do not depend on
+    the net: ``memo(key, make)`` (a worker's cache) keeps them per data, limit and ridge, so
+    each is solved once per worker."""
+
+    def __init__(self, spec: TrialSpec, data: Dataset, *, x_test: torch.Tensor,
+                 x_train: torch.Tensor, limits: HeldOutLimits, net: NetKernel,
+                 memo: Callable[[tuple, Callable], Record] | None = None):
+        self.spec, self.data, self.x_te, self.x_tr = spec, data, x_test, x_train
+        self.limits, self.net = limits, net
         self.memo = memo or (lambda _key, make: make())
-        self.limit_key = limit_key
-        self.train_limits, self.limit_test, self.net = train_limits, limit_test, net
-        self.inf_eig = inf_eig          # Θ_∞(X, X)'s eigendecomposition, shared (trial)
-        self.kernel_flow = kernel_flow           # MSE by gradient descent: a linear model
+        self.limit_key = (*limit_key(spec), spec.ridge)
         self.baselines: Record = {}
         self.linear: KernelDynamics | None = None
 
@@ -87,8 +94,8 @@ class HeldOut:
         return {c: rec.get(c, float("nan")) for c in TEST_COLUMNS}
 
     def _fixed_baselines(self, f0_te: np.ndarray, init: dict[str, np.ndarray]) -> None:
-        lim, (ntk_tr, nngp_tr) = self.limit_test, self.train_limits
-        fixed = {"inf": (lim.ntk, ntk_tr, None, None, self.inf_eig),
+        lim, ntk_tr, nngp_tr = self.limits.test, self.limits.ntk_train, self.limits.nngp_train
+        fixed = {"inf": (lim.ntk, ntk_tr, None, None, self.limits.ntk_train_eig),
                  "nngp": (lim.nngp, nngp_tr, None, None),
                  "init": (self._measured, init["theta0_tr"], f0_te, init["f_tr"],
                           init["eig"])}
@@ -98,9 +105,9 @@ class HeldOut:
             solve = functools.partial(self._regression, name, *args)
             self.baselines.update(solve() if name == "init" else
                                   self.memo(("kr", name, *self.limit_key), solve))
-        if self.kernel_flow:
+        if kernel_flow(self.spec):
             self.linear = KernelDynamics(lim.ntk, ntk_tr, f0_te, init["f_tr"],
-                                         self.data.y_train, eig=self.inf_eig())
+                                         self.data.y_train, eig=self.limits.ntk_train_eig())
 
     def _measured(self, alpha: np.ndarray) -> np.ndarray:
         """Θ_η(x_te, X) α (T, k) of the net as it is now."""

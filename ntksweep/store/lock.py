@@ -29,8 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-from . import store
-from .errors import OutputDirError
+from ..errors import OutputDirError
+from .location import delete_text, read_text, write_text
 
 __all__ = ["DriverLock", "LockLost", "check_unlocked", "live_holder", "LOCK_FILE"]
 
@@ -48,7 +48,7 @@ class LockLost(OutputDirError):
 
 def _holder(out: str | Path) -> dict | None:
     try:
-        text = store.read_text(out, LOCK_FILE)
+        text = read_text(out, LOCK_FILE)
     except UnicodeDecodeError:   # not a lock this version wrote: nobody holds it
         return None
     if text is None:
@@ -126,7 +126,7 @@ class DriverLock:
 
     def _claim(self) -> None:
         """Write our record, wait ``SETTLE``, and read it back: ours, or ``LockLost``."""
-        store.write_text(self.out, LOCK_FILE, self._record())
+        write_text(self.out, LOCK_FILE, self._record())
         time.sleep(SETTLE)
         held = _holder(self.out)
         if held is None or held.get("token") != self.token:
@@ -171,7 +171,7 @@ class DriverLock:
             try:
                 with self._guard:
                     self._verify()       # never overwrite another driver's lock
-                    store.write_text(self.out, LOCK_FILE, self._record())
+                    write_text(self.out, LOCK_FILE, self._record())
             except LockLost:
                 return                   # the writes find out through ensure_held
             except OSError:  # a full disk or a lost mount: the sweep reports it where it writes
@@ -184,7 +184,7 @@ class DriverLock:
             self._thread = None
             held = _holder(self.out)
             if held is not None and held.get("token") == self.token:
-                store.delete_text(self.out, LOCK_FILE)
+                delete_text(self.out, LOCK_FILE)
 
     def __enter__(self) -> DriverLock:
         return self.acquire()

@@ -9,17 +9,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from .data import Dataset, make_dataset
-from .diagnostics import coordinate_check, forward_pass, kernel_velocity, target_alignment
-from .errors import SpecError
-from .held_out import TEST_COLUMNS, HeldOut, NetKernel
-from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
-from .kernels.metrics import (
+from ..kernels import empirical_ntk
+from ..kernels.metrics import (
     KernelDynamics,
     alignment,
     eigendecompose,
@@ -28,110 +23,26 @@ from .kernels.metrics import (
     rel_frobenius,
     top_eigenvalues,
 )
-from .kernels.ntk_methods import ntk_times
-from .models import CNN, MLP, ResNet
-from .parametrizations import has_nngp_limit
-from .records import N_EIGS, Record, Status, TrialOutcome
+from ..kernels.ntk_methods import ntk_times
+from ..parametrizations import has_nngp_limit
+from ..records import N_EIGS, Record, Status, TrialOutcome
+from ..trial_spec import TrialSpec
+from .builders import (
+    TrialCache,
+    build_model,
+    cached_data,
+    cached_limits,
+    cached_test_limits,
+    inputs,
+    kernel_flow,
+    limit_key,
+    resolve_device,
+)
+from .diagnostics import coordinate_check, forward_pass, kernel_velocity, target_alignment
+from .held_out import TEST_COLUMNS, HeldOut, HeldOutLimits, NetKernel
 from .train import loss_value, train
-from .trial_spec import TrialSpec
 
-__all__ = ["TrialCache", "run_trial", "warm_up", "dataset_for", "limit_kernels", "inputs",
-           "build_model", "resolve_device"]
-
-
-class TrialCache:
-    """Per-process caches (a long-lived actor keeps one): data sets and analytic kernels,
-    keyed by everything they depend on."""
-
-    def __init__(self, max_items: int = 64):
-        self._items: dict[tuple, Any] = {}
-        self.max_items = max_items
-
-    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
-        if key in self._items:
-            return self._items[key]
-        if len(self._items) >= self.max_items:
-            self._items.pop(next(iter(self._items)))
-        value = self._items[key] = make()
-        return value
-
-
-def resolve_device(device: str) -> str:
-    """'auto' → cuda where this process sees a GPU, else cpu; a named device must exist
-    (``SpecError`` otherwise)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= n:
-            raise SpecError(f"device {device!r} requested but this process sees {n} CUDA "
-                            "GPU(s); use device: auto or cpu")
-    return device
-
-
-def dataset_for(spec: TrialSpec) -> Dataset:
-    """The trial's data set, rebuilt deterministically from its spec."""
-    return make_dataset(spec.dataset, **spec.data_args())
-
-
-def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
-                  device: str = "cpu") -> AnalyticKernels:
-    """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
-    standard one, its width) on x1 (n1, d) × x2 (n2, d): what every comparison with the limit
-    uses, in trials and in figures alike. A conv net's limit runs on ``device`` (a GPU, where
-    the trial has one)."""
-    where = {"device": device} if spec.architecture != "mlp" else {}
-    return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
-
-
-def _data_key(spec: TrialSpec) -> tuple:
-    """Everything a trial's data set depends on: its name and ``make_dataset``'s arguments."""
-    return (spec.dataset, *spec.data_args().values())
-
-
-def _data(spec: TrialSpec, cache: TrialCache) -> Dataset:
-    return cache.get(("data", *_data_key(spec)), lambda: dataset_for(spec))
-
-
-def _limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
-            ) -> AnalyticKernels:
-    """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
-    key = ("limit", *_data_key(spec), *spec.kernel_args().values())
-    x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
-    return cache.get(key, lambda: limit_kernels(spec, x, device=device))
-
-
-def _test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
-                 ) -> AnalyticKernels:
-    """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit."""
-    key = ("limit_test", *_data_key(spec), *spec.kernel_args().values())
-    return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
-                                                inputs(spec, data, data.x_train), device))
-
-
-def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
-    """Rows of the data set as the network reads them: vectors (n, d) for an MLP, images
-    (n, C, H, W) for a cnn or resnet."""
-    return x if spec.architecture == "mlp" else data.images(x)
-
-
-def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype,
-                device: str) -> torch.nn.Module:
-    """The trial's network, seeded by ``spec.seed``."""
-    common = dict(activation=spec.activation, weight_std=spec.weight_std,
-                  bias_std=spec.bias_std, out_dim=out_dim,
-                  parametrization=spec.parametrization,
-                  leaky_relu_slope=spec.leaky_relu_slope, seed=spec.seed, dtype=dtype,
-                  device=device)
-    if spec.architecture == "mlp":
-        return MLP(data.in_dim, spec.width, spec.depth, **common)
-    channels, height, width = data.image_shape
-    if spec.architecture == "resnet":
-        return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)
-    return CNN(channels, spec.width, spec.depth, kernel_size=spec.kernel_size,
-               padding=spec.padding, readout=spec.readout, image_size=(height, width),
-               **common)
+__all__ = ["run_trial", "warm_up", "TrialRun"]
 
 
 def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = None,
@@ -148,7 +59,7 @@ def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = 
     device, status, error = "cpu", Status.FAILED, None
     try:
         device = resolve_device(spec.device)
-        run = _Run(spec, cache, device, on_checkpoint)
+        run = TrialRun(spec, cache, device, on_checkpoint)
         status = Status(run.train())
     except Exception:  # a trial's failure is data, not a crash of the sweep
         error = traceback.format_exc()
@@ -188,31 +99,21 @@ class _Tensors:
     lab_te: torch.Tensor | None
 
 
-class _Run:
-    """One trial's network, data and limit, and its checkpoint measurements (``measure``)."""
+class TrialRun:
+    """One trial: its network, data and limit (built by ``builders``), its training, and its
+    checkpoint measurements (``measure``)."""
 
     def __init__(self, spec: TrialSpec, cache: TrialCache, device: str, on_checkpoint):
         self.spec, self.device, self.on_checkpoint = spec, device, on_checkpoint
-        dtype = getattr(torch, spec.dtype)
-        self.data = data = _data(spec, cache)
-        self.limit = _limits(spec, data, cache, device)
+        self.cache = cache
+        self.data = data = cached_data(spec, cache)
+        self.limit = cached_limits(spec, data, cache, device)
         self.m = data.x_eval.shape[0]
         self.out_dim = 10 if spec.loss == "cross_entropy" else data.out_dim
-        self.model = build_model(spec, data, self.out_dim, dtype, device)
-        as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-        shaped = lambda a: as_t(inputs(spec, data, a))  # noqa: E731
-        labels = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
-        self.t = _Tensors(shaped(data.x_train), as_t(data.y_train), shaped(data.x_eval),
-                          as_t(data.y_eval), shaped(data.x_test), as_t(data.y_test),
-                          labels(data.labels_train), labels(data.labels_eval),
-                          labels(data.labels_test))
-        m, self.cache = self.m, cache
-        self.limit_key = (*_data_key(spec), *spec.kernel_args().values())
-        self.held_out = None if not spec.n_test else HeldOut(
-            spec, data, self.t.x_te, self.t.x_tr,
-            (self.limit.ntk[m:, m:], self.limit.nngp[m:, m:]), self._inf_eig,
-            _test_limits(spec, data, cache, device), NetKernel(self._ntk_lin, self._ntk_times),
-            self._kernel_dynamics(), cache.get, (*self.limit_key, spec.ridge))
+        self.model = build_model(spec, data, self.out_dim, getattr(torch, spec.dtype), device)
+        self.t = self._tensors()
+        self.limit_key = limit_key(spec)
+        self.held_out = self._held_out() if spec.n_test else None
         self.theta_inf = self.limit.ntk[:self.m, :self.m]
         self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []
@@ -225,6 +126,28 @@ class _Run:
         self.eig_lin: tuple[np.ndarray, np.ndarray] | None = None   # of Θ_0(X, X)
         self.previous: tuple[float, np.ndarray] | None = None   # (t, Θ_t) last checkpoint
         self.z_init: list = []        # every layer's pre-activations on eval at step 0
+
+    def _tensors(self) -> _Tensors:
+        """The data on the trial's device and dtype, inputs shaped as the net reads them."""
+        spec, data, device = self.spec, self.data, self.device
+        dtype = getattr(torch, spec.dtype)
+        as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+        shaped = lambda a: as_t(inputs(spec, data, a))  # noqa: E731
+        labels = lambda a: None if a is None else torch.as_tensor(a, device=device)  # noqa: E731
+        return _Tensors(shaped(data.x_train), as_t(data.y_train), shaped(data.x_eval),
+                        as_t(data.y_eval), shaped(data.x_test), as_t(data.y_test),
+                        labels(data.labels_train), labels(data.labels_eval),
+                        labels(data.labels_test))
+
+    def _held_out(self) -> HeldOut:
+        m = self.m
+        limits = HeldOutLimits(
+            ntk_train=self.limit.ntk[m:, m:], nngp_train=self.limit.nngp[m:, m:],
+            test=cached_test_limits(self.spec, self.data, self.cache, self.device),
+            ntk_train_eig=self._inf_eig)
+        return HeldOut(self.spec, self.data, x_test=self.t.x_te, x_train=self.t.x_tr,
+                       limits=limits, net=NetKernel(self._ntk_lin, self._ntk_times),
+                       memo=self.cache.get)
 
     def train(self) -> str:
         t = self.t
@@ -326,7 +249,7 @@ class _Run:
         net's MSE loss at init (its Gauss–Newton curvature is (2/N) Θ); gradient descent on it
         diverges above 2 (the edge of stability, Cohen et al. 2021). NaN where the net does not
         train by MSE gradient descent (Adam's steps, cross-entropy's curvature differ)."""
-        if not self._kernel_dynamics():
+        if not kernel_flow(self.spec):
             return float("nan")
         return 2 * self.spec.lr * float(self._lin_eig()[0].max()) / self.data.x_train.shape[0]
 
@@ -358,7 +281,7 @@ class _Run:
         rec = {"f_change": float(np.sqrt(np.mean((f_ev - self.init["f_ev"]) ** 2))),
                "gap_inf": nan, "gap_lin": nan, "gap_inf_flow": nan, "gap_lin_flow": nan,
                "lr_sharpness": self._lr_sharpness() if step == 0 else nan}
-        if self._kernel_dynamics():
+        if kernel_flow(self.spec):
             for name, model in self._linear_models().items():
                 for suffix, pred in (("", model.gd(spec.lr, step)),
                                      ("_flow", model.flow(spec.lr * step))):
@@ -415,11 +338,6 @@ class _Run:
         init = {"theta0_tr": self.init["lin_XX"], "f_tr": self.init["f_tr"],
                 "eig": self._lin_eig}
         return self.held_out.record(step, f_te, self._loss(f_te, t.y_te, t.lab_te), init)
-
-    def _kernel_dynamics(self) -> bool:
-        """Whether the trial trains by a kernel flow its linear models can follow: MSE by
-        gradient descent (Adam's steps are not one)."""
-        return self.spec.loss == "mse" and self.spec.optimizer != "adam"
 
     def _nngp(self, a: np.ndarray) -> np.ndarray:
         """The empirical NNGP on the eval set (M, M): the covariance of an output given the

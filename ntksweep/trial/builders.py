@@ -1,0 +1,127 @@
+"""The one place that maps a trial spec to objects: its data set, its network and its
+infinite-width limit (and the device it runs on), and the per-process cache a long-lived
+worker keeps of the data and the limits, keyed by everything they depend on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Dataset, make_dataset
+from ..errors import SpecError
+from ..kernels import AnalyticKernels, analytic_kernels
+from ..models import CNN, MLP, ResNet
+from ..trial_spec import TrialSpec
+
+__all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
+           "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
+           "build_model", "kernel_flow"]
+
+
+class TrialCache:
+    """Per-process caches (a long-lived actor keeps one): data sets and analytic kernels,
+    keyed by everything they depend on."""
+
+    def __init__(self, max_items: int = 64):
+        self._items: dict[tuple, Any] = {}
+        self.max_items = max_items
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key in self._items:
+            return self._items[key]
+        if len(self._items) >= self.max_items:
+            self._items.pop(next(iter(self._items)))
+        value = self._items[key] = make()
+        return value
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → cuda where this process sees a GPU, else cpu; a named device must exist
+    (``SpecError`` otherwise)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise SpecError(f"device {device!r} requested but this process sees {n} CUDA "
+                            "GPU(s); use device: auto or cpu")
+    return device
+
+
+def dataset_for(spec: TrialSpec) -> Dataset:
+    """The trial's data set, rebuilt deterministically from its spec."""
+    return make_dataset(spec.dataset, **spec.data_args())
+
+
+def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
+                  device: str = "cpu") -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
+    standard one, its width) on x1 (n1, d) × x2 (n2, d): what every comparison with the limit
+    uses, in trials and in figures alike. A conv net's limit runs on ``device`` (a GPU, where
+    the trial has one)."""
+    where = {"device": device} if spec.architecture != "mlp" else {}
+    return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
+
+
+def data_key(spec: TrialSpec) -> tuple:
+    """Everything a trial's data set depends on: its name and ``make_dataset``'s arguments."""
+    return (spec.dataset, *spec.data_args().values())
+
+
+def cached_data(spec: TrialSpec, cache: TrialCache) -> Dataset:
+    return cache.get(("data", *data_key(spec)), lambda: dataset_for(spec))
+
+
+def cached_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
+            ) -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
+    key = ("limit", *data_key(spec), *spec.kernel_args().values())
+    x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
+    return cache.get(key, lambda: limit_kernels(spec, x, device=device))
+
+
+def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
+                 ) -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit."""
+    key = ("limit_test", *data_key(spec), *spec.kernel_args().values())
+    return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
+                                                inputs(spec, data, data.x_train), device))
+
+
+def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
+    """Rows of the data set as the network reads them: vectors (n, d) for an MLP, images
+    (n, C, H, W) for a cnn or resnet."""
+    return x if spec.architecture == "mlp" else data.images(x)
+
+
+def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype,
+                device: str) -> torch.nn.Module:
+    """The trial's network, seeded by ``spec.seed``."""
+    common = dict(activation=spec.activation, weight_std=spec.weight_std,
+                  bias_std=spec.bias_std, out_dim=out_dim,
+                  parametrization=spec.parametrization,
+                  leaky_relu_slope=spec.leaky_relu_slope, seed=spec.seed, dtype=dtype,
+                  device=device)
+    if spec.architecture == "mlp":
+        return MLP(data.in_dim, spec.width, spec.depth, **common)
+    channels, height, width = data.image_shape
+    if spec.architecture == "resnet":
+        return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)
+    return CNN(channels, spec.width, spec.depth, kernel_size=spec.kernel_size,
+               padding=spec.padding, readout=spec.readout, image_size=(height, width),
+               **common)
+
+
+def limit_key(spec: TrialSpec) -> tuple:
+    """Everything a trial's limit kernels on its data depend on: the data and the limit."""
+    return (*data_key(spec), *spec.kernel_args().values())
+
+
+def kernel_flow(spec: TrialSpec) -> bool:
+    """Whether the trial trains by a kernel flow its linear models can follow: MSE by
+    gradient descent (Adam's steps are not one)."""
+    return spec.loss == "mse" and spec.optimizer != "adam"
