@@ -9,7 +9,8 @@ Each "# Expected:" comment line of a spec is a check, written
 
     Expected: STAT(COLUMN) in [LO, HI] [where KEY=VALUE, ...]
 
-over the completed trials (``ntksweep.load_results``) that match every KEY=VALUE, in each
+over the finished trials (``ntksweep.load_results``; completed and diverged, as every
+summary) that match every KEY=VALUE, in each
 group of them (every field the sweep varies there but width and the seeds, as the report's
 tables): the check passes when every group's value is in the interval.
 
@@ -38,6 +39,7 @@ import ntksweep
 from ntksweep import analysis, store
 from ntksweep.analysis import jacot
 from ntksweep.analysis.report import make_report
+from ntksweep.records import Status
 from ntksweep.sweep_spec import load_sweep_spec
 
 EXPECTED = re.compile(r"#\s*Expected:\s*(?P<stat>\w+)\((?P<col>\w+)\)\s+in\s+"
@@ -137,7 +139,7 @@ def run(target: str, *, smoke: bool = False, out: str | None = None,
     trials, ckpts = ntksweep.load_results(out)
     if trials.empty:
         raise SystemExit(f"{out}: no trials yet; run the sweep first")
-    done = trials[trials.status == "completed"]
+    done = trials[trials.status.map(lambda s: Status(s).done)]   # completed and diverged
     result = {"out": out, "report": make_report(out) if report else None}
     if report:
         print(f"report: {result['report']['html']}")

@@ -5,7 +5,7 @@ assert at import that they implement exactly these (``activations``, ``train``,
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "OPTIMIZERS", "LOSSES", "KEEP_POLICIES",
+__all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "BIAS_STD", "OPTIMIZERS", "LOSSES", "KEEP_POLICIES",
            "NTK_METHODS", "CHECKPOINT_SPACINGS", "DTYPES", "ARCHITECTURES", "PADDINGS",
            "READOUTS", "TRAIN_INPUTS", "check_implemented"]
 
@@ -13,6 +13,10 @@ __all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "OPTIMIZERS", "LOSSES", "KEEP_POLI
 ACTIVATIONS = ("relu", "leaky_relu", "erf", "tanh", "gelu", "identity", "sigmoid", "softplus",
                "sin")
 LEAKY_RELU_SLOPE = 0.01      # leaky ReLU's default negative slope (torch's)
+# σ_b, one default for trials, networks and limits alike: Jacot et al.'s β = 0.1, the
+# conventions' check values; trial ids hash it, so the trials' default cannot move, and a
+# network or limit built without it is the trial's
+BIAS_STD = 0.1
 OPTIMIZERS = ("gd", "sgd", "adam")                 # train.make_optimizer
 LOSSES = ("mse", "cross_entropy")                  # train.loss_value
 KEEP_POLICIES = ("none", "first_last", "all")      # which Θ_t / f_t a trial keeps as arrays

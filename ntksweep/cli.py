@@ -167,10 +167,10 @@ def _report(out: str, tracking_uri: str, dest: str | None = None) -> None:
     print(f"report: {res['html']} ({len(res['figures'])} figures in "
           f"{Path(res['html']).parent / 'report'})")
     if tracking_uri:
-        from .tracking.tracker import Tracker
+        from .tracking.tracker import open_tracker
 
         meta = _sweep_meta(out)       # files only: a live sweep's runs stay as they are
-        tracker = Tracker(tracking_uri, meta.name, meta.sweep_id, role="artifacts")
+        tracker = open_tracker(tracking_uri, meta.name, meta.sweep_id, role="artifacts")
         for path in [res["html"], *res["figures"]]:
             tracker.log_sweep_artifact(path)
         tracker.close("FINISHED")

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "RECORD_COLUMNS", "Record", "Status",
-           "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
+from .parametrizations import ROLES
+
+__all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "COORD_COLUMNS", "TEST_COLUMNS",
+           "RECORD_COLUMNS", "Record", "Status", "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
 
 N_EIGS = 3
 # kernel regression baselines on the test set (trial/held_out.py): Θ_∞, the NNGP Σ, Θ_0 (the
@@ -25,19 +27,23 @@ KR_KERNELS = ("inf", "nngp", "init", "t")
 Record = dict[str, Any]
 # step 0 only: stored as the trials table's init_<column>, never as a final value
 INIT_ONLY = ("lr_sharpness",)
+# the coordinate check's (trial/diagnostics.py): per layer role, the RMS of its
+# pre-activations and of their change since step 0
+COORD_COLUMNS = tuple(f"coord_{r}{s}" for s in ("", "_change") for r in ROLES)
+# the held-out test set's (trial/held_out.py): the net, the Θ_∞ linear model after the same
+# steps, and kernel regression with each of KR_KERNELS
+TEST_COLUMNS = ("test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
+                *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")])
 RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init", "align_inf",
                   "align_init", *[f"eig{i}{s}" for i in range(1, N_EIGS + 1) for s in ("", "_inf")],
                   "f_change", "gap_inf", "gap_lin", "gap_inf_flow", "gap_lin_flow", "dist_nngp",
-                  "lr_sharpness", "kernel_velocity", "target_align",
-                  *[f"coord_{r}{s}" for s in ("", "_change") for r in ("input", "hidden",
-                                                                         "readout")],
-                  "test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
-                  *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")],
-                  "train_seconds", "kernel_seconds")
+                  "lr_sharpness", "kernel_velocity", "target_align", *COORD_COLUMNS,
+                  *TEST_COLUMNS, "train_seconds", "kernel_seconds")
 
 
 class Status(str, Enum):
-    """A trial attempt's status, as stored in Parquet and tagged in MLflow (its value)."""
+    """A trial attempt's status, as stored in Parquet and tagged on its MLflow run (its value;
+    the run's own MLflow status is the tracker's: ``tracking.tracker.RUN_STATUS``)."""
 
     RUNNING = "running"
     COMPLETED = "completed"
@@ -53,15 +59,8 @@ class Status(str, Enum):
         """Deterministic outcomes: resume skips them (failed and killed trials run again)."""
         return self in DONE_STATUSES
 
-    @property
-    def mlflow(self) -> str:
-        """The MLflow run status of an attempt that ended so."""
-        return _MLFLOW[self]
-
 
 DONE_STATUSES = frozenset({Status.COMPLETED, Status.DIVERGED})
-_MLFLOW = {Status.RUNNING: "RUNNING", Status.COMPLETED: "FINISHED", Status.DIVERGED: "FINISHED",
-           Status.FAILED: "FAILED", Status.KILLED: "KILLED"}
 
 
 @dataclass(frozen=True)

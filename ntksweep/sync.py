@@ -21,12 +21,12 @@ def sync_from_store(out_dir: str | Path, uri: str, experiment: str, sweep_id: st
     """Push every trial of the Parquet store that MLflow lacks (``push_missing``) to the
     store at ``uri``, holding the output dir's lock as a driver does (a live sweep's runs are
     its driver's: refused while one runs). Idempotent: a second call pushes nothing."""
-    from .tracking.tracker import Tracker
+    from .tracking.tracker import open_tracker
 
     axes, description = _axes_of(sweep_yaml)
     with DriverLock(out_dir):
-        tracker = Tracker(uri, experiment, sweep_id, sweep_yaml, required=True, axes=axes,
-                          description=description, role="sync")
+        tracker = open_tracker(uri, experiment, sweep_id, sweep_yaml=sweep_yaml, required=True,
+                               axes=axes, description=description, role="sync")
         counts = push_missing(tracker, out_dir, sweep_id)
         tracker.close("FINISHED", {"synced_trials": counts["pushed"]})
     if tracker.degraded:
@@ -49,7 +49,7 @@ def _axes_of(sweep_yaml: str) -> tuple[tuple[str, ...], str]:
 
 def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
     """Through an open ``Tracker``: for each trial of the Parquet store that has no run whose
-    MLflow status matches its Parquet status, its params, metric histories (the checkpoint
+    status (its tag) is its Parquet status, its params, metric histories (the checkpoint
     records, as a live run logs them) and status. They go to the run of the same execution
     where a killed driver left it unfinished (it had written Parquet, not yet ended the run:
     the run's ``ntksweep.execution`` tag is the Parquet row's ``execution``), else to a new
@@ -60,7 +60,7 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
         return {"pushed": 0, "already_there": 0}
     runs = tracker.child_runs()
     present = {(r.trial_id, r.status) for r in runs}
-    missing = trials[[(tid, Status(s).mlflow) not in present
+    missing = trials[[(tid, s) not in present
                       for tid, s in zip(trials["trial_id"], trials["status"])]]
     if missing.empty:        # the common resume: the checkpoints need not be read at all
         return {"pushed": 0, "already_there": len(trials)}
@@ -88,4 +88,4 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
     return {"pushed": len(missing), "already_there": len(trials) - len(missing)}
 
 
-_UNFINISHED = {Status.RUNNING.mlflow, Status.KILLED.mlflow}   # what a killed driver leaves
+_UNFINISHED = {Status.RUNNING.value, Status.KILLED.value}   # what a killed driver leaves

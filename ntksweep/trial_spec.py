@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .choices import (
+    BIAS_STD,
     CHECKPOINT_SPACINGS,
     DTYPES,
     KEEP_POLICIES,
@@ -50,7 +51,7 @@ class TrialSpec:
     depth: int = 3
     activation: str = "relu"
     weight_std: float = 1.0
-    bias_std: float = 0.1
+    bias_std: float = BIAS_STD
     parametrization: str = "ntk"
     leaky_relu_slope: float = LEAKY_RELU_SLOPE   # leaky_relu only: max(x, 0) + a·min(x, 0)
     seed: int = 0

@@ -65,7 +65,8 @@ def test_deep_linear_network_ntk(depth):
     rng = np.random.default_rng(1)
     x1, x2 = rng.normal(size=(4, 6)), rng.normal(size=(3, 6))
     sw = 1.1
-    k = analytic_kernels(x1, x2, depth=depth, activation="identity", weight_std=sw)
+    k = analytic_kernels(x1, x2, depth=depth, activation="identity", weight_std=sw,
+                         bias_std=0.0)
     gram = x1 @ x2.T / 6
     np.testing.assert_allclose(k.ntk, depth * sw ** (2 * depth) * gram, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(k.nngp, sw ** (2 * depth) * gram, rtol=1e-12, atol=1e-15)
@@ -362,10 +363,10 @@ def test_extreme_input_scales_are_exact_or_a_clear_error(activation):
     kernels are homogeneous, Θ(cx, cx') = c² Θ(x, x'), at any c; every other activation
     either returns finite values or refuses with the scale in its message."""
     x = np.random.default_rng(1).normal(size=(5, 3))
-    unit = analytic_kernels(x, depth=3, activation=activation)
+    unit = analytic_kernels(x, depth=3, activation=activation, bias_std=0.0)
     for c in (1e-200, 1e-140, 1e-80, 1e80, 1e140, 1e200):
         try:
-            k = analytic_kernels(x * c, depth=3, activation=activation)
+            k = analytic_kernels(x * c, depth=3, activation=activation, bias_std=0.0)
         except SpecError as e:
             assert "rescale the inputs" in str(e)
             assert activation not in ("relu", "leaky_relu", "identity") or c * c > 1e300

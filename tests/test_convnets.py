@@ -132,7 +132,7 @@ def test_a_linear_cnns_nngp_is_the_patch_covariance_average():
     x = RNG.normal(size=(3, 2, 5, 5))
     sw = 1.3
     got = analytic_kernels(x, architecture="cnn", depth=2, activation="identity",
-                           weight_std=sw, readout="flatten")
+                           weight_std=sw, bias_std=0.0, readout="flatten")
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     want = np.zeros((3, 3))
     for p in np.ndindex(5, 5):

@@ -27,11 +27,13 @@ import torch
 from torch import Tensor
 
 from ..activations import LEAKY_RELU_SLOPE
+from ..choices import BIAS_STD
 from ..errors import SpecError
 from ..hyper import check_network
 from ..parametrizations import has_nngp_limit
 from .conv import conv_limits
 from .duals import SNAP, get_dual
+from .tiles import float64_points, plan_tiles
 
 _ONE = torch.ones((), dtype=torch.float64)
 _TINY = 1e-300  # a variance floor that only ever replaces an exact 0 (no 0/0)
@@ -157,25 +159,7 @@ class ArcCosLayer:
 
 def as_float64_inputs(x1, x2=None) -> tuple[np.ndarray, np.ndarray, bool]:
     """Validate (n1, d) / (n2, d) inputs given as numpy or torch; return float64 numpy."""
-
-    def convert(x, name):
-        if hasattr(x, "detach"):  # torch.Tensor without importing torch here
-            x = x.detach().cpu().double().numpy()
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2:
-            raise SpecError(f"{name} must be 2-D (points, features); got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise SpecError(f"{name} contains NaN or inf; clean the inputs first")
-        return x
-
-    a = convert(x1, "x1")
-    symmetric = x2 is None
-    b = a if symmetric else convert(x2, "x2")
-    if a.shape[1] != b.shape[1]:
-        raise SpecError(
-            f"x1 has {a.shape[1]} features but x2 has {b.shape[1]}; both need the same input dim"
-        )
-    return a, b, symmetric
+    return float64_points(x1, x2, ndim=2, what="2-D (points, features)")
 
 
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,16 +179,6 @@ def _max_sq(x: np.ndarray) -> float:
         return float(np.max(np.sum(x * x, axis=1)) / x.shape[1]) if x.size else 0.0
 
 
-def _blocks(n1: int, n2: int, symmetric: bool, shape: tuple[int, int]):
-    """(rows, cols) of each block to compute: bands of h rows, cut into chunks of w columns;
-    for a symmetric kernel each band starts at the diagonal (only the upper triangle)."""
-    h, w = shape
-    for i in range(0, n1, h):
-        rows = slice(i, min(i + h, n1))
-        for j in range(i if symmetric else 0, n2, w):
-            yield rows, slice(j, min(j + w, n2))
-
-
 def _mirror(ntk: np.ndarray, nngp: np.ndarray, rows: slice, cols: slice) -> None:
     """Symmetric case: copy the block at (rows, cols) to (cols, rows). A block that starts on
     the diagonal (cols.start == rows.start) holds the square (rows, rows): that part is
@@ -217,14 +191,6 @@ def _mirror(ntk: np.ndarray, nngp: np.ndarray, rows: slice, cols: slice) -> None
             square[...] = (square + square.T) * 0.5
         if upper < cols.stop:
             np.copyto(m[upper:cols.stop, rows], m[rows, upper:cols.stop].T)
-
-
-def _block_shape(tile: int | tuple[int, int], symmetric: bool) -> tuple[int, int]:
-    h, w = (tile, tile) if isinstance(tile, (int, np.integer)) else tile
-    if h < 1 or w < 1:
-        raise SpecError(f"tile must be an int or (rows, cols) of ints >= 1; got {tile!r}")
-    # a symmetric band's first chunk must hold its whole diagonal square
-    return int(h), int(max(w, h) if symmetric else w)
 
 
 def _diagonal_sigmas(x: Tensor, depth: int, dual, weight_std: float, bias_std: float
@@ -268,7 +234,8 @@ def _mlp_kernels(a: Tensor, b: Tensor, symmetric: bool, *, depth: int, dual,
     diag1 = _diagonal_sigmas(a, depth, dual, weight_std, bias_std)
     diag2 = diag1 if symmetric else _diagonal_sigmas(b, depth, dual, weight_std, bias_std)
     n1, n2 = a.shape[0], b.shape[0]
-    shape = _block_shape(tile, symmetric)
+    tiles = plan_tiles(n1, n2, tile, symmetric)
+    shape = (tiles[0].r1 - tiles[0].r0, tiles[0].c1 - tiles[0].c0) if tiles else (1, 1)
     # numpy's allocations of this size get transparent huge pages: fewer page faults
     ntk_np, nngp_np = np.empty((n1, n2)), np.empty((n1, n2))
     ntk, nngp = torch.from_numpy(ntk_np), torch.from_numpy(nngp_np)
@@ -277,7 +244,8 @@ def _mlp_kernels(a: Tensor, b: Tensor, symmetric: bool, *, depth: int, dual,
         arccos = ArcCosLayer(shape, arccos_slope, weight_std, bias_std, diag1, diag2)
     fan_ins = [a.shape[1]] + [width or 0] * (depth - 1)
     b_t = (b / b.shape[1]).T                                             # (d, n2), 1/n0 folded in
-    for rows, cols in _blocks(n1, n2, symmetric, shape):
+    for t in tiles:
+        rows, cols = t.rows, t.cols
         e = a[rows] @ b_t[:, cols]                                       # E^(0) = x·x'/n0
         if arccos is not None:
             arccos.run(e, rows, cols, depth, nngp[rows, cols], ntk[rows, cols])
@@ -297,7 +265,7 @@ def analytic_kernels(
     depth: int,
     activation: str = "relu",
     weight_std: float = 1.0,
-    bias_std: float = 0.0,
+    bias_std: float = BIAS_STD,
     parametrization: str = "ntk",
     width: int | None = None,
     quadrature: bool | None = None,

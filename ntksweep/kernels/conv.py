@@ -34,6 +34,7 @@ from torch import Tensor
 from ..errors import SpecError
 from ..hyper import check_conv
 from .duals import get_dual
+from .tiles import float64_points, plan_tiles
 
 __all__ = ["conv_kernels", "conv_limits", "as_float64_images"]
 
@@ -160,15 +161,13 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
     side = max(1, int(math.sqrt(max(1, budget // per_pair))))
     ntk = torch.empty(n1, n2, dtype=torch.float64, device=a.device)
     nngp = torch.empty_like(ntk)
-    for i in range(0, n1, side):
-        rows = slice(i, min(i + side, n1))
-        for j in range(i if symmetric else 0, n2, side):
-            cols = slice(j, min(j + side, n2))
-            theta, sigma = _pair_kernels(a[rows], b[cols], [v[rows] for v in va],
-                                         [v[cols] for v in vb], readout=readout, **args)
-            ntk[rows, cols], nngp[rows, cols] = theta, sigma
-            if symmetric and j != i:
-                ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
+    for t in plan_tiles(n1, n2, side, symmetric):
+        rows, cols = t.rows, t.cols
+        theta, sigma = _pair_kernels(a[rows], b[cols], [v[rows] for v in va],
+                                     [v[cols] for v in vb], readout=readout, **args)
+        ntk[rows, cols], nngp[rows, cols] = theta, sigma
+        if symmetric and not t.diagonal:
+            ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
     if symmetric:  # the diagonal tiles: symmetric up to the duals' last bits
         ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
     return ntk, nngp
@@ -176,24 +175,10 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
 
 def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
     """Validate (n1, C, H, W) / (n2, C, H, W) images given as numpy or torch: float64 torch."""
-
-    def convert(x, name):
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().double().numpy()
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 4:
-            raise SpecError(f"{name} must be images (points, channels, height, width); got "
-                            f"shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise SpecError(f"{name} contains NaN or inf; clean the inputs first")
-        return torch.from_numpy(x)
-
-    a = convert(x1, "x1")
-    b = a if x2 is None else convert(x2, "x2")
-    if a.shape[1:] != b.shape[1:]:
-        raise SpecError(f"x1 images are {tuple(a.shape[1:])} but x2 images "
-                        f"{tuple(b.shape[1:])}; both need the same shape")
-    return a, b, x2 is None
+    a, b, symmetric = float64_points(x1, x2, ndim=4,
+                                     what="images (points, channels, height, width)")
+    a_t = torch.from_numpy(a)
+    return a_t, a_t if symmetric else torch.from_numpy(b), symmetric
 
 
 def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std,
@@ -208,9 +193,8 @@ def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std
     if device is not None:
         a = a.to(device)
         b = a if symmetric else b.to(device)
-    if padding == "valid" and (depth - 1) * (kernel_size - 1) >= min(a.shape[2:]):
-        raise SpecError(f"{depth - 1} valid {kernel_size}×{kernel_size} convolutions leave "
-                        f"nothing of a {a.shape[2]}×{a.shape[3]} image")
+    check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
+               padding=padding, readout=readout, image_size=tuple(a.shape[2:]))
     dual = get_dual(activation, quadrature=quadrature, leaky_relu_slope=leaky_relu_slope)
     ntk, nngp = conv_kernels(a, b, symmetric, architecture=architecture, depth=depth,
                              dual=dual, weight_std=weight_std, bias_std=bias_std,

@@ -23,21 +23,10 @@ from ..memory import LayerShape, generic_tile_bytes, structured_tile_bytes
 from ..models import MLP
 from .layerwise import layer_shapes
 from .ntk_methods import METHODS, trainable_params
+from .tiles import Tile, plan_tiles
 
 __all__ = ["Tile", "TileComputation", "TileExecutor", "SerialExecutor", "plan_tiles",
            "tile_bytes"]
-
-
-@dataclass(frozen=True)
-class Tile:
-    """Rows [r0, r1) of x1 against columns [c0, c1) of x2; ``diagonal``: a symmetric
-    block of one input set (computed with one forward pass, mirrored on assembly)."""
-
-    r0: int
-    r1: int
-    c0: int
-    c1: int
-    diagonal: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,12 +97,3 @@ def tile_bytes(model: nn.Module, method: str, rows: int, cols: int, out_dim: int
         return structured_tile_bytes(shapes, out_dim, itemsize, rows, cols, conv=False)
     params = sum(p.numel() for p in trainable_params(model).values())
     return generic_tile_bytes(params, out_dim, itemsize, rows, cols)
-
-
-def plan_tiles(n1: int, n2: int, block: int, symmetric: bool) -> list[Tile]:
-    tiles = []
-    for r0 in range(0, n1, block):
-        for c0 in range(r0 if symmetric else 0, n2, block):
-            tiles.append(Tile(r0, min(r0 + block, n1), c0, min(c0 + block, n2),
-                              diagonal=symmetric and r0 == c0))
-    return tiles

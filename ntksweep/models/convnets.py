@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..activations import LEAKY_RELU_SLOPE, get_activation
-from ..choices import PADDINGS, READOUTS
+from ..choices import BIAS_STD, PADDINGS, READOUTS
 from ..errors import SpecError
 from ..hyper import check_conv, check_network
 from .layers import Conv, Dense, init_affine
@@ -76,7 +76,7 @@ class CNN(_ConvNet):
 
     def __init__(self, in_channels: int, width: int, depth: int, *, kernel_size: int = 3,
                  padding: str = "same", readout: str = "gap", activation: str = "relu",
-                 weight_std: float = 1.0, bias_std: float = 0.0, out_dim: int = 1,
+                 weight_std: float = 1.0, bias_std: float = BIAS_STD, out_dim: int = 1,
                  parametrization: str = "ntk", leaky_relu_slope: float = LEAKY_RELU_SLOPE,
                  image_size: tuple[int, int] | None = None, seed: int | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -114,7 +114,7 @@ class ResNet(_ConvNet):
     a dense layer (module doc); ``same`` padding (the sum needs equal shapes)."""
 
     def __init__(self, in_channels: int, width: int, depth: int, *, kernel_size: int = 3,
-                 activation: str = "relu", weight_std: float = 1.0, bias_std: float = 0.0,
+                 activation: str = "relu", weight_std: float = 1.0, bias_std: float = BIAS_STD,
                  out_dim: int = 1, parametrization: str = "ntk",
                  leaky_relu_slope: float = LEAKY_RELU_SLOPE, seed: int | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):

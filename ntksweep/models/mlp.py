@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..activations import LEAKY_RELU_SLOPE, get_activation
+from ..choices import BIAS_STD
 from ..errors import SpecError
 from ..hyper import check_network
 from .layers import Dense, init_affine
@@ -45,7 +46,7 @@ class MLP(nn.Module):
         *,
         activation: str = "relu",
         weight_std: float = 1.0,
-        bias_std: float = 0.0,
+        bias_std: float = BIAS_STD,
         out_dim: int = 1,
         parametrization: str = "ntk",
         leaky_relu_slope: float = LEAKY_RELU_SLOPE,

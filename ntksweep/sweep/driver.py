@@ -146,7 +146,7 @@ class SweepRun:
               tracking: bool) -> None:
         """Start Ray (unless running), check the cluster and the output dir, write the sweep's
         metadata, boot the actors and open the tracker; undo it all if any step fails."""
-        from ..tracking.tracker import Tracker
+        from ..tracking.tracker import open_tracker
 
         if self.todo and not ray.is_initialized():
             # Ray resets its logger's level at init: keep what the caller set (the CLI quiets
@@ -170,11 +170,10 @@ class SweepRun:
                                                  recorded_form(uri, self.out)))
             for _ in range(self.shape.n if self.todo else 0):
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
-            self.tracker = Tracker(uri, self.spec.name, self.sweep_id, sweep_yaml,
-                                   axes=tuple(self.spec.axes()),
-                                   description=self.spec.description,
-                                   guard=self.lock.ensure_held) \
-                if tracking else Untracked()
+            self.tracker = open_tracker(uri, self.spec.name, self.sweep_id, tracked=tracking,
+                                        sweep_yaml=sweep_yaml, axes=tuple(self.spec.axes()),
+                                        description=self.spec.description,
+                                        guard=self.lock.ensure_held)
             self._number_attempts()
             if tracking and not self.tracker.degraded:
                 # trials a killed driver wrote to Parquet before its tracker sent their runs
@@ -185,10 +184,9 @@ class SweepRun:
 
     def _number_attempts(self) -> None:
         """A trial run again gets the attempt after its last one, whether Parquet (a failed
-        trial) or MLflow (a killed or lost attempt; every run of a trial whose Parquet record
-        went to quarantine, finished ones included) remembers it."""
-        made = self.stored_attempts
-        tracked = {**self.tracker.attempts, **self.tracker.attempts_of(self.quarantined)}
+        trial) or MLflow (every run of the trial: a killed or lost attempt, or a finished one
+        whose Parquet record went to quarantine) remembers it."""
+        made, tracked = self.stored_attempts, self.tracker.attempts
         self.todo = deque((t, 1 + max(made.get(t.trial_id, 0), tracked.get(t.trial_id, 0)))
                           for t, _ in self.todo)
 

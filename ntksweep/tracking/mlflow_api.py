@@ -20,7 +20,7 @@ from mlflow.utils.validation import (
 )
 
 __all__ = ["chunks", "rest_log_batch", "log_text_artifact", "bound_http_requests",
-           "forget_sqlite_engine", "RunKey", "child_run_keys"]
+           "forget_sqlite_engine", "RunKey", "child_run_keys", "runs_of"]
 
 _LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 
@@ -97,19 +97,28 @@ def forget_sqlite_engine(path: str) -> None:
     type(_tracking_store_registry)._get_store_with_resolved_uri.cache_clear()
 
 
+def runs_of(sweep_id: str, role: str, extra: str = "") -> str:
+    """The search filter of a sweep's runs of one role (``sweep``: its parent, ``trial``:
+    its children), and ``extra`` conditions."""
+    query = f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = '{role}'"
+    return f"{query} and {extra}" if extra else query
+
+
 @dataclass(frozen=True)
 class RunKey:
-    """What sync needs of a child run: its id and status, its trial, attempt and execution."""
+    """What sync needs of a child run: its id, the status of its attempt (the run's
+    ``status`` tag: ntksweep's ``Status`` values), its trial, attempt and execution."""
 
     run_id: str
-    status: str
+    status: str | None
     trial_id: str | None
     attempt: str | None
     execution: str | None
 
 
 _RUN_KEYS_SQL = """
-SELECT r.run_uuid, r.status,
+SELECT r.run_uuid,
+       MAX(CASE WHEN t.key = 'status' THEN t.value END),
        MAX(CASE WHEN t.key = 'trial_id' THEN t.value END),
        MAX(CASE WHEN t.key = 'attempt' THEN t.value END),
        MAX(CASE WHEN t.key = 'ntksweep.execution' THEN t.value END)
@@ -133,10 +142,10 @@ def child_run_keys(client, uri: str, experiment_id: str, sweep_id: str) -> list[
             return [RunKey(*row) for row in conn.execute(_RUN_KEYS_SQL,
                                                          (int(experiment_id), sweep_id))]
     keys, token = [], None
-    query = f"tags.`ntksweep.sweep_id` = '{sweep_id}' and tags.`ntksweep.role` = 'trial'"
+    query = runs_of(sweep_id, "trial")
     while True:
         page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
-        keys += [RunKey(r.info.run_id, r.info.status, r.data.tags.get("trial_id"),
+        keys += [RunKey(r.info.run_id, r.data.tags.get("status"), r.data.tags.get("trial_id"),
                         r.data.tags.get("attempt"), r.data.tags.get("ntksweep.execution"))
                  for r in page]
         token = page.token

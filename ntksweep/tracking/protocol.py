@@ -14,13 +14,11 @@ class TrialTracker(Protocol):
     handle (None: nothing is tracked) that the other calls take."""
 
     degraded: str | None
-    attempts: dict[str, int]   # trial_id → the highest attempt already tracked, unfinished
+    attempts: dict[str, int]   # trial_id → the highest attempt any of its runs holds
 
     def start_trial(self, trial_id: str, attempt: int, spec: dict[str, Any],
                     worker: dict[str, Any] | None = None,
                     tags: dict[str, str] | None = None) -> int | None: ...
-
-    def attempts_of(self, trial_ids) -> dict[str, int]: ...
 
     def child_runs(self) -> list: ...
 
@@ -45,9 +43,6 @@ class Untracked:
                     worker: dict[str, Any] | None = None,
                     tags: dict[str, str] | None = None) -> None:
         return None
-
-    def attempts_of(self, trial_ids) -> dict[str, int]:
-        return {}
 
     def child_runs(self) -> list:
         return []

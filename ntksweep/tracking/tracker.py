@@ -38,13 +38,18 @@ from .mlflow_api import (
     child_run_keys,
     log_text_artifact,
     rest_log_batch,
+    runs_of,
 )
 from .naming import EXPERIMENT_KIND, axis_tags, run_name
 from .protocol import TrialTracker, Untracked
 from .sqlite import artifact_root, relocate_artifacts, tune_sqlite
 from .uri import scrub
 
-__all__ = ["TrialTracker", "Tracker", "Untracked"]
+__all__ = ["TrialTracker", "Tracker", "Untracked", "RUN_STATUS", "open_tracker"]
+
+# the MLflow run status of an attempt that ended so (its own status is the run's tag)
+RUN_STATUS = {Status.RUNNING: "RUNNING", Status.COMPLETED: "FINISHED",
+              Status.DIVERGED: "FINISHED", Status.FAILED: "FAILED", Status.KILLED: "KILLED"}
 
 log = logging.getLogger(__name__)
 _BATCH = 1000
@@ -159,7 +164,7 @@ class Tracker:
         self._lock = threading.Lock()
         self._ended: set[int] = set()
         self.parent_id = None
-        self.attempts: dict[str, int] = {}        # trial_id → highest unfinished attempt
+        self.attempts: dict[str, int] = {}        # trial_id → the highest attempt it has
         self._runs: dict[int, str] = {}           # handle → MLflow run id
         self._unborn: dict[int, tuple] = {}       # handle → what creating its run needs
         self._buffers: dict[int, _Pending] = {}
@@ -185,7 +190,7 @@ class Tracker:
                 self.client.set_experiment_tag(self.experiment_id, key, value)
         found = self.client.search_runs(
             [self.experiment_id],
-            f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'sweep'",
+            runs_of(self.sweep_id, "sweep"),
             max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
@@ -209,36 +214,18 @@ class Tracker:
         """Every child run of this sweep (id, status, trial, attempt, execution)."""
         return child_run_keys(self.client, self.uri, self.experiment_id, self.sweep_id)
 
-    def attempts_of(self, trial_ids) -> dict[str, int]:
-        """trial_id → the highest attempt number any run of that trial holds in MLflow, for
-        the trials named (one query each: for the few whose Parquet record was lost, e.g.
-        moved to quarantine, while their runs stayed)."""
-        found: dict[str, int] = {}
-        for tid in trial_ids:
-            for run in self.client.search_runs(
-                    [self.experiment_id],
-                    f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.trial_id = '{tid}'",
-                    max_results=1000):
-                attempt = run.data.tags.get("attempt", "")
-                if attempt.isdigit():
-                    found[tid] = max(found.get(tid, 0), int(attempt))
-        return found
-
     def _close_stale_runs(self) -> None:
-        """A resumed sweep's child runs still RUNNING belong to no live driver (killed with
-        -9, a server outage, a full disk): end them KILLED. Count every earlier attempt that
-        did not finish, so that a trial run again gets the next attempt number."""
-        unfinished = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`ntksweep.sweep_id` = '{self.sweep_id}' and tags.`ntksweep.role` = 'trial' "
-            "and attributes.status != 'FINISHED'", max_results=50000)
-        for run in unfinished:
-            tid, attempt = run.data.tags.get("trial_id"), run.data.tags.get("attempt", "1")
-            if tid and attempt.isdigit():
-                self.attempts[tid] = max(self.attempts.get(tid, 0), int(attempt))
-            if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, "status", Status.KILLED.value)
-                self.client.set_terminated(run.info.run_id, Status.KILLED.mlflow)
+        """A resumed sweep's child runs still running belong to no live driver (killed with
+        -9, a server outage, a full disk): end them KILLED. Note the highest attempt every
+        trial's runs hold — finished ones too (a trial whose Parquet record went to
+        quarantine has one) —, so that a trial run again gets the next attempt number."""
+        for run in self.child_runs():
+            if run.trial_id and (run.attempt or "").isdigit():
+                self.attempts[run.trial_id] = max(self.attempts.get(run.trial_id, 0),
+                                                  int(run.attempt))
+            if run.status == Status.RUNNING.value:
+                self.client.set_tag(run.run_id, "status", Status.KILLED.value)
+                self.client.set_terminated(run.run_id, RUN_STATUS[Status.KILLED])
 
     # -- failure policy: a tracking outage never stops the sweep -------------------------
     def _disable(self, what: str, e: Exception) -> None:
@@ -413,7 +400,7 @@ class Tracker:
             with self._lock:
                 self._ended.discard(handle)
             if run_id:
-                self.client.set_terminated(run_id, Status(status).mlflow, end_ms)
+                self.client.set_terminated(run_id, RUN_STATUS[Status(status)], end_ms)
 
         self._submit(end_trial)
 
@@ -466,3 +453,11 @@ class Tracker:
             self._senders.shutdown(wait=False, cancel_futures=True)
             return
         self._senders.shutdown(wait=True)
+
+
+def open_tracker(uri: str, experiment: str, sweep_id: str, *, tracked: bool = True,
+                 **options) -> TrialTracker:
+    """The one way a sweep's tracker is made: a ``Tracker`` on ``uri`` (``options`` as its
+    constructor's: the role — driver, sync or artifacts —, the spec's YAML, the axes, …), or
+    ``Untracked`` for a sweep run without MLflow."""
+    return Tracker(uri, experiment, sweep_id, **options) if tracked else Untracked()

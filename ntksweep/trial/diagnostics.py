@@ -23,11 +23,11 @@ from torch import nn
 
 from ..models.layers import affine_layers
 from ..parametrizations import ROLES
+from ..records import COORD_COLUMNS
 
 __all__ = ["COORD_COLUMNS", "kernel_velocity", "target_alignment", "EvalPass", "forward_pass",
            "coordinate_check"]
 
-COORD_COLUMNS = tuple(f"coord_{r}{s}" for s in ("", "_change") for r in ROLES)
 
 
 def kernel_velocity(theta: np.ndarray, previous: np.ndarray, dt: float) -> float:

@@ -24,14 +24,12 @@ from ..kernels import AnalyticKernels
 from ..kernels.metrics import KernelDynamics
 from ..kernels.regression import SingularKernelError, regression_weights
 from ..parametrizations import has_nngp_limit
-from ..records import KR_KERNELS, Record
+from ..records import TEST_COLUMNS, Record
 from ..trial_spec import TrialSpec
 from .builders import kernel_flow, limit_key
 
 __all__ = ["HeldOut", "HeldOutLimits", "NetKernel", "TEST_COLUMNS"]
 
-TEST_COLUMNS = ("test_loss", "test_acc", "test_loss_gd_inf", "test_acc_gd_inf",
-                *[f"test_{m}_kr_{k}" for k in KR_KERNELS for m in ("loss", "acc")])
 _NAMES = {"inf": "Θ_∞", "nngp": "the NNGP Σ", "init": "Θ_0", "t": "Θ_t"}
 
 
