@@ -141,7 +141,7 @@ def memory_one(cfg: dict) -> dict:
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_kib("VmRSS")
     t0 = time.perf_counter()
-    theta = empirical_ntk(net, x, memory_budget=cfg["budget"])
+    theta = empirical_ntk(net, x, memory_budget=cfg["budget"], trace=True)   # (n, n)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "peak_extra_MiB": (_rss_kib("VmHWM") - before) / 1024,
             "sum": float(theta.double().sum()), "diag": float(theta.double().trace())}

@@ -175,7 +175,8 @@ def test_the_mean_empirical_ntk_of_wide_networks_is_the_limit(architecture, kw):
         return CNN(2, 256, depth, bias_std=0.1, image_size=(4, 4), seed=seed,
                    dtype=torch.float64, **kw)
 
-    mean = np.mean([empirical_ntk(net(s), torch.tensor(x)).numpy() for s in range(50)], 0)
+    mean = np.mean([empirical_ntk(net(s), torch.tensor(x), trace=True).numpy()
+                    for s in range(50)], 0)
     assert np.abs(mean - limit.ntk).max() < 0.04 * np.abs(limit.ntk).max()
 
 
@@ -211,7 +212,7 @@ def test_a_cnn_trial_measures_its_kernel_against_its_own_limit():
     net = CNN(1, 64, 3, readout="flatten", image_size=(5, 5), bias_std=0.1, seed=0,
               dtype=torch.float64)
     np.testing.assert_allclose(theta0, empirical_ntk(net, torch.tensor(
-        data.images(data.x_eval)), method="jacobian").numpy(), rtol=1e-10)
+        data.images(data.x_eval)), method="jacobian", trace=True).numpy(), rtol=1e-10)
 
 
 @pytest.mark.slow
@@ -264,15 +265,12 @@ def test_structured_conv_ntk_is_the_brute_force_jacobian_product(make, k):
     model = make(k)
     x = torch.tensor(RNG.normal(size=(5, 2, 5, 5)))
     want = brute_force_ntk(model, x)
-    got = empirical_ntk(model, x, method="structured")
-    got = got if k > 1 else got[:, :, None, None]
+    got = empirical_ntk(model, x, method="structured")          # (n, n, k, k) for any k
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     cross = empirical_ntk(model, x[:2], x[2:], method="structured")
-    cross = cross if k > 1 else cross[:, :, None, None]
     torch.testing.assert_close(cross, want[:2, 2:], rtol=1e-9, atol=1e-12)
     tiled = empirical_ntk(model, x, method="structured", block_size=2)
-    torch.testing.assert_close(tiled, got if k > 1 else got[:, :, 0, 0], rtol=1e-12,
-                               atol=1e-14)
+    torch.testing.assert_close(tiled, got, rtol=1e-12, atol=1e-14)
     assert empirical_ntk(model, x[:1]).shape[:2] == (1, 1)       # auto picks structured
 
 

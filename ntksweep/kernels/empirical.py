@@ -63,8 +63,9 @@ def empirical_ntk(
 ) -> Tensor:
     """The empirical NTK of ``model`` between x1 (n1, …) and x2 (n2, …) (default x1).
 
-    Returns (n1, n2) for a model with one output, else (n1, n2, k, k) — or with
-    ``trace=True`` the per-logit mean (1/k) Σ_c Θ[:, :, c, c], (n1, n2). Computed in the
+    Returns (n1, n2, k, k) for a model of k outputs (one too: (n1, n2, 1, 1)) — or with
+    ``trace=True`` the per-logit mean (1/k) Σ_c Θ[:, :, c, c], (n1, n2): the rank says
+    which was asked for, never how many outputs the model has. Computed in the
     model's dtype on its device; inputs are cast there. ``method``: 'auto' (structured for
     ntksweep MLPs, else the cheaper generic one), 'structured', 'jacobian', 'ntk_vps'.
     ``memory_budget`` (bytes of working memory per tile) or ``block_size`` tile the kernel;
@@ -97,9 +98,7 @@ def empirical_ntk(
                   symmetric=b is None)
     finally:
         model.train(was_training)
-    if trace:
-        return out
-    return out[:, :, 0, 0] if k == 1 else out
+    return out
 
 
 def _block(model: nn.Module, method: str, n: int, k: int, itemsize: int,
