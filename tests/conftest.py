@@ -59,9 +59,9 @@ def s3(monkeypatch):
     server = MotoS3().start()
     for k, v in server.env.items():
         monkeypatch.setenv(k, v)
-    store._locate_uri.cache_clear()  # filesystems built for another endpoint
+    store.forget_filesystems()       # filesystems built for another endpoint
     yield server
-    store._locate_uri.cache_clear()
+    store.forget_filesystems()
     server.stop()
 
 

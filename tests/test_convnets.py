@@ -286,30 +286,21 @@ def test_conv_ntk_under_a_memory_budget_splits_channels_and_tiles_and_is_exact(
     batches, and the layers' gradients a few input channels at a time; the kernel is the
     brute-force one."""
     from ntksweep import memory
-    from ntksweep.kernels import layerwise, tiling
+    from ntksweep.kernels import tiling
+    from ntksweep.kernels.layerwise import layer_shapes, plan_layerwise
 
     model, x = make(), torch.tensor(RNG.normal(size=(12, 3, 5, 5)))
     want = brute_force_ntk(model, x)
     want = want.diagonal(dim1=2, dim2=3).mean(-1) if trace else want
     monkeypatch.setattr(memory, "SIGNAL_BATCH", 2)         # batches smaller than the tiles
     budget = tiling.tile_bytes(model, "structured", 4, 4, 2, 8, x[:1])
-    chunks, batches = [], []
-    real_chunks, real_batch = layerwise._gradient_chunks, layerwise._batch_signals
-
-    def chunk_recording(m, a, d, channels):
-        chunks.append((a.shape[1], channels))
-        return real_chunks(m, a, d, channels)
-
-    def batch_recording(m, xs):
-        batches.append(len(xs))
-        return real_batch(m, xs)
-
-    monkeypatch.setattr(layerwise, "_gradient_chunks", chunk_recording)
-    monkeypatch.setattr(layerwise, "_batch_signals", batch_recording)
+    plan = plan_layerwise(model, x[:1], 8, budget)        # an off-diagonal 4 × 4 tile's
+    shapes, _ = layer_shapes(model, x[:1])
+    assert plan.batch < 8                                   # passes in batches …
+    assert any(c < s.c_in for c, s in zip(plan.channels, shapes)), plan   # … layers in chunks
+    assert plan_layerwise(model, x[:1], 8).batch == 8      # without a budget: one pass
     got = empirical_ntk(model, x, method="structured", memory_budget=budget, trace=trace)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    assert any(channels < c_in for c_in, channels in chunks), chunks
-    assert max(batches) <= 4 and min(batches) < 4, batches
     whole = empirical_ntk(model, x, method="structured", trace=trace)
     torch.testing.assert_close(got, whole, rtol=1e-12, atol=1e-13)
 

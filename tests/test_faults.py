@@ -388,12 +388,10 @@ def test_the_driver_keeps_no_python_state_per_finished_trial(tmp_path, monkeypat
         if kind == "end":
             done[0] += 1
             writer = trackers[0]
-            backlog[0] = max(backlog[0], writer._queue.qsize())
+            backlog[0] = max(backlog[0], writer.pending())
             if done[0] in (50, 250):
-                caught_up = threading.Event()
-                writer._submit(caught_up.set)        # the writer does requests in order
-                while not caught_up.wait(1):
-                    assert writer._thread.is_alive(), writer.degraded
+                writer.wait_idle()                   # the writer has caught up
+                assert not writer.degraded
                 gc.collect()
                 marks[done[0]] = tracemalloc.get_traced_memory()[0]
 

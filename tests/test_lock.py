@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -34,62 +33,56 @@ def _until(condition, what: str, proc: subprocess.Popen | None = None):
         time.sleep(0.05)
 
 
-@pytest.fixture
-def short_lock(monkeypatch):
-    """A lock that goes stale in a fraction of a second, as a 45-s one would in minutes."""
-    monkeypatch.setattr(lock, "STALE", 0.6)
-    monkeypatch.setattr(lock, "LEASE", 0.2)
-    monkeypatch.setattr(lock, "HEARTBEAT", 0.1)
-    monkeypatch.setattr(lock, "SETTLE", 0.05)
+HOLDER = """
+import sys, time
+from ntksweep.store.lock import DriverLock, LockLost
+held = DriverLock(sys.argv[1]).acquire()
+print("held", held.token, flush=True)
+sys.stdin.readline()                  # the test says when to write again
+try:
+    held.ensure_held()
+    print("still mine", flush=True)
+except LockLost as e:
+    print("lost:", e, flush=True)
+held.release()
+"""
+FAST = {"NTKSWEEP_LOCK_STALE": "0.6", "NTKSWEEP_LOCK_HEARTBEAT": "0.1"}
+
+
+def _holder(out):
+    """A driver-like process that holds ``out``'s lock, and writes when told to."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env={**os.environ, **FAST},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("held"), line
+    return proc, line.split()[1]
 
 
 def test_a_holder_taken_over_while_stopped_may_not_write_and_never_overwrites(tmp_path,
-                                                                             short_lock):
-    first = lock.DriverLock(tmp_path).acquire()
+                                                                             monkeypatch):
+    for name, value in FAST.items():          # this process takes over as fast as it expires
+        monkeypatch.setattr(lock, name.removeprefix("NTKSWEEP_LOCK_"), float(value))
+    first, token = _holder(tmp_path)
     assert _record(tmp_path)["generation"] == 1
-    first._stop.set()                       # its process stopped: no heartbeat, no writes
-    first._thread.join()
-    _until(lambda: time.time() - _record(tmp_path)["heartbeat"] > lock.STALE, "stale")
-    second = lock.DriverLock(tmp_path).acquire()
-    assert _record(tmp_path) | {"token": second.token, "generation": 2} == _record(tmp_path)
-    with pytest.raises(lock.LockLost, match=f"pid {os.getpid()}"):
-        first.ensure_held()                 # the stopped one continues: its first write fails
-    with pytest.raises(lock.LockLost):      # and every later one: never a write again
-        first.ensure_held()
-    first.release()                         # leaves the new holder's lock alone
-    assert _record(tmp_path)["token"] == second.token
+    first.send_signal(signal.SIGSTOP)         # Ctrl-Z: no heartbeat
+    try:
+        _until(lambda: time.time() - _record(tmp_path)["heartbeat"] > lock.STALE, "stale")
+        second = lock.DriverLock(tmp_path).acquire()
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert _record(tmp_path)["token"] == second.token and _record(tmp_path)["generation"] == 2
+    said, _ = first.communicate("write\n", timeout=60)   # its next write is refused
+    assert said.startswith("lost:") and f"pid {os.getpid()}" in said, said
+    assert _record(tmp_path)["token"] == second.token   # its heartbeat and release left it
     second.ensure_held()
     second.release()
     assert not (tmp_path / lock.LOCK_FILE).exists()
 
 
-def test_a_heartbeat_that_wakes_after_a_takeover_leaves_the_new_lock(tmp_path, short_lock):
-    first = lock.DriverLock(tmp_path).acquire()
-    first._stop.set()
-    first._thread.join()
-    _until(lambda: time.time() - _record(tmp_path)["heartbeat"] > lock.STALE, "stale")
-    second = lock.DriverLock(tmp_path).acquire()
-    first._stop.clear()                     # its heartbeat thread runs again
-    beat = threading.Thread(target=first._beat, daemon=True)
-    beat.start()
-    beat.join(timeout=30)                   # it stops by itself: the lock is not its own
-    assert not beat.is_alive()
-    assert _record(tmp_path)["token"] == second.token
-    second.release()
-
-
-def test_a_verified_holder_reads_nothing_within_its_lease(tmp_path, short_lock, monkeypatch):
-    held = lock.DriverLock(tmp_path).acquire()
-    reads = []
-    real = lock._holder
-    monkeypatch.setattr(lock, "_holder", lambda out: reads.append(out) or real(out))
-    held._verified = time.time()
-    held.ensure_held()
-    assert reads == []                      # within the lease: no I/O per write
-    held._verified -= 10 * lock.LEASE
-    held.ensure_held()
-    assert reads                            # past it: the lock is read again
-    held.release()
+def test_a_holder_that_kept_beating_still_holds(tmp_path):
+    first, token = _holder(tmp_path)
+    said, _ = first.communicate("write\n", timeout=60)
+    assert said.strip() == "still mine"
 
 
 def test_a_lock_that_is_not_utf8_holds_nothing(tmp_path):

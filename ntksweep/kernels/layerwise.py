@@ -19,6 +19,7 @@ its columns split, so Θ = Σ over the chunks of G Gᵀ with no work repeated.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 from ..memory import CPU_CHUNK_BYTES, MIN_CHUNK_CHANNELS, Footprint, LayerShape
 from ..models.layers import Conv, Dense
 
-__all__ = ["ntk_layerwise", "is_layerwise", "footprint", "layer_shapes"]
+__all__ = ["ntk_layerwise", "is_layerwise", "footprint", "layer_shapes", "LayerwisePlan",
+           "plan_layerwise"]
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -131,20 +133,40 @@ def _gradient_chunks(m: nn.Module, a: Tensor, d: Tensor, channels: int) -> Itera
     yield d.sum(-1) * (m.bias_mult * m.bias_lr ** 0.5)
 
 
-def _channels_per_chunk(m: nn.Module, a: Tensor, d: Tensor, points: int,
-                        room: int | None) -> int:
-    """As many input channels as ``room`` bytes hold for ``points`` examples (at least one:
-    the tile planner made room for that; all without a budget). On the CPU also at most a
-    cache-sized chunk (its Gram product reads it back from the cache: 1.4× faster at
-    width 128, N = 128), but not fewer than ``MIN_CHUNK_CHANNELS`` for that (thinner
-    chunks make the k-output products inefficient)."""
-    kk = m.kernel_size ** 2 if isinstance(m, Conv) else 1
-    shape = LayerShape(a.shape[1], a[0, 0].numel(), d.shape[2], d.shape[3], kk)
-    per_channel = points * shape.channel_bytes(d.shape[1], a.element_size())
-    fit = a.shape[1] if room is None else max(1, room // per_channel)
-    if not a.is_cuda:
-        fit = min(fit, max(MIN_CHUNK_CHANNELS, CPU_CHUNK_BYTES // per_channel))
-    return int(min(a.shape[1], fit))
+@dataclass(frozen=True)
+class LayerwisePlan:
+    """How a tile of ``points`` examples is computed: its forward and backward passes
+    ``batch`` examples at a time, and each layer's per-example gradients ``channels[i]``
+    input channels at a time."""
+
+    batch: int
+    channels: tuple[int, ...]
+
+
+def plan_layerwise(model: nn.Module, x: Tensor, points: int,
+                   memory_budget: int | None = None) -> LayerwisePlan:
+    """The plan of a tile of ``points`` examples shaped like x (1, …): without a budget one
+    batch and every channel at once; under ``memory_budget`` bytes, batches of what the room
+    left by the held signals allows, and per layer as many input channels as fit (at least
+    one: the tile planner made room for that). On the CPU a chunk is also at most
+    ``CPU_CHUNK_BYTES`` (its Gram product reads it back from the cache), but not fewer than
+    ``MIN_CHUNK_CHANNELS`` channels for that (thinner chunks make the k-output products
+    inefficient)."""
+    shapes, k = layer_shapes(model, x)
+    size, cuda = x.element_size(), x.is_cuda
+    batch, room = points, None
+    if memory_budget is not None:
+        f = Footprint.of(shapes, k, size)
+        room = memory_budget - points * f.held                # for batches, then chunks
+        batch = max(1, room // f.transient)
+    channels = []
+    for shape in shapes:
+        per_channel = points * shape.channel_bytes(k, size)
+        fit = shape.c_in if room is None else max(1, room // per_channel)
+        if not cuda:
+            fit = min(fit, max(MIN_CHUNK_CHANNELS, CPU_CHUNK_BYTES // per_channel))
+        channels.append(int(min(shape.c_in, fit)))
+    return LayerwisePlan(int(min(batch, points)), tuple(channels))
 
 
 def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
@@ -153,21 +175,16 @@ def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
     ``trace`` only its per-logit mean (n1, n2): k Gram products of single outputs instead
     of one of all k² output pairs. With ``memory_budget`` (bytes) the forward and backward
     passes go in batches and each layer's per-example gradients are formed a few input
-    channels at a time, so that all of it fits: the same arithmetic, in smaller pieces."""
+    channels at a time (``plan_layerwise``), so that all of it fits: the same arithmetic,
+    in smaller pieces."""
     n1, n2 = len(x1), len(x1 if x2 is None else x2)
-    points = n1 if x2 is None else n1 + n2
-    batch, room = points, None
-    if memory_budget is not None:
-        f = footprint(model, x1)
-        room = memory_budget - points * f.held                # for batches, then chunks
-        batch = max(1, room // f.transient)
-    s1 = _signals(model, x1, batch)
-    s2 = s1 if x2 is None else _signals(model, x2, batch)
+    plan = plan_layerwise(model, x1[:1], n1 if x2 is None else n1 + n2, memory_budget)
+    s1 = _signals(model, x1, plan.batch)
+    s2 = s1 if x2 is None else _signals(model, x2, plan.batch)
     k = s1[0][2].shape[1]
     shape = (k, n1, n2) if trace else (n1 * k, n2 * k)
     theta = torch.zeros(shape, dtype=s1[0][2].dtype, device=s1[0][2].device)
-    for (m, a1, d1), (_, a2, d2) in zip(s1, s2):
-        channels = _channels_per_chunk(m, a1, d1, points, room)
+    for (m, a1, d1), (_, a2, d2), channels in zip(s1, s2, plan.channels):
         chunks1 = _gradient_chunks(m, a1, d1, channels)
         chunks2 = chunks1 if x2 is None else _gradient_chunks(m, a2, d2, channels)
         for g1 in chunks1:                                                # (n, k, m) each

@@ -20,9 +20,9 @@ before the trials file, so a trials row means complete.
 """
 
 from .location import (
-    _locate_uri,
     check_writable,
     delete_text,
+    forget_filesystems,
     is_uri,
     load_array,
     read_text,
@@ -50,4 +50,4 @@ __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial
            "plain_value",
            "spec_from_row", "is_uri", "check_writable", "write_text", "read_text",
            "delete_text", "read_meta", "write_meta", "repair", "quarantined_trials",
-           "_locate_uri"]
+           "forget_filesystems"]

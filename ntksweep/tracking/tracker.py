@@ -412,6 +412,19 @@ class Tracker:
 
         self._submit(log_artifact)
 
+    def pending(self) -> int:
+        """Requests queued for the writer and not yet taken (at most ``_MAX_QUEUED``)."""
+        return self._queue.qsize()
+
+    def wait_idle(self) -> None:
+        """Return once every request queued before this call has been done (or the writer
+        has stopped, or turned tracking off)."""
+        done = threading.Event()
+        self._submit(done.set)
+        while not done.wait(1.0):
+            if self.degraded or not self._thread.is_alive():
+                return
+
     def abandon(self, reason: str) -> None:
         """Stop without sending anything more (what is queued or buffered is dropped): the
         driver lost its output dir to another one, whose runs these are now."""
