@@ -2,8 +2,6 @@
 import boundaries."""
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -215,76 +213,3 @@ def test_every_record_column_is_its_formula_recomputed_independently():
                     (got["step"], col, got[col], want[col])
     for col in timed:
         assert [r[col] for r in result.records] == sorted(r[col] for r in result.records)
-
-
-def test_import_boundaries():
-    """Only ``sweep`` imports Ray, only ``tracking`` MLflow, only ``store`` pyarrow; the
-    records module is free of all of them and of torch."""
-    probe = """
-import sys
-import ntksweep.{module}
-print(",".join(m for m in ("torch", "ray", "mlflow", "pyarrow") if m in sys.modules))
-"""
-    loaded = {}
-    for module in ("records", "kernels", "store", "trial"):
-        out = subprocess.run([sys.executable, "-c", probe.format(module=module)],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
-        loaded[module] = set(filter(None, out.stdout.strip().split(",")))
-    assert loaded["records"] == set()
-    assert loaded["kernels"] == {"torch"}
-    assert loaded["store"] <= {"torch", "pyarrow"} and "pyarrow" in loaded["store"]
-    assert "ray" not in loaded["trial"] and "mlflow" not in loaded["trial"]
-    owners = {"ray": "ntksweep/sweep/", "mlflow": "ntksweep/tracking/",
-              "pyarrow": "ntksweep/store/"}
-    for path in sorted((ROOT / "ntksweep").rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        for line in path.read_text().splitlines():
-            words = line.strip().split()
-            if words[:1] in (["import"], ["from"]) and len(words) > 1:
-                top = words[1].split(".")[0]
-                if top in owners:
-                    assert rel.startswith(owners[top]), (rel, line)
-
-
-def test_a_store_written_before_new_fields_existed_reads_with_their_defaults(tmp_path):
-    """Files without the columns added since (architecture, …, gap_*_flow) still load: the
-    spec fields take their defaults, and each row's spec hashes to its stored trial id."""
-    import pyarrow.parquet as pq
-
-    import ntksweep
-    from ntksweep import store
-    from ntksweep.trial_spec import ADDED_LATER
-
-    spec = TrialSpec(width=8, n_train=4, n_eval=4, steps=2, checkpoints=2, device="cpu")
-    store.write_trial(tmp_path, "x", spec, run_trial(spec))
-    for path in tmp_path.rglob("*.parquet"):         # as the first release wrote them
-        table = pq.read_table(path)
-        old = [c for c in table.column_names
-               if c not in ADDED_LATER and not c.endswith("_flow")]
-        pq.write_table(table.select(old), path)
-    trials, ckpts = ntksweep.load_results(tmp_path)
-    for name, default in ADDED_LATER.items():
-        assert (trials[name] == default).all() and (ckpts[name] == default).all()
-    assert store.spec_from_row(trials.iloc[0]).trial_id == trials.trial_id[0] == spec.trial_id
-
-
-def test_progress_lines_wait_for_the_warm_up_before_an_eta():
-    """Without a terminal: a line per update here (every=0); no ETA until the first wave of
-    trials (the workers' start-up) is done and one more trial gives a rate."""
-    import io
-    import time
-
-    from ntksweep.console import LogProgress, progress
-
-    out = io.StringIO()
-    bar = LogProgress(5, every=0.0, stream=out, warmup=2)
-    for _ in range(5):
-        bar.update(1)
-        time.sleep(0.01)
-    lines = out.getvalue().splitlines()
-    assert all("warming up" in line and "ETA" not in line for line in lines[:2]), lines
-    assert all("ETA" in line for line in lines[2:4]), lines
-    assert lines[-1].startswith("trials: 5/5 done") and "warming" not in lines[-1]
-    quiet = progress(3, quiet=True)                                # nothing at all
-    quiet.update(1)
-    quiet.close()

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from ..store import load_array, spec_from_row
-from ..trial import dataset_for, limit_kernels
+from ..trial.builders import dataset_for, limit_kernels
 from ..trial_spec import TrialSpec
 from .figures import plt
 
