@@ -127,3 +127,15 @@ def test_report_and_sync_leave_a_live_sweep_alone_and_a_new_execution_gets_its_o
                                                               "dist_inf"),
                                     key=lambda m: m.step)] == pytest.approx(
         list(mine.dist_inf))
+
+
+def test_an_attempts_status_is_its_tag_only_once_its_run_finished():
+    """The tag records how a finished attempt ended; a run MLflow still holds open (its
+    driver died before ending it) or ended killed is unfinished whatever the tag says."""
+    from ntksweep.tracking.mlflow_api import attempt_status
+
+    assert attempt_status("FINISHED", "diverged") == "diverged"
+    assert attempt_status("FINISHED", "completed") == "completed"
+    assert attempt_status("RUNNING", "completed") == "running"
+    assert attempt_status("KILLED", "completed") == "killed"
+    assert attempt_status("FAILED", "failed") == "failed"

@@ -47,13 +47,13 @@ def _locate(out: str | Path) -> _Location:
     return _locate_uri(str(out))
 
 
-@functools.lru_cache(maxsize=16)
 def forget_filesystems() -> None:
     """Drop the object-store filesystems built so far: the next use builds them from the
     credentials and endpoint in the environment now (after a notebook changes them)."""
     _locate_uri.cache_clear()
 
 
+@functools.lru_cache(maxsize=16)
 def _locate_uri(uri: str) -> _Location:
     # s3:// credentials and endpoint come from the usual AWS settings (AWS_ENDPOINT_URL for
     # MinIO/moto, AWS_PROFILE, …) or from query options: s3://b/p?endpoint_override=host:9000

@@ -106,8 +106,8 @@ def runs_of(sweep_id: str, role: str, extra: str = "") -> str:
 
 @dataclass(frozen=True)
 class RunKey:
-    """What sync needs of a child run: its id, the status of its attempt (the run's
-    ``status`` tag: ntksweep's ``Status`` values), its trial, attempt and execution."""
+    """What sync needs of a child run: its id, the status of its attempt in ntksweep's
+    ``Status`` values (see ``attempt_status``), its trial, attempt and execution."""
 
     run_id: str
     status: str | None
@@ -116,8 +116,19 @@ class RunKey:
     execution: str | None
 
 
+def attempt_status(run_status: str | None, tag: str | None) -> str | None:
+    """An attempt's status from its run: the ``status`` tag says how a *finished* run ended
+    (completed or diverged); MLflow's own status rules otherwise — a driver killed between
+    its last batch and ending the run leaves the tag saying completed on a RUNNING run,
+    which a resume ends KILLED."""
+    if run_status == "FINISHED":
+        return tag if tag in ("completed", "diverged") else "completed"
+    return {"RUNNING": "running", "SCHEDULED": "running", "KILLED": "killed",
+            "FAILED": "failed"}.get(run_status or "", tag)
+
+
 _RUN_KEYS_SQL = """
-SELECT r.run_uuid,
+SELECT r.run_uuid, r.status,
        MAX(CASE WHEN t.key = 'status' THEN t.value END),
        MAX(CASE WHEN t.key = 'trial_id' THEN t.value END),
        MAX(CASE WHEN t.key = 'attempt' THEN t.value END),
@@ -136,16 +147,19 @@ def child_run_keys(client, uri: str, experiment_id: str, sweep_id: str) -> list[
     any other store by its search, a page at a time (no cap on the number of runs)."""
     if uri.startswith("sqlite:///"):
         import sqlite3
+        from contextlib import closing
 
         path = uri.removeprefix("sqlite:///").split("?")[0]
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
-            return [RunKey(*row) for row in conn.execute(_RUN_KEYS_SQL,
-                                                         (int(experiment_id), sweep_id))]
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+            rows = conn.execute(_RUN_KEYS_SQL, (int(experiment_id), sweep_id)).fetchall()
+        return [RunKey(run_id, attempt_status(status, tag), *rest)
+                for run_id, status, tag, *rest in rows]
     keys, token = [], None
     query = runs_of(sweep_id, "trial")
     while True:
         page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
-        keys += [RunKey(r.info.run_id, r.data.tags.get("status"), r.data.tags.get("trial_id"),
+        keys += [RunKey(r.info.run_id, attempt_status(r.info.status, r.data.tags.get("status")),
+                        r.data.tags.get("trial_id"),
                         r.data.tags.get("attempt"), r.data.tags.get("ntksweep.execution"))
                  for r in page]
         token = page.token
