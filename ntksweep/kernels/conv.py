@@ -40,7 +40,7 @@ __all__ = ["conv_kernels", "conv_limits", "as_float64_images"]
 
 # A tile's working set: the recursion makes ~30 elementwise passes over every tile per
 # layer, so a tile that stays in the cache (L2 + a share of L3) runs them at cache speed
-# instead of memory speed (benchmarks/RESULTS.md: 3.4× at N = 128, 8×8 images).
+# instead of memory speed (benchmarks/RESULTS.md, conv nets).
 CACHE_TILE_BYTES = 16 << 20
 
 
