@@ -43,7 +43,7 @@ RECORD_COLUMNS = ("step", "t", "train_loss", "eval_loss", "dist_inf", "dist_init
 
 class Status(str, Enum):
     """A trial attempt's status, as stored in Parquet and tagged on its MLflow run (its value;
-    the run's own MLflow status is the tracker's: ``tracking.tracker.RUN_STATUS``)."""
+    the run's own MLflow status is the tracker's: ``tracking.runs.RUN_STATUS``)."""
 
     RUNNING = "running"
     COMPLETED = "completed"

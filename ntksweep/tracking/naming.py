@@ -4,9 +4,11 @@ reads to open an experiment in its model-training view rather than its GenAI one
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPERIMENT_KIND", "run_name", "axis_tags"]
+__all__ = ["EXPERIMENT_KIND", "run_name", "axis_tags", "git_commit"]
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # short prefixes for the common axes; a string-valued axis (activation, dataset) is its value
@@ -32,3 +34,13 @@ def run_name(trial_id: str, attempt: int, spec: dict[str, Any], axes: tuple[str,
 
 def axis_tags(spec: dict[str, Any], axes: tuple[str, ...]) -> dict[str, str]:
     return {axis: str(spec.get(axis)) for axis in axes}
+
+
+def git_commit() -> str | None:
+    """The commit of the ntksweep checkout that runs (a sweep's parent-run tag); None when it
+    is not a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -16,40 +16,34 @@ import logging
 import math
 import os
 import queue
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from .. import __version__
-from ..records import Record, Status
+from ..records import Status
+from .batches import RunBuffer, flat_params, record_metrics
 from .mlflow_api import (
     RunKey,
     bound_http_requests,
     child_run_keys,
     log_text_artifact,
     rest_log_batch,
-    runs_of,
 )
-from .naming import EXPERIMENT_KIND, axis_tags, run_name
+from .naming import axis_tags, run_name
 from .protocol import TrialTracker, Untracked
-from .sqlite import artifact_root, relocate_artifacts, tune_sqlite
+from .runs import RUN_STATUS, close_stale_runs, find_or_create_parent, open_experiment
+from .sqlite import relocate_artifacts, tune_sqlite
 from .uri import scrub
 
-__all__ = ["TrialTracker", "Tracker", "Untracked", "RUN_STATUS", "open_tracker"]
-
-# the MLflow run status of an attempt that ended so (its own status is the run's tag)
-RUN_STATUS = {Status.RUNNING: "RUNNING", Status.COMPLETED: "FINISHED",
-              Status.DIVERGED: "FINISHED", Status.FAILED: "FAILED", Status.KILLED: "KILLED"}
+__all__ = ["TrialTracker", "Tracker", "Untracked", "open_tracker"]
 
 log = logging.getLogger(__name__)
 _BATCH = 1000
@@ -64,52 +58,6 @@ _SENDERS = {"http": 4, "https": 4}
 # ~8 KiB per trivial trial, gigabytes over 10⁵ of them; past this the driver's calls wait
 # for the writer, and the sweep goes at MLflow's pace, as it must at its end anyway.
 _MAX_QUEUED = 10_000
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _flat_params(spec: dict[str, Any]) -> list[Param]:
-    return [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v))
-            for k, v in sorted(spec.items())]
-
-
-def _metrics(record: Record, now_ms: int) -> list[Metric]:
-    step = int(record["step"])
-    return [Metric(k, float(v), now_ms, step) for k, v in record.items()
-            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
-
-
-@dataclass
-class _Pending:
-    """What a child run has not sent yet. ``logged``: metric key → the steps the run already
-    has (a reopened run), which are not sent again."""
-
-    params: list[Param] = field(default_factory=list)
-    metrics: list[Metric] = field(default_factory=list)
-    tags: list[RunTag] = field(default_factory=list)
-    since: float = field(default_factory=time.monotonic)  # when the oldest item came in
-    logged: dict[str, set[int]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.params or self.metrics or self.tags)
-
-    def take(self) -> tuple[list[Param], list[Metric], list[RunTag]]:
-        out = self.params, self.metrics, self.tags
-        self.params, self.metrics, self.tags = [], [], []
-        return out
-
-    def add_metrics(self, metrics: list[Metric]) -> None:
-        if self.logged:
-            metrics = [m for m in metrics if m.step not in self.logged.get(m.key, ())]
-        if not self:
-            self.since = time.monotonic()
-        self.metrics.extend(metrics)
 
 
 class Tracker:
@@ -167,7 +115,7 @@ class Tracker:
         self.attempts: dict[str, int] = {}        # trial_id → the highest attempt it has
         self._runs: dict[int, str] = {}           # handle → MLflow run id
         self._unborn: dict[int, tuple] = {}       # handle → what creating its run needs
-        self._buffers: dict[int, _Pending] = {}
+        self._buffers: dict[int, RunBuffer] = {}
         self._handles = itertools.count()
         self._queue: queue.Queue = queue.Queue(maxsize=_MAX_QUEUED)
         self._senders = ThreadPoolExecutor(_SENDERS.get(urlparse(uri).scheme, 1), "mlflow-send")
@@ -182,50 +130,18 @@ class Tracker:
         self._thread.start()
 
     def _open(self, experiment: str, sweep_yaml: str) -> None:
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND)
-        if exp is not None and not all(exp.tags.get(k) for k in EXPERIMENT_KIND):
-            for key, value in EXPERIMENT_KIND.items():  # one created before the tag existed
-                self.client.set_experiment_tag(self.experiment_id, key, value)
-        found = self.client.search_runs(
-            [self.experiment_id],
-            runs_of(self.sweep_id, "sweep"),
-            max_results=1)
-        if found:
-            self.parent_id = found[0].info.run_id
-            if self.role != "artifacts":
-                self.client.update_run(self.parent_id, status="RUNNING")
-                self._close_stale_runs()
-            return
-        if self.role == "artifacts":
-            raise RuntimeError(f"sweep {self.sweep_id} has no parent run in MLflow to add "
-                               "files to; run the sweep (or `ntksweep sync`) first")
-        run = self.client.create_run(self.experiment_id, run_name=experiment, tags={
-            "ntksweep.sweep_id": self.sweep_id, "ntksweep.role": "sweep",
-            "ntksweep.version": __version__, "ntksweep.git_commit": _git_commit() or "",
-            "host": socket.gethostname(), "mlflow.note.content": self.description,
-            "ntksweep.axes": ",".join(self.axes)})
-        self.parent_id = run.info.run_id
-        if sweep_yaml:
-            self.client.log_text(self.parent_id, sweep_yaml, "sweep.yaml")
+        self.experiment_id = open_experiment(self.client, self.uri, experiment)
+        self.parent_id, existed = find_or_create_parent(
+            self.client, self.experiment_id, self.sweep_id, name=experiment,
+            create=self.role != "artifacts", axes=self.axes, description=self.description,
+            sweep_yaml=sweep_yaml)
+        if existed and self.role != "artifacts":
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self.attempts = close_stale_runs(self.client, self.child_runs())
 
     def child_runs(self) -> list[RunKey]:
         """Every child run of this sweep (id, status, trial, attempt, execution)."""
         return child_run_keys(self.client, self.uri, self.experiment_id, self.sweep_id)
-
-    def _close_stale_runs(self) -> None:
-        """A resumed sweep's child runs still running belong to no live driver (killed with
-        -9, a server outage, a full disk): end them KILLED. Note the highest attempt every
-        trial's runs hold — finished ones too (a trial whose Parquet record went to
-        quarantine has one) —, so that a trial run again gets the next attempt number."""
-        for run in self.child_runs():
-            if run.trial_id and (run.attempt or "").isdigit():
-                self.attempts[run.trial_id] = max(self.attempts.get(run.trial_id, 0),
-                                                  int(run.attempt))
-            if run.status == Status.RUNNING.value:
-                self.client.set_tag(run.run_id, "status", Status.KILLED.value)
-                self.client.set_terminated(run.run_id, RUN_STATUS[Status.KILLED])
 
     # -- failure policy: a tracking outage never stops the sweep -------------------------
     def _disable(self, what: str, e: Exception) -> None:
@@ -333,12 +249,12 @@ class Tracker:
                 **{k: str(v) for k, v in (worker or {}).items()}, **(tags or {})}
         unborn = (run_name(trial_id, attempt, spec, self.axes), int(time.time() * 1000), tags,
                   json.dumps(spec, indent=1))
-        params = _flat_params(spec)
+        params = flat_params(spec)
 
         def start_trial():
             # nothing to send yet: the writer creates the run with its first batch (_flush)
             self._unborn[handle] = unborn
-            self._buffers[handle] = _Pending(params=params)
+            self._buffers[handle] = RunBuffer(params=params)
 
         self._submit(start_trial)
         return handle
@@ -351,12 +267,12 @@ class Tracker:
         handle = next(self._handles)
         if self.degraded:
             return handle
-        params = _flat_params(spec)
+        params = flat_params(spec)
 
         def reopen_trial():
             data = self.client.get_run(run_id).data
             self._runs[handle] = run_id
-            self._buffers[handle] = _Pending(
+            self._buffers[handle] = RunBuffer(
                 params=[p for p in params if p.key not in data.params],
                 logged={key: {m.step for m in self.client.get_metric_history(run_id, key)}
                         for key in data.metrics})
@@ -367,7 +283,7 @@ class Tracker:
     def log_record(self, handle: int | None, record: dict[str, Any]) -> None:
         if handle is None or self.degraded:
             return
-        metrics = _metrics(record, int(time.time() * 1000))
+        metrics = record_metrics(record, int(time.time() * 1000))
 
         def log_record():
             buf = self._buffers.get(handle)
