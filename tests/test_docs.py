@@ -63,3 +63,23 @@ def test_the_guides_worked_example_runs_and_shows_what_it_says(ray_local, tmp_pa
     assert ns["summary"].counts == {"completed": 9}
     moved = ns["ckpts"][ns["ckpts"].step == ns["ckpts"].step.max()].groupby("width").dist_init
     assert moved.mean().is_monotonic_decreasing
+
+
+def test_the_guides_spec_reference_is_a_valid_spec_showing_every_field_at_its_default():
+    """The reference spec says "defaults in ntksweep/trial_spec.py": it loads, and each base
+    field it lists holds the default a spec that omits it gets; only the grid axes (width,
+    seed) are left to the grid."""
+    import dataclasses
+
+    import yaml
+
+    from ntksweep.sweep_spec import load_sweep_spec
+    from ntksweep.trial_spec import TrialSpec
+
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    reference = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", guide, re.S)[0])
+    load_sweep_spec(reference)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrialSpec)}
+    base = reference["base"]
+    assert {k: v for k, v in base.items() if defaults[k] != v} == {}
+    assert set(defaults) - set(base) == set(reference["grid"])
