@@ -1,0 +1,104 @@
+"""A composition as a whole network: its finite module, seeded, in a parametrization; and its
+infinite-width kernels, computed in tiles of input pairs under a memory budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import SpecError
+from ..kernels.analytic import AnalyticKernels
+from ..kernels.tiles import float64_points, plan_tiles
+from ..parametrizations import PARAMETRIZATIONS
+from .affine import Conv, Dense
+from .core import Build, Layer, leaves
+from .elementwise import Activation
+from .state import input_kernel
+
+__all__ = ["build_module", "limit_kernels", "LIMIT_PARAMETRIZATIONS"]
+
+# Θ_η at initialisation under μP equals the NTK parametrization's (docs/guide.md, "Lazy and
+# rich training"); the standard one's limit depends on the widths and is the MLP's only.
+LIMIT_PARAMETRIZATIONS = ("ntk", "mup")
+_CACHE_TILE_BYTES = 16 << 20   # as kernels.conv: a tile's passes run in cache on a CPU
+
+
+def build_module(net: Layer, input_shape: tuple[int, ...], *, seed: int | None,
+                 parametrization: str, dtype: torch.dtype,
+                 device: str | torch.device) -> torch.nn.Module:
+    """The finite network for inputs (N, *input_shape); its affine layers drawn in network
+    order from ``seed`` (None: torch's global generator) as ``MLP``, ``CNN`` and ``ResNet``
+    draw theirs, so the same seed gives the same weights."""
+    if parametrization not in PARAMETRIZATIONS:
+        raise SpecError(f"parametrization must be one of {', '.join(PARAMETRIZATIONS)}; got "
+                        f"{parametrization!r}")
+    shape = tuple(int(s) for s in input_shape)
+    _check_output(net, shape)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    ctx = Build(generator, parametrization, dtype, device, affine_layers=net.affine)
+    return net.build(shape, ctx)
+
+
+def _check_output(net: Layer, shape: tuple[int, ...]) -> int:
+    out = net.out_shape(shape)
+    if len(out) != 1:
+        raise SpecError(f"the network maps inputs {shape} to {out}, not to a vector of "
+                        "outputs: end it with Flatten() or GlobalAvgPool() and a Dense(k)")
+    if not any(isinstance(x, (Dense, Conv)) for x in leaves(net)):
+        raise SpecError("the network has no Dense or Conv layer: nothing to train")
+    return out[0]
+
+
+def _uniform(values: list[float]) -> float:
+    return values[0] if values and all(v == values[0] for v in values) else math.nan
+
+
+def describe(net: Layer) -> dict:
+    """What ``AnalyticKernels`` records of a composition: its affine depth, its activations,
+    and σ_w, σ_b where every affine layer shares them (NaN where they differ)."""
+    affine = [x for x in leaves(net) if isinstance(x, (Dense, Conv))]
+    names = sorted({x.name for x in leaves(net) if isinstance(x, Activation)})
+    return dict(depth=len(affine), activation="+".join(names) or "identity",
+                weight_std=_uniform([x.weight_std for x in affine]),
+                bias_std=_uniform([x.bias_std for x in affine]))
+
+
+def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
+                  memory_budget: int = 256 << 20, device=None) -> AnalyticKernels:
+    """Θ_∞ and Σ of the network between x1 (n1, *input_shape) and x2 (n2, …) (default x1):
+    (n1, n2) float64 numpy each, per logit (k outputs: Θ_∞ ⊗ I_k). Input pairs run in tiles
+    whose pair tensors stay near ``memory_budget`` bytes (on a CPU also within 16 MiB, so
+    their elementwise passes run in cache); ``device`` runs them there."""
+    if parametrization not in LIMIT_PARAMETRIZATIONS:
+        raise SpecError(f"a composition's limit is that of the NTK parametrization (and of "
+                        f"μP, whose Θ_η starts at the same Θ_∞); got {parametrization!r}")
+    ndim = np.ndim(x1.detach().cpu() if hasattr(x1, "detach") else x1)
+    a_np, b_np, symmetric = float64_points(x1, x2, ndim=max(ndim, 2),
+                                           what="(points, channels, *positions)")
+    _check_output(net, a_np.shape[1:])
+    a = torch.from_numpy(a_np).to(device or "cpu")
+    b = a if symmetric else torch.from_numpy(b_np).to(device or "cpu")
+    positions = a_np[0, 0].size
+    diagonal = not net.mixes_positions
+    per_pair = 8 * 8 * (positions if diagonal else positions * positions)   # ~8 buffers
+    budget = memory_budget if a.is_cuda else min(memory_budget, _CACHE_TILE_BYTES)
+    side = max(1, int(math.sqrt(max(1, budget // per_pair))))
+    n1, n2 = a.shape[0], b.shape[0]
+    ntk = torch.empty(n1, n2, dtype=torch.float64, device=a.device)
+    nngp = torch.empty_like(ntk)
+    for t in plan_tiles(n1, n2, side, symmetric):
+        same = symmetric and t.rows == t.cols
+        k = net.limit(input_kernel(a[t.rows], b[t.cols], same, diagonal))
+        ntk[t.rows, t.cols], nngp[t.rows, t.cols] = k.ntk, k.nngp
+        if symmetric and not t.diagonal:
+            ntk[t.cols, t.rows], nngp[t.cols, t.rows] = k.ntk.T, k.nngp.T
+    if symmetric:                      # the diagonal tiles: symmetric up to the duals' last bits
+        ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
+    ntk_np, nngp_np = ntk.cpu().numpy(), nngp.cpu().numpy()
+    if not (np.isfinite(ntk_np).all() and np.isfinite(nngp_np).all()):
+        raise SpecError("the network's limit overflows float64 for these inputs; rescale "
+                        "them, e.g. standardise them")
+    return AnalyticKernels(ntk=ntk_np, nngp=nngp_np, parametrization=parametrization,
+                           **describe(net))

@@ -1,0 +1,106 @@
+"""The state the infinite-width limit carries from layer to layer: for inputs x1 (n1 of them)
+and x2 (n2), the NNGP covariance Σ and the NTK Θ of one channel's pre-activations between
+every pair of positions (p, q), and each input's covariance with itself, which the
+activations' duals read (Σ(x, x)[p, p]) and the pooling layers average.
+
+Positions: ``shape`` S is () for vectors, (H, W) for images, (T,) for sequences. A pair
+tensor is (…, *S, *S) over every (p, q); ``diagonal`` keeps only p = q, (…, *S), which is
+all a network needs when no later layer mixes positions (convolutions map the diagonal to
+itself; a flatten readout averages it) — P numbers per input pair instead of P².
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["Kernel", "input_kernel", "pair_diagonal"]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Σ ``nngp`` and Θ ``ntk`` (n1, n2, *pairs); ``cov1`` Σ(x1, x1) (n1, *pairs) and
+    ``cov2`` Σ(x2, x2) (n2, *pairs) — the same object when x2 is x1 —, float64; ``channels``
+    the finite network's channel count here (what the next affine layer's fan-in reads)."""
+
+    nngp: Tensor
+    ntk: Tensor
+    cov1: Tensor
+    cov2: Tensor
+    shape: tuple[int, ...]
+    diagonal: bool
+    channels: int
+
+    @property
+    def pair_dims(self) -> int:
+        """The number of trailing position axes of a pair tensor."""
+        return len(self.shape) * (1 if self.diagonal else 2)
+
+    def variances(self) -> tuple[Tensor, Tensor]:
+        """Σ(x1, x1)[p, p] (n1, *S) and Σ(x2, x2)[q, q] (n2, *S)."""
+        v1 = pair_diagonal(self.cov1, self.shape, self.diagonal)
+        return v1, v1 if self.cov2 is self.cov1 else pair_diagonal(self.cov2, self.shape,
+                                                                   self.diagonal)
+
+    def map_pairs(self, fn: Callable[[Tensor], Tensor], shape: tuple[int, ...] | None = None,
+                  **changes) -> Kernel:
+        """The same linear map of the positions applied to Σ, Θ and both self-covariances
+        (each has its own leading axes), with the new position shape."""
+        cov1 = fn(self.cov1)
+        cov2 = cov1 if self.cov2 is self.cov1 else fn(self.cov2)
+        return replace(self, nngp=fn(self.nngp), ntk=fn(self.ntk), cov1=cov1, cov2=cov2,
+                       shape=self.shape if shape is None else shape, **changes)
+
+    def broadcast(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+        """v1 (n1, *S) and v2 (n2, *S) as p- and q-factors of the cross pair tensors."""
+        d = len(self.shape)
+        if self.diagonal:
+            return v1[:, None], v2[None]
+        ones = (1,) * d
+        return (v1.reshape(v1.shape[0], 1, *self.shape, *ones),
+                v2.reshape(1, v2.shape[0], *ones, *self.shape))
+
+    def broadcast_self(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """v (n, *S) as p- and q-factors of one input's self pair tensor (n, *pairs)."""
+        if self.diagonal:
+            return v, v
+        ones = (1,) * len(self.shape)
+        return v.reshape(v.shape[0], *self.shape, *ones), v.reshape(v.shape[0], *ones,
+                                                                    *self.shape)
+
+
+def pair_diagonal(e: Tensor, shape: tuple[int, ...], diagonal: bool) -> Tensor:
+    """E[p, p] (…, *S) of a pair tensor E (…, *S, *S) (itself when ``diagonal``)."""
+    if diagonal or not shape:
+        return e
+    p = math.prod(shape)
+    lead = e.shape[:e.dim() - 2 * len(shape)]
+    return e.reshape(*lead, p, p).diagonal(dim1=-2, dim2=-1).reshape(*lead, *shape)
+
+
+def input_kernel(a: Tensor, b: Tensor, symmetric: bool, diagonal: bool) -> Kernel:
+    """The inputs' own covariance E⁰[p, q] = (1/C) Σ_c x_c(p) x'_c(q) for a (n1, C, *S) and
+    b (n2, C, *S); Θ = 0 (no parameter yet)."""
+    shape, c = tuple(a.shape[2:]), a.shape[1]
+    fa, fb = a.reshape(a.shape[0], c, -1), b.reshape(b.shape[0], c, -1)      # (n, C, P)
+
+    def cross(u: Tensor, v: Tensor) -> Tensor:
+        if diagonal:
+            return torch.einsum("icp,jcp->ijp", u, v).reshape(u.shape[0], v.shape[0], *shape) / c
+        return torch.einsum("icp,jcq->ijpq", u, v).reshape(
+            u.shape[0], v.shape[0], *shape, *shape) / c
+
+    def own(u: Tensor) -> Tensor:
+        if diagonal:
+            return (u * u).mean(1).reshape(u.shape[0], *shape)
+        return torch.einsum("icp,icq->ipq", u, u).reshape(u.shape[0], *shape, *shape) / c
+
+    nngp = cross(fa, fb)
+    cov1 = own(fa)
+    return Kernel(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1,
+                  cov2=cov1 if symmetric else own(fb), shape=shape, diagonal=diagonal,
+                  channels=c)

@@ -1,0 +1,236 @@
+"""The layer algebra (ntksweep.layers): each layer's limit against mathematics — closed
+forms derived here, an independent float64 implementation by explicit sums over position
+pairs, Monte-Carlo over wide networks — and its finite module against the networks and the
+kernels the presets reproduce."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ntksweep
+from ntksweep import layers as nl
+from ntksweep.errors import SpecError
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+# --- the presets are today's networks: the same limits, the same weights --------------------
+@pytest.mark.parametrize("activation", ["relu", "erf", "tanh"])
+def test_the_mlp_composition_has_the_mlp_limit(activation):
+    x = np.random.default_rng(0).normal(size=(7, 3))
+    ref = ntksweep.analytic_kernels(x, depth=4, activation=activation, bias_std=0.1)
+    got = nl.mlp(64, 4, activation=activation, bias_std=0.1).kernels(x)
+    assert _rel(got.ntk, ref.ntk) < 1e-12 and _rel(got.nngp, ref.nngp) < 1e-12
+    assert (got.depth, got.activation, got.bias_std) == (4, activation, 0.1)
+
+
+@pytest.mark.parametrize("architecture,options", [
+    ("cnn", dict(readout="gap")), ("cnn", dict(readout="flatten")),
+    ("cnn", dict(readout="gap", padding="valid")), ("cnn", dict(readout="flatten",
+                                                                padding="valid")),
+    ("resnet", {})])
+def test_the_conv_compositions_have_the_conv_limits(architecture, options):
+    imgs = np.random.default_rng(1).normal(size=(5, 2, 8, 8))
+    ref = ntksweep.analytic_kernels(imgs, architecture=architecture, depth=4, **options)
+    net = nl.preset(architecture, width=32, depth=4, **options)
+    got = net.kernels(imgs)
+    assert _rel(got.ntk, ref.ntk) < 1e-12 and _rel(got.nngp, ref.nngp) < 1e-12
+    cross = net.kernels(imgs[:2], imgs[2:], memory_budget=1 << 16)    # tiles of one pair
+    assert _rel(cross.ntk, ref.ntk[:2, 2:]) < 1e-12
+
+
+@pytest.mark.parametrize("parametrization", ["ntk", "standard", "mup"])
+def test_the_presets_modules_are_the_models_networks_weight_for_weight(parametrization):
+    x = torch.randn(4, 2, 8, 8)
+    pairs = [
+        (nl.cnn(16, 4, out_dim=3, readout="flatten").module((2, 8, 8), seed=3,
+                                                             parametrization=parametrization),
+         ntksweep.CNN(2, 16, 4, out_dim=3, readout="flatten", image_size=(8, 8), seed=3,
+                      parametrization=parametrization), x),
+        (nl.resnet(16, 4, out_dim=3).module((2, 8, 8), seed=3,
+                                            parametrization=parametrization),
+         ntksweep.ResNet(2, 16, 4, out_dim=3, seed=3, parametrization=parametrization), x),
+        (nl.mlp(16, 3, out_dim=2).module((5,), seed=1, parametrization=parametrization),
+         ntksweep.MLP(5, 16, 3, out_dim=2, seed=1, parametrization=parametrization),
+         torch.randn(4, 5)),
+    ]
+    for ours, theirs, inputs in pairs:
+        assert torch.equal(ours(inputs), theirs(inputs))
+        theirs_lr = ntksweep.models.layers.parameter_lr_factors(theirs)
+        assert sorted(ntksweep.models.layers.parameter_lr_factors(ours).values()) == \
+            sorted(theirs_lr.values())
+
+
+# --- an independent implementation: explicit sums over every pair of positions -------------
+def _relu_dual(k11, k12, k22):
+    s = np.sqrt(k11 * k22)
+    theta = np.arccos(np.clip(k12 / s, -1, 1))
+    return (s / (2 * np.pi) * (np.sin(theta) + (np.pi - theta) * np.cos(theta)),
+            (np.pi - theta) / (2 * np.pi))
+
+
+def _brute_limit(x, layers):
+    """Σ and Θ over the joint set of inputs (N, N, P, P) by loops over positions, one
+    layer after the other; the same per-layer rules as the papers state them."""
+    n, c, h, w = x.shape
+    pos = list(itertools.product(range(h), range(w)))
+    sig = np.einsum("icp,jcq->ijpq", x.reshape(n, c, -1), x.reshape(n, c, -1)) / c
+    th = np.zeros_like(sig)
+    for kind, *arg in layers:
+        if kind == "conv":                                     # 3×3 same, σ_w, σ_b
+            sw, sb = arg
+            new_s, new_t = np.zeros_like(sig), np.zeros_like(th)
+            for (a, (pi, pj)), (b, (qi, qj)) in itertools.product(enumerate(pos), repeat=2):
+                for di, dj in itertools.product((-1, 0, 1), repeat=2):
+                    p2, q2 = (pi + di, pj + dj), (qi + di, qj + dj)
+                    if all(0 <= v < h for v in (*p2, *q2)):
+                        new_s[:, :, a, b] += sig[:, :, p2[0] * w + p2[1], q2[0] * w + q2[1]]
+                        new_t[:, :, a, b] += th[:, :, p2[0] * w + p2[1], q2[0] * w + q2[1]]
+            sig = sw**2 * new_s / 9 + sb**2
+            th = sw**2 * new_t / 9 + sig
+        elif kind == "relu":
+            var = np.einsum("iipp->ip", sig)
+            e, e_dot = _relu_dual(var[:, None, :, None], sig, var[None, :, None, :])
+            sig, th = e, e_dot * th
+        elif kind == "pool":                                   # window, stride, valid
+            win, step = arg
+            out = (h - win) // step + 1
+            cells = [[(i * step + a) * w + (j * step + b) for a in range(win)
+                      for b in range(win)] for i in range(out) for j in range(out)]
+            sig = np.array([[[[sig[u, v][np.ix_(cp, cq)].mean() for cq in cells]
+                              for cp in cells] for v in range(n)] for u in range(n)])
+            th = np.array([[[[th[u, v][np.ix_(cp, cq)].mean() for cq in cells]
+                             for cp in cells] for v in range(n)] for u in range(n)])
+            h = w = out
+            pos = list(itertools.product(range(h), range(w)))
+        elif kind == "gap_dense":                              # mean over pairs, Dense
+            sw, sb = arg
+            s = sw**2 * sig.mean((2, 3)) + sb**2
+            return sw**2 * th.mean((2, 3)) + s, s
+    raise AssertionError("the brute-force net must end in gap_dense")
+
+
+@pytest.mark.parametrize("window,stride", [(2, None), (2, 1), (3, 1)])
+def test_pooling_nets_match_explicit_sums_over_position_pairs(window, stride):
+    x = np.random.default_rng(2).normal(size=(4, 2, 4, 4))
+    sw, sb = 1.3, 0.2
+    net = nl.serial(nl.Conv(8, weight_std=sw, bias_std=sb), nl.Activation("relu"),
+                    nl.AvgPool(window, stride), nl.Conv(8, weight_std=sw, bias_std=sb),
+                    nl.Activation("relu"), nl.GlobalAvgPool(),
+                    nl.Dense(1, weight_std=sw, bias_std=sb))
+    theta, sigma = _brute_limit(x, [("conv", sw, sb), ("relu",), ("pool", window,
+                                                                  stride or window),
+                                    ("conv", sw, sb), ("relu",), ("gap_dense", sw, sb)])
+    got = net.kernels(x)
+    assert _rel(got.ntk, theta) < 1e-12 and _rel(got.nngp, sigma) < 1e-12
+    cross = net.kernels(x[:1], x[1:])
+    assert _rel(cross.ntk, theta[:1, 1:]) < 1e-12
+
+
+# --- closed forms -----------------------------------------------------------------------
+def test_a_window_1_pool_is_the_identity():
+    imgs = np.random.default_rng(3).normal(size=(4, 1, 6, 6))
+    plain = nl.cnn(8, 3).kernels(imgs)
+    pooled = nl.serial(nl.Conv(8), nl.Activation("relu"), nl.AvgPool(1), nl.Conv(8),
+                       nl.Activation("relu"), nl.GlobalAvgPool(), nl.Dense(1)).kernels(imgs)
+    assert _rel(pooled.ntk, plain.ntk) < 1e-14 and _rel(pooled.nngp, plain.nngp) < 1e-14
+
+
+def test_myrtle_on_images_that_pool_to_one_pixel():
+    """On 4×4 images Myrtle-5's last stage sees 1×1 images: a 3×3 'same' convolution there
+    reads only its centre tap, a dense layer with σ_w/3 (the other 8 of its k² = 9 taps
+    see zero padding), and the global mean of one pixel is that pixel."""
+    imgs = np.random.default_rng(4).normal(size=(5, 1, 4, 4))
+    sw, sb = 1.2, 0.3
+    w = dict(weight_std=sw, bias_std=sb)
+    relu = nl.Activation("relu")
+    as_dense = nl.serial(nl.Conv(8, **w), relu, nl.Conv(8, **w), relu, nl.AvgPool(2),
+                         nl.Conv(8, **w), relu, nl.AvgPool(2), nl.Flatten(),
+                         nl.Dense(8, weight_std=sw / 3, bias_std=sb), relu, nl.Dense(1, **w))
+    got = nl.myrtle(8, 5, **w).kernels(imgs)
+    want = as_dense.kernels(imgs)
+    assert _rel(got.ntk, want.ntk) < 1e-13 and _rel(got.nngp, want.nngp) < 1e-13
+
+
+def test_layernorm_on_inputs_of_equal_norm_is_a_rescaled_dense_layer():
+    """After Dense on inputs of one norm every variance is c = σ_w²|x|²/d + σ_b², and
+    LayerNorm divides Σ and Θ by c: the same as σ_w/√c and σ_b/√c in that Dense."""
+    x = np.random.default_rng(5).normal(size=(6, 4))
+    x *= 1.7 / np.linalg.norm(x, axis=1, keepdims=True)
+    sw, sb = 1.4, 0.3
+    c = sw**2 * 1.7**2 / 4 + sb**2
+    tail = [nl.Activation("erf"), nl.Dense(32), nl.Activation("relu"), nl.Dense(1)]
+    normed = nl.serial(nl.Dense(32, weight_std=sw, bias_std=sb), nl.LayerNorm(), *tail)
+    scaled = nl.serial(nl.Dense(32, weight_std=sw / math.sqrt(c), bias_std=sb / math.sqrt(c)),
+                       *tail)
+    got, want = normed.kernels(x), scaled.kernels(x)
+    assert _rel(got.ntk, want.ntk) < 1e-13 and _rel(got.nngp, want.nngp) < 1e-13
+
+
+# --- finite networks: the exact empirical NTK, and the mean over wide ones ------------------
+def _layernorm_net(width: int):
+    return nl.serial(nl.Dense(width), nl.LayerNorm(), nl.Activation("relu"), nl.Dense(width),
+                     nl.LayerNorm(), nl.Activation("erf"), nl.Dense(2))
+
+
+@pytest.mark.parametrize("name", ["myrtle", "layernorm"])
+def test_the_structured_ntk_of_compositions_is_jacobian_times_jacobian(name):
+    if name == "myrtle":
+        net, x = nl.myrtle(6, 5, out_dim=2), torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    else:
+        net, x = _layernorm_net(12), torch.randn(5, 3, dtype=torch.float64)
+    model = net.module(tuple(x.shape[1:]), seed=0, dtype=torch.float64)
+    structured = ntksweep.empirical_ntk(model, x, method="structured")
+    jacobian = ntksweep.empirical_ntk(model, x, method="jacobian")
+    assert structured.shape == (5, 5, 2, 2)
+    assert (structured - jacobian).abs().max() <= 1e-9 * jacobian.abs().max()
+
+
+def _monte_carlo(net, x: np.ndarray, seeds: int) -> float:
+    limit = net.kernels(x).ntk
+    mean = sum(ntksweep.empirical_ntk(net.module(x.shape[1:], seed=s, dtype=torch.float64),
+                                      torch.from_numpy(x), trace=True).numpy()
+               for s in range(seeds)) / seeds
+    return float(np.linalg.norm(mean - limit) / np.linalg.norm(limit))
+
+
+def test_wide_layernorm_nets_average_to_their_limit():
+    x = np.random.default_rng(6).normal(size=(8, 4))
+    assert _monte_carlo(_layernorm_net(512), x, 30) < 0.03      # measured 0.012
+
+
+@pytest.mark.slow
+def test_wide_myrtle_nets_average_to_their_limit():
+    imgs = np.random.default_rng(0).normal(size=(6, 1, 8, 8))
+    assert _monte_carlo(nl.myrtle(256, 5), imgs, 30) < 0.03      # measured 0.0095
+
+
+# --- what a wrong composition is told ---------------------------------------------------
+@pytest.mark.parametrize("build,message", [
+    (lambda: nl.serial(nl.Conv(4), nl.Dense(1)).kernels(np.ones((2, 1, 4, 4))),
+     "put Flatten"),
+    (lambda: nl.serial(nl.Conv(4), nl.Activation("relu")).kernels(np.ones((2, 1, 4, 4))),
+     "end it with Flatten"),
+    (lambda: nl.serial(nl.Conv(4), nl.residual(nl.Conv(8)), nl.GlobalAvgPool(), nl.Dense(1)
+                       ).module((1, 4, 4)), "keep its input's shape"),
+    (lambda: nl.myrtle(8, 6), "myrtle depth must be one of 5, 7, 10"),
+    (lambda: nl.serial(nl.Conv(4), nl.AvgPool(8), nl.GlobalAvgPool(), nl.Dense(1)
+                       ).kernels(np.ones((2, 1, 4, 4))), "does not fit"),
+    (lambda: nl.serial(nl.Activation("relu"), nl.Dense(1)).kernels(np.ones((2, 3)),
+                                                                   parametrization="standard"),
+     "NTK parametrization"),
+    (lambda: nl.serial(nl.Activation("relu")), None),
+    (lambda: nl.Activation("swish"), "unknown activation"),
+])
+def test_a_wrong_composition_gets_one_clear_line(build, message):
+    if message is None:   # an activation alone is a layer, not yet a network
+        with pytest.raises(SpecError, match="nothing to train"):
+            build().kernels(np.ones((2, 3)))
+        return
+    with pytest.raises(SpecError, match=message):
+        build()
