@@ -32,9 +32,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 if TYPE_CHECKING:   # what IDEs and type checkers see; at run time each loads on first use
     from .activations import ACTIVATIONS, get_activation
     from .errors import UserError
-    from .kernels import AnalyticKernels, analytic_kernels, empirical_ntk
+    from .kernels import AnalyticKernels, empirical_ntk
     from .kernels.metrics import KernelDynamics
     from .kernels.regression import kernel_regression
+    from .layers.registry import analytic_kernels
     from .models import CNN, MLP, ResNet
     from .records import TrialOutcome
     from .store import load_results
@@ -47,7 +48,7 @@ _EXPORTS = {
     "TrialSpec": ".trial_spec", "SweepSpec": ".sweep_spec", "load_sweep_spec": ".sweep_spec",
     "run_trial": ".trial", "TrialOutcome": ".records", "run_sweep": ".sweep",
     "SweepSummary": ".sweep", "load_results": ".store",
-    "analytic_kernels": ".kernels", "AnalyticKernels": ".kernels",
+    "analytic_kernels": ".layers.registry", "AnalyticKernels": ".kernels",
     "empirical_ntk": ".kernels", "kernel_regression": ".kernels.regression",
     "KernelDynamics": ".kernels.metrics", "MLP": ".models", "CNN": ".models",
     "ResNet": ".models", "ACTIVATIONS": ".activations", "get_activation": ".activations",

@@ -6,8 +6,8 @@ assert at import that they implement exactly these (``activations``, ``train``,
 from __future__ import annotations
 
 __all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "BIAS_STD", "OPTIMIZERS", "LOSSES", "KEEP_POLICIES",
-           "NTK_METHODS", "CHECKPOINT_SPACINGS", "DTYPES", "ARCHITECTURES", "PADDINGS",
-           "READOUTS", "TRAIN_INPUTS", "check_implemented"]
+           "NTK_METHODS", "CHECKPOINT_SPACINGS", "DTYPES", "ARCHITECTURES", "MYRTLE_STAGES",
+           "PADDINGS", "READOUTS", "TRAIN_INPUTS", "check_implemented"]
 
 # σ of ``activations.ACTIVATIONS``; their kernels come from ``kernels.duals``
 ACTIVATIONS = ("relu", "leaky_relu", "erf", "tanh", "gelu", "identity", "sigmoid", "softplus",
@@ -23,7 +23,10 @@ KEEP_POLICIES = ("none", "first_last", "all")      # which Θ_t / f_t a trial ke
 NTK_METHODS = ("auto", "structured", "jacobian", "ntk_vps")   # kernels.empirical_ntk
 CHECKPOINT_SPACINGS = ("log", "linear")            # train.checkpoint_schedule
 DTYPES = ("float32", "float64")
-ARCHITECTURES = ("mlp", "cnn", "resnet")           # models, kernels.analytic_kernels
+ARCHITECTURES = ("mlp", "cnn", "resnet", "myrtle")   # layers.presets, the one registry
+# Myrtle depth → the 3×3 convolutions of its three stages, a 2×2 average pool between them
+# (Shankar et al. 2020); depth counts the weight tensors: a + b + c + the readout
+MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
 PADDINGS = ("same", "valid")
 READOUTS = ("gap", "flatten")
 TRAIN_INPUTS = ("gaussian", "circle")              # the circle data set's training inputs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .choices import ACTIVATIONS, ARCHITECTURES, PADDINGS, READOUTS
+from .choices import ACTIVATIONS, ARCHITECTURES, MYRTLE_STAGES, PADDINGS, READOUTS
 from .errors import SpecError
 from .parametrizations import PARAMETRIZATIONS, kernel_is_ntk_limit
 
@@ -87,6 +87,8 @@ def check_conv(*, architecture, depth, kernel_size, padding, readout,
         raise SpecError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
     if readout not in READOUTS:
         raise SpecError(f"readout must be one of {', '.join(READOUTS)}; got {readout!r}")
+    if architecture == "myrtle":
+        _check_myrtle(depth, kernel_size, padding, readout, image_size)
     if architecture == "resnet" and (depth < 2 or padding != "same" or readout != "gap"):
         raise SpecError("a resnet has depth >= 2 (a stem and a readout), padding 'same' and "
                         "readout 'gap'")
@@ -102,3 +104,17 @@ def check_conv(*, architecture, depth, kernel_size, padding, readout,
         raise SpecError(f"the {architecture} limit is implemented for the parametrizations "
                         "whose kernel tends to the NTK one's (ntk, mup, mean_field); got "
                         f"{parametrization!r}")
+
+
+def _check_myrtle(depth, kernel_size, padding, readout, image_size) -> None:
+    """A Myrtle net's shape is its depth's: 3×3 'same' convolutions, two 2×2 pools, a global
+    average readout; its images must survive both pools."""
+    if depth not in MYRTLE_STAGES:
+        raise SpecError(f"myrtle depth must be one of {', '.join(map(str, MYRTLE_STAGES))}; "
+                        f"got {depth!r}")
+    if (kernel_size, padding, readout) != (3, "same", "gap"):
+        raise SpecError("a myrtle net has 3×3 'same' convolutions and a global-average "
+                        "readout: leave kernel_size, padding and readout at 3, same, gap")
+    if image_size is not None and min(image_size) < 4:
+        raise SpecError(f"a myrtle net pools twice by 2×2: its images need at least 4×4 "
+                        f"pixels; got {image_size[0]}×{image_size[1]}")

@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .choices import MYRTLE_STAGES
+
 __all__ = ["LayerShape", "Footprint", "network_shapes", "structured_tile_bytes",
            "generic_tile_bytes", "candidate_blocks", "largest_block", "TrialMemory",
            "trial_memory", "SIGNAL_BATCH", "CONV_LIMIT_TILE_BYTES", "CPU_CHUNK_BYTES",
@@ -84,6 +86,8 @@ def network_shapes(architecture: str, in_shape: tuple[int, ...], width: int, dep
     if architecture == "mlp":
         dims = [in_shape[0], *[width] * (depth - 1), out_dim]
         return [LayerShape(a, 1, b, 1, 1) for a, b in zip(dims[:-1], dims[1:])]
+    if architecture == "myrtle":
+        return _myrtle_shapes(in_shape, width, depth, out_dim)
     c, h, w = in_shape
     kk, shrink = kernel_size ** 2, (kernel_size - 1 if padding == "valid" else 0)
     shapes = []
@@ -93,6 +97,21 @@ def network_shapes(architecture: str, in_shape: tuple[int, ...], width: int, dep
         h, w = h2, w2
     flat = architecture == "cnn" and readout == "flatten"
     return [*shapes, LayerShape(width * (h * w if flat else 1), 1, out_dim, 1, 1)]
+
+
+def _myrtle_shapes(in_shape: tuple[int, ...], width: int, depth: int, out_dim: int
+                   ) -> list[LayerShape]:
+    """Myrtle's 3×3 'same' convolutions at full, half and quarter resolution (2×2 pools
+    between the stages: ``choices.MYRTLE_STAGES``), then its readout on the pooled channels."""
+    c, h, w = in_shape
+    shapes = []
+    for stage, convs in enumerate(MYRTLE_STAGES[depth]):
+        if stage:
+            h, w = h // 2, w // 2
+        for _ in range(convs):
+            shapes.append(LayerShape(c, h * w, width, h * w, 9))
+            c = width
+    return [*shapes, LayerShape(width, 1, out_dim, 1, 1)]
 
 
 def structured_tile_bytes(shapes: list[LayerShape], k: int, itemsize: int, rows: int,

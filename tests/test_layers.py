@@ -234,3 +234,30 @@ def test_a_wrong_composition_gets_one_clear_line(build, message):
         return
     with pytest.raises(SpecError, match=message):
         build()
+
+
+# --- a new preset in a sweep, end to end -------------------------------------------------
+@pytest.mark.slow
+def test_a_myrtle_sweep_runs_end_to_end_on_the_embedded_default(ray_local, tmp_path):
+    """Ray, SQLite MLflow and Parquet as `ntksweep run` uses them: every trial once in each,
+    its kernels compared with Myrtle's own limit."""
+    from mlflow.tracking import MlflowClient
+
+    from ntksweep.sweep import run_sweep
+    from ntksweep.sweep_spec import load_sweep_spec
+
+    spec = load_sweep_spec({
+        "name": "myrtle", "output_dir": str(tmp_path / "myrtle"),
+        "base": {"architecture": "myrtle", "dataset": "digits", "depth": 5, "steps": 8,
+                 "checkpoints": 3, "n_train": 24, "n_eval": 12, "n_test": 24},
+        "grid": {"width": [8, 32]}})
+    summary = run_sweep(spec, quiet=True)
+    assert summary.counts == {"completed": 2}
+    trials, ckpts = ntksweep.load_results(summary.out_dir)
+    assert sorted(trials.width) == [8, 32] and set(trials.architecture) == {"myrtle"}
+    assert len(ckpts) == 6 and ckpts.dist_inf.notna().all() and ckpts.test_loss.notna().all()
+    client = MlflowClient(summary.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("myrtle").experiment_id],
+                              "tags.`ntksweep.role` = 'trial'")
+    assert sorted(r.data.params["width"] for r in runs) == ["32", "8"]
+    assert (trials.init_dist_inf > 0).all() and (trials.init_dist_inf < 1).all()

@@ -117,7 +117,9 @@ def test_the_digits_count_is_scikit_learns():
     dict(dataset="digits", depth=3),
     dict(**CNN, depth=4), dict(**CNN, depth=3, padding="valid", readout="flatten"),
     dict(**CNN, depth=2, padding="valid", kernel_size=5),
-    dict(dataset="images", dim=6, architecture="resnet", width=8, depth=4)])
+    dict(dataset="images", dim=6, architecture="resnet", width=8, depth=4),
+    dict(dataset="images", dim=9, architecture="myrtle", width=8, depth=7),
+    dict(dataset="digits", architecture="myrtle", depth=10)])
 def test_the_planned_layer_shapes_are_the_built_networks(fields):
     """The memory estimate plans from shapes alone: they must be the real network's."""
     from ntksweep.kernels.layerwise import layer_shapes

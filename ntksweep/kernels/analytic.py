@@ -304,6 +304,10 @@ def analytic_kernels(
     # mup, mean_field: Θ_η at initialisation is the NTK parametrization's Θ for the same
     # draws, and the output's prior variance tends to σ_b² (ntksweep.parametrizations)
     limit = parametrization if has_nngp_limit(parametrization) else "ntk"
+    if architecture not in ("mlp", "cnn", "resnet"):
+        raise SpecError(f"kernels.analytic_kernels computes the mlp, cnn and resnet limits; "
+                        f"for {architecture!r} use ntksweep.analytic_kernels (every "
+                        "registered architecture)")
     if architecture != "mlp":
         ntk_np, nngp_np = conv_limits(
             x1, x2, architecture=architecture, depth=depth, activation=activation,

@@ -11,13 +11,14 @@ import torch
 from ..errors import SpecError
 from ..kernels.analytic import AnalyticKernels
 from ..kernels.tiles import float64_points, plan_tiles
+from ..models.layers import Dense as DenseModule
 from ..parametrizations import PARAMETRIZATIONS
 from .affine import Conv, Dense
 from .core import Build, Layer, leaves
 from .elementwise import Activation
 from .state import input_kernel
 
-__all__ = ["build_module", "limit_kernels", "LIMIT_PARAMETRIZATIONS"]
+__all__ = ["build_module", "limit_kernels", "Composed", "LIMIT_PARAMETRIZATIONS"]
 
 # Θ_η at initialisation under μP equals the NTK parametrization's (docs/guide.md, "Lazy and
 # rich training"); the standard one's limit depends on the widths and is the MLP's only.
@@ -25,9 +26,25 @@ LIMIT_PARAMETRIZATIONS = ("ntk", "mup")
 _CACHE_TILE_BYTES = 16 << 20   # as kernels.conv: a tile's passes run in cache on a CPU
 
 
+class Composed(torch.nn.Module):
+    """A composition's finite network: ``body`` maps (N, *input_shape) → (N, k); ``readout``
+    is its last dense layer (what a trial's diagnostics read the features of)."""
+
+    def __init__(self, body: torch.nn.Module):
+        super().__init__()
+        self.body = body
+
+    @property
+    def readout(self) -> DenseModule:
+        return [m for m in self.body.modules() if isinstance(m, DenseModule)][-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def build_module(net: Layer, input_shape: tuple[int, ...], *, seed: int | None,
                  parametrization: str, dtype: torch.dtype,
-                 device: str | torch.device) -> torch.nn.Module:
+                 device: str | torch.device) -> Composed:
     """The finite network for inputs (N, *input_shape); its affine layers drawn in network
     order from ``seed`` (None: torch's global generator) as ``MLP``, ``CNN`` and ``ResNet``
     draw theirs, so the same seed gives the same weights."""
@@ -38,7 +55,7 @@ def build_module(net: Layer, input_shape: tuple[int, ...], *, seed: int | None,
     _check_output(net, shape)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ctx = Build(generator, parametrization, dtype, device, affine_layers=net.affine)
-    return net.build(shape, ctx)
+    return Composed(net.build(shape, ctx))
 
 
 def _check_output(net: Layer, shape: tuple[int, ...]) -> int:
@@ -48,6 +65,8 @@ def _check_output(net: Layer, shape: tuple[int, ...]) -> int:
                         "outputs: end it with Flatten() or GlobalAvgPool() and a Dense(k)")
     if not any(isinstance(x, (Dense, Conv)) for x in leaves(net)):
         raise SpecError("the network has no Dense or Conv layer: nothing to train")
+    if not isinstance(list(leaves(net))[-1], Dense):
+        raise SpecError("a network ends in its readout: a Dense(k) layer")
     return out[0]
 
 

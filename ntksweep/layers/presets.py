@@ -8,52 +8,50 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..activations import LEAKY_RELU_SLOPE
-from ..choices import BIAS_STD
+from ..choices import ARCHITECTURES, BIAS_STD, MYRTLE_STAGES, check_implemented
 from ..errors import SpecError
 from .affine import Conv, Dense
 from .core import Layer, residual, serial
 from .elementwise import Activation
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 
-__all__ = ["mlp", "cnn", "resnet", "myrtle", "MYRTLE_STAGES", "PRESETS", "preset"]
-
-# Myrtle depth → the convolutions of its three stages (between them a 2×2 average pool)
-MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
+__all__ = ["mlp", "cnn", "resnet", "myrtle", "PRESETS", "preset"]
 
 
-def _act(activation: str, leaky_relu_slope: float) -> Activation:
-    return Activation(activation, leaky_relu_slope=leaky_relu_slope)
+
+def _act(activation: str, leaky_relu_slope: float, quadrature: bool | None) -> Activation:
+    return Activation(activation, leaky_relu_slope=leaky_relu_slope, quadrature=quadrature)
 
 
 def mlp(width: int, depth: int, out_dim: int = 1, *, activation: str = "relu",
         weight_std: float = 1.0, bias_std: float = BIAS_STD,
-        leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Layer:
+        leaky_relu_slope: float = LEAKY_RELU_SLOPE, quadrature: bool | None = None) -> Layer:
     """[Dense(width), φ] × (L − 1), Dense(out_dim): ``models.MLP``."""
     w = dict(weight_std=weight_std, bias_std=bias_std)
-    hidden = [serial(Dense(width, **w), _act(activation, leaky_relu_slope))
-              for _ in range(depth - 1)]
+    act = _act(activation, leaky_relu_slope, quadrature)
+    hidden = [serial(Dense(width, **w), act) for _ in range(depth - 1)]
     return serial(*hidden, Dense(out_dim, **w))
 
 
 def cnn(width: int, depth: int, out_dim: int = 1, *, kernel_size: int = 3,
         padding: str = "same", readout: str = "gap", activation: str = "relu",
         weight_std: float = 1.0, bias_std: float = BIAS_STD,
-        leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Layer:
+        leaky_relu_slope: float = LEAKY_RELU_SLOPE, quadrature: bool | None = None) -> Layer:
     """[Conv(width), φ] × (L − 1), Flatten or GlobalAvgPool, Dense(out_dim): ``models.CNN``."""
     w = dict(weight_std=weight_std, bias_std=bias_std)
-    convs = [serial(Conv(width, kernel_size, padding, **w), _act(activation, leaky_relu_slope))
-             for _ in range(depth - 1)]
+    act = _act(activation, leaky_relu_slope, quadrature)
+    convs = [serial(Conv(width, kernel_size, padding, **w), act) for _ in range(depth - 1)]
     pool = Flatten() if readout == "flatten" else GlobalAvgPool()
     return serial(*convs, pool, Dense(out_dim, **w))
 
 
 def resnet(width: int, depth: int, out_dim: int = 1, *, kernel_size: int = 3,
            activation: str = "relu", weight_std: float = 1.0, bias_std: float = BIAS_STD,
-           leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Layer:
+           leaky_relu_slope: float = LEAKY_RELU_SLOPE, quadrature: bool | None = None) -> Layer:
     """Conv(width), [z + Conv(width)(φ(z))] × (L − 2), φ, GlobalAvgPool, Dense(out_dim):
     ``models.ResNet``."""
     w = dict(weight_std=weight_std, bias_std=bias_std)
-    act = _act(activation, leaky_relu_slope)
+    act = _act(activation, leaky_relu_slope, quadrature)
     blocks = [residual(act, Conv(width, kernel_size, "same", **w)) for _ in range(depth - 2)]
     return serial(Conv(width, kernel_size, "same", **w), *blocks, act, GlobalAvgPool(),
                   Dense(out_dim, **w))
@@ -61,17 +59,17 @@ def resnet(width: int, depth: int, out_dim: int = 1, *, kernel_size: int = 3,
 
 def myrtle(width: int, depth: int, out_dim: int = 1, *, activation: str = "relu",
            weight_std: float = 1.0, bias_std: float = BIAS_STD,
-           leaky_relu_slope: float = LEAKY_RELU_SLOPE) -> Layer:
+           leaky_relu_slope: float = LEAKY_RELU_SLOPE, quadrature: bool | None = None) -> Layer:
     """Myrtle-L: [Conv 3×3 same, φ] × a, AvgPool(2), [Conv, φ] × b, AvgPool(2), [Conv, φ] × c,
     GlobalAvgPool, Dense(out_dim), with (a, b, c) = ``MYRTLE_STAGES[L]``."""
     if depth not in MYRTLE_STAGES:
         raise SpecError(f"myrtle depth must be one of {', '.join(map(str, MYRTLE_STAGES))}; "
                         f"got {depth!r}")
     w = dict(weight_std=weight_std, bias_std=bias_std)
+    act = _act(activation, leaky_relu_slope, quadrature)
 
     def stage(n: int) -> list[Layer]:
-        return [serial(Conv(width, 3, "same", **w), _act(activation, leaky_relu_slope))
-                for _ in range(n)]
+        return [serial(Conv(width, 3, "same", **w), act) for _ in range(n)]
 
     a, b, c = MYRTLE_STAGES[depth]
     return serial(*stage(a), AvgPool(2), *stage(b), AvgPool(2), *stage(c), GlobalAvgPool(),
@@ -80,6 +78,7 @@ def myrtle(width: int, depth: int, out_dim: int = 1, *, activation: str = "relu"
 
 PRESETS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet,
                                             "myrtle": myrtle}
+check_implemented("architectures", ARCHITECTURES, PRESETS)
 
 
 def preset(name: str, **kwargs) -> Layer:

@@ -12,7 +12,9 @@ import torch
 
 from ..data import Dataset, make_dataset
 from ..errors import SpecError
-from ..kernels import AnalyticKernels, analytic_kernels
+from ..kernels import AnalyticKernels
+from ..layers import preset
+from ..layers.registry import FUSED, analytic_kernels
 from ..models import CNN, MLP, ResNet
 from ..trial_spec import TrialSpec
 
@@ -108,6 +110,12 @@ def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype
                   device=device)
     if spec.architecture == "mlp":
         return MLP(data.in_dim, spec.width, spec.depth, **common)
+    if spec.architecture not in FUSED:          # a composition's own module
+        net = preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=out_dim,
+                     **{k: common[k] for k in ("activation", "weight_std", "bias_std",
+                                               "leaky_relu_slope")})
+        return net.module(data.image_shape, seed=spec.seed, dtype=dtype, device=device,
+                          parametrization=spec.parametrization)
     channels, height, width = data.image_shape
     if spec.architecture == "resnet":
         return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)

@@ -1,0 +1,56 @@
+"""The limit of any registered architecture by name: ``ntksweep.analytic_kernels``.
+
+``mlp``, ``cnn`` and ``resnet`` keep their fused recursions (``kernels.analytic``: the
+in-place arc-cosine path; ``kernels.conv``: pixel pairs in cache-sized tiles), which their
+compositions reproduce to 1e-12 (tests/test_layers.py); every other preset runs its
+composition's layer-by-layer limit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import LEAKY_RELU_SLOPE
+from ..choices import BIAS_STD
+from ..hyper import check_conv, check_network
+from ..kernels import analytic as fused
+from ..kernels.analytic import AnalyticKernels
+from ..parametrizations import has_nngp_limit
+from .presets import preset
+
+__all__ = ["analytic_kernels", "FUSED"]
+
+FUSED = ("mlp", "cnn", "resnet")     # architectures whose limit has its own fused recursion
+
+
+def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
+                     activation: str = "relu", weight_std: float = 1.0,
+                     bias_std: float = BIAS_STD, parametrization: str = "ntk",
+                     width: int | None = None, leaky_relu_slope: float = LEAKY_RELU_SLOPE,
+                     kernel_size: int = 3, padding: str = "same", readout: str = "gap",
+                     quadrature: bool | None = None, memory_budget: int = 1 << 28,
+                     device: str | None = None, **fused_options) -> AnalyticKernels:
+    """Θ_∞ and Σ^(L) of the registered ``architecture`` (``layers.PRESETS``) of depth L:
+    (n1, n2) float64 numpy each, per logit, for x1 (n1, …) and x2 (n2, …) (default x1) —
+    vectors (n, d) for an mlp, images (n, C, H, W) for the others. ``fused_options`` (tile,
+    fused, quadrature_points) reach ``kernels.analytic_kernels``, the MLP's recursion. In
+    ``mup`` and ``mean_field`` Θ_∞ is the NTK parametrization's and Σ is σ_b²."""
+    args = dict(depth=depth, activation=activation, weight_std=weight_std, bias_std=bias_std,
+                parametrization=parametrization, leaky_relu_slope=leaky_relu_slope,
+                quadrature=quadrature)
+    if architecture in FUSED:
+        return fused.analytic_kernels(
+            x1, x2, **args, width=width, architecture=architecture, kernel_size=kernel_size,
+            padding=padding, readout=readout, memory_budget=memory_budget, device=device,
+            **fused_options)
+    check_network(depth=depth, activation=activation, weight_std=weight_std,
+                  bias_std=bias_std, parametrization=parametrization, width=width,
+                  leaky_relu_slope=leaky_relu_slope)
+    check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
+               padding=padding, readout=readout, parametrization=parametrization)
+    net = preset(architecture, width=1, depth=depth, activation=activation,
+                 weight_std=weight_std, bias_std=bias_std, leaky_relu_slope=leaky_relu_slope,
+                 quadrature=quadrature)                  # the limit reads no width
+    k = net.kernels(x1, x2, memory_budget=memory_budget, device=device)
+    nngp = k.nngp if has_nngp_limit(parametrization) else np.full_like(k.ntk, bias_std**2)
+    return AnalyticKernels(k.ntk, nngp, int(depth), activation, float(weight_std),
+                           float(bias_std), parametrization)
