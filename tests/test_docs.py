@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_the_guides_worked_example_runs_and_shows_what_it_says(ray_local, tmp_pa
     while its kernel moves little, and the sweep's kernels move less the wider they are."""
     monkeypatch.chdir(tmp_path)
     cells, ns = _example_cells(), {}
-    assert len(cells) == 3
+    assert len(cells) == 4
     for cell in cells:
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(cell, "guide.md", "exec"), ns)
@@ -63,6 +64,8 @@ def test_the_guides_worked_example_runs_and_shows_what_it_says(ray_local, tmp_pa
     assert ns["summary"].counts == {"completed": 9}
     moved = ns["ckpts"][ns["ckpts"].step == ns["ckpts"].step.max()].groupby("width").dist_init
     assert moved.mean().is_monotonic_decreasing
+    distance = np.linalg.norm(ns["theta"].numpy() - ns["limit"]) / np.linalg.norm(ns["limit"])
+    assert distance < 0.1
 
 
 def test_the_guides_spec_reference_is_a_valid_spec_showing_every_field_at_its_default():
