@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ntksweep import MLP, analytic_kernels, empirical_ntk
+from ntksweep.errors import UserError
 from ntksweep.kernels import empirical, ntk_methods, tiling
 from ntksweep.models import CNN, ResNet
 
@@ -73,9 +74,9 @@ def test_cnn_through_generic_paths():
                                    rtol=1e-10, atol=1e-12)
     trace = empirical_ntk(model, x1, x2, trace=True)
     torch.testing.assert_close(trace, expected.diagonal(dim1=2, dim2=3).mean(-1))
-    # auto prefers NTK-vector products when the Jacobian does not fit the budget
-    assert empirical._choose_method(model, "auto", 7, 2, 8, budget=1000) == "ntk_vps"
-    assert empirical._choose_method(model, "auto", 7, 2, 8, budget=None) == "jacobian"
+    # auto takes NTK-vector products only when one example's Jacobian does not fit
+    assert empirical._choose_method(model, "auto", 2, 8, 1000, x1[:1]) == "ntk_vps"
+    assert empirical._choose_method(model, "auto", 2, 8, None, x1[:1]) == "jacobian"
 
 
 def test_model_is_left_unchanged():
@@ -245,3 +246,76 @@ def test_the_per_logit_trace_is_computed_directly_and_equals_the_full_kernels(me
         for block in (None, 3):
             got = empirical_ntk(model, a, b, method=method, trace=True, block_size=block)
             torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-13)
+
+
+# --- users' own modules: embeddings, extra arguments, dict outputs, attention ---------------
+class _TokenClassifier(torch.nn.Module):
+    """An embedding, a transformer block (its fused attention has no forward-mode AD), a
+    pooling chosen by a keyword argument, and a dict of outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 8)
+        self.block = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, batch_first=True)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, tokens, pool="mean"):
+        h = self.block(self.emb(tokens))
+        return {"logits": self.out(h.mean(1) if pool == "mean" else h[:, 0]), "hidden": h}
+
+
+def _brute_ntk(model, x, pick):
+    """Θ = J Jᵀ from one autograd.grad per example and output, the model in eval mode."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(len(x)):
+        out = pick(model(x[i:i + 1]))[0]
+        rows += [torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            out[c], params, retain_graph=True, allow_unused=False)]) for c in range(len(out))]
+    j = torch.stack(rows).reshape(len(x), -1, rows[0].numel())
+    return torch.einsum("ikp,jlp->ijkl", j, j)
+
+
+def test_a_users_transformer_with_token_ids_arguments_and_dict_outputs():
+    """Token ids stay integers, a keyword argument reaches every call, the dict's logits are
+    the output; 'auto' takes Jacobians (the fused attention has no forward-mode AD) and the
+    kernel equals J Jᵀ by autograd, in eval mode (dropout 0.5 would make it random)."""
+    torch.manual_seed(0)
+    model = _TokenClassifier().double()
+    tokens = torch.randint(0, 20, (5, 6))
+    model.train()
+    theta = empirical_ntk(model, tokens, output="logits", model_kwargs={"pool": "first"})
+    assert model.training                                     # the mode is given back
+    again = empirical_ntk(model, tokens, output=lambda out: out["logits"],
+                          model_kwargs={"pool": "first"})
+    reference = _brute_first(model, tokens)
+    assert theta.shape == (5, 5, 3, 3)
+    assert (theta - reference).abs().max() <= 1e-9 * reference.abs().max()
+    assert torch.equal(theta, again)
+
+
+def _brute_first(model, tokens):
+    class First(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x, pool="first")
+
+    return _brute_ntk(First(model), tokens, lambda out: out["logits"])
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, x: empirical_ntk(m, x), "pass output= its key"),
+    (lambda m, x: empirical_ntk(m, x, output="logits", method="ntk_vps"),
+     "use method='jacobian'"),
+    (lambda m, x: empirical_ntk(m, x, output="nope"), "output='nope' failed"),
+    (lambda m, x: empirical_ntk(m, x, output=lambda out: out["logits"].argmax(1)),
+     "floating-point output"),
+])
+def test_what_a_users_module_is_told(call, message):
+    model = _TokenClassifier().double()
+    with pytest.raises(UserError, match=message):
+        call(model, torch.randint(0, 20, (3, 4)))

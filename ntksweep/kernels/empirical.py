@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..memory import largest_block
 from ..models import MLP
+from .adapted import adapt
 from .layerwise import is_layerwise
 from .ntk_methods import METHODS, trainable_params
 from .tiling import (
@@ -22,23 +23,31 @@ from .tiling import (
 
 __all__ = ["empirical_ntk"]
 
+AUTO_JACOBIAN_BYTES = 2 << 30   # 'auto''s Jacobian tiles without a memory_budget
+
 
 def _as_tensor(x, name: str, like: Tensor) -> Tensor:
+    """Floating inputs in the model's dtype on its device; integer ones (token ids for an
+    ``nn.Embedding``) keep their dtype: they are looked up, not differentiated."""
     x = torch.as_tensor(x)
-    if x.ndim < 2:
+    if x.ndim < 2 and x.is_floating_point():
         raise UserError(f"{name} must be (points, features…); got shape {tuple(x.shape)}")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise UserError(f"{name} contains NaN or inf; clean the inputs first")
-    return x.to(dtype=like.dtype, device=like.device)
+    if x.ndim < 1:
+        raise UserError(f"{name} must hold one row per point; got a scalar")
+    if x.is_floating_point():
+        if not torch.isfinite(x).all():
+            raise UserError(f"{name} contains NaN or inf; clean the inputs first")
+        return x.to(dtype=like.dtype, device=like.device)
+    return x.to(device=like.device)
 
 
-def _choose_method(model: nn.Module, method: str, n: int, k: int, itemsize: int,
-                   budget: int | None) -> str:
+def _choose_method(model: nn.Module, method: str, k: int, itemsize: int,
+                   budget: int | None, point: Tensor) -> str:
     if method == "auto":
         if isinstance(model, MLP) or is_layerwise(model):
             return "structured"
-        jac_bytes = tile_bytes(model, "jacobian", n, 0, k, itemsize)
-        return "jacobian" if jac_bytes <= (budget or 2 << 30) else "ntk_vps"
+        one = tile_bytes(model, "jacobian", 1, 1, k, itemsize, point)
+        return "jacobian" if one <= (budget or AUTO_JACOBIAN_BYTES) else "ntk_vps"
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of: auto, "
                         f"{', '.join(METHODS)}")
@@ -60,6 +69,8 @@ def empirical_ntk(
     executor: TileExecutor | None = None,
     trace: bool = False,
     out_device: str | torch.device | None = None,
+    model_kwargs: dict | None = None,
+    output=None,
 ) -> Tensor:
     """The empirical NTK of ``model`` between x1 (n1, …) and x2 (n2, …) (default x1).
 
@@ -70,6 +81,16 @@ def empirical_ntk(
     ntksweep MLPs, else the cheaper generic one), 'structured', 'jacobian', 'ntk_vps'.
     ``memory_budget`` (bytes of working memory per tile) or ``block_size`` tile the kernel;
     ``executor`` computes the tiles (default: this process). The model is left unchanged.
+
+    Any module: ``model_kwargs`` are passed to every call (``attention_mask=None``);
+    ``output`` picks the tensor from what the model returns — a key (``'logits'``), an
+    attribute, an index, or a function of it. Integer inputs (token ids) stay integers.
+    The kernel is that of the model in **eval mode** (dropout off, BatchNorm on its running
+    statistics; the mode is restored after): a train-mode forward is random or couples the
+    examples of a batch, and has no per-example kernel. 'auto' takes per-example Jacobians
+    in tiles that fit ``memory_budget`` (2 GiB when none is given) and NTK-vector products
+    only when not even one example's Jacobian fits; forward-mode AD, which those products
+    need, is missing for some ops (fused attention): the error then says to use 'jacobian'.
     """
     params = trainable_params(model)
     like = next(iter(params.values()))
@@ -85,9 +106,13 @@ def empirical_ntk(
     model.eval()
     try:
         with torch.no_grad():
+            model = adapt(model, model_kwargs, output, a[:1])
             k = model(a[:1]).reshape(1, -1).shape[1]
         n1, n2 = a.shape[0], (a if b is None else b).shape[0]
-        method = _choose_method(model, method, n1 + n2, k, like.element_size(), memory_budget)
+        chosen = _choose_method(model, method, k, like.element_size(), memory_budget, a[:1])
+        if method == "auto" and chosen == "jacobian" and memory_budget is None:
+            memory_budget = AUTO_JACOBIAN_BYTES        # tiles of Jacobians, never all at once
+        method = chosen
         block = _block(model, method, max(n1, n2), k, like.element_size(), block_size,
                        memory_budget, a[:1])
         computation = TileComputation(model, a, b, method, trace, memory_budget)

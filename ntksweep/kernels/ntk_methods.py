@@ -155,7 +155,12 @@ def ntk_vps(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
     column, out2 = _ntk_product(model, x1, x1 if x2 is None else x2)
     n2, k = out2.shape
     basis = torch.eye(n2 * k, dtype=out2.dtype, device=out2.device).reshape(n2 * k, n2, k)
-    cols = vmap(column)(basis)                                          # (n2 k, n1, k)
+    try:
+        cols = vmap(column)(basis)                                      # (n2 k, n1, k)
+    except NotImplementedError as e:     # an op without forward-mode AD (fused attention)
+        raise UserError(f"method='ntk_vps' needs forward-mode AD, which this model lacks "
+                        f"({e}); use method='jacobian' (reverse mode), with memory_budget= "
+                        "to tile it") from None
     theta = cols.reshape(n2, k, -1, k).permute(2, 0, 3, 1)              # (n1, n2, k, k)
     return theta.diagonal(dim1=2, dim2=3).mean(-1) if trace else theta
 
