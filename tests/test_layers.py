@@ -191,12 +191,18 @@ def test_the_structured_ntk_of_compositions_is_jacobian_times_jacobian(name):
     assert (structured - jacobian).abs().max() <= 1e-9 * jacobian.abs().max()
 
 
-def _monte_carlo(net, x: np.ndarray, seeds: int) -> float:
+def _monte_carlo(net, x: np.ndarray, seeds: int, *, spread: bool = False):
+    """‖mean Θ_0 − Θ_∞‖ / ‖Θ_∞‖ over ``seeds`` networks (and, with ``spread``, the standard
+    error of that mean in the same units: √(Σ var / seeds) / ‖Θ_∞‖)."""
     limit = net.kernels(x).ntk
-    mean = sum(ntksweep.empirical_ntk(net.module(x.shape[1:], seed=s, dtype=torch.float64),
-                                      torch.from_numpy(x), trace=True).numpy()
-               for s in range(seeds)) / seeds
-    return float(np.linalg.norm(mean - limit) / np.linalg.norm(limit))
+    thetas = np.stack([ntksweep.empirical_ntk(
+        net.module(x.shape[1:], seed=s, dtype=torch.float64), torch.from_numpy(x),
+        trace=True).numpy() for s in range(seeds)])
+    scale = np.linalg.norm(limit)
+    deviation = float(np.linalg.norm(thetas.mean(0) - limit) / scale)
+    if not spread:
+        return deviation
+    return deviation, float(np.sqrt(thetas.var(0, ddof=1).sum() / seeds) / scale)
 
 
 def test_wide_layernorm_nets_average_to_their_limit():
@@ -213,7 +219,7 @@ def test_wide_myrtle_nets_average_to_their_limit():
 # --- what a wrong composition is told ---------------------------------------------------
 @pytest.mark.parametrize("build,message", [
     (lambda: nl.serial(nl.Conv(4), nl.Dense(1)).kernels(np.ones((2, 1, 4, 4))),
-     "put Flatten"),
+     r"maps inputs \(1, 4, 4\) to \(1, 4, 4\)"),      # a Dense acts at every position
     (lambda: nl.serial(nl.Conv(4), nl.Activation("relu")).kernels(np.ones((2, 1, 4, 4))),
      "end it with Flatten"),
     (lambda: nl.serial(nl.Conv(4), nl.residual(nl.Conv(8)), nl.GlobalAvgPool(), nl.Dense(1)
@@ -261,3 +267,116 @@ def test_a_myrtle_sweep_runs_end_to_end_on_the_embedded_default(ray_local, tmp_p
                               "tags.`ntksweep.role` = 'trial'")
     assert sorted(r.data.params["width"] for r in runs) == ["32", "8"]
     assert (trials.init_dist_inf > 0).all() and (trials.init_dist_inf < 1).all()
+
+
+# --- attention (Hron et al. 2020, linear scaling) -----------------------------------------
+def test_attention_over_one_token_is_an_affine_layer_with_two_value_paths():
+    """With one token every attention weight is 1: Σ' = σ_w² Σ + σ_b² and
+    Θ' = σ_w² Θ + 2 σ_w² Σ + σ_b² (the value and output weights each add σ_w² Σ)."""
+    x = np.random.default_rng(7).normal(size=(5, 3, 1))                 # (n, C, T = 1)
+    sw, sb, rw, rb = 1.3, 0.2, 0.8, 0.4
+    net = nl.serial(nl.SelfAttention(8, heads=2, weight_std=sw, bias_std=sb),
+                    nl.GlobalAvgPool(), nl.Dense(1, weight_std=rw, bias_std=rb))
+    s0 = np.einsum("ict,jct->ij", x, x) / 3
+    s1, t1 = sw**2 * s0 + sb**2, 2 * sw**2 * s0 + sb**2
+    s2 = rw**2 * s1 + rb**2
+    got = net.kernels(x)
+    assert _rel(got.nngp, s2) < 1e-13 and _rel(got.ntk, rw**2 * t1 + s2) < 1e-13
+
+
+def _softmax(a):
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_attention_matches_explicit_sums_over_token_pairs():
+    """Dense, LayerNorm, attention, mean, Dense on sequences, by loops over every pair of
+    inputs and tokens of the joint covariance (the paper's formulas written out)."""
+    x = np.random.default_rng(8).normal(size=(4, 3, 5))                 # (n, C, T)
+    qk, sw, sb = 2.0, 1.1, 0.3
+    net = nl.serial(nl.Dense(16, weight_std=sw, bias_std=sb), nl.LayerNorm(),
+                    nl.SelfAttention(16, heads=2, query_key_std=qk, weight_std=sw,
+                                     bias_std=sb), nl.GlobalAvgPool(), nl.Dense(1))
+    n, _, t = x.shape
+    s = np.einsum("ict,jcu->ijtu", x, x) / 3 * sw**2 + sb**2             # Dense
+    th = s.copy()
+    var = np.einsum("iitt->it", s)
+    s, th = (m / np.sqrt(var[:, None, :, None] * var[None, :, None, :]) for m in (s, th))
+    g = [_softmax(qk * s[i, i]) for i in range(n)]                       # (T, T) per input
+    s2, t2 = np.zeros_like(s), np.zeros_like(th)
+    for i, j, a, b in itertools.product(range(n), range(n), range(t), range(t)):
+        gs = sum(g[i][a, p] * s[i, j, p, q] * g[j][b, q] for p in range(t) for q in range(t))
+        gt = sum(g[i][a, p] * th[i, j, p, q] * g[j][b, q] for p in range(t) for q in range(t))
+        s2[i, j, a, b] = sw**2 * gs + sb**2
+        t2[i, j, a, b] = sw**2 * gt + 2 * sw**2 * gs + sb**2
+    sig = s2.mean((2, 3)) + 0.1**2
+    want = t2.mean((2, 3)) + sig
+    got = net.kernels(x)
+    assert _rel(got.nngp, sig) < 1e-12 and _rel(got.ntk, want) < 1e-12
+    assert _rel(net.kernels(x[:1], x[1:]).ntk, want[:1, 1:]) < 1e-12
+
+
+@pytest.mark.parametrize("mechanism", ["softmax", "identity"])
+def test_wide_attention_nets_average_to_their_limit(mechanism):
+    """The mean of 30 networks is within three standard errors of Θ_∞ (plus 1 % for the
+    O(1/n) bias). Identity attention multiplies Gaussians up to the sixth power in Θ: its
+    networks spread ~26 % about Θ_∞ at width 512 (softmax's ~13 %), so 30 of them pin the
+    mean to ~5 % (2.4 %); measured deviations 10 % and 2.4 %."""
+    x = np.random.default_rng(9).normal(size=(6, 3, 5))
+    x /= np.sqrt((x**2).mean(1, keepdims=True))                          # unit-variance tokens
+    net = nl.serial(nl.Dense(512), nl.SelfAttention(512, heads=4, mechanism=mechanism,
+                                                    query_key_std=1.5),
+                    nl.Activation("relu"), nl.GlobalAvgPool(), nl.Dense(1))
+    deviation, error = _monte_carlo(net, x, 30, spread=True)
+    assert deviation < 3 * error + 0.01
+
+
+@pytest.mark.slow
+def test_wide_transformers_average_to_their_limit():
+    """The preset: embedding, two pre-norm blocks (attention, MLP), LayerNorm, mean,
+    readout, at width 512 with 4 heads and with 1 (linear scaling concentrates either way)."""
+    x = np.swapaxes(np.random.default_rng(0).normal(size=(6, 5, 4)), 1, 2).copy()
+    for heads in (4, 1):
+        assert _monte_carlo(nl.transformer(512, 4, heads=heads), x, 30) < 0.03  # 0.009, 0.008
+
+
+def test_a_transformers_ntk_is_jacobian_times_jacobian_and_its_limit_reads_tokens():
+    """'auto' takes per-example Jacobians of a composition with attention, equal to autograd's
+    J·Jᵀ; ntksweep.analytic_kernels reads sequences as (n, T, d)."""
+    rng = np.random.default_rng(10)
+    seq = rng.normal(size=(4, 5, 3))                                      # (n, T, d)
+    net = nl.transformer(8, 3, out_dim=2, heads=2)
+    model = net.module((3, 5), seed=0, dtype=torch.float64)
+    x = torch.from_numpy(np.swapaxes(seq, 1, 2).copy())
+    theta = ntksweep.empirical_ntk(model, x)
+    params = list(model.parameters())
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        model(x[i:i + 1])[0, c], params)]) for i in range(4) for c in range(2)]
+    j = torch.stack(rows).reshape(4, 2, -1)
+    brute = torch.einsum("ikp,jlp->ijkl", j, j)
+    assert (theta - brute).abs().max() <= 1e-9 * brute.abs().max()
+    limit = ntksweep.analytic_kernels(seq, architecture="transformer", depth=3,
+                                      options={"heads": 2})
+    assert _rel(limit.ntk, net.kernels(x.numpy()).ntk) < 1e-14
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: nl.serial(nl.SelfAttention(8, scaling="sqrt"), nl.GlobalAvgPool(), nl.Dense(1)
+                       ).kernels(np.ones((2, 3, 4))), "no closed-form limit"),
+    (lambda: nl.transformer(8, 3).module((3, 4), parametrization="mup"), "NTK parametrization"),
+    (lambda: nl.SelfAttention(8, mechanism="sigmoid"), "mechanism must be one of"),
+    (lambda: nl.SelfAttention(2, heads=4), "give each head a key_width"),
+    (lambda: ntksweep.analytic_kernels(np.ones((2, 3)), architecture="transformer", depth=3),
+     "sequences"),
+])
+def test_what_a_wrong_attention_is_told(build, message):
+    with pytest.raises(SpecError, match=message):
+        build()
+
+
+def test_sqrt_scaled_attention_is_a_finite_network():
+    net = nl.serial(nl.SelfAttention(16, heads=2, scaling="sqrt"), nl.GlobalAvgPool(),
+                    nl.Dense(1))
+    model = net.module((3, 4), seed=0, dtype=torch.float64)
+    theta = ntksweep.empirical_ntk(model, torch.randn(3, 3, 4, dtype=torch.float64))
+    assert theta.shape == (3, 3, 1, 1) and torch.isfinite(theta).all()

@@ -8,16 +8,18 @@ infinite-width limit (``core``), composed by ``serial`` and ``residual``.
     model = net.module((3, 8, 8), seed=0)      # torch.nn.Module: (N, 3, 8, 8) → (N, 10)
     k = net.kernels(x)                         # Θ_∞, Σ: float64 (n, n), per logit
 
-Shapes exclude the batch: vectors (C,), images (C, H, W). ``mlp``, ``cnn``, ``resnet`` and
-``myrtle`` are registered compositions (``presets``).
+Shapes exclude the batch and put channels first: vectors (C,), images (C, H, W),
+sequences (C, T). ``mlp``, ``cnn``, ``resnet``, ``myrtle`` and ``transformer`` are
+registered compositions (``presets``).
 """
 
 from .affine import Conv, Dense
+from .attention import SelfAttention
 from .core import Layer, Residual, Serial, residual, serial
 from .elementwise import Activation, LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool
-from .presets import PRESETS, cnn, mlp, myrtle, preset, resnet
+from .presets import PRESETS, cnn, mlp, myrtle, preset, resnet, transformer
 
 __all__ = ["Layer", "Serial", "Residual", "serial", "residual", "Dense", "Conv", "Activation",
-           "LayerNorm", "Flatten", "GlobalAvgPool", "AvgPool", "PRESETS", "preset", "mlp",
-           "cnn", "resnet", "myrtle"]
+           "LayerNorm", "Flatten", "GlobalAvgPool", "AvgPool", "SelfAttention", "PRESETS",
+           "preset", "mlp", "cnn", "resnet", "myrtle", "transformer"]

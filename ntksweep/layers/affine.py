@@ -18,7 +18,7 @@ from ..errors import SpecError
 from ..kernels.conv import conv_average, conv_average_diagonal
 from ..models.layers import Conv as ConvModule
 from ..models.layers import Dense as DenseModule
-from ..models.layers import init_affine
+from ..models.layers import PositionwiseDense, init_affine
 from .core import Build, Layer
 from .state import Kernel
 
@@ -46,7 +46,8 @@ def _affine(k: Kernel, average, weight_std: float, bias_std: float, **changes) -
 
 @dataclass(frozen=True)
 class Dense(Layer):
-    """z = (σ_w/√C) W a + σ_b b on vectors (C,) → (width,)."""
+    """z = (σ_w/√C) W a + σ_b b: on vectors (C,) → (width,), or at every position of
+    (C, *S) → (width, *S) (a token's dense layer)."""
 
     width: int
     weight_std: float = 1.0
@@ -57,18 +58,15 @@ class Dense(Layer):
         _check(self.width, self.weight_std, self.bias_std)
 
     def out_shape(self, shape):
-        if len(shape) != 1:
-            raise SpecError(f"Dense reads vectors (C,), got inputs {shape}: put Flatten() or "
-                            "GlobalAvgPool() before it, or use Conv(width, kernel_size=1)")
-        return (self.width,)
+        return (self.width, *shape[1:])
 
     def build(self, shape, ctx: Build):
-        self.out_shape(shape)
         c = shape[0]
         role, n = ctx.next_role(c, self.width)
-        return DenseModule(**init_affine((self.width, c), c, role=role, width=n,
-                                         weight_std=self.weight_std, bias_std=self.bias_std,
-                                         **ctx.init))
+        module = DenseModule if len(shape) == 1 else PositionwiseDense
+        return module(**init_affine((self.width, c), c, role=role, width=n,
+                                    weight_std=self.weight_std, bias_std=self.bias_std,
+                                    **ctx.init))
 
     def limit(self, k):
         return _affine(k, lambda e: e, self.weight_std, self.bias_std, channels=self.width)

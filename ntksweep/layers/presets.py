@@ -1,6 +1,7 @@
 """Networks as compositions of ``ntksweep.layers``, registered by name: the MLP, CNN and
-ResNet of ``ntksweep.models`` (the same weights from the same seed, the same limits), and
-Myrtle nets (Shankar et al. 2020, "Neural kernels without tangents"). Depth L counts the
+ResNet of ``ntksweep.models`` (the same weights from the same seed, the same limits),
+Myrtle nets (Shankar et al. 2020, "Neural kernels without tangents") and pre-norm
+transformers (Hron et al. 2020's attention limit). Depth L counts the
 weight tensors everywhere."""
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from ..activations import LEAKY_RELU_SLOPE
 from ..choices import ARCHITECTURES, BIAS_STD, MYRTLE_STAGES, check_implemented
 from ..errors import SpecError
 from .affine import Conv, Dense
+from .attention import SelfAttention
 from .core import Layer, residual, serial
-from .elementwise import Activation
+from .elementwise import Activation, LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 
-__all__ = ["mlp", "cnn", "resnet", "myrtle", "PRESETS", "preset"]
+__all__ = ["mlp", "cnn", "resnet", "myrtle", "transformer", "PRESETS", "preset"]
 
 
 
@@ -76,9 +78,34 @@ def myrtle(width: int, depth: int, out_dim: int = 1, *, activation: str = "relu"
                   Dense(out_dim, **w))
 
 
+def transformer(width: int, depth: int, out_dim: int = 1, *, heads: int = 4,
+                attention: str = "softmax", attention_scaling: str = "linear",
+                query_key_std: float = 1.0, activation: str = "relu",
+                weight_std: float = 1.0, bias_std: float = BIAS_STD,
+                leaky_relu_slope: float = LEAKY_RELU_SLOPE,
+                quadrature: bool | None = None) -> Layer:
+    """Sequences (d, T) (channels first): a token embedding Dense(width), L − 2 pre-norm
+    blocks z ← z + Attn(LN(z)); z ← z + Dense(width)(φ(Dense(width)(LN(z)))), then LN, the
+    mean over tokens and Dense(out_dim)."""
+    if depth < 3:
+        raise SpecError(f"a transformer has depth >= 3 (an embedding, a block, a readout); "
+                        f"got {depth!r}")
+    w = dict(weight_std=weight_std, bias_std=bias_std)
+    act = _act(activation, leaky_relu_slope, quadrature)
+    attend = SelfAttention(width, heads, scaling=attention_scaling, mechanism=attention,
+                           query_key_std=query_key_std, **w)
+    blocks = [serial(residual(LayerNorm(), attend),
+                     residual(LayerNorm(), Dense(width, **w), act, Dense(width, **w)))
+              for _ in range(depth - 2)]
+    return serial(Dense(width, **w), *blocks, LayerNorm(), GlobalAvgPool(),
+                  Dense(out_dim, **w))
+
+
 PRESETS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet,
-                                            "myrtle": myrtle}
-check_implemented("architectures", ARCHITECTURES, PRESETS)
+                                            "myrtle": myrtle, "transformer": transformer}
+# every trial architecture is a registered composition; a transformer is a composition (its
+# limit, its module) before it is a trial's: that waits on a sequence data set
+check_implemented("architectures", ARCHITECTURES, set(PRESETS) - {"transformer"})
 
 
 def preset(name: str, **kwargs) -> Layer:

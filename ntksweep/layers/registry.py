@@ -11,6 +11,7 @@ import numpy as np
 
 from ..activations import LEAKY_RELU_SLOPE
 from ..choices import BIAS_STD
+from ..errors import SpecError
 from ..hyper import check_conv, check_network
 from ..kernels import analytic as fused
 from ..kernels.analytic import AnalyticKernels
@@ -28,16 +29,20 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
                      width: int | None = None, leaky_relu_slope: float = LEAKY_RELU_SLOPE,
                      kernel_size: int = 3, padding: str = "same", readout: str = "gap",
                      quadrature: bool | None = None, memory_budget: int = 1 << 28,
-                     device: str | None = None, **fused_options) -> AnalyticKernels:
+                     device: str | None = None, options: dict | None = None,
+                     **fused_options) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the registered ``architecture`` (``layers.PRESETS``) of depth L:
     (n1, n2) float64 numpy each, per logit, for x1 (n1, …) and x2 (n2, …) (default x1) —
-    vectors (n, d) for an mlp, images (n, C, H, W) for the others. ``fused_options`` (tile,
-    fused, quadrature_points) reach ``kernels.analytic_kernels``, the MLP's recursion. In
-    ``mup`` and ``mean_field`` Θ_∞ is the NTK parametrization's and Σ is σ_b²."""
+    vectors (n, d) for an mlp, sequences (n, T, d) for a transformer, images (n, C, H, W)
+    for the others. ``options``: a preset's own fields (a transformer's heads, attention,
+    attention_scaling, query_key_std). ``fused_options`` (tile, fused, quadrature_points)
+    reach ``kernels.analytic_kernels``, the MLP's recursion. In ``mup`` and ``mean_field``
+    Θ_∞ is the NTK parametrization's and Σ is σ_b²."""
+    options = options or {}
     args = dict(depth=depth, activation=activation, weight_std=weight_std, bias_std=bias_std,
                 parametrization=parametrization, leaky_relu_slope=leaky_relu_slope,
                 quadrature=quadrature)
-    if architecture in FUSED:
+    if architecture in FUSED and not options:
         return fused.analytic_kernels(
             x1, x2, **args, width=width, architecture=architecture, kernel_size=kernel_size,
             padding=padding, readout=readout, memory_budget=memory_budget, device=device,
@@ -45,12 +50,24 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
-    check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
-               padding=padding, readout=readout, parametrization=parametrization)
-    net = preset(architecture, width=1, depth=depth, activation=activation,
+    if architecture == "transformer":        # sequences (n, T, d) → channels first (n, d, T)
+        x1, x2 = (None if x is None else _tokens_last(x) for x in (x1, x2))
+    else:
+        check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
+                   padding=padding, readout=readout, parametrization=parametrization)
+    net = preset(architecture, width=4, depth=depth, activation=activation,
                  weight_std=weight_std, bias_std=bias_std, leaky_relu_slope=leaky_relu_slope,
-                 quadrature=quadrature)                  # the limit reads no width
+                 quadrature=quadrature, **options)         # the limit reads no width
     k = net.kernels(x1, x2, memory_budget=memory_budget, device=device)
     nngp = k.nngp if has_nngp_limit(parametrization) else np.full_like(k.ntk, bias_std**2)
     return AnalyticKernels(k.ntk, nngp, int(depth), activation, float(weight_std),
                            float(bias_std), parametrization)
+
+
+def _tokens_last(x):
+    """(n, T, d) sequences as the layers read them, channels first: (n, d, T)."""
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise SpecError(f"a transformer reads sequences (points, tokens, features); got shape "
+                        f"{x.shape}")
+    return np.swapaxes(x, 1, 2)

@@ -18,10 +18,11 @@ from torch import nn
 
 from ..parametrizations import layer_scales, lr_factors
 
-__all__ = ["Dense", "Conv", "init_affine", "affine_layers", "parameter_lr_factors"]
+__all__ = ["Dense", "PositionwiseDense", "Conv", "init_affine", "affine_layers",
+           "parameter_lr_factors", "seeded_normal"]
 
 
-def _randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype,
+def seeded_normal(*shape: int, generator: torch.Generator | None, dtype: torch.dtype,
            device: str | torch.device) -> torch.Tensor:
     """N(0, 1). Seeded: drawn on CPU in float64 (so a seed means the same network on every
     device and dtype), in row chunks so a width-65536 layer never holds a float64 copy of
@@ -75,6 +76,21 @@ class Dense(_Affine):
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, {self._repr_scales()}"
 
 
+class PositionwiseDense(_Affine):
+    """``Dense`` at every position: z (N, C_in, *S) → (N, C_out, *S), the same W and b at each
+    (a token's dense layer in a transformer; a 1×1 convolution on images)."""
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        z = a.movedim(1, -1) @ self.weight.T * self.weight_mult
+        if self.bias_mult != 0:
+            z = z + self.bias * self.bias_mult
+        return z.movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, per position, "
+                f"{self._repr_scales()}")
+
+
 def init_affine(weight_shape: tuple[int, ...], fan_in: int, *, role: str, width: int,
                 parametrization: str, weight_std: float, bias_std: float,
                 generator: torch.Generator | None, dtype: torch.dtype,
@@ -84,8 +100,8 @@ def init_affine(weight_shape: tuple[int, ...], fan_in: int, *, role: str, width:
     ``generator``; ``width`` is the network's hidden width n."""
     scales = layer_scales(parametrization, role, fan_in, width, weight_std=weight_std,
                           bias_std=bias_std)
-    w = _randn(*weight_shape, generator=generator, dtype=dtype, device=device)
-    b = _randn(weight_shape[0], generator=generator, dtype=dtype, device=device)
+    w = seeded_normal(*weight_shape, generator=generator, dtype=dtype, device=device)
+    b = seeded_normal(weight_shape[0], generator=generator, dtype=dtype, device=device)
     if scales.weight_init != 1.0 or scales.bias_init != 1.0:
         w, b = w.mul_(scales.weight_init), b.mul_(scales.bias_init)
     weight_lr, bias_lr = lr_factors(parametrization, "gd", role, width)
