@@ -7,7 +7,8 @@ from __future__ import annotations
 
 __all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "BIAS_STD", "OPTIMIZERS", "LOSSES", "KEEP_POLICIES",
            "NTK_METHODS", "CHECKPOINT_SPACINGS", "DTYPES", "ARCHITECTURES", "MYRTLE_STAGES",
-           "PADDINGS", "READOUTS", "TRAIN_INPUTS", "check_implemented"]
+           "ATTENTIONS", "ATTENTION_SCALINGS", "PADDINGS", "READOUTS", "TRAIN_INPUTS",
+           "check_implemented"]
 
 # σ of ``activations.ACTIVATIONS``; their kernels come from ``kernels.duals``
 ACTIVATIONS = ("relu", "leaky_relu", "erf", "tanh", "gelu", "identity", "sigmoid", "softplus",
@@ -23,7 +24,9 @@ KEEP_POLICIES = ("none", "first_last", "all")      # which Θ_t / f_t a trial ke
 NTK_METHODS = ("auto", "structured", "jacobian", "ntk_vps")   # kernels.empirical_ntk
 CHECKPOINT_SPACINGS = ("log", "linear")            # train.checkpoint_schedule
 DTYPES = ("float32", "float64")
-ARCHITECTURES = ("mlp", "cnn", "resnet", "myrtle")   # layers.presets, the one registry
+ARCHITECTURES = ("mlp", "cnn", "resnet", "myrtle", "transformer")   # layers.presets
+ATTENTIONS = ("softmax", "identity", "relu", "abs")    # layers.attention's mechanisms
+ATTENTION_SCALINGS = ("linear", "sqrt")                # logits / (C d) or / (C √d)
 # Myrtle depth → the 3×3 convolutions of its three stages, a 2×2 average pool between them
 # (Shankar et al. 2020); depth counts the weight tensors: a + b + c + the readout
 MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}

@@ -10,9 +10,11 @@
   labels one-hot minus their mean (regression targets) or class ids (cross-entropy).
 - ``images``: synthetic one-channel ``dim``×``dim`` images (smoothed noise) with a
   translation-invariant teacher (``_images``), for convolutional networks.
+- ``tokens``: sequences of ``tokens`` tokens of ``dim`` features (``_tokens``): find the
+  marked token and read its content — a task where attention matters.
 - ``file``: the user's arrays — .npz of plain numeric arrays X, y (optional X_eval,
-  y_eval, X_test, y_test; never unpickled; X of shape (N, C, H, W) is an image set), or
-  Parquet with feature columns and a ``y`` column (read by pandas).
+  y_eval, X_test, y_test; never unpickled; X of shape (N, C, H, W) is an image set, (N, T,
+  d) a sequence set), or Parquet with feature columns and a ``y`` column (read by pandas).
 """
 
 from __future__ import annotations
@@ -26,23 +28,27 @@ import numpy as np
 
 from .errors import DataFileError, SpecError
 
-__all__ = ["Dataset", "DataShape", "DATASETS", "IMAGE_DATASETS", "DIGITS_IMAGES",
+__all__ = ["Dataset", "DataShape", "DATASETS", "IMAGE_DATASETS", "SEQUENCE_DATASETS",
+           "DIGITS_IMAGES",
            "make_dataset", "data_shape"]
 
-DATASETS = ("circle", "sphere", "digits", "images", "file")
+DATASETS = ("circle", "sphere", "digits", "images", "tokens", "file")
 DIGITS_IMAGES = 1797    # scikit-learn's bundled 8×8 digits (a test reads the set to check it)
 IMAGE_DATASETS = ("digits", "images", "file")   # what a cnn or resnet can read
+SEQUENCE_DATASETS = ("tokens", "file")          # what a transformer can read
 TEACHERS = ("quadratic", "linear", "network")
 
 
 @dataclass(frozen=True)
 class DataShape:
     """One point of a data set: ``in_dim`` features, as an image (C, H, W) where it is one
-    (``image_shape``, else None), and ``out_dim`` targets."""
+    (``image_shape``, else None) or a sequence (T, d) (``sequence_shape``), and ``out_dim``
+    targets."""
 
     in_dim: int
     image_shape: tuple[int, int, int] | None
     out_dim: int
+    sequence_shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Dataset:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     labels_test: np.ndarray | None = None
+    sequence_shape: tuple[int, int] | None = None     # (T, d) for sequence sets
 
     def __post_init__(self):
         if self.x_test is None:  # no test set: empty arrays of the right widths
@@ -79,13 +86,20 @@ class Dataset:
                             "W) arrays)")
         return x.reshape(len(x), *self.image_shape)
 
+    def sequences(self, x: np.ndarray) -> np.ndarray:
+        """Rows (n, T·d) as sequences (n, T, d)."""
+        if self.sequence_shape is None:
+            raise SpecError(f"data set {self.name!r} holds no sequences: a transformer needs "
+                            f"{', '.join(SEQUENCE_DATASETS)} (a file of (N, T, d) arrays)")
+        return x.reshape(len(x), *self.sequence_shape)
+
     @property
     def in_dim(self) -> int:
         return self.x_train.shape[1]
 
     @property
     def shape(self) -> DataShape:
-        return DataShape(self.in_dim, self.image_shape, self.out_dim)
+        return DataShape(self.in_dim, self.image_shape, self.out_dim, self.sequence_shape)
 
     @property
     def out_dim(self) -> int:
@@ -180,6 +194,32 @@ def _images(n_train: int, n_eval: int, seed: int, side: int, n_test: int = 0) ->
 # The most a data file may decompress to (an .npz is a zip: 8 MB on disk can hold 8 GB of
 # zeros); the environment may raise it for data sets larger than this
 MAX_DATA_BYTES = int(os.environ.get("NTKSWEEP_MAX_DATA_BYTES", 4 << 30))
+
+
+def _tokens(n_train: int, n_eval: int, seed: int, tokens: int, dim: int,
+            n_test: int = 0) -> Dataset:
+    """Sequences of T = ``tokens`` tokens of d = ``dim`` features: d − 1 content features
+    N(0, 1) and a marker feature, √d on one token at a uniformly random position and 0
+    elsewhere; the target is a fixed random direction of the marked token's content,
+    y = ⟨w, c_m⟩/√(d − 1). The position varies, so a network must find the token before it
+    reads it: a mean over tokens sees c_m diluted T-fold among T − 1 distractors, attention
+    can weigh it up (the marker raises its similarity with itself)."""
+    if dim < 2:
+        raise SpecError(f"dataset 'tokens' needs dim >= 2 (content and a marker); got {dim}")
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(dim - 1)
+
+    def draw(n):
+        x = np.zeros((n, tokens, dim))
+        x[..., :-1] = rng.standard_normal((n, tokens, dim - 1))
+        marked = rng.integers(0, tokens, n)
+        x[np.arange(n), marked, -1] = np.sqrt(dim)
+        y = x[np.arange(n), marked, :-1] @ w / np.sqrt(dim - 1)
+        return x.reshape(n, -1), y[:, None]
+
+    (xr, yr), (xe, ye), (xt, yt) = draw(n_train), draw(n_eval), draw(n_test)
+    return Dataset("tokens", xr, yr, xe, ye, x_test=xt, y_test=yt,
+                   sequence_shape=(tokens, dim))
 
 
 def _read_arrays(path: str | None) -> dict[str, np.ndarray]:
@@ -296,6 +336,7 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
 
     shape = tuple(np.shape(arrays["X"])[1:])
     image_shape = shape if len(shape) == 3 else None     # (N, C, H, W): images
+    sequence_shape = shape if len(shape) == 2 else None  # (N, T, d): sequences
     x, y = checked(arrays["X"], arrays["y"], "X/y")
     given = [part for part in ("eval", "test") if f"X_{part}" in arrays]
     drawn = {"eval": n_eval, "test": n_test}
@@ -315,12 +356,14 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
             parts[part] = x[order[start:start + n]], y[order[start:start + n]]
             start += n
     (xr, yr), (xe, ye), (xt, yt) = parts["train"], parts["eval"], parts["test"]
-    return Dataset(name, xr, yr, xe, ye, image_shape=image_shape, x_test=xt, y_test=yt)
+    return Dataset(name, xr, yr, xe, ye, image_shape=image_shape, x_test=xt, y_test=yt,
+                   sequence_shape=sequence_shape)
 
 
 def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
                  teacher: str = "quadratic", path: str | None = None,
-                 train_inputs: str = "gaussian", n_test: int = 0) -> Dataset:
+                 train_inputs: str = "gaussian", n_test: int = 0,
+                 tokens: int = 8) -> Dataset:
     """Build a data set by name; same arguments → identical arrays (and the train and eval
     arrays do not depend on ``n_test``)."""
     if n_train < 1 or n_eval < 1 or n_test < 0:
@@ -334,6 +377,8 @@ def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: in
         return _digits(n_train, n_eval, seed, n_test)
     if name == "images":
         return _images(n_train, n_eval, seed, dim, n_test)
+    if name == "tokens":
+        return _tokens(n_train, n_eval, seed, tokens, dim, n_test)
     if name == "file":
         return _load_file(path, n_train, n_eval, seed, n_test)
     raise SpecError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -341,7 +386,7 @@ def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: in
 
 def data_shape(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,
                teacher: str = "quadratic", path: str | None = None,
-               train_inputs: str = "gaussian", n_test: int = 0) -> DataShape:
+               train_inputs: str = "gaussian", n_test: int = 0, tokens: int = 8) -> DataShape:
     """The shape of a data set's points (``make_dataset``'s arguments) without drawing it:
     from the name for the built-in sets; a file is read and checked whole (once: a missing or
     malformed one fails here, before anything runs)."""
@@ -349,9 +394,10 @@ def data_shape(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int 
         raise SpecError(_too_many_digits(n_train + n_eval + n_test))
     builtin = {"circle": DataShape(2, None, 1), "sphere": DataShape(dim, None, 1),
                "digits": DataShape(64, (1, 8, 8), 10),
-               "images": DataShape(dim * dim, (1, dim, dim), 1)}
+               "images": DataShape(dim * dim, (1, dim, dim), 1),
+               "tokens": DataShape(tokens * dim, None, 1, (tokens, dim))}
     if name in builtin:
         return builtin[name]
     return make_dataset(name, n_train=n_train, n_eval=n_eval, seed=seed, dim=dim,
                         teacher=teacher, path=path, train_inputs=train_inputs,
-                        n_test=n_test).shape
+                        n_test=n_test, tokens=tokens).shape

@@ -89,6 +89,9 @@ def check_conv(*, architecture, depth, kernel_size, padding, readout,
         raise SpecError(f"readout must be one of {', '.join(READOUTS)}; got {readout!r}")
     if architecture == "myrtle":
         _check_myrtle(depth, kernel_size, padding, readout, image_size)
+    if architecture == "transformer":
+        _check_transformer(depth, kernel_size, padding, readout, parametrization)
+        return
     if architecture == "resnet" and (depth < 2 or padding != "same" or readout != "gap"):
         raise SpecError("a resnet has depth >= 2 (a stem and a readout), padding 'same' and "
                         "readout 'gap'")
@@ -118,3 +121,17 @@ def _check_myrtle(depth, kernel_size, padding, readout, image_size) -> None:
     if image_size is not None and min(image_size) < 4:
         raise SpecError(f"a myrtle net pools twice by 2×2: its images need at least 4×4 "
                         f"pixels; got {image_size[0]}×{image_size[1]}")
+
+
+def _check_transformer(depth, kernel_size, padding, readout, parametrization) -> None:
+    """A transformer: an embedding, depth − 2 blocks and a readout; no convolution fields;
+    its attention is built in the NTK parametrization (``layers.attention``)."""
+    if not (is_int(depth) and depth >= 3):
+        raise SpecError(f"a transformer has depth >= 3 (an embedding, depth − 2 blocks, a "
+                        f"readout); got {depth!r}")
+    if (kernel_size, padding, readout) != (3, "same", "gap"):
+        raise SpecError("a transformer has no convolutions: leave kernel_size, padding and "
+                        "readout at 3, same, gap")
+    if parametrization not in (None, "ntk"):
+        raise SpecError(f"a transformer's attention is built in the NTK parametrization only;"
+                        f" got {parametrization!r}")

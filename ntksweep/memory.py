@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from .choices import MYRTLE_STAGES
 
+AUTO_JACOBIAN_BYTES = 2 << 30   # empirical_ntk's Jacobian tiles under 'auto' without a budget
+
 __all__ = ["LayerShape", "Footprint", "network_shapes", "structured_tile_bytes",
            "generic_tile_bytes", "candidate_blocks", "largest_block", "TrialMemory",
            "trial_memory", "SIGNAL_BATCH", "CONV_LIMIT_TILE_BYTES", "CPU_CHUNK_BYTES",
@@ -78,6 +80,17 @@ class Footprint:
         return points * (self.held + self.chunk) + min(points, SIGNAL_BATCH) * self.transient
 
 
+def network_input_shape(architecture: str, shape) -> tuple[int, ...]:
+    """One input as the network reads it, channels first, from a ``data.DataShape``: (d,)
+    for an mlp, (d, T) for a transformer's sequences, (C, H, W) for the others' images."""
+    if architecture == "mlp":
+        return (shape.in_dim,)
+    if architecture == "transformer":
+        tokens, features = shape.sequence_shape
+        return (features, tokens)
+    return shape.image_shape
+
+
 def network_shapes(architecture: str, in_shape: tuple[int, ...], width: int, depth: int,
                    out_dim: int, *, kernel_size: int = 3, padding: str = "same",
                    readout: str = "gap") -> list[LayerShape]:
@@ -88,6 +101,8 @@ def network_shapes(architecture: str, in_shape: tuple[int, ...], width: int, dep
         return [LayerShape(a, 1, b, 1, 1) for a, b in zip(dims[:-1], dims[1:])]
     if architecture == "myrtle":
         return _myrtle_shapes(in_shape, width, depth, out_dim)
+    if architecture == "transformer":
+        return _transformer_shapes(in_shape, width, depth, out_dim)
     c, h, w = in_shape
     kk, shrink = kernel_size ** 2, (kernel_size - 1 if padding == "valid" else 0)
     shapes = []
@@ -112,6 +127,17 @@ def _myrtle_shapes(in_shape: tuple[int, ...], width: int, depth: int, out_dim: i
             shapes.append(LayerShape(c, h * w, width, h * w, 9))
             c = width
     return [*shapes, LayerShape(width, 1, out_dim, 1, 1)]
+
+
+def _transformer_shapes(in_shape: tuple[int, ...], width: int, depth: int, out_dim: int
+                        ) -> list[LayerShape]:
+    """A transformer's weights as per-token dense maps over its T tokens: the embedding;
+    per block the attention's keys (queries tied), values and output, and the MLP's two
+    layers; the readout on the mean token."""
+    features, tokens = in_shape
+    block = [LayerShape(width, tokens, width, tokens, 1)] * 5
+    return [LayerShape(features, tokens, width, tokens, 1), *block * (depth - 2),
+            LayerShape(width, 1, out_dim, 1, 1)]
 
 
 def structured_tile_bytes(shapes: list[LayerShape], k: int, itemsize: int, rows: int,
@@ -212,9 +238,12 @@ def _ntk_phase(spec, shapes, params, k, size, points) -> tuple[int, int]:
     bytes of a 1 × 1 tile."""
     conv = spec.architecture != "mlp"
     budget = spec.memory_budget
+    generic = spec.ntk_method not in ("auto", "structured") or spec.architecture == "transformer"
+    if generic and spec.ntk_method == "auto" and budget is None:
+        budget = AUTO_JACOBIAN_BYTES       # 'auto' tiles per-example Jacobians at this size
 
     def tile(rows: int, cols: int) -> int:
-        if spec.ntk_method not in ("auto", "structured"):
+        if generic:
             return generic_tile_bytes(params, k, size, rows, cols)
         return structured_tile_bytes(shapes, k, size, rows, cols, conv=conv)
 
@@ -222,7 +251,7 @@ def _ntk_phase(spec, shapes, params, k, size, points) -> tuple[int, int]:
     if budget is not None and (largest_block(points, lambda s: tile(s, s), budget) or 1) \
             < points:
         return budget, smallest
-    if conv and spec.ntk_method in ("auto", "structured"):
+    if conv and not generic:
         f = Footprint.of(shapes, k, size)
         per_channel = points * max(s.channel_bytes(k, size) for s in shapes)
         widest = max(s.c_in for s in shapes)

@@ -20,7 +20,7 @@ from . import store
 from .data import DataShape, data_shape
 from .errors import OutputDirError, SpecError, TrackingError, UserError
 from .hyper import check_conv
-from .memory import TrialMemory, trial_memory
+from .memory import TrialMemory, network_input_shape, trial_memory
 from .records import Status
 from .store.lock import check_unlocked
 from .sweep_spec import Resources, SweepSpec, load_sweep_spec, sweep_id_of
@@ -192,14 +192,19 @@ def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
     out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
     fields = ("architecture", "width", "depth", "kernel_size", "padding", "readout", "dtype",
               "optimizer", "batch_size", "n_train", "n_eval", "n_test", "memory_budget",
-              "ntk_method", "loss", "dataset", "data_path")
+              "ntk_method", "loss", "dataset", "data_path", "heads")
     return (TrialSpec(**{f: getattr(t, f) for f in fields}), shape, out_dim)
 
 
 @functools.lru_cache(maxsize=4096)
 def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory:
     what = f"{t.architecture} of width {t.width}, depth {t.depth}"
-    if t.architecture != "mlp":
+    if t.architecture == "transformer":
+        if shape.sequence_shape is None:
+            raise SpecError(f"a transformer reads sequences, but dataset {t.dataset}"
+                            f"{f' ({t.data_path})' if t.data_path else ''} holds none: use "
+                            "dataset tokens or a file's X as (N, T, d)")
+    elif t.architecture != "mlp":
         if shape.image_shape is None:
             raise SpecError(f"a {t.architecture} reads images, but dataset {t.dataset}"
                             f"{f' ({t.data_path})' if t.data_path else ''} holds vectors of "
@@ -210,8 +215,7 @@ def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory
                        padding=t.padding, readout=t.readout, image_size=shape.image_shape[1:])
         except SpecError as e:
             raise SpecError(f"{what}: {e}") from None
-    in_shape = (shape.in_dim,) if t.architecture == "mlp" else shape.image_shape
-    memory = trial_memory(t, in_shape, out_dim)
+    memory = trial_memory(t, network_input_shape(t.architecture, shape), out_dim)
     if t.memory_budget is not None and memory.smallest_tile > t.memory_budget:
         raise SpecError(f"memory_budget={t.memory_budget} bytes is too small for one entry "
                         f"of the {what}'s empirical NTK (about {memory.smallest_tile} bytes); "

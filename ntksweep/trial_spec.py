@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .choices import (
+    ATTENTION_SCALINGS,
+    ATTENTIONS,
     BIAS_STD,
     CHECKPOINT_SPACINGS,
     DTYPES,
@@ -23,7 +25,7 @@ from .choices import (
     OPTIMIZERS,
     TRAIN_INPUTS,
 )
-from .data import DATASETS, DIGITS_IMAGES, IMAGE_DATASETS, TEACHERS
+from .data import DATASETS, DIGITS_IMAGES, IMAGE_DATASETS, SEQUENCE_DATASETS, TEACHERS
 from .errors import SpecError
 from .hyper import RULES, check_conv, depth_problem, is_finite, is_int, problem
 
@@ -38,15 +40,20 @@ class TrialSpec:
     n_eval: int = 64                   # where Θ_t is measured against Θ_∞ and Θ_0
     n_test: int = 0                    # a held-out test set: the net vs kernel regression
     data_seed: int = 0
-    dim: int = 8                       # sphere: input dim; images: side
+    dim: int = 8                       # sphere: input dim; images: side; tokens: features
+    tokens: int = 8                    # tokens: the sequence length T
     teacher: str = "quadratic"         # sphere only
     data_path: str | None = None       # file only
     train_inputs: str = "gaussian"     # circle only: gaussian (N(0, I₂)) | circle (on it)
-    # model (ntksweep.models: MLP, CNN, ResNet)
-    architecture: str = "mlp"          # mlp | cnn | resnet (cnn, resnet: image data)
+    # model (ntksweep.layers.PRESETS)
+    architecture: str = "mlp"          # mlp | cnn | resnet | myrtle | transformer
     kernel_size: int = 3               # cnn, resnet: k×k convolutions
     padding: str = "same"              # cnn: same | valid
     readout: str = "gap"               # cnn: gap (global average pooling) | flatten
+    heads: int = 4                     # transformer: attention heads
+    attention: str = "softmax"         # transformer: softmax | identity | relu | abs
+    attention_scaling: str = "linear"  # transformer: linear (a limit) | sqrt (finite only)
+    query_key_std: float = 1.0         # transformer: σ_QK, the attention logits' scale
     width: int = 256
     depth: int = 3
     activation: str = "relu"
@@ -112,7 +119,7 @@ class TrialSpec:
         return {"n_train": self.n_train, "n_eval": self.n_eval, "n_test": self.n_test,
                 "seed": self.data_seed,
                 "dim": self.dim, "teacher": self.teacher, "path": self.data_path,
-                "train_inputs": self.train_inputs}
+                "train_inputs": self.train_inputs, "tokens": self.tokens}
 
     def kernel_args(self) -> dict[str, Any]:
         """``analytic_kernels``' architecture arguments: the limit this trial is compared with
@@ -123,7 +130,16 @@ class TrialSpec:
                 "width": self.width if self.parametrization == "standard" else None,
                 "leaky_relu_slope": self.leaky_relu_slope, "architecture": self.architecture,
                 "kernel_size": self.kernel_size, "padding": self.padding,
-                "readout": self.readout}
+                "readout": self.readout, "options": self.network_options()}
+
+    def network_options(self) -> tuple[tuple[str, Any], ...]:
+        """The architecture's own fields beyond width and depth, as (name, value) pairs:
+        a transformer's attention (none for the others)."""
+        if self.architecture != "transformer":
+            return ()
+        return (("heads", self.heads), ("attention", self.attention),
+                ("attention_scaling", self.attention_scaling),
+                ("query_key_std", self.query_key_std))
 
     def replace(self, **changes) -> TrialSpec:
         return dataclasses.replace(self, **changes)
@@ -189,8 +205,22 @@ class TrialSpec:
                        readout=self.readout, parametrization=self.parametrization)  # a limit
         except SpecError as e:
             raise SpecError(f"architecture {self.architecture!r}: {e}") from None
-        need(self.architecture == "mlp" or self.dataset in IMAGE_DATASETS, "dataset",
-             f"a {self.architecture} needs image data: {', '.join(IMAGE_DATASETS)}")
+        if self.architecture == "transformer":
+            need(self.dataset in SEQUENCE_DATASETS, "dataset", "a transformer reads sequences:"
+                 f" {', '.join(SEQUENCE_DATASETS)} (a file's X as (N, T, d))")
+            need(is_int(self.heads) and 1 <= self.heads <= self.width, "heads",
+                 f"must be an integer in [1, width={self.width}]")
+            need(self.attention in ATTENTIONS, "attention",
+                 f"must be one of {', '.join(ATTENTIONS)}")
+            need(self.attention_scaling in ATTENTION_SCALINGS, "attention_scaling",
+                 f"must be one of {', '.join(ATTENTION_SCALINGS)}")
+            need(is_finite(self.query_key_std) and self.query_key_std >= 0, "query_key_std",
+                 "must be a number >= 0")
+        else:
+            need(self.architecture == "mlp" or self.dataset in IMAGE_DATASETS, "dataset",
+                 f"a {self.architecture} needs image data: {', '.join(IMAGE_DATASETS)}")
+        need(is_int(self.tokens) and 1 <= self.tokens <= 10**5, "tokens",
+             "must be an integer in [1, 1e+05]")
 
 
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpec)}
@@ -199,7 +229,8 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpe
 # as it did before the field existed, so resume and stored ids keep working
 ADDED_LATER = {name: TRIAL_FIELDS[name].default
                for name in ("leaky_relu_slope", "architecture", "kernel_size", "padding",
-                            "readout", "n_test", "ridge")}
+                            "readout", "n_test", "ridge", "tokens", "heads", "attention",
+                            "attention_scaling", "query_key_std")}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}

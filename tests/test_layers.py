@@ -242,31 +242,39 @@ def test_a_wrong_composition_gets_one_clear_line(build, message):
         build()
 
 
-# --- a new preset in a sweep, end to end -------------------------------------------------
+# --- the new presets in a sweep, end to end -----------------------------------------------
 @pytest.mark.slow
-def test_a_myrtle_sweep_runs_end_to_end_on_the_embedded_default(ray_local, tmp_path):
-    """Ray, SQLite MLflow and Parquet as `ntksweep run` uses them: every trial once in each,
-    its kernels compared with Myrtle's own limit."""
+def test_myrtle_and_transformer_sweeps_run_end_to_end_on_the_embedded_default(ray_local,
+                                                                             tmp_path):
+    """Ray, SQLite MLflow and Parquet as `ntksweep run` uses them: Myrtle-5 on digits, and
+    transformers on the tokens task with a limit (linear scaling) and without (sqrt): every
+    trial once in each store, the columns against Θ_∞ NaN exactly where there is none."""
     from mlflow.tracking import MlflowClient
 
     from ntksweep.sweep import run_sweep
     from ntksweep.sweep_spec import load_sweep_spec
 
     spec = load_sweep_spec({
-        "name": "myrtle", "output_dir": str(tmp_path / "myrtle"),
-        "base": {"architecture": "myrtle", "dataset": "digits", "depth": 5, "steps": 8,
-                 "checkpoints": 3, "n_train": 24, "n_eval": 12, "n_test": 24},
-        "grid": {"width": [8, 32]}})
+        "name": "presets", "output_dir": str(tmp_path / "presets"),
+        "base": {"steps": 8, "checkpoints": 3, "n_train": 24, "n_eval": 12, "n_test": 24,
+                 "width": 16, "lr": 0.5},
+        "zip": [{"architecture": ["myrtle", "transformer", "transformer"],
+                 "dataset": ["digits", "tokens", "tokens"], "depth": [5, 3, 3],
+                 "attention_scaling": ["linear", "linear", "sqrt"]}]})
     summary = run_sweep(spec, quiet=True)
-    assert summary.counts == {"completed": 2}
+    assert summary.counts == {"completed": 3}
     trials, ckpts = ntksweep.load_results(summary.out_dir)
-    assert sorted(trials.width) == [8, 32] and set(trials.architecture) == {"myrtle"}
-    assert len(ckpts) == 6 and ckpts.dist_inf.notna().all() and ckpts.test_loss.notna().all()
+    limited = trials.attention_scaling == "linear"
+    assert limited.sum() == 2 and (trials[limited].init_dist_inf > 0).all()
+    assert trials[~limited].init_dist_inf.isna().all()
+    assert len(ckpts) == 9 and ckpts.dist_init.notna().all() and ckpts.test_loss.notna().all()
+    # Θ_0's regression on every transformer, the one kernel a network without a limit has
+    assert ckpts[ckpts.architecture == "transformer"].test_loss_kr_init.notna().all()
     client = MlflowClient(summary.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("myrtle").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("presets").experiment_id],
                               "tags.`ntksweep.role` = 'trial'")
-    assert sorted(r.data.params["width"] for r in runs) == ["32", "8"]
-    assert (trials.init_dist_inf > 0).all() and (trials.init_dist_inf < 1).all()
+    assert sorted(r.data.params["architecture"] for r in runs) == \
+        ["myrtle", "transformer", "transformer"]
 
 
 # --- attention (Hron et al. 2020, linear scaling) -----------------------------------------
@@ -380,3 +388,49 @@ def test_sqrt_scaled_attention_is_a_finite_network():
     model = net.module((3, 4), seed=0, dtype=torch.float64)
     theta = ntksweep.empirical_ntk(model, torch.randn(3, 3, 4, dtype=torch.float64))
     assert theta.shape == (3, 3, 1, 1) and torch.isfinite(theta).all()
+
+
+# --- sequences in trials -------------------------------------------------------------------
+def test_the_tokens_task_reads_the_marked_tokens_content():
+    """Exactly one token per sequence carries the marker (√d in the last feature), and the
+    target is one fixed direction of that token's content — recomputed here from the
+    marker's position alone."""
+    from ntksweep.data import make_dataset
+
+    data = make_dataset("tokens", n_train=50, n_eval=20, seed=3, tokens=6, dim=5, n_test=10)
+    x = data.sequences(data.x_train)                                     # (n, T, d)
+    assert x.shape == (50, 6, 5) and data.shape.sequence_shape == (6, 5)
+    marked = np.argmax(x[..., -1], 1)
+    assert ((x[..., -1] > 0).sum(1) == 1).all() and np.allclose(x[np.arange(50), marked, -1],
+                                                                np.sqrt(5))
+    content = x[np.arange(50), marked, :-1]
+    w, *_ = np.linalg.lstsq(content, data.y_train[:, 0], rcond=None)    # one direction fits
+    assert np.allclose(content @ w, data.y_train[:, 0])
+    assert not np.allclose(x[..., :-1].mean(1) @ w, data.y_train[:, 0], atol=0.1)
+
+
+def test_transformer_trials_with_and_without_a_limit():
+    base = dict(architecture="transformer", dataset="tokens", depth=3, width=16, heads=2,
+                steps=5, checkpoints=2, n_train=16, n_eval=8, n_test=8, lr=0.5)
+    linear = ntksweep.run_trial(ntksweep.TrialSpec(**base))
+    sqrt = ntksweep.run_trial(ntksweep.TrialSpec(**base, attention_scaling="sqrt"))
+    assert linear.status == sqrt.status == "completed"
+    first, last = linear.records[0], sqrt.records[-1]
+    assert 0 < first["dist_inf"] < 1 and np.isfinite(first["test_loss_kr_inf"])
+    assert np.isnan(last["dist_inf"]) and np.isnan(last["gap_inf"])
+    assert np.isnan(last["test_loss_kr_inf"]) and np.isfinite(last["test_loss_kr_init"])
+    assert last["dist_init"] > 0 and np.isfinite(last["gap_lin"])
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(architecture="transformer", dataset="digits"), "a transformer reads sequences"),
+    (dict(architecture="myrtle", dataset="tokens", depth=5), "needs image data"),
+    (dict(architecture="transformer", dataset="tokens", heads=300), "heads"),
+    (dict(architecture="transformer", dataset="tokens", depth=2), "depth >= 3"),
+    (dict(architecture="transformer", dataset="tokens", parametrization="mup"),
+     "NTK parametrization only"),
+    (dict(architecture="transformer", dataset="tokens", attention="gauss"), "attention"),
+])
+def test_a_wrong_transformer_trial_is_one_line(fields, message):
+    with pytest.raises(SpecError, match=message):
+        ntksweep.TrialSpec(**fields)

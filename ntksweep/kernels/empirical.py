@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..memory import largest_block
+from ..memory import AUTO_JACOBIAN_BYTES, largest_block
 from ..models import MLP
 from .adapted import adapt
 from .layerwise import is_layerwise
@@ -23,7 +23,7 @@ from .tiling import (
 
 __all__ = ["empirical_ntk"]
 
-AUTO_JACOBIAN_BYTES = 2 << 30   # 'auto''s Jacobian tiles without a memory_budget
+
 
 
 def _as_tensor(x, name: str, like: Tensor) -> Tensor:

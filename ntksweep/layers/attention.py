@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..choices import BIAS_STD
+from ..choices import ATTENTION_SCALINGS, ATTENTIONS, BIAS_STD, check_implemented
 from ..errors import SpecError
 from ..models.layers import seeded_normal
 from .core import Build, Layer
@@ -41,7 +41,8 @@ __all__ = ["SelfAttention", "MECHANISMS", "SCALINGS"]
 
 MECHANISMS = {"softmax": lambda g: torch.softmax(g, -1), "identity": lambda g: g,
               "relu": torch.relu, "abs": torch.abs}
-SCALINGS = ("linear", "sqrt")
+SCALINGS = ATTENTION_SCALINGS
+check_implemented("attention mechanisms", ATTENTIONS, MECHANISMS)
 
 
 class _Attention(nn.Module):

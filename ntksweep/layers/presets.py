@@ -103,9 +103,7 @@ def transformer(width: int, depth: int, out_dim: int = 1, *, heads: int = 4,
 
 PRESETS: dict[str, Callable[..., Layer]] = {"mlp": mlp, "cnn": cnn, "resnet": resnet,
                                             "myrtle": myrtle, "transformer": transformer}
-# every trial architecture is a registered composition; a transformer is a composition (its
-# limit, its module) before it is a trial's: that waits on a sequence data set
-check_implemented("architectures", ARCHITECTURES, set(PRESETS) - {"transformer"})
+check_implemented("architectures", ARCHITECTURES, PRESETS)
 
 
 def preset(name: str, **kwargs) -> Layer:

@@ -29,7 +29,7 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
                      width: int | None = None, leaky_relu_slope: float = LEAKY_RELU_SLOPE,
                      kernel_size: int = 3, padding: str = "same", readout: str = "gap",
                      quadrature: bool | None = None, memory_budget: int = 1 << 28,
-                     device: str | None = None, options: dict | None = None,
+                     device: str | None = None, options=None,
                      **fused_options) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the registered ``architecture`` (``layers.PRESETS``) of depth L:
     (n1, n2) float64 numpy each, per logit, for x1 (n1, …) and x2 (n2, …) (default x1) —
@@ -38,7 +38,7 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
     attention_scaling, query_key_std). ``fused_options`` (tile, fused, quadrature_points)
     reach ``kernels.analytic_kernels``, the MLP's recursion. In ``mup`` and ``mean_field``
     Θ_∞ is the NTK parametrization's and Σ is σ_b²."""
-    options = options or {}
+    options = dict(options or ())          # a dict, or (name, value) pairs
     args = dict(depth=depth, activation=activation, weight_std=weight_std, bias_std=bias_std,
                 parametrization=parametrization, leaky_relu_slope=leaky_relu_slope,
                 quadrature=quadrature)

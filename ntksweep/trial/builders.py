@@ -15,12 +15,13 @@ from ..errors import SpecError
 from ..kernels import AnalyticKernels
 from ..layers import preset
 from ..layers.registry import FUSED, analytic_kernels
+from ..memory import network_input_shape
 from ..models import CNN, MLP, ResNet
 from ..trial_spec import TrialSpec
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow"]
+           "build_model", "kernel_flow", "has_limit"]
 
 
 class TrialCache:
@@ -59,13 +60,21 @@ def dataset_for(spec: TrialSpec) -> Dataset:
     return make_dataset(spec.dataset, **spec.data_args())
 
 
+def has_limit(spec: TrialSpec) -> bool:
+    """Whether the trial's network has an infinite-width limit to compare with: not
+    attention with 1/√d scaling, whose logits stay random (``layers.attention``)."""
+    return not (spec.architecture == "transformer" and spec.attention_scaling == "sqrt")
+
+
 def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
                   device: str = "cpu") -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
-    standard one, its width) on x1 (n1, d) × x2 (n2, d): what every comparison with the limit
-    uses, in trials and in figures alike. A conv net's limit runs on ``device`` (a GPU, where
-    the trial has one)."""
+    standard one, its width) on inputs as the net reads them (``inputs``): what every
+    comparison with the limit uses, in trials and in figures alike. A conv net's limit runs
+    on ``device`` (a GPU, where the trial has one)."""
     where = {"device": device} if spec.architecture != "mlp" else {}
+    if spec.architecture == "transformer":     # the public limit reads (n, T, d) sequences
+        x1, x2 = (None if x is None else np.swapaxes(x, 1, 2) for x in (x1, x2))
     return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
 
 
@@ -79,25 +88,35 @@ def cached_data(spec: TrialSpec, cache: TrialCache) -> Dataset:
 
 
 def cached_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
-            ) -> AnalyticKernels:
-    """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture."""
+            ) -> AnalyticKernels | None:
+    """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture;
+    None where the network has no limit (``has_limit``)."""
+    if not has_limit(spec):
+        return None
     key = ("limit", *data_key(spec), *spec.kernel_args().values())
     x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
     return cache.get(key, lambda: limit_kernels(spec, x, device=device))
 
 
 def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
-                 ) -> AnalyticKernels:
-    """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit."""
+                 ) -> AnalyticKernels | None:
+    """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit;
+    None without a limit."""
+    if not has_limit(spec):
+        return None
     key = ("limit_test", *data_key(spec), *spec.kernel_args().values())
     return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
                                                 inputs(spec, data, data.x_train), device))
 
 
 def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
-    """Rows of the data set as the network reads them: vectors (n, d) for an MLP, images
-    (n, C, H, W) for a cnn or resnet."""
-    return x if spec.architecture == "mlp" else data.images(x)
+    """Rows of the data set as the network reads them, channels first: vectors (n, d) for an
+    MLP, sequences (n, d, T) for a transformer, images (n, C, H, W) for the others."""
+    if spec.architecture == "mlp":
+        return x
+    if spec.architecture == "transformer":
+        return np.ascontiguousarray(np.swapaxes(data.sequences(x), 1, 2))
+    return data.images(x)
 
 
 def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype,
@@ -113,9 +132,10 @@ def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype
     if spec.architecture not in FUSED:          # a composition's own module
         net = preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=out_dim,
                      **{k: common[k] for k in ("activation", "weight_std", "bias_std",
-                                               "leaky_relu_slope")})
-        return net.module(data.image_shape, seed=spec.seed, dtype=dtype, device=device,
-                          parametrization=spec.parametrization)
+                                               "leaky_relu_slope")},
+                     **dict(spec.network_options()))
+        return net.module(network_input_shape(spec.architecture, data.shape), seed=spec.seed,
+                          dtype=dtype, device=device, parametrization=spec.parametrization)
     channels, height, width = data.image_shape
     if spec.architecture == "resnet":
         return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)

@@ -59,13 +59,14 @@ class HeldOutLimits:
 
 class HeldOut:
     """The test-set columns of one trial's checkpoints. x_test (T, …) and x_train (N, …) are
-    the inputs as the net reads them; ``limits`` the limit kernels (``HeldOutLimits``);
+    the inputs as the net reads them; ``limits`` the limit kernels (``HeldOutLimits``; None
+    for a network without a limit: only the net's own kernels' columns are filled);
     ``net`` reads the net's kernel (``NetKernel``). The limits' regressions do not depend on
     the net: ``memo(key, make)`` (a worker's cache) keeps them per data, limit and ridge, so
     each is solved once per worker."""
 
     def __init__(self, spec: TrialSpec, data: Dataset, *, x_test: torch.Tensor,
-                 x_train: torch.Tensor, limits: HeldOutLimits, net: NetKernel,
+                 x_train: torch.Tensor, limits: HeldOutLimits | None, net: NetKernel,
                  memo: Callable[[tuple, Callable], Record] | None = None):
         self.spec, self.data, self.x_te, self.x_tr = spec, data, x_test, x_train
         self.limits, self.net = limits, net
@@ -92,18 +93,18 @@ class HeldOut:
         return {c: rec.get(c, float("nan")) for c in TEST_COLUMNS}
 
     def _fixed_baselines(self, f0_te: np.ndarray, init: dict[str, np.ndarray]) -> None:
-        lim, ntk_tr, nngp_tr = self.limits.test, self.limits.ntk_train, self.limits.nngp_train
-        fixed = {"inf": (lim.ntk, ntk_tr, None, None, self.limits.ntk_train_eig),
-                 "nngp": (lim.nngp, nngp_tr, None, None),
-                 "init": (self._measured, init["theta0_tr"], f0_te, init["f_tr"],
+        fixed = {"init": (self._measured, init["theta0_tr"], f0_te, init["f_tr"],
                           init["eig"])}
-        if not has_nngp_limit(self.spec.parametrization):   # Σ = σ_b²: nothing to regress
-            del fixed["nngp"]
+        if self.limits is not None:
+            lim, ntk_tr = self.limits.test, self.limits.ntk_train
+            fixed["inf"] = (lim.ntk, ntk_tr, None, None, self.limits.ntk_train_eig)
+            if has_nngp_limit(self.spec.parametrization):   # else Σ = σ_b²: nothing to regress
+                fixed["nngp"] = (lim.nngp, self.limits.nngp_train, None, None)
         for name, args in fixed.items():
             solve = functools.partial(self._regression, name, *args)
             self.baselines.update(solve() if name == "init" else
                                   self.memo(("kr", name, *self.limit_key), solve))
-        if kernel_flow(self.spec):
+        if kernel_flow(self.spec) and self.limits is not None:
             self.linear = KernelDynamics(lim.ntk, ntk_tr, f0_te, init["f_tr"],
                                          self.data.y_train, eig=self.limits.ntk_train_eig())
 

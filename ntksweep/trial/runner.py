@@ -114,8 +114,10 @@ class TrialRun:
         self.t = self._tensors()
         self.limit_key = limit_key(spec)
         self.held_out = self._held_out() if spec.n_test else None
-        self.theta_inf = self.limit.ntk[:self.m, :self.m]
-        self.eig_inf = top_eigenvalues(self.theta_inf, N_EIGS)
+        # no limit (attention with 1/√d scaling): the columns against it are NaN
+        self.theta_inf = None if self.limit is None else self.limit.ntk[:self.m, :self.m]
+        self.eig_inf = np.full(N_EIGS, np.nan) if self.limit is None \
+            else top_eigenvalues(self.theta_inf, N_EIGS)
         self.records: list[Record] = []
         self.kernels: dict[int, np.ndarray] = {}
         self.outputs: dict[int, np.ndarray] = {}
@@ -141,7 +143,7 @@ class TrialRun:
 
     def _held_out(self) -> HeldOut:
         m = self.m
-        limits = HeldOutLimits(
+        limits = None if self.limit is None else HeldOutLimits(
             ntk_train=self.limit.ntk[m:, m:], nngp_train=self.limit.nngp[m:, m:],
             test=cached_test_limits(self.spec, self.data, self.cache, self.device),
             ntk_train_eig=self._inf_eig)
@@ -258,9 +260,10 @@ class TrialRun:
         theta0 = self.init["theta0"]
         nan = float("nan")
         finite = bool(np.isfinite(theta).all())
-        rec = {"dist_inf": rel_frobenius(theta, self.theta_inf) if finite else nan,
+        limit = finite and self.theta_inf is not None
+        rec = {"dist_inf": rel_frobenius(theta, self.theta_inf) if limit else nan,
                "dist_init": rel_frobenius(theta, theta0) if finite else nan,
-               "align_inf": alignment(theta, self.theta_inf) if finite else nan,
+               "align_inf": alignment(theta, self.theta_inf) if limit else nan,
                "align_init": alignment(theta, theta0) if finite else nan}
         eig = top_eigenvalues(theta, N_EIGS) if finite else np.full(N_EIGS, np.nan)
         for i in range(N_EIGS):
@@ -296,7 +299,7 @@ class TrialRun:
         readout's prior variance vanishes with width, so Σ^(L) is the bias's σ_b² alone and
         the distance would measure only a readout term that vanishes like 1/n (or divide by
         zero at σ_b = 0)."""
-        if not has_nngp_limit(self.spec.parametrization):
+        if self.limit is None or not has_nngp_limit(self.spec.parametrization):
             return float("nan")
         return rel_frobenius(self._nngp(features), self.limit.nngp[:self.m, :self.m])
 
@@ -305,11 +308,12 @@ class TrialRun:
         eigendecompositions are the costly part) and read at every checkpoint."""
         if not self.linear:
             m, init, y = self.m, self.init, self.data.y_train
-            self.linear = {
-                "inf": KernelDynamics(self.limit.ntk[:m, m:], self.limit.ntk[m:, m:],
-                                      init["f_ev"], init["f_tr"], y, eig=self._inf_eig()),
-                "lin": KernelDynamics(init["lin_xX"], init["lin_XX"], init["f_ev"],
-                                      init["f_tr"], y, eig=self._lin_eig())}
+            self.linear = {"lin": KernelDynamics(init["lin_xX"], init["lin_XX"], init["f_ev"],
+                                                 init["f_tr"], y, eig=self._lin_eig())}
+            if self.limit is not None:
+                self.linear["inf"] = KernelDynamics(
+                    self.limit.ntk[:m, m:], self.limit.ntk[m:, m:], init["f_ev"],
+                    init["f_tr"], y, eig=self._inf_eig())
         return self.linear
 
     def _feature_metrics(self, step: int, theta: np.ndarray, z: list) -> Record:
