@@ -18,6 +18,9 @@ tables): the check passes when every group's value is in the interval.
   widths or more (SKIP below: two points always fit a line);
 - ``two_point_slope``: log(m₂/m₁)/log(n₂/n₁) between the seed means m at the narrowest and
   the widest width n — for sweeps of two widths by design (Jacot et al.'s 500 and 10,000);
+- ``spread``, ``spread_slope``: the seed-to-seed coefficient of variation of COLUMN
+  (std / |mean| over 3 seeds or more) at each width — its mean over the widths, and its
+  log-log slope against width (3 widths or more);
 - ``mean``, ``min``, ``max``: of COLUMN over a group's trials;
 - ``widest``: for circle sweeps, a check of the Jacot et al. figures at the widest width —
   ``max_rel_gap_theta0`` (Fig. 1: seed-mean Θ_0 against Θ_∞ over γ), ``spread_ratio`` and
@@ -45,7 +48,8 @@ from ntksweep.sweep_spec import load_sweep_spec
 EXPECTED = re.compile(r"#\s*Expected:\s*(?P<stat>\w+)\((?P<col>\w+)\)\s+in\s+"
                       r"\[(?P<lo>[-+.\deE]+),\s*(?P<hi>[-+.\deE]+)\]"
                       r"(?:\s+where\s+(?P<where>.+))?\s*$")
-STATS = ("slope", "two_point_slope", "mean", "min", "max", "widest")
+STATS = ("slope", "two_point_slope", "spread", "spread_slope", "mean", "min", "max",
+         "widest")
 
 
 def expected_lines(spec_text: str) -> list[dict]:
@@ -91,6 +95,8 @@ def _statistic(stat: str, col: str, rows) -> float:
         if rows.width.nunique() < analysis.MIN_WIDTHS:
             return np.nan
         return analysis.fit_power_law(rows.width, rows[col]).slope
+    if stat in ("spread", "spread_slope"):
+        return _spread(stat, col, rows)
     if stat == "two_point_slope":
         means = rows.groupby("width")[col].mean()
         if len(means) < 2:
@@ -98,6 +104,19 @@ def _statistic(stat: str, col: str, rows) -> float:
         return float(np.log(means.iloc[-1] / means.iloc[0])
                      / np.log(means.index[-1] / means.index[0]))
     return float(getattr(rows[col], stat)())
+
+
+def _spread(stat: str, col: str, rows) -> float:
+    """The seed-to-seed spread of ``col``: at each width its coefficient of variation
+    std/|mean| over the seeds (at least 3); ``spread`` their mean over widths,
+    ``spread_slope`` their log-log slope against width (from ``MIN_WIDTHS`` widths)."""
+    by_width = rows.groupby("width")[col]
+    cv = (by_width.std() / by_width.mean().abs())[by_width.count() >= 3].dropna()
+    if stat == "spread":
+        return float(cv.mean()) if len(cv) else np.nan
+    if len(cv) < analysis.MIN_WIDTHS:
+        return np.nan
+    return analysis.fit_power_law(cv.index.to_numpy(), cv.to_numpy()).slope
 
 
 def evaluate_groups(check: dict, done, figures: dict[int, dict]) -> list[tuple[str, float]]:

@@ -177,6 +177,10 @@ def headline(trials: pd.DataFrame, limit: int = 12) -> list[str]:
         else:
             rows = done[(done[by] == row[by]).all(axis=1)] if by else done
             means = rows.groupby("width").init_dist_inf.mean()
+            if means.isna().all():
+                text = "no infinite-width limit to compare with (dist_inf is NaN)"
+                lines.append(text if not by else f"  {_group_name(row, by)}: {text}")
+                continue
             text = (f"init dist_inf {means.iloc[0]:.3g} at width {means.index[0]} → "
                     f"{means.iloc[-1]:.3g} at width {means.index[-1]} ({row.note}; "
                     f"3 widths or more give the exponent)")

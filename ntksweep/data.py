@@ -215,7 +215,7 @@ def _tokens(n_train: int, n_eval: int, seed: int, tokens: int, dim: int,
         marked = rng.integers(0, tokens, n)
         x[np.arange(n), marked, -1] = np.sqrt(dim)
         y = x[np.arange(n), marked, :-1] @ w / np.sqrt(dim - 1)
-        return x.reshape(n, -1), y[:, None]
+        return x.reshape(n, tokens * dim), y[:, None]
 
     (xr, yr), (xe, ye), (xt, yt) = draw(n_train), draw(n_eval), draw(n_test)
     return Dataset("tokens", xr, yr, xe, ye, x_test=xt, y_test=yt,

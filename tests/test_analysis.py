@@ -210,6 +210,22 @@ name: x
     assert analyze.evaluate(two_point, two, {}) == pytest.approx(-0.5)
 
 
+def test_the_seed_spread_checks_read_the_coefficient_of_variation():
+    """Seeds drawn at CV = 0.4·n^(−½) (±, so the spread is exact): the spread's width slope is
+    −½ and its mean the mean of the three CVs; two seeds are not a spread."""
+    analyze = _analyze_module()
+    widths = np.array([16, 64, 256])
+    cv = 0.4 * widths ** -0.5
+    rows = [{"width": int(n), "seed": s, "init_lr_sharpness": 2.0 * (1 + sign * c)}
+            for n, c in zip(widths, cv) for s, sign in enumerate((-1, 0, 1))]
+    trials = pd.DataFrame(rows)
+    check = {"stat": "spread_slope", "col": "init_lr_sharpness", "where": {}, "lo": -1,
+             "hi": 0}
+    assert analyze.evaluate(check, trials, {}) == pytest.approx(-0.5)
+    assert analyze.evaluate({**check, "stat": "spread"}, trials, {}) == pytest.approx(cv.mean())
+    assert np.isnan(analyze.evaluate(check, trials[trials.seed < 2], {}))
+
+
 def test_analyze_explains_itself():
     script = str(EXPERIMENTS / "analyze.py")
     shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)

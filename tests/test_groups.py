@@ -153,3 +153,13 @@ def test_the_report_of_a_real_two_architecture_store_is_per_architecture(two_arc
             assert rows.slope[arch] == pytest.approx(
                 analysis.fit_power_law(mine.width, mine[metric]).slope)
     assert "Depth trend" not in result["html"].read_text()      # one depth: no trend
+
+
+def test_a_group_without_a_limit_says_so_in_the_headline():
+    """Attention with 1/√d scaling has no Θ_∞: its group's line says there is none instead
+    of a NaN exponent or NaN seed means."""
+    trials = _table({"linear": -0.5, "sqrt": -0.5}, "attention_scaling")
+    trials.loc[trials.attention_scaling == "sqrt", "init_dist_inf"] = np.nan
+    lines = console.headline(trials)
+    assert lines[1].startswith("  linear: init dist_inf ∝ width^-0.5")
+    assert lines[2] == "  sqrt: no infinite-width limit to compare with (dist_inf is NaN)"

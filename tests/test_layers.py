@@ -407,6 +407,8 @@ def test_the_tokens_task_reads_the_marked_tokens_content():
     w, *_ = np.linalg.lstsq(content, data.y_train[:, 0], rcond=None)    # one direction fits
     assert np.allclose(content @ w, data.y_train[:, 0])
     assert not np.allclose(x[..., :-1].mean(1) @ w, data.y_train[:, 0], atol=0.1)
+    alone = make_dataset("tokens", n_train=50, n_eval=20, seed=3, tokens=6, dim=5)
+    assert alone.x_test.shape == (0, 30) and np.array_equal(alone.x_train, data.x_train)
 
 
 def test_transformer_trials_with_and_without_a_limit():
