@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = ["ACTIVATIONS", "LEAKY_RELU_SLOPE", "BIAS_STD", "OPTIMIZERS", "LOSSES", "KEEP_POLICIES",
            "NTK_METHODS", "CHECKPOINT_SPACINGS", "DTYPES", "ARCHITECTURES", "MYRTLE_STAGES",
            "ATTENTIONS", "ATTENTION_SCALINGS", "PADDINGS", "READOUTS", "TRAIN_INPUTS",
+           "ALLOW_IMPORT_ENV",
            "check_implemented"]
 
 # σ of ``activations.ACTIVATIONS``; their kernels come from ``kernels.duals``
@@ -33,6 +34,8 @@ MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
 PADDINGS = ("same", "valid")
 READOUTS = ("gap", "flatten")
 TRAIN_INPUTS = ("gaussian", "circle")              # the circle data set's training inputs
+# packages whose modules a spec's "package.module:function" architecture may import
+ALLOW_IMPORT_ENV = "NTKSWEEP_ALLOW_IMPORT"
 
 
 def check_implemented(what: str, names, implemented) -> None:

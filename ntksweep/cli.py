@@ -40,6 +40,11 @@ def cmd_run(args) -> int:
     overrides = parse_overrides(args.set or [])
     if args.out:
         overrides["output_dir"] = args.out
+    if args.allow_import:   # the user's consent: the workers, started from here, inherit it
+        from .choices import ALLOW_IMPORT_ENV
+
+        given = [p for p in os.environ.get(ALLOW_IMPORT_ENV, "").split(",") if p]
+        os.environ[ALLOW_IMPORT_ENV] = ",".join([*given, *args.allow_import])
     spec_path = args.spec or _default_spec_path()
     spec = load_sweep_spec(spec_path, overrides, smoke=args.smoke)
     if args.dry_run:
@@ -266,6 +271,9 @@ def _add_run(sub) -> None:
     r.add_argument("--smoke", action="store_true",
                    help="run the spec's tiny 'smoke:' version (into <output_dir>-smoke)")
     r.add_argument("--report", action="store_true", help="write the report when done")
+    r.add_argument("--allow-import", action="append", metavar="PACKAGE",
+                   help="let an architecture 'PACKAGE.module:function' import and run your "
+                   "code (a spec alone never does); repeatable")
     r.set_defaults(func=cmd_run)
 
 

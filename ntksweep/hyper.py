@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from .choices import ACTIVATIONS, ARCHITECTURES, MYRTLE_STAGES, PADDINGS, READOUTS
@@ -11,7 +12,7 @@ from .errors import SpecError
 from .parametrizations import PARAMETRIZATIONS, kernel_is_ntk_limit
 
 __all__ = ["PARAMETRIZATIONS", "RULES", "problem", "depth_problem", "check_network",
-           "check_conv"]
+           "check_conv", "is_custom_architecture"]
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -72,14 +73,25 @@ def depth_problem(parametrization: str, depth: int) -> str | None:
 
 
 
+_CUSTOM = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_custom_architecture(architecture: Any) -> bool:
+    """Whether ``architecture`` names a user's function, "package.module:function"
+    (``trial.custom``)."""
+    return isinstance(architecture, str) and _CUSTOM.match(architecture) is not None
+
+
 def check_conv(*, architecture, depth, kernel_size, padding, readout,
                parametrization=None, image_size: tuple[int, int] | None = None) -> None:
     """The convolutional networks' own rules (after ``check_network``); with a
     ``parametrization``, also that their limit exists in it (networks need not); with an
     ``image_size`` (H, W), that a cnn's valid convolutions leave at least one pixel."""
+    if is_custom_architecture(architecture):
+        return                       # the user's network: checked by building it
     if architecture not in ARCHITECTURES:
-        raise SpecError(f"architecture must be one of {', '.join(ARCHITECTURES)}; "
-                        f"got {architecture!r}")
+        raise SpecError(f"architecture must be one of {', '.join(ARCHITECTURES)} or your "
+                        f"own 'package.module:function'; got {architecture!r}")
     if not (is_int(kernel_size) and kernel_size >= 1 and kernel_size % 2 == 1):
         raise SpecError(f"kernel_size must be an odd integer >= 1 (a centred window); got "
                         f"{kernel_size!r}")

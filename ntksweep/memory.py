@@ -85,7 +85,12 @@ def network_input_shape(architecture: str, shape) -> tuple[int, ...]:
     for an mlp, (d, T) for a transformer's sequences, (C, H, W) for the others' images."""
     if architecture == "mlp":
         return (shape.in_dim,)
-    if architecture == "transformer":
+    if ":" in architecture:          # the user's network: the data's own shape
+        if shape.image_shape is not None:
+            return shape.image_shape
+        if shape.sequence_shape is None:
+            return (shape.in_dim,)
+    if ":" in architecture or architecture == "transformer":
         tokens, features = shape.sequence_shape
         return (features, tokens)
     return shape.image_shape

@@ -19,7 +19,7 @@ import yaml
 from . import store
 from .data import DataShape, data_shape
 from .errors import OutputDirError, SpecError, TrackingError, UserError
-from .hyper import check_conv
+from .hyper import check_conv, is_custom_architecture
 from .memory import TrialMemory, network_input_shape, trial_memory
 from .records import Status
 from .store.lock import check_unlocked
@@ -183,8 +183,20 @@ def _data_shape(t: TrialSpec) -> DataShape:
 
 def _network_bytes(t: TrialSpec, shape: DataShape) -> int:
     """The trial's estimated peak (``memory.trial_memory``), after refusing a network that
-    does not fit its data or a ``memory_budget`` too small for one NTK entry."""
+    does not fit its data or a ``memory_budget`` too small for one NTK entry. A user's own
+    network is built and run on one input instead; its memory is not estimated (0)."""
+    if is_custom_architecture(t.architecture):
+        _checked_custom(t, shape)
+        return 0
     return _checked_memory(*_network_key(t, shape)).peak
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_custom(t: TrialSpec, shape: DataShape) -> None:
+    from .trial import custom         # imports torch and the user's module: only for these
+
+    out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
+    custom.check(t, network_input_shape(t.architecture, shape), out_dim)
 
 
 def _network_key(t: TrialSpec, shape: DataShape) -> tuple:

@@ -27,7 +27,15 @@ from .choices import (
 )
 from .data import DATASETS, DIGITS_IMAGES, IMAGE_DATASETS, SEQUENCE_DATASETS, TEACHERS
 from .errors import SpecError
-from .hyper import RULES, check_conv, depth_problem, is_finite, is_int, problem
+from .hyper import (
+    RULES,
+    check_conv,
+    depth_problem,
+    is_custom_architecture,
+    is_finite,
+    is_int,
+    problem,
+)
 
 __all__ = ["TrialSpec", "SpecError", "TRIAL_FIELDS", "suggest"]
 
@@ -205,7 +213,9 @@ class TrialSpec:
                        readout=self.readout, parametrization=self.parametrization)  # a limit
         except SpecError as e:
             raise SpecError(f"architecture {self.architecture!r}: {e}") from None
-        if self.architecture == "transformer":
+        if is_custom_architecture(self.architecture):
+            pass                     # the user's network reads whatever the data holds
+        elif self.architecture == "transformer":
             need(self.dataset in SEQUENCE_DATASETS, "dataset", "a transformer reads sequences:"
                  f" {', '.join(SEQUENCE_DATASETS)} (a file's X as (N, T, d))")
             need(is_int(self.heads) and 1 <= self.heads <= self.width, "heads",

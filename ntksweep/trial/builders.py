@@ -13,15 +13,18 @@ import torch
 from ..data import Dataset, make_dataset
 from ..errors import SpecError
 from ..kernels import AnalyticKernels
-from ..layers import preset
+from ..layers import Layer, preset
+from ..layers.network import LIMIT_PARAMETRIZATIONS
 from ..layers.registry import FUSED, analytic_kernels
 from ..memory import network_input_shape
 from ..models import CNN, MLP, ResNet
+from ..parametrizations import has_nngp_limit
 from ..trial_spec import TrialSpec
+from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit"]
+           "build_model", "kernel_flow", "has_limit", "out_dim_of"]
 
 
 class TrialCache:
@@ -60,19 +63,34 @@ def dataset_for(spec: TrialSpec) -> Dataset:
     return make_dataset(spec.dataset, **spec.data_args())
 
 
-def has_limit(spec: TrialSpec) -> bool:
+def out_dim_of(spec: TrialSpec, data: Dataset) -> int:
+    """The network's outputs: the targets', or the 10 classes' logits for cross-entropy."""
+    return 10 if spec.loss == "cross_entropy" else data.out_dim
+
+
+def has_limit(spec: TrialSpec, out_dim: int) -> bool:
     """Whether the trial's network has an infinite-width limit to compare with: not
-    attention with 1/√d scaling, whose logits stay random (``layers.attention``)."""
+    attention with 1/√d scaling, whose logits stay random (``layers.attention``), nor a
+    user's plain torch module (a user's composition has one, in ``LIMIT_PARAMETRIZATIONS``)."""
+    if custom.is_custom(spec.architecture):
+        return spec.parametrization in LIMIT_PARAMETRIZATIONS and \
+            custom.is_composition(spec, out_dim)
     return not (spec.architecture == "transformer" and spec.attention_scaling == "sqrt")
 
 
 def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
-                  device: str = "cpu") -> AnalyticKernels:
+                  device: str = "cpu", out_dim: int = 1) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
     standard one, its width) on inputs as the net reads them (``inputs``): what every
     comparison with the limit uses, in trials and in figures alike. A conv net's limit runs
     on ``device`` (a GPU, where the trial has one)."""
     where = {"device": device} if spec.architecture != "mlp" else {}
+    if custom.is_custom(spec.architecture):      # the user's composition's own limit
+        k = custom.make(spec, out_dim).kernels(x1, x2, device=device)
+        nngp = k.nngp if has_nngp_limit(spec.parametrization) \
+            else np.full_like(k.ntk, spec.bias_std**2)
+        return AnalyticKernels(k.ntk, nngp, k.depth, k.activation, k.weight_std,
+                               k.bias_std, spec.parametrization)
     if spec.architecture == "transformer":     # the public limit reads (n, T, d) sequences
         x1, x2 = (None if x is None else np.swapaxes(x, 1, 2) for x in (x1, x2))
     return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
@@ -91,22 +109,25 @@ def cached_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
             ) -> AnalyticKernels | None:
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture;
     None where the network has no limit (``has_limit``)."""
-    if not has_limit(spec):
+    out_dim = out_dim_of(spec, data)
+    if not has_limit(spec, out_dim):
         return None
     key = ("limit", *data_key(spec), *spec.kernel_args().values())
     x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
-    return cache.get(key, lambda: limit_kernels(spec, x, device=device))
+    return cache.get(key, lambda: limit_kernels(spec, x, device=device, out_dim=out_dim))
 
 
 def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
                  ) -> AnalyticKernels | None:
     """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit;
     None without a limit."""
-    if not has_limit(spec):
+    out_dim = out_dim_of(spec, data)
+    if not has_limit(spec, out_dim):
         return None
     key = ("limit_test", *data_key(spec), *spec.kernel_args().values())
     return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
-                                                inputs(spec, data, data.x_train), device))
+                                                inputs(spec, data, data.x_train), device,
+                                                out_dim))
 
 
 def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
@@ -114,7 +135,12 @@ def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
     MLP, sequences (n, d, T) for a transformer, images (n, C, H, W) for the others."""
     if spec.architecture == "mlp":
         return x
-    if spec.architecture == "transformer":
+    if custom.is_custom(spec.architecture):      # the data's own shape, channels first
+        if data.image_shape is not None:
+            return data.images(x)
+        if data.sequence_shape is None:
+            return x
+    if spec.architecture == "transformer" or custom.is_custom(spec.architecture):
         return np.ascontiguousarray(np.swapaxes(data.sequences(x), 1, 2))
     return data.images(x)
 
@@ -129,6 +155,13 @@ def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype
                   device=device)
     if spec.architecture == "mlp":
         return MLP(data.in_dim, spec.width, spec.depth, **common)
+    if custom.is_custom(spec.architecture):     # the user's function's network
+        net = custom.make(spec, out_dim)
+        if isinstance(net, Layer):
+            return net.module(network_input_shape(spec.architecture, data.shape),
+                              seed=spec.seed, dtype=dtype, device=device,
+                              parametrization=spec.parametrization)
+        return net.to(dtype=dtype, device=device)
     if spec.architecture not in FUSED:          # a composition's own module
         net = preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=out_dim,
                      **{k: common[k] for k in ("activation", "weight_std", "bias_std",

@@ -59,8 +59,9 @@ def forward_pass(model: nn.Module, x: torch.Tensor) -> EvalPass:
     features: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda m, _a, z: seen.__setitem__(m, z.detach()))
              for m in layers]
-    hooks.append(model.readout.register_forward_pre_hook(
-        lambda _m, args: features.append(args[0].detach())))
+    if hasattr(model, "readout"):     # a user's plain module has no readout to read
+        hooks.append(model.readout.register_forward_pre_hook(
+            lambda _m, args: features.append(args[0].detach())))
     try:
         with torch.no_grad():
             out = model(x)
@@ -68,7 +69,8 @@ def forward_pass(model: nn.Module, x: torch.Tensor) -> EvalPass:
         for h in hooks:
             h.remove()
     as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
-    return EvalPass(as_np(out.reshape(len(x), -1)), as_np(features[0]),
+    return EvalPass(as_np(out.reshape(len(x), -1)),
+                    as_np(features[0]) if features else np.zeros((len(x), 0)),
                     [(m.role, seen[m]) for m in layers if m in seen])
 
 

@@ -1,0 +1,105 @@
+"""Your own network in a sweep (``architecture: "package.module:function"``): a composition
+gets its limit and measures like a built-in network, a plain torch module measures what needs
+no limit, nothing is imported without the user's consent, and every mistake is one line
+before anything runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import ntksweep
+from ntksweep.choices import ALLOW_IMPORT_ENV
+from ntksweep.errors import SpecError
+from ntksweep.plan import check_trials
+
+TESTS = Path(__file__).resolve().parent
+BASE = dict(dataset="circle", depth=3, width=64, steps=5, checkpoints=2, n_train=16, lr=0.1,
+            n_eval=16, n_test=16)
+
+
+@pytest.fixture
+def allowed(monkeypatch):
+    monkeypatch.setenv(ALLOW_IMPORT_ENV, "user_networks")
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def test_a_users_composition_measures_exactly_as_the_built_in_network(allowed):
+    """The user's MLP composition draws the built-in MLP's weights and has its limit: every
+    number of the trial is the built-in trial's (float64: the two compute Θ by different
+    structured paths, the MLP's fused one and the layer-wise one)."""
+    own = ntksweep.run_trial(ntksweep.TrialSpec(architecture="user_networks:composed",
+                                                dtype="float64", **BASE))
+    built_in = ntksweep.run_trial(ntksweep.TrialSpec(architecture="mlp", dtype="float64",
+                                                     **BASE))
+    assert own.status == built_in.status == "completed"
+    for mine, theirs in zip(own.records, built_in.records):
+        for key in ("dist_inf", "dist_init", "gap_inf", "gap_lin", "dist_nngp",
+                    "test_loss_kr_inf", "train_loss"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-9, nan_ok=True), key
+    assert np.isfinite(own.records[0]["dist_inf"])
+
+
+def test_a_users_torch_module_measures_what_needs_no_limit(allowed):
+    outcome = ntksweep.run_trial(ntksweep.TrialSpec(architecture="user_networks:plain",
+                                                    **BASE))
+    assert outcome.status == "completed", outcome.error
+    last = outcome.records[-1]
+    for key in ("dist_inf", "gap_inf", "dist_nngp", "test_loss_kr_inf"):
+        assert np.isnan(last[key]), key
+    for key in ("dist_init", "gap_lin", "test_loss", "test_loss_kr_init", "target_align"):
+        assert np.isfinite(last[key]), key
+
+
+@pytest.mark.parametrize("architecture,message", [
+    ("user_networks:wrong_signature", "must take width, depth and out_dim"),
+    ("user_networks:wrong_inputs", r"does not run on inputs \(1, 2\)"),
+    ("user_networks:not_a_network", "returned a int"),
+    ("user_networks:raises", "raised ValueError: width must be even"),
+    ("user_networks:missing", "has no function 'missing'"),
+    ("user_networks_gone:net", "cannot import user_networks_gone"),
+])
+def test_a_users_mistake_is_one_line_before_anything_runs(allowed, monkeypatch,
+                                                          architecture, message):
+    monkeypatch.setenv(ALLOW_IMPORT_ENV, "user_networks,user_networks_gone")
+    with pytest.raises(SpecError, match=message):
+        check_trials([ntksweep.TrialSpec(architecture=architecture, **BASE)])
+
+
+def test_nothing_is_imported_without_consent(monkeypatch):
+    monkeypatch.delenv(ALLOW_IMPORT_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(TESTS))
+    sys.modules.pop("user_networks", None)
+    with pytest.raises(SpecError, match="--allow-import user_networks"):
+        check_trials([ntksweep.TrialSpec(architecture="user_networks:plain", **BASE)])
+    assert "user_networks" not in sys.modules
+
+
+@pytest.mark.slow
+def test_a_sweep_of_your_own_networks_from_the_command_line(tmp_path):
+    """`ntksweep run --allow-import`: the composition and the plain module each once in
+    Parquet and in MLflow; without the flag the same command is one line and writes
+    nothing."""
+    out = tmp_path / "own"
+    spec = tmp_path / "own.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "own", "output_dir": str(out), "base": BASE,
+        "grid": {"architecture": ["user_networks:composed", "user_networks:plain"]}}))
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop(ALLOW_IMPORT_ENV, None)
+    cmd = [sys.executable, "-m", "ntksweep.cli", "run", str(spec), "--quiet"]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--allow-import user_networks" in refused.stderr
+    assert not out.exists()
+    ran = subprocess.run([*cmd, "--allow-import", "user_networks"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    trials, _ = ntksweep.load_results(out)
+    assert sorted(trials.architecture) == ["user_networks:composed", "user_networks:plain"]
+    assert set(trials.status) == {"completed"}
+    by = trials.set_index("architecture").init_dist_inf
+    assert np.isfinite(by["user_networks:composed"]) and np.isnan(by["user_networks:plain"])
