@@ -193,7 +193,7 @@ def _network_bytes(t: TrialSpec, shape: DataShape) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _checked_custom(t: TrialSpec, shape: DataShape) -> None:
-    from .trial import custom         # imports torch and the user's module: only for these
+    from .trial import custom  # imports torch and the user's module: only for these
 
     out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
     custom.check(t, network_input_shape(t.architecture, shape), out_dim)
