@@ -366,6 +366,9 @@ def test_a_transformers_ntk_is_jacobian_times_jacobian_and_its_limit_reads_token
     limit = ntksweep.analytic_kernels(seq, architecture="transformer", depth=3,
                                       options={"heads": 2})
     assert _rel(limit.ntk, net.kernels(x.numpy()).ntk) < 1e-14
+    many = ntksweep.analytic_kernels(seq, architecture="transformer", depth=3,
+                                     options={"heads": 16})       # the limit reads no width
+    assert _rel(many.ntk, nl.transformer(64, 3, heads=16).kernels(x.numpy()).ntk) < 1e-14
 
 
 @pytest.mark.parametrize("build,message", [

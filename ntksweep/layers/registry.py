@@ -55,7 +55,8 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
     else:
         check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
                    padding=padding, readout=readout, parametrization=parametrization)
-    net = preset(architecture, width=4, depth=depth, activation=activation,
+    width = 4 * options.get("heads", 1)      # any width: each head needs a key channel
+    net = preset(architecture, width=width, depth=depth, activation=activation,
                  weight_std=weight_std, bias_std=bias_std, leaky_relu_slope=leaky_relu_slope,
                  quadrature=quadrature, **options)         # the limit reads no width
     k = net.kernels(x1, x2, memory_budget=memory_budget, device=device)
