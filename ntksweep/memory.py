@@ -80,9 +80,10 @@ class Footprint:
         return points * (self.held + self.chunk) + min(points, SIGNAL_BATCH) * self.transient
 
 
-def network_input_shape(architecture: str, shape) -> tuple[int, ...]:
+def network_input_shape(architecture: str, shape, patch: int = 2) -> tuple[int, ...]:
     """One input as the network reads it, channels first, from a ``data.DataShape``: (d,)
-    for an mlp, (d, T) for a transformer's sequences, (C, H, W) for the others' images."""
+    for an mlp, (d, T) for a transformer's sequences — an image's p×p ``patch``es are its
+    tokens, d = C·p² —, (C, H, W) for the others' images."""
     if architecture == "mlp":
         return (shape.in_dim,)
     if ":" in architecture:          # the user's network: the data's own shape
@@ -90,6 +91,9 @@ def network_input_shape(architecture: str, shape) -> tuple[int, ...]:
             return shape.image_shape
         if shape.sequence_shape is None:
             return (shape.in_dim,)
+    if architecture == "transformer" and shape.sequence_shape is None:
+        c, h, w = shape.image_shape
+        return (c * patch * patch, (h // patch) * (w // patch))
     if ":" in architecture or architecture == "transformer":
         tokens, features = shape.sequence_shape
         return (features, tokens)

@@ -204,7 +204,7 @@ def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
     out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
     fields = ("architecture", "width", "depth", "kernel_size", "padding", "readout", "dtype",
               "optimizer", "batch_size", "n_train", "n_eval", "n_test", "memory_budget",
-              "ntk_method", "loss", "dataset", "data_path", "heads")
+              "ntk_method", "loss", "dataset", "data_path", "heads", "patch")
     return (TrialSpec(**{f: getattr(t, f) for f in fields}), shape, out_dim)
 
 
@@ -212,10 +212,14 @@ def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
 def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory:
     what = f"{t.architecture} of width {t.width}, depth {t.depth}"
     if t.architecture == "transformer":
-        if shape.sequence_shape is None:
-            raise SpecError(f"a transformer reads sequences, but dataset {t.dataset}"
-                            f"{f' ({t.data_path})' if t.data_path else ''} holds none: use "
-                            "dataset tokens or a file's X as (N, T, d)")
+        if shape.sequence_shape is None and shape.image_shape is None:
+            raise SpecError(f"a transformer reads sequences or images, but dataset "
+                            f"{t.dataset}{f' ({t.data_path})' if t.data_path else ''} holds "
+                            "vectors: use dataset tokens, images or a file's X as (N, T, d)")
+        if shape.sequence_shape is None and any(s % t.patch for s in shape.image_shape[1:]):
+            raise SpecError(f"{what}: {t.patch}×{t.patch} patches do not tile "
+                            f"{shape.image_shape[1]}×{shape.image_shape[2]} images; choose a "
+                            "patch that divides the image's sides")
     elif t.architecture != "mlp":
         if shape.image_shape is None:
             raise SpecError(f"a {t.architecture} reads images, but dataset {t.dataset}"
@@ -227,7 +231,7 @@ def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory
                        padding=t.padding, readout=t.readout, image_size=shape.image_shape[1:])
         except SpecError as e:
             raise SpecError(f"{what}: {e}") from None
-    memory = trial_memory(t, network_input_shape(t.architecture, shape), out_dim)
+    memory = trial_memory(t, network_input_shape(t.architecture, shape, t.patch), out_dim)
     if t.memory_budget is not None and memory.smallest_tile > t.memory_budget:
         raise SpecError(f"memory_budget={t.memory_budget} bytes is too small for one entry "
                         f"of the {what}'s empirical NTK (about {memory.smallest_tile} bytes); "

@@ -62,6 +62,7 @@ class TrialSpec:
     attention: str = "softmax"         # transformer: softmax | identity | relu | abs
     attention_scaling: str = "linear"  # transformer: linear (a limit) | sqrt (finite only)
     query_key_std: float = 1.0         # transformer: σ_QK, the attention logits' scale
+    patch: int = 2                     # transformer on images: p×p patches are its tokens
     width: int = 256
     depth: int = 3
     activation: str = "relu"
@@ -216,8 +217,10 @@ class TrialSpec:
         if is_custom_architecture(self.architecture):
             pass                     # the user's network reads whatever the data holds
         elif self.architecture == "transformer":
-            need(self.dataset in SEQUENCE_DATASETS, "dataset", "a transformer reads sequences:"
-                 f" {', '.join(SEQUENCE_DATASETS)} (a file's X as (N, T, d))")
+            need(self.dataset in SEQUENCE_DATASETS + IMAGE_DATASETS, "dataset",
+                 "a transformer reads sequences (tokens, a file's X as (N, T, d)) or images "
+                 "as patches (digits, images, a file's X as (N, C, H, W))")
+            need(is_int(self.patch) and self.patch >= 1, "patch", "must be an integer >= 1")
             need(is_int(self.heads) and 1 <= self.heads <= self.width, "heads",
                  f"must be an integer in [1, width={self.width}]")
             need(self.attention in ATTENTIONS, "attention",
@@ -240,7 +243,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpe
 ADDED_LATER = {name: TRIAL_FIELDS[name].default
                for name in ("leaky_relu_slope", "architecture", "kernel_size", "padding",
                             "readout", "n_test", "ridge", "tokens", "heads", "attention",
-                            "attention_scaling", "query_key_std")}
+                            "attention_scaling", "query_key_std", "patch")}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}

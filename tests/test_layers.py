@@ -428,7 +428,7 @@ def test_transformer_trials_with_and_without_a_limit():
 
 
 @pytest.mark.parametrize("fields,message", [
-    (dict(architecture="transformer", dataset="digits"), "a transformer reads sequences"),
+    (dict(architecture="transformer", dataset="sphere"), "a transformer reads sequences"),
     (dict(architecture="myrtle", dataset="tokens", depth=5), "needs image data"),
     (dict(architecture="transformer", dataset="tokens", heads=300), "heads"),
     (dict(architecture="transformer", dataset="tokens", depth=2), "depth >= 3"),
@@ -439,3 +439,25 @@ def test_transformer_trials_with_and_without_a_limit():
 def test_a_wrong_transformer_trial_is_one_line(fields, message):
     with pytest.raises(SpecError, match=message):
         ntksweep.TrialSpec(**fields)
+
+
+def test_images_reach_a_transformer_as_their_patches():
+    """Token t = (i, j) of a p×p patching holds feature c·p² + a·p + b = pixel (c, i·p + a,
+    j·p + b) — checked by loops; a digits trial runs on them, and a patch that does not
+    tile the image is one line before anything runs."""
+    from ntksweep.plan import check_trials
+    from ntksweep.trial.builders import patches
+
+    images = np.random.default_rng(11).normal(size=(2, 3, 4, 6))
+    tokens = patches(images, 2)
+    assert tokens.shape == (2, 12, 6)
+    for n, c, i, j, a, b in itertools.product(range(2), range(3), range(2), range(3),
+                                              range(2), range(2)):
+        assert tokens[n, c * 4 + a * 2 + b, i * 3 + j] == images[n, c, i * 2 + a, j * 2 + b]
+    outcome = ntksweep.run_trial(ntksweep.TrialSpec(
+        architecture="transformer", dataset="digits", depth=3, width=16, heads=2, steps=2,
+        checkpoints=2, n_train=16, n_eval=8, lr=0.5))
+    assert outcome.status == "completed" and 0 < outcome.records[0]["dist_inf"] < 1
+    with pytest.raises(SpecError, match="3×3 patches do not tile 8×8 images"):
+        check_trials([ntksweep.TrialSpec(architecture="transformer", dataset="digits",
+                                         patch=3)])

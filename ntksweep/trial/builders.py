@@ -24,7 +24,7 @@ from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit", "out_dim_of"]
+           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches"]
 
 
 class TrialCache:
@@ -130,9 +130,18 @@ def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device
                                                 out_dim))
 
 
+def patches(images: np.ndarray, p: int) -> np.ndarray:
+    """Images (n, C, H, W) as sequences of their non-overlapping p×p patches, channels
+    first: (n, C·p², (H/p)(W/p)), the patches in row-major order (a ViT's tokens)."""
+    n, c, h, w = images.shape
+    x = images.reshape(n, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4)
+    return np.ascontiguousarray(x.reshape(n, c * p * p, (h // p) * (w // p)))
+
+
 def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
     """Rows of the data set as the network reads them, channels first: vectors (n, d) for an
-    MLP, sequences (n, d, T) for a transformer, images (n, C, H, W) for the others."""
+    MLP, sequences (n, d, T) for a transformer (an image's patches: ``patches``), images
+    (n, C, H, W) for the others."""
     if spec.architecture == "mlp":
         return x
     if custom.is_custom(spec.architecture):      # the data's own shape, channels first
@@ -140,6 +149,8 @@ def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
             return data.images(x)
         if data.sequence_shape is None:
             return x
+    if spec.architecture == "transformer" and data.sequence_shape is None:
+        return patches(data.images(x), spec.patch)
     if spec.architecture == "transformer" or custom.is_custom(spec.architecture):
         return np.ascontiguousarray(np.swapaxes(data.sequences(x), 1, 2))
     return data.images(x)
@@ -167,7 +178,8 @@ def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype
                      **{k: common[k] for k in ("activation", "weight_std", "bias_std",
                                                "leaky_relu_slope")},
                      **dict(spec.network_options()))
-        return net.module(network_input_shape(spec.architecture, data.shape), seed=spec.seed,
+        return net.module(network_input_shape(spec.architecture, data.shape, spec.patch),
+                          seed=spec.seed,
                           dtype=dtype, device=device, parametrization=spec.parametrization)
     channels, height, width = data.image_shape
     if spec.architecture == "resnet":
