@@ -153,3 +153,24 @@ def test_the_refusal_names_the_live_holder(tmp_path):
             lock.check_unlocked(tmp_path)
     finally:
         held.release()
+
+
+def test_a_trial_row_commits_only_while_the_lock_holds(tmp_path):
+    """The lock is checked as the trial's row appears, not a whole write earlier: a guard
+    that raises leaves no row and no temporary file, and the trial is not written."""
+    from ntksweep import store
+    from ntksweep.records import Status, TrialOutcome
+
+    spec = ntksweep.TrialSpec(width=8, steps=1)
+    outcome = TrialOutcome(spec.trial_id, Status.COMPLETED,
+                           [{"step": 0, "t": 0.0, "train_loss": 1.0}])
+
+    def lost():
+        raise lock.LockLost("another driver took the output dir over")
+
+    with pytest.raises(lock.LockLost):
+        store.write_trial(tmp_path, "s", spec, outcome, commit_guard=lost)
+    assert not store.trial_written(tmp_path, spec)
+    assert not list(tmp_path.rglob(".tmp-*"))
+    store.write_trial(tmp_path, "s", spec, outcome, commit_guard=lambda: None)
+    assert store.trial_written(tmp_path, spec)

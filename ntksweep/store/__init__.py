@@ -41,13 +41,14 @@ from .tables import (
     read_meta,
     spec_from_row,
     trial_states,
+    trial_written,
     write_meta,
     write_trial,
 )
 
 __all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
            "load_array", "load_results", "load_trials", "finished_trials", "trial_states",
-           "plain_value",
+           "plain_value", "trial_written",
            "spec_from_row", "is_uri", "check_writable", "write_text", "read_text",
            "delete_text", "read_meta", "write_meta", "repair", "quarantined_trials",
            "forget_filesystems"]

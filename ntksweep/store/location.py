@@ -72,16 +72,26 @@ def _locate_uri(uri: str) -> _Location:
     return _Location(fs, root.rstrip("/"), isinstance(fs, pafs.LocalFileSystem))
 
 
-def _write_atomic(loc: _Location, rel: str, write) -> None:
-    """Call ``write(path)`` so that readers of ``rel`` never see a partial file."""
+def _write_atomic(loc: _Location, rel: str, write, commit_guard=None) -> None:
+    """Call ``write(path)`` so that readers of ``rel`` never see a partial file.
+    ``commit_guard()`` is called just before the file appears (the rename; an object
+    store's PUT), and when it raises nothing appears: a driver's lock is checked at the
+    commit, not a whole write earlier."""
     dest = loc.path(rel)
     parent, name = dest.rsplit("/", 1)
     loc.make_dirs(parent)
+    guard = commit_guard or (lambda: None)
     if not loc.local:
+        guard()
         write(dest)  # an object PUT is atomic
         return
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}"  # hidden: dataset readers skip it
     write(tmp)
+    try:
+        guard()
+    except BaseException:
+        loc.fs.delete_file(tmp)
+        raise
     loc.fs.move(tmp, dest)
 
 
@@ -94,8 +104,9 @@ def _write_stream(loc: _Location, rel: str, fill) -> None:
     _write_atomic(loc, rel, write)
 
 
-def _write_table(table: pa.Table, loc: _Location, rel: str) -> None:
-    _write_atomic(loc, rel, lambda path: pq.write_table(table, path, filesystem=loc.fs))
+def _write_table(table: pa.Table, loc: _Location, rel: str, commit_guard=None) -> None:
+    _write_atomic(loc, rel, lambda path: pq.write_table(table, path, filesystem=loc.fs),
+                  commit_guard)
 
 
 def write_text(out: str | Path, name: str, text: str) -> None:

@@ -91,10 +91,12 @@ def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialOutcome, *,
-                attempts: int = 1, host: str = "", execution: str | None = None) -> None:
+                attempts: int = 1, host: str = "", execution: str | None = None,
+                commit_guard=None) -> None:
     """Write one trial attempt's outcome: its kept arrays, its checkpoints file, then its
     trials row (the completion marker). ``execution``: the id the attempt's MLflow run is
-    tagged with (``ntksweep.execution``), so that ``sync`` completes only that run."""
+    tagged with (``ntksweep.execution``), so that ``sync`` completes only that run.
+    ``commit_guard()`` is called just before the trials row appears (a driver's lock)."""
     loc = _locate(out)
     spec_dict = spec.to_dict()
     values = _spec_values(spec_dict)
@@ -121,9 +123,16 @@ def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialO
            **{f"init_{c}": first.get(c) for c in INIT_COLUMNS}, **values}
     row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
-    _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id))
+    _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id),
+                 commit_guard)
 
 
+def trial_written(out: str | Path, spec: TrialSpec) -> bool:
+    """Whether the trial's row is in the store now (one file lookup)."""
+    loc = _locate(out)
+    info = loc.fs.get_file_info(loc.path(_partition_file("trials", spec.to_dict(),
+                                                          spec.trial_id)))
+    return info.type != pafs.FileType.NotFound
 def _partition_file(table: str, spec: dict[str, Any], trial_id: str) -> str:
     return f"{table}/width={int(spec['width'])}/depth={int(spec['depth'])}/{trial_id}.parquet"
 

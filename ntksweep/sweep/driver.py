@@ -129,6 +129,7 @@ class SweepRun:
         self.idle: list = []
         self.running: dict[Any, _Attempt] = {}   # streaming generator → attempt
         self.counts: Counter = Counter()
+        self.written_late = 0        # trials another driver committed after this one's plan
         self.retried = 0
         self.tries: dict[str, int] = {}   # trial_id → its try in this run (after a retry)
         self.start_failures = 0
@@ -277,8 +278,10 @@ class SweepRun:
 
     def _hand_out(self) -> None:
         while self.todo and self.idle and not self.stop_requested:
-            actor = self.idle.pop()
             trial, attempt = self.todo.popleft()
+            if self._written_by_another(trial):
+                continue
+            actor = self.idle.pop()
             worker = self.infos[actor]
             execution = uuid.uuid4().hex[:16]
             tags = {"ntksweep.execution": execution}
@@ -290,6 +293,16 @@ class SweepRun:
                 trial, attempt, actor, worker, handle, execution,
                 self.tries.get(trial.trial_id, 1))
             self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)
+
+    def _written_by_another(self, trial: TrialSpec) -> bool:
+        """A trial with no row when this sweep was planned whose row is there now: a driver
+        this one took the output dir over from committed it after the plan (it was stopped
+        between its lock check and its write). Running it again would give it a second
+        finished run; the store's row stands, and sync completed that attempt's run."""
+        if trial.trial_id in self.stored_attempts or not store.trial_written(self.out, trial):
+            return False
+        self.written_late += 1
+        return True
 
     def _on_ready(self, ref, progress) -> None:
         if ref in self.starting:
@@ -362,10 +375,10 @@ class SweepRun:
         disk stops the sweep as SIGTERM would: what was written stays, this trial runs again
         on resume."""
         self.lock.ensure_held()      # a driver that lost its output dir writes nothing
-        try:
+        try:                         # … checked again as the trial's row commits
             store.write_trial(self.out, self.sweep_id, attempt.trial, outcome,
                               attempts=attempt.attempt, host=attempt.worker.get("host", ""),
-                              execution=attempt.execution)
+                              execution=attempt.execution, commit_guard=self.lock.ensure_held)
         except OSError as e:
             if not _disk_full(e):
                 raise

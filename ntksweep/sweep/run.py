@@ -61,7 +61,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
                    quarantined=store.quarantined_trials(moved))
     run.start(address, num_cpus, uri, pre.explicit, tracking)
     run.loop()
-    return SweepSummary(sid, out, len(trials), skipped, dict(run.counts),
+    return SweepSummary(sid, out, len(trials), skipped + run.written_late, dict(run.counts),
                         run.retried, time.perf_counter() - started, run.interrupted,
                         redact(uri) if tracking else "", run.tracker.degraded, run.workers,
                         run.disk_full)
