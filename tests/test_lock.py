@@ -174,3 +174,19 @@ def test_a_trial_row_commits_only_while_the_lock_holds(tmp_path):
     assert not list(tmp_path.rglob(".tmp-*"))
     store.write_trial(tmp_path, "s", spec, outcome, commit_guard=lambda: None)
     assert store.trial_written(tmp_path, spec)
+
+
+def test_a_lock_knows_whether_it_took_over_from_a_holder_that_left_its_record(tmp_path):
+    """Only a takeover can leave a stale writer behind (the driver re-checks trials it
+    planned only then): a released lock leaves no record, a dead driver's record stays."""
+    first = lock.DriverLock(tmp_path).acquire()
+    assert not first.took_over
+    first.release()
+    second = lock.DriverLock(tmp_path).acquire()
+    assert not second.took_over
+    second.release()
+    (tmp_path / lock.LOCK_FILE).write_text(json.dumps(      # a driver killed with -9
+        {"host": "elsewhere", "pid": 1, "token": "dead", "generation": 3, "heartbeat": 0}))
+    third = lock.DriverLock(tmp_path).acquire()
+    assert third.took_over and third.generation == 4
+    third.release()

@@ -109,6 +109,7 @@ class DriverLock:
         self._lost: dict | None = None
         self._guard = threading.Lock()
         self.started = time.time()
+        self.took_over = False        # acquired from a holder that left its record (stale)
 
     def _record(self) -> str:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -118,6 +119,7 @@ class DriverLock:
     def acquire(self) -> DriverLock:
         check_unlocked(self.out)
         before = _holder(self.out) or {}
+        self.took_over = bool(before)     # a released lock leaves no record behind
         self.generation = int(before.get("generation", 0) or 0) + 1
         self._claim()
         self._thread = threading.Thread(target=self._beat, name="driver-lock", daemon=True)

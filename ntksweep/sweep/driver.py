@@ -298,8 +298,11 @@ class SweepRun:
         """A trial with no row when this sweep was planned whose row is there now: a driver
         this one took the output dir over from committed it after the plan (it was stopped
         between its lock check and its write). Running it again would give it a second
-        finished run; the store's row stands, and sync completed that attempt's run."""
-        if trial.trial_id in self.stored_attempts or not store.trial_written(self.out, trial):
+        finished run; the store's row stands, and sync completed that attempt's run. Only
+        after a takeover: a released lock has no writer left behind (and the lookup is a
+        request per trial on an object store)."""
+        if not self.lock.took_over or trial.trial_id in self.stored_attempts \
+                or not store.trial_written(self.out, trial):
             return False
         self.written_late += 1
         return True
