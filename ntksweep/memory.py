@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .choices import MYRTLE_STAGES
+from .hyper import is_custom_architecture
 
 AUTO_JACOBIAN_BYTES = 2 << 30   # empirical_ntk's Jacobian tiles under 'auto' without a budget
 
@@ -86,7 +87,8 @@ def network_input_shape(architecture: str, shape, patch: int = 2) -> tuple[int, 
     tokens, d = C·p² —, (C, H, W) for the others' images."""
     if architecture == "mlp":
         return (shape.in_dim,)
-    if ":" in architecture:          # the user's network: the data's own shape
+    custom = is_custom_architecture(architecture)
+    if custom:                       # the user's network: the data's own shape
         if shape.image_shape is not None:
             return shape.image_shape
         if shape.sequence_shape is None:
@@ -94,7 +96,7 @@ def network_input_shape(architecture: str, shape, patch: int = 2) -> tuple[int, 
     if architecture == "transformer" and shape.sequence_shape is None:
         c, h, w = shape.image_shape
         return (c * patch * patch, (h // patch) * (w // patch))
-    if ":" in architecture or architecture == "transformer":
+    if custom or architecture == "transformer":
         tokens, features = shape.sequence_shape
         return (features, tokens)
     return shape.image_shape

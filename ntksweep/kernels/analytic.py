@@ -40,7 +40,9 @@ _TINY = 1e-300  # a variance floor that only ever replaces an exact 0 (no 0/0)
 # σ(c·u) = c·σ(u) for c > 0: without bias the kernels of these scale as |x||x'|
 _HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 
-__all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs"]
+__all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs", "FUSED"]
+
+FUSED = ("mlp", "cnn", "resnet")    # the architectures whose limits have fused recursions
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def analytic_kernels(
     # mup, mean_field: Θ_η at initialisation is the NTK parametrization's Θ for the same
     # draws, and the output's prior variance tends to σ_b² (ntksweep.parametrizations)
     limit = parametrization if has_nngp_limit(parametrization) else "ntk"
-    if architecture not in ("mlp", "cnn", "resnet"):
+    if architecture not in FUSED:
         raise SpecError(f"kernels.analytic_kernels computes the mlp, cnn and resnet limits; "
                         f"for {architecture!r} use ntksweep.analytic_kernels (every "
                         "registered architecture)")

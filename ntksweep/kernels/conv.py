@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import SpecError
 from ..hyper import check_conv
 from .duals import get_dual
-from .tiles import float64_points, plan_tiles
+from .tiles import float64_points, pair_kernels
 
 __all__ = ["conv_kernels", "conv_limits", "as_float64_images"]
 
@@ -159,18 +159,9 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
                         else pixels * pixels)                              # ~8 buffers
     budget = memory_budget if a.is_cuda else min(memory_budget, CACHE_TILE_BYTES)
     side = max(1, int(math.sqrt(max(1, budget // per_pair))))
-    ntk = torch.empty(n1, n2, dtype=torch.float64, device=a.device)
-    nngp = torch.empty_like(ntk)
-    for t in plan_tiles(n1, n2, side, symmetric):
-        rows, cols = t.rows, t.cols
-        theta, sigma = _pair_kernels(a[rows], b[cols], [v[rows] for v in va],
-                                     [v[cols] for v in vb], readout=readout, **args)
-        ntk[rows, cols], nngp[rows, cols] = theta, sigma
-        if symmetric and not t.diagonal:
-            ntk[cols, rows], nngp[cols, rows] = theta.T, sigma.T
-    if symmetric:  # the diagonal tiles: symmetric up to the duals' last bits
-        ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
-    return ntk, nngp
+    return pair_kernels(n1, n2, side, symmetric, lambda t, _same: _pair_kernels(
+        a[t.rows], b[t.cols], [v[t.rows] for v in va], [v[t.cols] for v in vb],
+        readout=readout, **args), device=a.device)
 
 
 def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:

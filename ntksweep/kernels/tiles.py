@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from ..errors import SpecError
 
-__all__ = ["Tile", "plan_tiles", "float64_points"]
+__all__ = ["Tile", "plan_tiles", "float64_points", "pair_kernels"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,21 @@ def float64_points(x1, x2=None, *, ndim: int, what: str) -> tuple[np.ndarray, np
         raise SpecError(f"x1 points have shape {a.shape[1:]} but x2 points {b.shape[1:]}; "
                         "both need the same input dim")
     return a, b, x2 is None
+
+
+def pair_kernels(n1: int, n2: int, side: int, symmetric: bool, compute, *, device=None
+                 ) -> tuple[Tensor, Tensor]:
+    """Θ and Σ (n1, n2) float64, filled tile by tile: ``compute(tile, same)`` gives the
+    tile's (Θ, Σ), ``same`` when its rows and columns are the same inputs; with
+    ``symmetric`` only the upper triangle is computed, mirrored, and the diagonal tiles
+    symmetrised (their entries agree only up to the last bits of the duals)."""
+    ntk = torch.empty(n1, n2, dtype=torch.float64, device=device)
+    nngp = torch.empty_like(ntk)
+    for t in plan_tiles(n1, n2, side, symmetric):
+        theta, sigma = compute(t, symmetric and t.rows == t.cols)
+        ntk[t.rows, t.cols], nngp[t.rows, t.cols] = theta, sigma
+        if symmetric and not t.diagonal:
+            ntk[t.cols, t.rows], nngp[t.cols, t.rows] = theta.T, sigma.T
+    if symmetric:
+        ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
+    return ntk, nngp

@@ -37,8 +37,7 @@ def _affine(k: Kernel, average, weight_std: float, bias_std: float, **changes) -
     """Σ' = σ_w² 𝒜(Σ) + σ_b², Θ' = σ_w² 𝒜(Θ) + Σ' (𝒜 the identity for a dense layer)."""
     w2, b2 = weight_std**2, bias_std**2
     nngp = average(k.nngp) * w2 + b2
-    cov1 = average(k.cov1) * w2 + b2
-    cov2 = cov1 if k.cov2 is k.cov1 else average(k.cov2) * w2 + b2
+    cov1, cov2 = k.own(lambda c: average(c) * w2 + b2)
     return Kernel(nngp=nngp, ntk=average(k.ntk) * w2 + nngp, cov1=cov1, cov2=cov2,
                   shape=changes.get("shape", k.shape), diagonal=k.diagonal,
                   channels=changes["channels"])

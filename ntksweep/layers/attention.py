@@ -37,11 +37,10 @@ from ..models.layers import seeded_normal
 from .core import Build, Layer
 from .state import Kernel
 
-__all__ = ["SelfAttention", "MECHANISMS", "SCALINGS"]
+__all__ = ["SelfAttention", "MECHANISMS"]
 
 MECHANISMS = {"softmax": lambda g: torch.softmax(g, -1), "identity": lambda g: g,
               "relu": torch.relu, "abs": torch.abs}
-SCALINGS = ATTENTION_SCALINGS
 check_implemented("attention mechanisms", ATTENTIONS, MECHANISMS)
 
 
@@ -103,8 +102,8 @@ class SelfAttention(Layer):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SpecError(f"SelfAttention's {name} must be an integer >= 1; got {v!r}")
-        if self.scaling not in SCALINGS:
-            raise SpecError(f"scaling must be one of {', '.join(SCALINGS)}; got "
+        if self.scaling not in ATTENTION_SCALINGS:
+            raise SpecError(f"scaling must be one of {', '.join(ATTENTION_SCALINGS)}; got "
                             f"{self.scaling!r}")
         if self.mechanism not in MECHANISMS:
             raise SpecError(f"mechanism must be one of {', '.join(MECHANISMS)}; got "
@@ -136,9 +135,7 @@ class SelfAttention(Layer):
         def flat(e: Tensor, lead: int) -> Tensor:                 # (…, *S, *S) → (…, T, T)
             return e.reshape(*e.shape[:lead], t, t)
 
-        g1 = MECHANISMS[self.mechanism](self.query_key_std * flat(k.cov1, 1))
-        g2 = g1 if k.cov2 is k.cov1 else MECHANISMS[self.mechanism](
-            self.query_key_std * flat(k.cov2, 1))
+        g1, g2 = k.own(lambda c: MECHANISMS[self.mechanism](self.query_key_std * flat(c, 1)))
         w2, b2 = self.weight_std**2, self.bias_std**2
 
         def weigh(e: Tensor, a: Tensor, b: Tensor, pattern: str) -> Tensor:
@@ -148,9 +145,8 @@ class SelfAttention(Layer):
         gsg = weigh(flat(k.nngp, 2), g1, g2, cross)
         nngp = gsg + b2
         ntk = weigh(flat(k.ntk, 2), g1, g2, cross) + 2 * gsg + b2
-        cov1 = weigh(flat(k.cov1, 1), g1, g1, "iap,ipq,ibq->iab") + b2
-        cov2 = cov1 if k.cov2 is k.cov1 else \
-            weigh(flat(k.cov2, 1), g2, g2, "iap,ipq,ibq->iab") + b2
+        cov1, cov2 = k.own(lambda c, g: weigh(flat(c, 1), g, g, "iap,ipq,ibq->iab") + b2,
+                           (g1, g2))
         shape = k.shape
         return Kernel(nngp=nngp.reshape(k.nngp.shape), ntk=ntk.reshape(k.ntk.shape),
                       cov1=cov1.reshape(k.cov1.shape), cov2=cov2.reshape(k.cov2.shape),

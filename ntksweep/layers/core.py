@@ -163,10 +163,9 @@ class Residual(Layer):
 
     def limit(self, k):
         f = self.branch.limit(k)
-        cov1 = k.cov1 + f.cov1
-        return Kernel(nngp=k.nngp + f.nngp, ntk=k.ntk + f.ntk, cov1=cov1,
-                      cov2=cov1 if k.cov2 is k.cov1 else k.cov2 + f.cov2, shape=k.shape,
-                      diagonal=k.diagonal, channels=k.channels)
+        cov1, cov2 = k.own(lambda c, fc: c + fc, (f.cov1, f.cov2))
+        return Kernel(nngp=k.nngp + f.nngp, ntk=k.ntk + f.ntk, cov1=cov1, cov2=cov2,
+                      shape=k.shape, diagonal=k.diagonal, channels=k.channels)
 
 
 def serial(*layers: Layer) -> Serial:

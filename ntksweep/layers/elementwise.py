@@ -66,8 +66,7 @@ class Activation(Layer):
             p, q = k.broadcast_self(v)
             return dual(p, cov, q)[0]
 
-        cov1 = own(k.cov1, v1)
-        cov2 = cov1 if k.cov2 is k.cov1 else own(k.cov2, v2)
+        cov1, cov2 = k.own(own, (v1, v2))
         return Kernel(nngp=nngp, ntk=nngp_dot * k.ntk, cov1=cov1, cov2=cov2, shape=k.shape,
                       diagonal=k.diagonal, channels=k.channels)
 
@@ -103,7 +102,6 @@ class LayerNorm(Layer):
             p, q = k.broadcast_self(v.sqrt())
             return cov / (p * q)
 
-        cov1 = own(k.cov1, v1)
-        cov2 = cov1 if k.cov2 is k.cov1 else own(k.cov2, v2)
+        cov1, cov2 = k.own(own, (v1, v2))
         return Kernel(nngp=k.nngp / scale, ntk=k.ntk / scale, cov1=cov1, cov2=cov2,
                       shape=k.shape, diagonal=k.diagonal, channels=k.channels)

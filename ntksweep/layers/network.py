@@ -10,9 +10,10 @@ import torch
 
 from ..errors import SpecError
 from ..kernels.analytic import AnalyticKernels
-from ..kernels.tiles import float64_points, plan_tiles
+from ..kernels.conv import CACHE_TILE_BYTES
+from ..kernels.tiles import float64_points, pair_kernels
 from ..models.layers import Dense as DenseModule
-from ..parametrizations import PARAMETRIZATIONS
+from ..parametrizations import PARAMETRIZATIONS, has_nngp_limit
 from .affine import Conv, Dense
 from .core import Build, Layer, leaves
 from .elementwise import Activation
@@ -23,7 +24,6 @@ __all__ = ["build_module", "limit_kernels", "Composed", "LIMIT_PARAMETRIZATIONS"
 # Θ_η at initialisation under μP equals the NTK parametrization's (docs/guide.md, "Lazy and
 # rich training"); the standard one's limit depends on the widths and is the MLP's only.
 LIMIT_PARAMETRIZATIONS = ("ntk", "mup")
-_CACHE_TILE_BYTES = 16 << 20   # as kernels.conv: a tile's passes run in cache on a CPU
 
 
 class Composed(torch.nn.Module):
@@ -89,7 +89,8 @@ def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
     """Θ_∞ and Σ of the network between x1 (n1, *input_shape) and x2 (n2, …) (default x1):
     (n1, n2) float64 numpy each, per logit (k outputs: Θ_∞ ⊗ I_k). Input pairs run in tiles
     whose pair tensors stay near ``memory_budget`` bytes (on a CPU also within 16 MiB, so
-    their elementwise passes run in cache); ``device`` runs them there."""
+    their elementwise passes run in cache); ``device`` runs them there. Under μP Θ_∞ is the
+    NTK parametrization's and Σ is the readout's σ_b² (``ntksweep.parametrizations``)."""
     if parametrization not in LIMIT_PARAMETRIZATIONS:
         raise SpecError(f"a composition's limit is that of the NTK parametrization (and of "
                         f"μP, whose Θ_η starts at the same Θ_∞); got {parametrization!r}")
@@ -102,22 +103,18 @@ def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
     positions = a_np[0, 0].size
     diagonal = not net.mixes_positions
     per_pair = 8 * 8 * (positions if diagonal else positions * positions)   # ~8 buffers
-    budget = memory_budget if a.is_cuda else min(memory_budget, _CACHE_TILE_BYTES)
+    budget = memory_budget if a.is_cuda else min(memory_budget, CACHE_TILE_BYTES)
     side = max(1, int(math.sqrt(max(1, budget // per_pair))))
-    n1, n2 = a.shape[0], b.shape[0]
-    ntk = torch.empty(n1, n2, dtype=torch.float64, device=a.device)
-    nngp = torch.empty_like(ntk)
-    for t in plan_tiles(n1, n2, side, symmetric):
-        same = symmetric and t.rows == t.cols
+    def tile(t, same):
         k = net.limit(input_kernel(a[t.rows], b[t.cols], same, diagonal))
-        ntk[t.rows, t.cols], nngp[t.rows, t.cols] = k.ntk, k.nngp
-        if symmetric and not t.diagonal:
-            ntk[t.cols, t.rows], nngp[t.cols, t.rows] = k.ntk.T, k.nngp.T
-    if symmetric:                      # the diagonal tiles: symmetric up to the duals' last bits
-        ntk, nngp = (ntk + ntk.T) / 2, (nngp + nngp.T) / 2
+        return k.ntk, k.nngp
+
+    ntk, nngp = pair_kernels(a.shape[0], b.shape[0], side, symmetric, tile, device=a.device)
     ntk_np, nngp_np = ntk.cpu().numpy(), nngp.cpu().numpy()
     if not (np.isfinite(ntk_np).all() and np.isfinite(nngp_np).all()):
         raise SpecError("the network's limit overflows float64 for these inputs; rescale "
                         "them, e.g. standardise them")
+    if not has_nngp_limit(parametrization):   # μP: the output's prior variance → σ_b²
+        nngp_np = np.full_like(ntk_np, list(leaves(net))[-1].bias_std ** 2)
     return AnalyticKernels(ntk=ntk_np, nngp=nngp_np, parametrization=parametrization,
                            **describe(net))

@@ -7,6 +7,8 @@ composition's layer-by-layer limit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..activations import LEAKY_RELU_SLOPE
@@ -14,13 +16,11 @@ from ..choices import BIAS_STD
 from ..errors import SpecError
 from ..hyper import check_conv, check_network
 from ..kernels import analytic as fused
-from ..kernels.analytic import AnalyticKernels
-from ..parametrizations import has_nngp_limit
+from ..kernels.analytic import FUSED, AnalyticKernels
 from .presets import preset
 
 __all__ = ["analytic_kernels", "FUSED"]
 
-FUSED = ("mlp", "cnn", "resnet")     # architectures whose limit has its own fused recursion
 
 
 def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
@@ -59,10 +59,9 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
     net = preset(architecture, width=width, depth=depth, activation=activation,
                  weight_std=weight_std, bias_std=bias_std, leaky_relu_slope=leaky_relu_slope,
                  quadrature=quadrature, **options)         # the limit reads no width
-    k = net.kernels(x1, x2, memory_budget=memory_budget, device=device)
-    nngp = k.nngp if has_nngp_limit(parametrization) else np.full_like(k.ntk, bias_std**2)
-    return AnalyticKernels(k.ntk, nngp, int(depth), activation, float(weight_std),
-                           float(bias_std), parametrization)
+    limit = net.kernels(x1, x2, parametrization=parametrization, memory_budget=memory_budget,
+                        device=device)
+    return replace(limit, depth=int(depth))      # the preset's depth, not its layer count
 
 
 def _tokens_last(x):

@@ -40,18 +40,21 @@ class Kernel:
         """The number of trailing position axes of a pair tensor."""
         return len(self.shape) * (1 if self.diagonal else 2)
 
+    def own(self, fn: Callable[..., Tensor], *pairs: tuple) -> tuple[Tensor, Tensor]:
+        """(fn(cov1, *firsts), fn(cov2, *seconds)) for each input's self-covariance, with
+        the pairs' first or second items (computed once, and shared, when x2 is x1)."""
+        first = fn(self.cov1, *(p[0] for p in pairs))
+        return first, first if self.cov2 is self.cov1 else fn(self.cov2, *(p[1] for p in pairs))
+
     def variances(self) -> tuple[Tensor, Tensor]:
         """Σ(x1, x1)[p, p] (n1, *S) and Σ(x2, x2)[q, q] (n2, *S)."""
-        v1 = pair_diagonal(self.cov1, self.shape, self.diagonal)
-        return v1, v1 if self.cov2 is self.cov1 else pair_diagonal(self.cov2, self.shape,
-                                                                   self.diagonal)
+        return self.own(lambda c: pair_diagonal(c, self.shape, self.diagonal))
 
     def map_pairs(self, fn: Callable[[Tensor], Tensor], shape: tuple[int, ...] | None = None,
                   **changes) -> Kernel:
         """The same linear map of the positions applied to Σ, Θ and both self-covariances
         (each has its own leading axes), with the new position shape."""
-        cov1 = fn(self.cov1)
-        cov2 = cov1 if self.cov2 is self.cov1 else fn(self.cov2)
+        cov1, cov2 = self.own(fn)
         return replace(self, nngp=fn(self.nngp), ntk=fn(self.ntk), cov1=cov1, cov2=cov2,
                        shape=self.shape if shape is None else shape, **changes)
 

@@ -5,6 +5,7 @@ worker keeps of the data and the limits, keyed by everything they depend on."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,12 @@ from ..layers.network import LIMIT_PARAMETRIZATIONS
 from ..layers.registry import FUSED, analytic_kernels
 from ..memory import network_input_shape
 from ..models import CNN, MLP, ResNet
-from ..parametrizations import has_nngp_limit
 from ..trial_spec import TrialSpec
 from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches"]
+           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches", "composition_of"]
 
 
 class TrialCache:
@@ -74,7 +74,7 @@ def has_limit(spec: TrialSpec, out_dim: int) -> bool:
     user's plain torch module (a user's composition has one, in ``LIMIT_PARAMETRIZATIONS``)."""
     if custom.is_custom(spec.architecture):
         return spec.parametrization in LIMIT_PARAMETRIZATIONS and \
-            custom.is_composition(spec, out_dim)
+            custom.composition(spec, out_dim) is not None
     return not (spec.architecture == "transformer" and spec.attention_scaling == "sqrt")
 
 
@@ -84,16 +84,25 @@ def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
     standard one, its width) on inputs as the net reads them (``inputs``): what every
     comparison with the limit uses, in trials and in figures alike. A conv net's limit runs
     on ``device`` (a GPU, where the trial has one)."""
+    if (net := composition_of(spec, out_dim)) is not None:   # reads them as the net does
+        limit = net.kernels(x1, x2, parametrization=spec.parametrization, device=device)
+        return replace(limit, depth=spec.depth)
     where = {"device": device} if spec.architecture != "mlp" else {}
-    if custom.is_custom(spec.architecture):      # the user's composition's own limit
-        k = custom.make(spec, out_dim).kernels(x1, x2, device=device)
-        nngp = k.nngp if has_nngp_limit(spec.parametrization) \
-            else np.full_like(k.ntk, spec.bias_std**2)
-        return AnalyticKernels(k.ntk, nngp, k.depth, k.activation, k.weight_std,
-                               k.bias_std, spec.parametrization)
-    if spec.architecture == "transformer":     # the public limit reads (n, T, d) sequences
-        x1, x2 = (None if x is None else np.swapaxes(x, 1, 2) for x in (x1, x2))
     return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
+
+
+def composition_of(spec: TrialSpec, out_dim: int) -> Layer | None:
+    """The trial's network as an ``ntksweep.layers`` composition — a registered preset, or
+    a user's — or None: the mlp, cnn and resnet build through ``models`` and have fused
+    limits, and a user's plain torch module has no composition."""
+    if custom.is_custom(spec.architecture):
+        return custom.composition(spec, out_dim)
+    if spec.architecture in FUSED:
+        return None
+    return preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=out_dim,
+                  activation=spec.activation, weight_std=spec.weight_std,
+                  bias_std=spec.bias_std, leaky_relu_slope=spec.leaky_relu_slope,
+                  **dict(spec.network_options()))
 
 
 def data_key(spec: TrialSpec) -> tuple:
@@ -166,21 +175,12 @@ def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype
                   device=device)
     if spec.architecture == "mlp":
         return MLP(data.in_dim, spec.width, spec.depth, **common)
-    if custom.is_custom(spec.architecture):     # the user's function's network
-        net = custom.make(spec, out_dim)
-        if isinstance(net, Layer):
-            return net.module(network_input_shape(spec.architecture, data.shape),
-                              seed=spec.seed, dtype=dtype, device=device,
-                              parametrization=spec.parametrization)
-        return net.to(dtype=dtype, device=device)
-    if spec.architecture not in FUSED:          # a composition's own module
-        net = preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=out_dim,
-                     **{k: common[k] for k in ("activation", "weight_std", "bias_std",
-                                               "leaky_relu_slope")},
-                     **dict(spec.network_options()))
+    if (net := composition_of(spec, out_dim)) is not None:
         return net.module(network_input_shape(spec.architecture, data.shape, spec.patch),
-                          seed=spec.seed,
-                          dtype=dtype, device=device, parametrization=spec.parametrization)
+                          seed=spec.seed, dtype=dtype, device=device,
+                          parametrization=spec.parametrization)
+    if custom.is_custom(spec.architecture):     # the user's plain torch module
+        return custom.make(spec, out_dim).to(dtype=dtype, device=device)
     channels, height, width = data.image_shape
     if spec.architecture == "resnet":
         return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)

@@ -16,6 +16,7 @@ before anything runs.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -31,7 +32,7 @@ from ..hyper import is_custom_architecture as is_custom
 from ..layers import Layer
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
 
-__all__ = ["is_custom", "allowed", "factory", "make", "is_composition", "check",
+__all__ = ["is_custom", "allowed", "factory", "make", "composition", "check",
            "ALLOW_ENV"]
 
 ALLOW_ENV = ALLOW_IMPORT_ENV
@@ -99,9 +100,12 @@ def make(spec: TrialSpec, out_dim: int) -> Layer | nn.Module:
     return net
 
 
-def is_composition(spec: TrialSpec, out_dim: int) -> bool:
-    """Whether the trial's network is a composition, with a limit to compare with."""
-    return isinstance(make(spec, out_dim), Layer)
+@functools.lru_cache(maxsize=64)
+def composition(spec: TrialSpec, out_dim: int) -> Layer | None:
+    """The trial's network where it is a composition (frozen: kept, so that asking whether
+    it has a limit and computing that limit call the user's function once), else None."""
+    net = make(spec, out_dim)
+    return net if isinstance(net, Layer) else None
 
 
 def check(spec: TrialSpec, in_shape: tuple[int, ...], out_dim: int) -> None:
