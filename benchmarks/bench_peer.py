@@ -12,7 +12,11 @@ never share the cores.
 1. analytic CNTK, depth 4 (three 3×3 SAME convolutions, ReLU, GAP, dense), 8×8×1, N = 128
    (goal ≥ 5×), and the largest difference between the two kernels (relative to its max);
 2. empirical NTK of that CNN at width 128 (goal ≥ 2× the peer's faster implementation);
-3. empirical NTK of a depth-4 ReLU MLP, width 1024, N = 256, d = 16 (goal ≥ 2×).
+3. empirical NTK of a depth-4 ReLU MLP, width 1024, N = 256, d = 16 (goal ≥ 2×);
+4. empirical NTK of the transformer preset, depth 4 (2 blocks), width 128, 4 heads, T = 16
+   tokens of d = 16, N = 128 (goal ≥ 2× the peer's faster implementation, and ≥ 1.3× our own
+   torch.func Jacobian contraction), and the two transformer limits' largest difference on
+   the first 16 sequences (the conventions agree: tied query-key weights, 1/d_key logits).
 """
 
 from __future__ import annotations
@@ -28,19 +32,22 @@ import numpy as np
 import torch
 
 from ntksweep import analytic_kernels, empirical_ntk
+from ntksweep import layers as nl
 from ntksweep.models import CNN, MLP
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_empirical import best_time  # noqa: E402
 
 SHAPES = dict(depth=4, weight_std=1.0, bias_std=0.1, cnn_n=128, cnn_width=128, mlp_n=256,
-              mlp_width=1024, mlp_dim=16)
+              mlp_width=1024, mlp_dim=16, tf_n=128, tf_width=128, tf_heads=4, tf_tokens=16,
+              tf_dim=16, tf_limit_n=16)
 
 
-def run_peer(python: str, x_cnn: np.ndarray, x_mlp: np.ndarray, repeats: int) -> dict:
+def run_peer(python: str, x_cnn: np.ndarray, x_mlp: np.ndarray, x_tf: np.ndarray,
+             repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         inputs, out = Path(tmp, "inputs.npz"), Path(tmp, "peer.npz")
-        np.savez(inputs, cnn_x=x_cnn.transpose(0, 2, 3, 1), mlp_x=x_mlp, **SHAPES)
+        np.savez(inputs, cnn_x=x_cnn.transpose(0, 2, 3, 1), mlp_x=x_mlp, tf_x=x_tf, **SHAPES)
         script = Path(__file__).with_name("peer_neural_tangents.py")
         subprocess.run([python, str(script), str(inputs), str(out), "--repeats", str(repeats)],
                        check=True, capture_output=True, text=True)
@@ -48,7 +55,7 @@ def run_peer(python: str, x_cnn: np.ndarray, x_mlp: np.ndarray, repeats: int) ->
             return {k: peer[k] for k in peer.files}
 
 
-def run_ours(x_cnn: np.ndarray, x_mlp: np.ndarray, repeats: int) -> dict:
+def run_ours(x_cnn: np.ndarray, x_mlp: np.ndarray, x_tf: np.ndarray, repeats: int) -> dict:
     s, sync = SHAPES, (lambda: None)
     stds = dict(weight_std=s["weight_std"], bias_std=s["bias_std"])
     res = {}
@@ -66,6 +73,13 @@ def run_ours(x_cnn: np.ndarray, x_mlp: np.ndarray, repeats: int) -> dict:
             res[f"{arch}_empirical_{method}_s"] = best_time(
                 lambda net=net, xt=xt, method=method: empirical_ntk(net, xt, method=method),
                 repeats, sync)
+    net = nl.transformer(s["tf_width"], s["depth"], heads=s["tf_heads"], **stds)
+    seqs = x_tf.transpose(0, 2, 1).copy()                                  # (N, d, T)
+    model, xt = net.module(seqs.shape[1:], seed=0), torch.as_tensor(seqs, dtype=torch.float32)
+    for method in ("structured", "jacobian"):
+        res[f"tf_empirical_{method}_s"] = best_time(
+            lambda method=method: empirical_ntk(model, xt, method=method), repeats, sync)
+    res["tf_analytic_ntk"] = net.kernels(seqs[:s["tf_limit_n"]]).ntk
     return res
 
 
@@ -77,7 +91,9 @@ def report(ours: dict, peer: dict) -> None:
             ("empirical CNN w=128, N=128", "cnn_empirical_structured_s",
              ["cnn_empirical_structured_s", "cnn_empirical_jacobian_s"]),
             ("empirical MLP w=1024, N=256", "mlp_empirical_structured_s",
-             ["mlp_empirical_structured_s", "mlp_empirical_jacobian_s"])]
+             ["mlp_empirical_structured_s", "mlp_empirical_jacobian_s"]),
+            ("empirical transformer, N=128", "tf_empirical_structured_s",
+             ["tf_empirical_structured_s", "tf_empirical_jacobian_s"])]
     print(f"{'':<29}{'ntksweep':>10}{'neural-tangents (best impl.)':>30}{'speed-up':>10}")
     for label, mine, theirs in rows:
         t_peer = min(float(peer[k]) for k in theirs)
@@ -86,6 +102,11 @@ def report(ours: dict, peer: dict) -> None:
               f"{t_peer / ours[mine]:>9.2f}×")
     print(f"analytic CNTK: ntksweep (float64) vs neural-tangents (float32): "
           f"max |ΔΘ| / max Θ = {diff / scale:.1e}")
+    tf, tf_peer = np.asarray(ours["tf_analytic_ntk"]), peer["tf_analytic_ntk"]
+    print(f"transformer limit, {len(tf)} sequences: max |ΔΘ| / max Θ = "
+          f"{np.abs(tf - tf_peer).max() / np.abs(tf).max():.1e}")
+    print(f"transformer: structured over our torch.func Jacobian contraction: "
+          f"{ours['tf_empirical_jacobian_s'] / ours['tf_empirical_structured_s']:.2f}× faster")
     print("all seconds: " + ", ".join(f"{k} ours {ours[k]:.3f} peer {float(peer[k]):.3f}"
                                       for k in ours if k.endswith("_s")))
 
@@ -98,8 +119,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     x_cnn = rng.normal(size=(SHAPES["cnn_n"], 1, 8, 8))
     x_mlp = rng.normal(size=(SHAPES["mlp_n"], SHAPES["mlp_dim"]))
-    peer = run_peer(args.peer_python, x_cnn, x_mlp, args.repeats)
-    report(run_ours(x_cnn, x_mlp, args.repeats), peer)
+    x_tf = rng.normal(size=(SHAPES["tf_n"], SHAPES["tf_tokens"], SHAPES["tf_dim"]))
+    peer = run_peer(args.peer_python, x_cnn, x_mlp, x_tf, args.repeats)
+    report(run_ours(x_cnn, x_mlp, x_tf, args.repeats), peer)
     return 0
 
 

@@ -3,7 +3,8 @@ venv (neural-tangents 0.6.5, jax 0.4.23 — see bench_peer.py), never imported b
 
     PEER_PYTHON peer_neural_tangents.py INPUTS.npz OUT.npz --repeats 3
 
-Reads the inputs bench_peer.py drew (``cnn_x`` (N, H, W, C), ``mlp_x`` (N, d)) and the
+Reads the inputs bench_peer.py drew (``cnn_x`` (N, H, W, C), ``mlp_x`` (N, d), ``tf_x``
+(N, T, d)) and the
 shapes it asks for, times each case jitted (best of ``repeats``, after one compiling call),
 and writes the seconds and the analytic CNTK it computed.
 """
@@ -43,6 +44,25 @@ def mlp(width: int, depth: int, w_std: float, b_std: float):
     return stax.serial(*layers, stax.Dense(1, W_std=w_std, b_std=b_std))
 
 
+def residual(*layers):
+    """z + f(z)."""
+    return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.serial(*layers)),
+                       stax.FanInSum())
+
+
+def transformer(width: int, depth: int, heads: int, w_std: float, b_std: float):
+    """ntksweep's preset: an embedding, depth − 2 pre-norm blocks (attention with tied
+    query-key weights and 1/d_key logits, a ReLU MLP), LayerNorm, the mean over tokens, a
+    dense readout; sequences (N, T, d), channels last."""
+    attend = stax.GlobalSelfAttention(width, width // heads, width // heads, heads,
+                                      linear_scaling=True, W_value_std=w_std, b_std=b_std)
+    block = stax.serial(residual(stax.LayerNorm(), attend),
+                        residual(stax.LayerNorm(), stax.Dense(width, w_std, b_std), stax.Relu(),
+                                 stax.Dense(width, w_std, b_std)))
+    return stax.serial(stax.Dense(width, w_std, b_std), *[block] * (depth - 2),
+                       stax.LayerNorm(), stax.GlobalAvgPool(), stax.Dense(1, w_std, b_std))
+
+
 def empirical(apply_fn, init_fn, x, impl, repeats: int) -> float:
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
     fn = jax.jit(nt.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=impl))
@@ -74,6 +94,14 @@ def main() -> None:
     init_fn, apply_fn, _ = mlp(int(cfg["mlp_width"]), depth, w_std, b_std)
     for name, impl in impls.items():
         res[f"mlp_empirical_{name}_s"] = empirical(apply_fn, init_fn, x, impl, args.repeats)
+
+    x = jax.numpy.asarray(cfg["tf_x"], dtype=jax.numpy.float32)
+    init_fn, apply_fn, kernel_fn = transformer(int(cfg["tf_width"]), depth, int(cfg["tf_heads"]),
+                                               w_std, b_std)
+    for name, impl in impls.items():
+        res[f"tf_empirical_{name}_s"] = empirical(apply_fn, init_fn, x, impl, args.repeats)
+    res["tf_analytic_ntk"] = np.asarray(jax.jit(kernel_fn, static_argnames="get")(
+        x[:int(cfg["tf_limit_n"])], None, "ntk"))
     np.savez(args.out, **res)
 
 

@@ -39,17 +39,19 @@ MIN_CHUNK_CHANNELS = 8
 
 @dataclass(frozen=True)
 class LayerShape:
-    """One ``Dense`` or ``Conv`` layer's sizes for one example (module doc)."""
+    """One ``Dense`` or ``Conv`` layer's sizes for one example (module doc); ``bias``: whether
+    it has one (attention's projections do not)."""
 
     c_in: int
     p_in: int
     c_out: int
     p_out: int
     kk: int
+    bias: bool = True
 
     @property
     def params(self) -> int:
-        return self.c_out * (self.c_in * self.kk + 1)
+        return self.c_out * (self.c_in * self.kk + self.bias)
 
     def channel_bytes(self, k: int, itemsize: int) -> int:
         """One example's share of a one-input-channel chunk of its per-example gradients: its
@@ -104,16 +106,20 @@ def network_input_shape(architecture: str, shape, patch: int = 2) -> tuple[int, 
 
 def network_shapes(architecture: str, in_shape: tuple[int, ...], width: int, depth: int,
                    out_dim: int, *, kernel_size: int = 3, padding: str = "same",
-                   readout: str = "gap") -> list[LayerShape]:
-    """The layers of an ntksweep ``mlp`` (in_shape (d,)), ``cnn`` or ``resnet`` (in_shape
-    (C, H, W)), in order, as the models build them."""
+                   readout: str = "gap", heads: int = 1, attention_scaling: str = "linear"
+                   ) -> list[LayerShape]:
+    """The layers of a registered architecture on inputs ``in_shape`` ((d,) for an mlp,
+    (d, T) for a transformer, (C, H, W) for the others), in order, as they are built. The
+    layers report these themselves (``ntksweep.layers``' ``shapes``); this torch-free copy
+    lets a sweep be planned without importing torch, and tests/test_preflight.py holds it
+    to the layers' own report for every preset."""
     if architecture == "mlp":
         dims = [in_shape[0], *[width] * (depth - 1), out_dim]
         return [LayerShape(a, 1, b, 1, 1) for a, b in zip(dims[:-1], dims[1:])]
     if architecture == "myrtle":
         return _myrtle_shapes(in_shape, width, depth, out_dim)
     if architecture == "transformer":
-        return _transformer_shapes(in_shape, width, depth, out_dim)
+        return _transformer_shapes(in_shape, width, depth, out_dim, heads, attention_scaling)
     c, h, w = in_shape
     kk, shrink = kernel_size ** 2, (kernel_size - 1 if padding == "valid" else 0)
     shapes = []
@@ -140,13 +146,18 @@ def _myrtle_shapes(in_shape: tuple[int, ...], width: int, depth: int, out_dim: i
     return [*shapes, LayerShape(width, 1, out_dim, 1, 1)]
 
 
-def _transformer_shapes(in_shape: tuple[int, ...], width: int, depth: int, out_dim: int
-                        ) -> list[LayerShape]:
+def _transformer_shapes(in_shape: tuple[int, ...], width: int, depth: int, out_dim: int,
+                        heads: int, scaling: str) -> list[LayerShape]:
     """A transformer's weights as per-token dense maps over its T tokens: the embedding;
-    per block the attention's keys (queries tied), values and output, and the MLP's two
-    layers; the readout on the mean token."""
+    per block the attention's keys (queries tied under linear scaling) and values (H d
+    channels, no biases) and its output, and the MLP's two layers; the readout on the mean
+    token."""
     features, tokens = in_shape
-    block = [LayerShape(width, tokens, width, tokens, 1)] * 5
+    hd = heads * (width // heads)
+    project = LayerShape(width, tokens, hd, tokens, 1, bias=False)
+    dense = LayerShape(width, tokens, width, tokens, 1)
+    block = [project] * (3 if scaling == "sqrt" else 2) + \
+        [LayerShape(hd, tokens, width, tokens, 1), dense, dense]
     return [LayerShape(features, tokens, width, tokens, 1), *block * (depth - 2),
             LayerShape(width, 1, out_dim, 1, 1)]
 
@@ -211,17 +222,20 @@ class TrialMemory:
         return self.held + int(ALLOCATOR_SLACK * max(self.phases.values(), default=0))
 
 
-def trial_memory(spec, in_shape: tuple[int, ...], out_dim: int) -> TrialMemory:
+def trial_memory(spec, in_shape: tuple[int, ...], out_dim: int,
+                 shapes: list[LayerShape] | None = None) -> TrialMemory:
     """The working memory of the trial ``spec`` (a ``TrialSpec``) on inputs shaped
-    ``in_shape`` (one point) with ``out_dim`` outputs, beyond its process's baseline: what
+    ``in_shape`` (one point) with ``out_dim`` outputs — its network's layers ``shapes``
+    (default: the registered architecture's) —, beyond its process's baseline: what
     it holds throughout (data, network, the limits and Θ_0 as float64) and its phases
     (``TrialMemory``). Products over k outputs leave a temporary or two of their result's
     size beside it (einsum, broadcasting), counted as such."""
     size = 4 if spec.dtype == "float32" else 8
     m, n, t, k = spec.n_eval, spec.n_train, spec.n_test, out_dim
-    shapes = network_shapes(spec.architecture, in_shape, spec.width, spec.depth, k,
-                            kernel_size=spec.kernel_size, padding=spec.padding,
-                            readout=spec.readout)
+    shapes = shapes or network_shapes(
+        spec.architecture, in_shape, spec.width, spec.depth, k, kernel_size=spec.kernel_size,
+        padding=spec.padding, readout=spec.readout, heads=spec.heads,
+        attention_scaling=spec.attention_scaling)
     params = sum(s.params for s in shapes)
     pairs = k * k if k > 1 else 1                # the linearised net's (·, ·, k, k) kernels
     flat = 8 * (n * k) ** 2 if k > 1 else 0      # one (N k)² float64 matrix
@@ -249,7 +263,7 @@ def _ntk_phase(spec, shapes, params, k, size, points) -> tuple[int, int]:
     bytes of a 1 × 1 tile."""
     conv = spec.architecture != "mlp"
     budget = spec.memory_budget
-    generic = spec.ntk_method not in ("auto", "structured") or spec.architecture == "transformer"
+    generic = spec.ntk_method not in ("auto", "structured")
     if generic and spec.ntk_method == "auto" and budget is None:
         budget = AUTO_JACOBIAN_BYTES       # 'auto' tiles per-example Jacobians at this size
 

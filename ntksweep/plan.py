@@ -184,19 +184,23 @@ def _data_shape(t: TrialSpec) -> DataShape:
 def _network_bytes(t: TrialSpec, shape: DataShape) -> int:
     """The trial's estimated peak (``memory.trial_memory``), after refusing a network that
     does not fit its data or a ``memory_budget`` too small for one NTK entry. A user's own
-    network is built and run on one input instead; its memory is not estimated (0)."""
+    network is built and run on one input instead; a composition's memory is planned from
+    the shapes its layers report, a plain torch module's is not estimated (0: its
+    activations are unknown until it runs)."""
     if is_custom_architecture(t.architecture):
-        _checked_custom(t, shape)
-        return 0
+        return _checked_custom(t, shape)
     return _checked_memory(*_network_key(t, shape)).peak
 
 
 @functools.lru_cache(maxsize=256)
-def _checked_custom(t: TrialSpec, shape: DataShape) -> None:
+def _checked_custom(t: TrialSpec, shape: DataShape) -> int:
+    """A user's network built and run once (``custom.check``); its estimated peak."""
     from .trial import custom  # imports torch and the user's module: only for these
 
     out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
-    custom.check(t, network_input_shape(t.architecture, shape), out_dim)
+    in_shape = network_input_shape(t.architecture, shape)
+    layers = custom.check(t, in_shape, out_dim)
+    return 0 if layers is None else trial_memory(t, in_shape, out_dim, layers).peak
 
 
 def _network_key(t: TrialSpec, shape: DataShape) -> tuple:

@@ -103,3 +103,21 @@ def test_a_sweep_of_your_own_networks_from_the_command_line(tmp_path):
     assert set(trials.status) == {"completed"}
     by = trials.set_index("architecture").init_dist_inf
     assert np.isfinite(by["user_networks:composed"]) and np.isnan(by["user_networks:plain"])
+
+
+def test_a_users_composition_has_its_memory_planned_from_its_layers(allowed):
+    """The plan estimates a composition's peak from the shapes its layers report — growing
+    with its width — and a too-small memory_budget is refused there as for a built-in net;
+    a plain module is built and run once, unestimated."""
+    from ntksweep.data import data_shape
+    from ntksweep.plan import _network_bytes
+
+    def peak(architecture, width):
+        t = ntksweep.TrialSpec(architecture=architecture, **{**BASE, "width": width})
+        return _network_bytes(t, data_shape(t.dataset, **t.data_args()))
+
+    small, large = peak("user_networks:composed", 64), peak("user_networks:composed", 2048)
+    assert 0 < small < large
+    # its 2048² float32 weight matrix, its gradient and a step's temporary: ≥ 3 · 16 MiB
+    assert large > 3 * 2048**2 * 4
+    assert peak("user_networks:plain", 64) == 0

@@ -12,7 +12,7 @@ import torch
 
 import ntksweep
 from ntksweep import layers as nl
-from ntksweep.errors import SpecError
+from ntksweep.errors import SpecError, UserError
 
 
 def _rel(a, b) -> float:
@@ -178,17 +178,60 @@ def _layernorm_net(width: int):
                      nl.LayerNorm(), nl.Activation("erf"), nl.Dense(2))
 
 
-@pytest.mark.parametrize("name", ["myrtle", "layernorm"])
+def _brute_ntk(model, x: torch.Tensor) -> torch.Tensor:
+    """Θ (n, n, k, k) from autograd's per-example, per-output gradients: J·Jᵀ."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    k = model(x[:1]).numel()
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        model(x[i:i + 1]).reshape(-1)[c], params)]) for i in range(len(x)) for c in range(k)]
+    j = torch.stack(rows).reshape(len(x), k, -1)
+    return torch.einsum("ikp,jlp->ijkl", j, j)
+
+
+@pytest.mark.parametrize("name", ["myrtle", "layernorm", "transformer", "sqrt-relu"])
 def test_the_structured_ntk_of_compositions_is_jacobian_times_jacobian(name):
+    """The per-layer structured NTK — attention's projections are positionwise dense layers
+    whose output gradients carry the attention — equals autograd's J·Jᵀ."""
     if name == "myrtle":
         net, x = nl.myrtle(6, 5, out_dim=2), torch.randn(5, 2, 8, 8, dtype=torch.float64)
-    else:
+    elif name == "layernorm":
         net, x = _layernorm_net(12), torch.randn(5, 3, dtype=torch.float64)
+    else:
+        options = dict(attention="relu", attention_scaling="sqrt") if name == "sqrt-relu" \
+            else {}
+        net = nl.transformer(8, 4, out_dim=2, heads=2, **options)
+        x = torch.randn(5, 3, 6, dtype=torch.float64)                 # (n, d, T)
     model = net.module(tuple(x.shape[1:]), seed=0, dtype=torch.float64)
     structured = ntksweep.empirical_ntk(model, x, method="structured")
-    jacobian = ntksweep.empirical_ntk(model, x, method="jacobian")
+    brute = _brute_ntk(model, x)
     assert structured.shape == (5, 5, 2, 2)
-    assert (structured - jacobian).abs().max() <= 1e-9 * jacobian.abs().max()
+    assert (structured - brute).abs().max() <= 1e-9 * brute.abs().max()
+    tiled = ntksweep.empirical_ntk(model, x, x[:3], method="structured", block_size=2,
+                                   memory_budget=1 << 20, trace=True)
+    assert (tiled - brute[:, :3].diagonal(dim1=2, dim2=3).mean(-1)).abs().max() \
+        <= 1e-9 * brute.abs().max()
+
+
+def test_a_layer_applied_twice_is_not_taken_layer_by_layer():
+    """A shared layer sees two inputs per forward pass: 'auto' takes Jacobians (equal to
+    J·Jᵀ), and 'structured' refuses in one line."""
+    from ntksweep.models.layers import PositionwiseDense
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.shared = PositionwiseDense(torch.randn(3, 3, generator=g, dtype=torch.float64),
+                                            torch.randn(3, dtype=torch.float64), 0.5, 0.1)
+
+        def forward(self, x):
+            return self.shared(torch.tanh(self.shared(x))).mean(-1)
+
+    model, x = Twice(), torch.randn(4, 3, 5, dtype=torch.float64)
+    brute = _brute_ntk(model, x)
+    assert (ntksweep.empirical_ntk(model, x) - brute).abs().max() <= 1e-9 * brute.abs().max()
+    with pytest.raises(UserError, match="applied once per forward pass"):
+        ntksweep.empirical_ntk(model, x, method="structured")
 
 
 def _monte_carlo(net, x: np.ndarray, seeds: int, *, spread: bool = False):
@@ -349,8 +392,8 @@ def test_wide_transformers_average_to_their_limit():
 
 
 def test_a_transformers_ntk_is_jacobian_times_jacobian_and_its_limit_reads_tokens():
-    """'auto' takes per-example Jacobians of a composition with attention, equal to autograd's
-    J·Jᵀ; ntksweep.analytic_kernels reads sequences as (n, T, d)."""
+    """'auto' (structured) on a composition with attention equals autograd's J·Jᵀ;
+    ntksweep.analytic_kernels reads sequences as (n, T, d)."""
     rng = np.random.default_rng(10)
     seq = rng.normal(size=(4, 5, 3))                                      # (n, T, d)
     net = nl.transformer(8, 3, out_dim=2, heads=2)

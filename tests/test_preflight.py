@@ -119,17 +119,30 @@ def test_the_digits_count_is_scikit_learns():
     dict(**CNN, depth=2, padding="valid", kernel_size=5),
     dict(dataset="images", dim=6, architecture="resnet", width=8, depth=4),
     dict(dataset="images", dim=9, architecture="myrtle", width=8, depth=7),
-    dict(dataset="digits", architecture="myrtle", depth=10)])
+    dict(dataset="digits", architecture="myrtle", depth=10),
+    dict(dataset="tokens", architecture="transformer", depth=4, heads=4, width=18),
+    dict(dataset="tokens", architecture="transformer", depth=3, attention_scaling="sqrt"),
+    dict(dataset="digits", architecture="transformer", depth=3, patch=4)])
 def test_the_planned_layer_shapes_are_the_built_networks(fields):
-    """The memory estimate plans from shapes alone: they must be the real network's."""
+    """The memory estimate plans from shapes alone (without torch): they must be the real
+    network's, as its layers report them and as its modules run."""
     from ntksweep.kernels.layerwise import layer_shapes
+    from ntksweep.layers import preset
+    from ntksweep.memory import network_input_shape
 
     spec = TrialSpec(**{"width": 16, **fields})
     data = dataset_for(spec.replace(n_train=2, n_eval=2))
     model = build_model(spec, data, data.out_dim, torch.float64, "cpu")
     x = torch.as_tensor(inputs(spec, data, data.x_train[:1]))
-    in_shape = (data.in_dim,) if spec.architecture == "mlp" else data.image_shape
+    in_shape = network_input_shape(spec.architecture, data.shape, spec.patch)
     planned = network_shapes(spec.architecture, in_shape, spec.width, spec.depth,
                              data.out_dim, kernel_size=spec.kernel_size, padding=spec.padding,
-                             readout=spec.readout)
+                             readout=spec.readout, heads=spec.heads,
+                             attention_scaling=spec.attention_scaling)
     assert planned == layer_shapes(model, x)[0]
+    conv = dict(kernel_size=spec.kernel_size, padding=spec.padding, readout=spec.readout) \
+        if spec.architecture == "cnn" else \
+        dict(kernel_size=spec.kernel_size) if spec.architecture == "resnet" else {}
+    net = preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=data.out_dim,
+                 **conv, **dict(spec.network_options()))
+    assert planned == net.shapes(in_shape)

@@ -44,16 +44,17 @@ def _as_tensor(x, name: str, like: Tensor) -> Tensor:
 def _choose_method(model: nn.Module, method: str, k: int, itemsize: int,
                    budget: int | None, point: Tensor) -> str:
     if method == "auto":
-        if isinstance(model, MLP) or is_layerwise(model):
+        if isinstance(model, MLP) or is_layerwise(model, point):
             return "structured"
         one = tile_bytes(model, "jacobian", 1, 1, k, itemsize, point)
         return "jacobian" if one <= (budget or AUTO_JACOBIAN_BYTES) else "ntk_vps"
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of: auto, "
                         f"{', '.join(METHODS)}")
-    if method == "structured" and not (isinstance(model, MLP) or is_layerwise(model)):
-        raise UserError(f"method='structured' needs an ntksweep.models.MLP or a network of "
-                        f"ntksweep Dense and Conv layers, got {type(model).__name__}; use "
+    if method == "structured" and not (isinstance(model, MLP) or is_layerwise(model, point)):
+        raise UserError(f"method='structured' needs an ntksweep.models.MLP or a network whose "
+                        "parameters all sit in ntksweep Dense, Conv and attention layers, each "
+                        f"applied once per forward pass; got {type(model).__name__}; use "
                         "method='auto', 'jacobian' or 'ntk_vps'")
     return method
 
@@ -78,7 +79,9 @@ def empirical_ntk(
     ``trace=True`` the per-logit mean (1/k) Σ_c Θ[:, :, c, c], (n1, n2): the rank says
     which was asked for, never how many outputs the model has. Computed in the
     model's dtype on its device; inputs are cast there. ``method``: 'auto' (structured for
-    ntksweep MLPs, else the cheaper generic one), 'structured', 'jacobian', 'ntk_vps'.
+    ntksweep MLPs and networks of ntksweep layers — presets and ``ntksweep.layers``
+    compositions, attention included — else the cheaper generic one), 'structured',
+    'jacobian', 'ntk_vps'.
     ``memory_budget`` (bytes of working memory per tile) or ``block_size`` tile the kernel;
     ``executor`` computes the tiles (default: this process). The model is left unchanged.
 

@@ -1,10 +1,14 @@
-"""The structured empirical NTK of networks built from ``Dense`` and ``Conv`` layers (CNNs,
-ResNets): per layer, the per-example gradients of its weights and bias, contracted.
+"""The structured empirical NTK of networks whose parameters all sit in ``Dense``, ``Conv``
+and positionwise dense layers (CNNs, ResNets, Myrtle nets, transformers — attention's
+key, query, value and output projections are positionwise dense layers, LayerNorm has no
+parameters): per layer, the per-example gradients of its weights and bias, contracted.
 
 For a convolution z = α W ∗ a + β b, the gradient of output c with respect to W is
 α Σ_p D_c[:, p] ⊗ patch_p(a), with D_c = ∂f_c/∂z (C_out, P) the gradient with respect to the
 layer's pre-activations and patch_p(a) the C_in·k² inputs its window sees at position p; with
-respect to b it is β Σ_p D_c[:, p]. A dense layer is the case P = 1. So
+respect to b it is β Σ_p D_c[:, p]. A dense layer is the case P = 1; a positionwise one is a
+1×1 convolution (patch_p(a) = a[:, p]), however the positions are later mixed (attention
+only changes D). So
 
     Θ(x, x')_cd = Σ_layers ⟨G_c(x), G_d(x')⟩,   G = [α Σ_p D_p ⊗ patch_p, β Σ_p D_p],
 
@@ -26,21 +30,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..memory import CPU_CHUNK_BYTES, MIN_CHUNK_CHANNELS, Footprint, LayerShape
-from ..models.layers import Conv, Dense
+from ..models.layers import Conv, PositionwiseDense, affine_layers
 
 __all__ = ["ntk_layerwise", "is_layerwise", "footprint", "layer_shapes", "LayerwisePlan",
            "plan_layerwise"]
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (Conv, Dense))]
+_layers = affine_layers
 
 
-def is_layerwise(model: nn.Module) -> bool:
-    """Every trainable parameter belongs to a ``Dense`` or ``Conv`` layer."""
-    owned = {id(p) for m in _layers(model) for p in (m.weight, m.bias)}
-    return bool(owned) and all(id(p) in owned for p in model.parameters() if p.requires_grad)
+def is_layerwise(model: nn.Module, point: Tensor | None = None) -> bool:
+    """Every trainable parameter belongs to a ``Dense``, ``PositionwiseDense`` or ``Conv``
+    layer (attention's projections are positionwise dense layers) — and, given an input
+    ``point`` (1, …), each of those layers runs once per forward pass: a layer applied
+    twice (shared weights) has two inputs the per-layer gradients would not sum."""
+    layers = _layers(model)
+    owned = {id(p) for m in layers for p in (m.weight, m.bias) if p is not None}
+    if not owned or any(id(p) not in owned for p in model.parameters() if p.requires_grad):
+        return False
+    if point is None:
+        return True
+    calls = dict.fromkeys(layers, 0)
 
+    def count(module, _args, _out):
+        calls[module] += 1
+
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            model(point)
+    finally:
+        for h in hooks:
+            h.remove()
+    return all(c == 1 for c in calls.values())
 
 
 def layer_shapes(model: nn.Module, x: Tensor) -> tuple[list[LayerShape], int]:
@@ -52,7 +74,7 @@ def layer_shapes(model: nn.Module, x: Tensor) -> tuple[list[LayerShape], int]:
         a = args[0]
         kk = module.kernel_size ** 2 if isinstance(module, Conv) else 1
         shapes.append(LayerShape(a.shape[1], a[0, 0].numel(), output.shape[1],
-                                 output[0, 0].numel(), kk))
+                                 output[0, 0].numel(), kk, bias=module.bias is not None))
 
     hooks = [m.register_forward_hook(keep) for m in _layers(model)]
     try:
@@ -93,7 +115,8 @@ def _batch_signals(model: nn.Module, x: Tensor) -> list[tuple[nn.Module, Tensor,
     del out, zs
     signals = []
     for i, m in enumerate(layers):
-        d = torch.stack([g[i] for g in per_output], 1).detach()          # (N, k, C_out, …)
+        d = per_output[0][i][:, None] if len(per_output) == 1 else \
+            torch.stack([g[i] for g in per_output], 1)                   # (N, k, C_out, …)
         signals.append((m, seen.pop(m)[0], d.reshape(*d.shape[:3], -1)))
     return signals
 
@@ -119,18 +142,28 @@ def _gradient_chunks(m: nn.Module, a: Tensor, d: Tensor, channels: int) -> Itera
     α Σ_p D_p ⊗ patch_p, ``channels`` input channels at a time, then its bias's β Σ_p D_p.
     Each column of G appears in exactly one chunk, so Σ_chunks G Gᵀ is the layer's share."""
     scale = m.weight_mult * m.weight_lr ** 0.5
+    n, k, c_out, positions = d.shape
+    rows = d.reshape(n, k * c_out, positions)
     for c0 in range(0, a.shape[1], channels):
         part = a[:, c0:c0 + channels]
         if isinstance(m, Conv):
             pad = m.kernel_size // 2 if m.padding == "same" else 0
             patches = F.unfold(part, m.kernel_size, padding=pad)          # (N, c k², P)
+        elif isinstance(m, PositionwiseDense):
+            patches = part.flatten(2)                                     # (N, c, P)
         else:
             patches = part[:, :, None]                                    # (N, c, 1)
-        g = torch.einsum("ncop,nmp->ncom", d, patches).flatten(2).mul_(scale)
+        small = positions < k * c_out                  # scale the smaller of patches and G
+        if small:
+            patches = patches * scale
+        g = torch.bmm(rows, patches.transpose(1, 2)).reshape(n, k, -1)    # Σ_p D_p ⊗ patch_p
+        if not small:
+            g.mul_(scale)
         del patches
         yield g
         del g
-    yield d.sum(-1) * (m.bias_mult * m.bias_lr ** 0.5)
+    if m.bias is not None:
+        yield d.sum(-1) * (m.bias_mult * m.bias_lr ** 0.5)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,13 @@ at every pair of positions, and the same for each input's self-covariance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..choices import BIAS_STD, PADDINGS
 from ..errors import SpecError
 from ..kernels.conv import conv_average, conv_average_diagonal
+from ..memory import LayerShape
 from ..models.layers import Conv as ConvModule
 from ..models.layers import Dense as DenseModule
 from ..models.layers import PositionwiseDense, init_affine
@@ -58,6 +60,10 @@ class Dense(Layer):
 
     def out_shape(self, shape):
         return (self.width, *shape[1:])
+
+    def shapes(self, shape):
+        positions = math.prod(shape[1:])
+        return [LayerShape(shape[0], positions, self.width, positions, 1)]
 
     def build(self, shape, ctx: Build):
         c = shape[0]
@@ -102,6 +108,11 @@ class Conv(Layer):
                             f"leaves no pixel of a {shape[1]}×{shape[2]} image: use "
                             "padding='same' or a smaller kernel_size")
         return (self.width, h, w)
+
+    def shapes(self, shape):
+        out = self.out_shape(shape)
+        return [LayerShape(shape[0], math.prod(shape[1:]), self.width, math.prod(out[1:]),
+                           self.kernel_size ** 2)]
 
     def build(self, shape, ctx: Build):
         self.out_shape(shape)

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from ..choices import ATTENTION_SCALINGS, ATTENTIONS, BIAS_STD, check_implemented
 from ..errors import SpecError
-from ..models.layers import seeded_normal
+from ..memory import LayerShape
+from ..models.layers import PositionwiseDense, seeded_normal
 from .core import Build, Layer
 from .state import Kernel
 
@@ -44,37 +45,53 @@ MECHANISMS = {"softmax": lambda g: torch.softmax(g, -1), "identity": lambda g: g
 check_implemented("attention mechanisms", ATTENTIONS, MECHANISMS)
 
 
+def _projection(weight: Tensor, mult: float, bias: Tensor | None = None,
+                bias_mult: float = 0.0) -> PositionwiseDense:
+    """A positionwise dense layer (so the structured empirical NTK sees its signals), role
+    ``attention`` (outside the coordinate check's roles), learning-rate factors 1."""
+    return PositionwiseDense(weight, bias, mult, bias_mult, role="attention")
+
+
 class _Attention(nn.Module):
-    """The finite layer (module doc): z (N, C, T…) → (N, width, T…)."""
+    """The finite layer (module doc): z (N, C, T…) → (N, width, T…). Its four projections
+    are positionwise dense layers: keys (and untied queries) and values C → H d without
+    biases, the output H d → width with the bias."""
 
     def __init__(self, spec: SelfAttention, c_in: int, key_width: int, ctx: Build):
         super().__init__()
         h, d = spec.heads, key_width
 
-        def draw(*shape: int) -> nn.Parameter:
-            return nn.Parameter(seeded_normal(*shape, generator=ctx.generator, dtype=ctx.dtype,
-                                       device="cpu").to(ctx.device))
+        def draw(*shape: int) -> Tensor:                  # (h, c_in, d) → (h d, c_in) below
+            return seeded_normal(*shape, generator=ctx.generator, dtype=ctx.dtype,
+                                 device="cpu").to(ctx.device)
 
-        self.key = draw(h, c_in, d)
-        self.query = draw(h, c_in, d) if spec.scaling == "sqrt" else None
-        self.value = draw(h, c_in, d)
-        self.out = draw(h * d, spec.width)
-        self.bias = draw(spec.width)
+        def heads(w: Tensor) -> Tensor:
+            return w.permute(0, 2, 1).reshape(h * d, c_in)
+
+        self.key = _projection(heads(draw(h, c_in, d)), 1.0)
+        self.query = _projection(heads(draw(h, c_in, d)), 1.0) if spec.scaling == "sqrt" \
+            else None
+        self.value = _projection(heads(draw(h, c_in, d)), 1.0)
+        out = draw(h * d, spec.width)
+        self.out = _projection(out.T.contiguous(), spec.weight_std / (h * d * c_in) ** 0.5,
+                               draw(spec.width), spec.bias_std)
         self.spec, self.c_in, self.d = spec, c_in, d
         norm = c_in * (d if spec.scaling == "linear" else d ** 0.5)
         self.logit_scale = spec.query_key_std / norm
-        self.out_scale = spec.weight_std / (h * d * c_in) ** 0.5
 
     def forward(self, z: Tensor) -> Tensor:
         n, c, *positions = z.shape
-        t = z.reshape(n, c, -1).transpose(1, 2)                               # (N, T, C)
-        keys = torch.einsum("ntc,hcd->nhtd", t, self.key)
-        queries = keys if self.query is None else torch.einsum("ntc,hcd->nhtd", t, self.query)
+        z = z.reshape(n, c, -1)                                                # (N, C, T)
+        h, d = self.spec.heads, self.d
+
+        def split(p: PositionwiseDense) -> Tensor:                             # (N, H, T, d)
+            return p(z).reshape(n, h, d, -1).transpose(-1, -2)
+
+        keys = split(self.key)
+        queries = keys if self.query is None else split(self.query)
         g = MECHANISMS[self.spec.mechanism](queries @ keys.transpose(-1, -2) * self.logit_scale)
-        heads = g @ torch.einsum("ntc,hcd->nhtd", t, self.value)               # (N, H, T, d)
-        joined = heads.permute(0, 2, 1, 3).reshape(n, t.shape[1], -1)          # (N, T, H d)
-        out = joined @ self.out * self.out_scale + self.bias * self.spec.bias_std
-        return out.transpose(1, 2).reshape(n, self.spec.width, *positions)
+        joined = (g @ split(self.value)).transpose(1, 2).reshape(n, -1, h * d)    # (N, T, H d)
+        return self.out(joined.transpose(1, 2)).reshape(n, self.spec.width, *positions)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -116,6 +133,20 @@ class SelfAttention(Layer):
         if len(shape) < 2:
             raise SpecError(f"SelfAttention reads inputs with positions (C, T); got {shape}")
         return (self.width, *shape[1:])
+
+    @property
+    def has_limit(self) -> bool:
+        return self.scaling == "linear"
+
+    def shapes(self, shape):
+        """Keys (and untied queries) and values C → H d without biases, the output H d →
+        width, each at every one of the T positions."""
+        self.out_shape(shape)
+        c, t = shape[0], math.prod(shape[1:])
+        hd = self.heads * (self.key_width or self.width // self.heads)
+        projections = 3 if self.scaling == "sqrt" else 2
+        return [LayerShape(c, t, hd, t, 1, bias=False)] * projections + \
+            [LayerShape(hd, t, self.width, t, 1)]
 
     def build(self, shape, ctx: Build):
         self.out_shape(shape)

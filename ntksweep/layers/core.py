@@ -4,9 +4,12 @@ neural-tangents' ``stax`` (Novak et al. 2020), in PyTorch.
 
 Every layer says (1) ``out_shape``: its output's shape (C, *S) from its input's, (2)
 ``build``: its torch module, its affine layers drawn in network order from one seeded
-generator in the network's parametrization, and (3) ``limit``: what it does to Σ, Θ and the
-self-covariances; ``mixes_positions`` says whether it needs every pair of positions
-(pooling) or keeps the diagonal p = q to itself (convolutions, activations).
+generator in the network's parametrization, (3) ``limit``: what it does to Σ, Θ and the
+self-covariances, and (4) ``shapes``: its trainable maps' sizes per example
+(``memory.LayerShape``: what the structured empirical NTK holds and multiplies, so tiles and
+memory are planned from them); ``mixes_positions`` says whether it needs every pair of
+positions (pooling) or keeps the diagonal p = q to itself (convolutions, activations), and
+``has_limit`` whether its limit has a closed form.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..memory import LayerShape
 from .state import Kernel
 
 __all__ = ["Layer", "Build", "Serial", "Residual", "serial", "residual", "leaves"]
@@ -59,9 +63,14 @@ class Layer(ABC):
 
     mixes_positions: bool = False
     affine: int = 0          # trainable affine layers (Dense, Conv) it holds
+    has_limit: bool = True
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape
+
+    def shapes(self, shape: tuple[int, ...]) -> list[LayerShape]:
+        """Its trainable maps on inputs (C, *S), in network order (none: no parameters)."""
+        return []
 
     @abstractmethod
     def build(self, shape: tuple[int, ...], ctx: Build) -> nn.Module:
@@ -106,15 +115,24 @@ class Serial(Layer):
     layers: tuple[Layer, ...]
     mixes_positions: bool = field(init=False)
     affine: int = field(init=False)
+    has_limit: bool = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "mixes_positions", any(x.mixes_positions for x in self.layers))
         object.__setattr__(self, "affine", sum(x.affine for x in self.layers))
+        object.__setattr__(self, "has_limit", all(x.has_limit for x in self.layers))
 
     def out_shape(self, shape):
         for layer in self.layers:
             shape = layer.out_shape(shape)
         return shape
+
+    def shapes(self, shape):
+        out = []
+        for layer in self.layers:
+            out += layer.shapes(shape)
+            shape = layer.out_shape(shape)
+        return out
 
     def build(self, shape, ctx):
         modules = []
@@ -145,10 +163,15 @@ class Residual(Layer):
     branch: Layer
     mixes_positions: bool = field(init=False)
     affine: int = field(init=False)
+    has_limit: bool = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "mixes_positions", self.branch.mixes_positions)
         object.__setattr__(self, "affine", self.branch.affine)
+        object.__setattr__(self, "has_limit", self.branch.has_limit)
+
+    def shapes(self, shape):
+        return self.branch.shapes(shape)
 
     def out_shape(self, shape):
         if (out := self.branch.out_shape(shape)) != shape:

@@ -38,19 +38,20 @@ def seeded_normal(*shape: int, generator: torch.Generator | None, dtype: torch.d
 
 
 class _Affine(nn.Module):
-    """What Dense and Conv share: W, b trainable; z = weight_mult · (W ⊛ a) + bias_mult · b;
+    """What Dense and Conv share: W, b trainable (b may be absent: attention's projections);
+    z = weight_mult · (W ⊛ a) + bias_mult · b;
     the learning-rate factors r of W and b under gradient descent (the measured kernel Θ_η
     weighs each layer's share by them), the layer's ``role`` (``parametrizations``) and the
     prior variances of one entry of the effective W and b."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, weight_mult: float,
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, weight_mult: float,
                  bias_mult: float, *, weight_lr: float = 1.0, bias_lr: float = 1.0,
                  role: str = "hidden", prior: tuple[float, float] | None = None):
         super().__init__()
         self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
+        self.bias = None if bias is None else nn.Parameter(bias)
         self.weight_mult = float(weight_mult)
-        self.bias_mult = float(bias_mult)
+        self.bias_mult = 0.0 if bias is None else float(bias_mult)
         self.weight_lr, self.bias_lr, self.role = float(weight_lr), float(bias_lr), role
         self.prior = prior if prior is not None else (self.weight_mult**2, self.bias_mult**2)
 
@@ -81,10 +82,14 @@ class PositionwiseDense(_Affine):
     (a token's dense layer in a transformer; a 1×1 convolution on images)."""
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        z = a.movedim(1, -1) @ self.weight.T * self.weight_mult
-        if self.bias_mult != 0:
-            z = z + self.bias * self.bias_mult
-        return z.movedim(-1, 1)
+        # one matrix product over every position, channels last: no copy when ``a`` is
+        # itself a channels-first view of channels-last memory (as this layer's, LayerNorm's
+        # and attention's outputs are); the multipliers are folded into the (small) weights
+        moved = a.movedim(1, -1)
+        flat = moved.reshape(-1, moved.shape[-1])
+        w = (self.weight * self.weight_mult).T
+        z = flat @ w if self.bias_mult == 0 else torch.addmm(self.bias * self.bias_mult, flat, w)
+        return z.reshape(*moved.shape[:-1], -1).movedim(-1, 1)
 
     def extra_repr(self) -> str:
         return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, per position, "
@@ -126,8 +131,8 @@ class Conv(_Affine):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         """a (N, C_in, H, W) → z (N, C_out, H', W')."""
         pad = self.kernel_size // 2 if self.padding == "same" else 0
-        return nn.functional.conv2d(a, self.weight * self.weight_mult,
-                                    self.bias * self.bias_mult, padding=pad)
+        bias = None if self.bias is None else self.bias * self.bias_mult
+        return nn.functional.conv2d(a, self.weight * self.weight_mult, bias, padding=pad)
 
     def extra_repr(self) -> str:
         return (f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, "
@@ -143,7 +148,8 @@ def parameter_lr_factors(model: nn.Module) -> dict[str, float]:
         if isinstance(module, _Affine):
             dot = f"{prefix}." if prefix else ""
             factors[f"{dot}weight"] = module.weight_lr
-            factors[f"{dot}bias"] = module.bias_lr
+            if module.bias is not None:
+                factors[f"{dot}bias"] = module.bias_lr
     return factors
 
 

@@ -108,9 +108,10 @@ def composition(spec: TrialSpec, out_dim: int) -> Layer | None:
     return net if isinstance(net, Layer) else None
 
 
-def check(spec: TrialSpec, in_shape: tuple[int, ...], out_dim: int) -> None:
+def check(spec: TrialSpec, in_shape: tuple[int, ...], out_dim: int) -> list | None:
     """Build the trial's network and run it on one input of the data's shape: one line for
-    whatever does not work."""
+    whatever does not work. Returns a composition's layer shapes (``Layer.shapes``: what
+    its memory is planned from), None for a plain torch module."""
     net = make(spec, out_dim)
     try:
         module = net.module(in_shape, seed=spec.seed) if isinstance(net, Layer) else net
@@ -127,3 +128,4 @@ def check(spec: TrialSpec, in_shape: tuple[int, ...], out_dim: int) -> None:
                         f"data needs {out_dim} output(s) per input (out_dim)")
     if not np.isfinite(out.detach().numpy()).all():
         raise SpecError(f"architecture {spec.architecture!r} gives NaN or inf on zeros")
+    return net.shapes(in_shape) if isinstance(net, Layer) else None

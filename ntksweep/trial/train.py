@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import choices
 from ..models.layers import affine_layers
-from ..parametrizations import lr_factors
+from ..parametrizations import ROLES, lr_factors
 from ..records import Status
 from ..trial_spec import TrialSpec
 
@@ -46,9 +46,12 @@ def make_optimizer(model: nn.Module, spec: TrialSpec) -> torch.optim.Optimizer:
     groups: dict[float, list[nn.Parameter]] = {}
     seen = set()
     for module in affine_layers(model):
-        rates = (module.weight_lr, module.bias_lr) if spec.optimizer != "adam" else \
+        rates = (module.weight_lr, module.bias_lr) \
+            if spec.optimizer != "adam" or module.role not in ROLES else \
             lr_factors(spec.parametrization, "adam", module.role, spec.width)
         for p, r in zip((module.weight, module.bias), rates):
+            if p is None:                                 # a projection without a bias
+                continue
             groups.setdefault(r, []).append(p)
             seen.add(id(p))
     rest = [p for p in model.parameters() if id(p) not in seen]
