@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .architectures import input_kind
 from .choices import MYRTLE_STAGES
-from .hyper import is_custom_architecture
 
 AUTO_JACOBIAN_BYTES = 2 << 30   # empirical_ntk's Jacobian tiles under 'auto' without a budget
 
@@ -85,23 +85,19 @@ class Footprint:
 
 def network_input_shape(architecture: str, shape, patch: int = 2) -> tuple[int, ...]:
     """One input as the network reads it, channels first, from a ``data.DataShape``: (d,)
-    for an mlp, (d, T) for a transformer's sequences — an image's p×p ``patch``es are its
-    tokens, d = C·p² —, (C, H, W) for the others' images."""
-    if architecture == "mlp":
+    for vectors (an mlp), (d, T) for sequences (a transformer) — an image's p×p ``patch``es
+    are its tokens, d = C·p² —, (C, H, W) for images (the conv nets); a user's network reads
+    the data's own shape."""
+    kind = input_kind(architecture, shape)
+    if kind == "vectors":
         return (shape.in_dim,)
-    custom = is_custom_architecture(architecture)
-    if custom:                       # the user's network: the data's own shape
-        if shape.image_shape is not None:
-            return shape.image_shape
-        if shape.sequence_shape is None:
-            return (shape.in_dim,)
-    if architecture == "transformer" and shape.sequence_shape is None:
+    if kind == "images":
+        return shape.image_shape
+    if kind == "patches":
         c, h, w = shape.image_shape
         return (c * patch * patch, (h // patch) * (w // patch))
-    if custom or architecture == "transformer":
-        tokens, features = shape.sequence_shape
-        return (features, tokens)
-    return shape.image_shape
+    tokens, features = shape.sequence_shape
+    return (features, tokens)
 
 
 def network_shapes(architecture: str, in_shape: tuple[int, ...], width: int, depth: int,

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from . import store
+from .architectures import REGISTRY
 from .data import DataShape, data_shape
 from .errors import OutputDirError, SpecError, TrackingError, UserError
 from .hyper import check_conv, is_custom_architecture
@@ -215,7 +216,8 @@ def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
 @functools.lru_cache(maxsize=4096)
 def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory:
     what = f"{t.architecture} of width {t.width}, depth {t.depth}"
-    if t.architecture == "transformer":
+    reads = REGISTRY[t.architecture].reads
+    if reads == "sequences":
         if shape.sequence_shape is None and shape.image_shape is None:
             raise SpecError(f"a transformer reads sequences or images, but dataset "
                             f"{t.dataset}{f' ({t.data_path})' if t.data_path else ''} holds "
@@ -224,7 +226,7 @@ def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory
             raise SpecError(f"{what}: {t.patch}×{t.patch} patches do not tile "
                             f"{shape.image_shape[1]}×{shape.image_shape[2]} images; choose a "
                             "patch that divides the image's sides")
-    elif t.architecture != "mlp":
+    elif reads == "images":
         if shape.image_shape is None:
             raise SpecError(f"a {t.architecture} reads images, but dataset {t.dataset}"
                             f"{f' ({t.data_path})' if t.data_path else ''} holds vectors of "

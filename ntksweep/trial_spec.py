@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .architectures import REGISTRY
 from .choices import (
     ATTENTION_SCALINGS,
     ATTENTIONS,
@@ -142,13 +143,18 @@ class TrialSpec:
                 "readout": self.readout, "options": self.network_options()}
 
     def network_options(self) -> tuple[tuple[str, Any], ...]:
-        """The architecture's own fields beyond width and depth, as (name, value) pairs:
-        a transformer's attention (none for the others)."""
-        if self.architecture != "transformer":
+        """The own fields (``architectures.REGISTRY``) of an architecture without a fused
+        limit, as (name, value) pairs: a transformer's attention (the fused ones' conv
+        fields are ``kernel_args``' own)."""
+        known = REGISTRY.get(self.architecture)
+        if known is None or known.fused:
             return ()
-        return (("heads", self.heads), ("attention", self.attention),
-                ("attention_scaling", self.attention_scaling),
-                ("query_key_std", self.query_key_std))
+        return tuple((name, getattr(self, name)) for name in known.fields)
+
+    def own_fields(self) -> tuple[str, ...]:
+        """Its architecture's own fields (``architectures.REGISTRY``): none for a user's."""
+        known = REGISTRY.get(self.architecture)
+        return () if known is None else known.fields
 
     def replace(self, **changes) -> TrialSpec:
         return dataclasses.replace(self, **changes)
@@ -214,13 +220,17 @@ class TrialSpec:
                        readout=self.readout, parametrization=self.parametrization)  # a limit
         except SpecError as e:
             raise SpecError(f"architecture {self.architecture!r}: {e}") from None
-        if is_custom_architecture(self.architecture):
-            pass                     # the user's network reads whatever the data holds
-        elif self.architecture == "transformer":
+        reads = None if is_custom_architecture(self.architecture) else \
+            REGISTRY[self.architecture].reads      # a user's network reads what data holds
+        if reads == "sequences":
             need(self.dataset in SEQUENCE_DATASETS + IMAGE_DATASETS, "dataset",
-                 "a transformer reads sequences (tokens, a file's X as (N, T, d)) or images "
-                 "as patches (digits, images, a file's X as (N, C, H, W))")
+                 f"a {self.architecture} reads sequences (tokens, a file's X as (N, T, d)) or "
+                 "images as patches (digits, images, a file's X as (N, C, H, W))")
             need(is_int(self.patch) and self.patch >= 1, "patch", "must be an integer >= 1")
+        elif reads == "images":
+            need(self.dataset in IMAGE_DATASETS, "dataset",
+                 f"a {self.architecture} needs image data: {', '.join(IMAGE_DATASETS)}")
+        if "heads" in self.own_fields():
             need(is_int(self.heads) and 1 <= self.heads <= self.width, "heads",
                  f"must be an integer in [1, width={self.width}]")
             need(self.attention in ATTENTIONS, "attention",
@@ -229,9 +239,6 @@ class TrialSpec:
                  f"must be one of {', '.join(ATTENTION_SCALINGS)}")
             need(is_finite(self.query_key_std) and self.query_key_std >= 0, "query_key_std",
                  "must be a number >= 0")
-        else:
-            need(self.architecture == "mlp" or self.dataset in IMAGE_DATASETS, "dataset",
-                 f"a {self.architecture} needs image data: {', '.join(IMAGE_DATASETS)}")
         need(is_int(self.tokens) and 1 <= self.tokens <= 10**5, "tokens",
              "must be an integer in [1, 1e+05]")
 

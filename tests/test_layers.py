@@ -12,6 +12,7 @@ import torch
 
 import ntksweep
 from ntksweep import layers as nl
+from ntksweep.architectures import REGISTRY
 from ntksweep.errors import SpecError, UserError
 
 
@@ -504,3 +505,32 @@ def test_images_reach_a_transformer_as_their_patches():
     with pytest.raises(SpecError, match="3×3 patches do not tile 8×8 images"):
         check_trials([ntksweep.TrialSpec(architecture="transformer", dataset="digits",
                                          patch=3)])
+
+
+@pytest.mark.parametrize("architecture", sorted(REGISTRY))
+def test_every_registered_architecture_is_one_description_with_a_module_and_a_limit(
+        architecture):
+    """``architectures.Network`` makes each registered architecture's module and limit, on
+    the inputs its ``reads`` says; the fused ones' modules are their compositions' weight for
+    weight, and their fused limits their compositions' limits."""
+    from ntksweep.architectures import Network
+
+    reads = REGISTRY[architecture].reads
+    depth = {"myrtle": 5, "transformer": 3}.get(architecture, 3)
+    in_shape = {"vectors": (3,), "images": (2, 4, 4), "sequences": (3, 5)}[reads]
+    data = {"vectors": "circle", "images": "images", "sequences": "tokens"}[reads]
+    defaults = ntksweep.TrialSpec(dataset=data)
+    net = Network.of(defaults.replace(architecture=architecture, depth=depth, width=8,
+                                      heads=2, dtype="float64"), out_dim=2)
+    x = torch.randn(3, *in_shape, dtype=torch.float64)
+    model = net.module(in_shape, seed=0, dtype=torch.float64, device="cpu")
+    composed = net.composition().module(in_shape, seed=0, dtype=torch.float64)
+    assert model(x).shape == (3, 2)
+    assert torch.allclose(model(x), composed(x), rtol=1e-12, atol=1e-12)
+    limit = net.limit(x.numpy())
+    assert _rel(limit.ntk, net.composition().kernels(x.numpy()).ntk) < 1e-12
+    assert net.has_limit and limit.depth == depth
+    if architecture == "transformer":
+        sqrt = Network.of(defaults.replace(architecture=architecture, depth=3,
+                                           attention_scaling="sqrt"), out_dim=1)
+        assert not sqrt.has_limit

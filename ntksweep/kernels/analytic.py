@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..activations import LEAKY_RELU_SLOPE
+from ..architectures import REGISTRY
 from ..choices import BIAS_STD
 from ..errors import SpecError
 from ..hyper import check_network
@@ -42,7 +43,7 @@ _HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 
 __all__ = ["AnalyticKernels", "analytic_kernels", "as_float64_inputs", "FUSED"]
 
-FUSED = ("mlp", "cnn", "resnet")    # the architectures whose limits have fused recursions
+FUSED = tuple(name for name, a in REGISTRY.items() if a.fused)   # fused recursions here
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..activations import LEAKY_RELU_SLOPE
+from ..architectures import REGISTRY
 from ..choices import BIAS_STD
 from ..errors import SpecError
 from ..hyper import check_conv, check_network
@@ -50,7 +51,8 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
-    if architecture == "transformer":        # sequences (n, T, d) → channels first (n, d, T)
+    known = REGISTRY.get(architecture)
+    if known is not None and known.reads == "sequences":    # (n, T, d) → channels first
         x1, x2 = (None if x is None else _tokens_last(x) for x in (x1, x2))
     else:
         check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,

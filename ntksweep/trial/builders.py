@@ -11,20 +11,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..architectures import Network, input_kind
 from ..data import Dataset, make_dataset
 from ..errors import SpecError
 from ..kernels import AnalyticKernels
-from ..layers import Layer, preset
 from ..layers.network import LIMIT_PARAMETRIZATIONS
-from ..layers.registry import FUSED, analytic_kernels
 from ..memory import network_input_shape
-from ..models import CNN, MLP, ResNet
 from ..trial_spec import TrialSpec
 from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches", "composition_of"]
+           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches"]
 
 
 class TrialCache:
@@ -73,9 +71,10 @@ def has_limit(spec: TrialSpec, out_dim: int) -> bool:
     attention with 1/√d scaling, whose logits stay random (``layers.attention``), nor a
     user's plain torch module (a user's composition has one, in ``LIMIT_PARAMETRIZATIONS``)."""
     if custom.is_custom(spec.architecture):
-        return spec.parametrization in LIMIT_PARAMETRIZATIONS and \
-            custom.composition(spec, out_dim) is not None
-    return not (spec.architecture == "transformer" and spec.attention_scaling == "sqrt")
+        net = custom.composition(spec, out_dim)
+        return spec.parametrization in LIMIT_PARAMETRIZATIONS and net is not None and \
+            net.has_limit
+    return Network.of(spec, out_dim).has_limit
 
 
 def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
@@ -84,25 +83,11 @@ def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
     standard one, its width) on inputs as the net reads them (``inputs``): what every
     comparison with the limit uses, in trials and in figures alike. A conv net's limit runs
     on ``device`` (a GPU, where the trial has one)."""
-    if (net := composition_of(spec, out_dim)) is not None:   # reads them as the net does
-        limit = net.kernels(x1, x2, parametrization=spec.parametrization, device=device)
-        return replace(limit, depth=spec.depth)
-    where = {"device": device} if spec.architecture != "mlp" else {}
-    return analytic_kernels(x1, x2, **spec.kernel_args(), **where)
-
-
-def composition_of(spec: TrialSpec, out_dim: int) -> Layer | None:
-    """The trial's network as an ``ntksweep.layers`` composition — a registered preset, or
-    a user's — or None: the mlp, cnn and resnet build through ``models`` and have fused
-    limits, and a user's plain torch module has no composition."""
     if custom.is_custom(spec.architecture):
-        return custom.composition(spec, out_dim)
-    if spec.architecture in FUSED:
-        return None
-    return preset(spec.architecture, width=spec.width, depth=spec.depth, out_dim=out_dim,
-                  activation=spec.activation, weight_std=spec.weight_std,
-                  bias_std=spec.bias_std, leaky_relu_slope=spec.leaky_relu_slope,
-                  **dict(spec.network_options()))
+        limit = custom.composition(spec, out_dim).kernels(
+            x1, x2, parametrization=spec.parametrization, device=device)
+        return replace(limit, depth=spec.depth)
+    return Network.of(spec, out_dim).limit(x1, x2, device=device)
 
 
 def data_key(spec: TrialSpec) -> tuple:
@@ -150,43 +135,28 @@ def patches(images: np.ndarray, p: int) -> np.ndarray:
 def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
     """Rows of the data set as the network reads them, channels first: vectors (n, d) for an
     MLP, sequences (n, d, T) for a transformer (an image's patches: ``patches``), images
-    (n, C, H, W) for the others."""
-    if spec.architecture == "mlp":
+    (n, C, H, W) for the others; a user's network reads the data's own shape."""
+    kind = input_kind(spec.architecture, data.shape)
+    if kind == "vectors":
         return x
-    if custom.is_custom(spec.architecture):      # the data's own shape, channels first
-        if data.image_shape is not None:
-            return data.images(x)
-        if data.sequence_shape is None:
-            return x
-    if spec.architecture == "transformer" and data.sequence_shape is None:
+    if kind == "images":
+        return data.images(x)
+    if kind == "patches":
         return patches(data.images(x), spec.patch)
-    if spec.architecture == "transformer" or custom.is_custom(spec.architecture):
-        return np.ascontiguousarray(np.swapaxes(data.sequences(x), 1, 2))
-    return data.images(x)
+    return np.ascontiguousarray(np.swapaxes(data.sequences(x), 1, 2))
 
 
 def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype,
                 device: str) -> torch.nn.Module:
     """The trial's network, seeded by ``spec.seed``."""
-    common = dict(activation=spec.activation, weight_std=spec.weight_std,
-                  bias_std=spec.bias_std, out_dim=out_dim,
-                  parametrization=spec.parametrization,
-                  leaky_relu_slope=spec.leaky_relu_slope, seed=spec.seed, dtype=dtype,
-                  device=device)
-    if spec.architecture == "mlp":
-        return MLP(data.in_dim, spec.width, spec.depth, **common)
-    if (net := composition_of(spec, out_dim)) is not None:
-        return net.module(network_input_shape(spec.architecture, data.shape, spec.patch),
-                          seed=spec.seed, dtype=dtype, device=device,
+    in_shape = network_input_shape(spec.architecture, data.shape, spec.patch)
+    if not custom.is_custom(spec.architecture):
+        return Network.of(spec, out_dim).module(in_shape, seed=spec.seed, dtype=dtype,
+                                                device=device)
+    if (net := custom.composition(spec, out_dim)) is not None:
+        return net.module(in_shape, seed=spec.seed, dtype=dtype, device=device,
                           parametrization=spec.parametrization)
-    if custom.is_custom(spec.architecture):     # the user's plain torch module
-        return custom.make(spec, out_dim).to(dtype=dtype, device=device)
-    channels, height, width = data.image_shape
-    if spec.architecture == "resnet":
-        return ResNet(channels, spec.width, spec.depth, kernel_size=spec.kernel_size, **common)
-    return CNN(channels, spec.width, spec.depth, kernel_size=spec.kernel_size,
-               padding=spec.padding, readout=spec.readout, image_size=(height, width),
-               **common)
+    return custom.make(spec, out_dim).to(dtype=dtype, device=device)   # a plain module
 
 
 def limit_key(spec: TrialSpec) -> tuple:
