@@ -18,7 +18,9 @@ from typing import Any
 from .parametrizations import ROLES
 
 __all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "COORD_COLUMNS", "TEST_COLUMNS",
-           "RECORD_COLUMNS", "Record", "Status", "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
+           "RECORD_COLUMNS", "FINAL_COLUMNS", "INIT_COLUMNS", "SUMMARY_COLUMNS",
+           "summary_values", "Record",
+           "Status", "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
 
 N_EIGS = 3
 # kernel regression baselines on the test set (trial/held_out.py): Θ_∞, the NNGP Σ, Θ_0 (the
@@ -63,6 +65,19 @@ class Status(str, Enum):
 DONE_STATUSES = frozenset({Status.COMPLETED, Status.DIVERGED})
 
 
+# a trial's summary: its first record's INIT_COLUMNS as init_<column>, its last record's
+# FINAL_COLUMNS as final_<column> — the trials table's columns and its MLflow run's metrics
+FINAL_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ("step", "t", *INIT_ONLY))
+INIT_COLUMNS = ("dist_inf", "dist_nngp", *INIT_ONLY)
+SUMMARY_COLUMNS = (*(f"init_{c}" for c in INIT_COLUMNS), *(f"final_{c}" for c in FINAL_COLUMNS))
+
+
+def summary_values(first: Record, final: Record) -> dict[str, Any]:
+    """init_<c> of the first record, final_<c> of the last (None where absent)."""
+    return {**{f"init_{c}": first.get(c) for c in INIT_COLUMNS},
+            **{f"final_{c}": final.get(c) for c in FINAL_COLUMNS}}
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     """One trial attempt's result. ``records``: one flat dict per checkpoint (keys
@@ -90,6 +105,10 @@ class TrialOutcome:
     @property
     def first(self) -> Record:
         return self.records[0] if self.records else {}
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summary_values(self.first, self.final)
 
 
 # sweep.json's tracking_uri for the embedded default: SQLite inside the output dir, wherever

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import store
 from .errors import TrackingError, UserError
-from .records import RECORD_COLUMNS, Status
+from .records import RECORD_COLUMNS, SUMMARY_COLUMNS, Status
 from .store.lock import DriverLock
 from .tracking.uri import redact
 
@@ -83,8 +83,9 @@ def push_missing(tracker, out_dir: str | Path, sweep_id: str) -> dict[str, int]:
         for _, rec in ckpts[ckpts["trial_id"] == tid].iterrows():
             values = {c: store.plain_value(rec[c]) for c in RECORD_COLUMNS}
             tracker.log_record(handle, {k: v for k, v in values.items() if v is not None})
+        summary = {k: store.plain_value(row[k]) for k in SUMMARY_COLUMNS if k in row}
         tracker.end_trial(handle, Status(row["status"]),
-                          {"error": row["error"] or None, "synced": "true"})
+                          {"error": row["error"] or None, "synced": "true"}, summary=summary)
     return {"pushed": len(missing), "already_there": len(trials) - len(missing)}
 
 

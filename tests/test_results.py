@@ -49,7 +49,7 @@ def check_mlflow(uri, spec, summary):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     if not any(c.data.tags.get("synced") for c in children):
         assert parents[0].data.metrics["trials_completed"] == 4
-    _, ckpts = ntksweep.load_results(summary.out_dir)
+    trials, ckpts = ntksweep.load_results(summary.out_dir)
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert child.info.status == "FINISHED" and child.data.tags["status"] == "completed"
@@ -64,6 +64,12 @@ def check_mlflow(uri, spec, summary):
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == rows.step.tolist()
         np.testing.assert_allclose([m.value for m in sorted(history, key=lambda m: m.step)],
                                    rows.dist_inf.to_numpy())
+        # the trials row's summary as run-level metrics, one point each (the runs table's
+        # columns, the compare view's axes)
+        row = trials[trials.trial_id == tid].iloc[0]
+        for key in ("init_dist_inf", "final_dist_inf", "final_dist_init", "final_train_loss"):
+            assert child.data.metrics[key] == pytest.approx(row[key], rel=1e-12), key
+            assert len(client.get_metric_history(child.info.run_id, key)) == 1, key
     return client, parents[0], children
 
 

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from ..errors import OutputDirError
 from ..records import (
     EMBEDDED_STORE,
-    INIT_ONLY,
+    FINAL_COLUMNS,
+    INIT_COLUMNS,
     RECORD_COLUMNS,
     Status,
     SweepMeta,
@@ -48,8 +49,6 @@ _SPEC_FIELDS = [pa.field(name, _arrow_type(f.type)) for name, f in TRIAL_FIELDS.
                 if name not in PARTITIONS]
 _META = {b"ntksweep_schema": SCHEMA_VERSION.encode()}
 _INT_RECORD = {"step"}
-FINAL_COLUMNS = [c for c in RECORD_COLUMNS if c not in ("step", "t", *INIT_ONLY)]
-INIT_COLUMNS = ["dist_inf", "dist_nngp", *INIT_ONLY]     # stored as init_<column> too
 
 TRIALS_SCHEMA = pa.schema([
     pa.field("trial_id", pa.string(), nullable=False),
@@ -114,14 +113,13 @@ def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialO
             cols[name].append(row[name])
     _write_table(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
                  _partition_file("checkpoints", spec_dict, outcome.trial_id))
-    final, first = outcome.final, outcome.first
+    final = outcome.final
     row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, "status": str(outcome.status),
            "attempts": attempts, "execution": execution, "error": outcome.error,
            "run_device": outcome.device,
            "host": host, "wall_seconds": outcome.wall_seconds, "n_checkpoints": len(records),
            "final_step": final.get("step"), "final_t": final.get("t"),
-           **{f"init_{c}": first.get(c) for c in INIT_COLUMNS}, **values}
-    row.update({f"final_{c}": final.get(c) for c in FINAL_COLUMNS})
+           **outcome.summary, **values}
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
     _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id),
                  commit_guard)

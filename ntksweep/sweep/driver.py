@@ -392,7 +392,8 @@ class SweepRun:
             return
         self.tracker.end_trial(attempt.handle, outcome.status, {
             "device": outcome.device, "error": (outcome.error or "")[-4000:] or None,
-            "train_seconds": outcome.train_seconds, "kernel_seconds": outcome.kernel_seconds})
+            "train_seconds": outcome.train_seconds, "kernel_seconds": outcome.kernel_seconds},
+            summary=outcome.summary)
         self.counts[outcome.status.value] += 1
         progress.update(1)
 

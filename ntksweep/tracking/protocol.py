@@ -25,7 +25,8 @@ class TrialTracker(Protocol):
     def log_record(self, handle: int | None, record: Record) -> None: ...
 
     def end_trial(self, handle: int | None, status: Status | str,
-                  tags: dict[str, Any] | None = None) -> None: ...
+                  tags: dict[str, Any] | None = None,
+                  summary: dict[str, Any] | None = None) -> None: ...
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None: ...
 
@@ -51,7 +52,8 @@ class Untracked:
         pass
 
     def end_trial(self, handle: int | None, status: Status | str,
-                  tags: dict[str, Any] | None = None) -> None:
+                  tags: dict[str, Any] | None = None,
+                  summary: dict[str, Any] | None = None) -> None:
         pass
 
     def close(self, status: str = "FINISHED", summary: dict[str, Any] | None = None) -> None:

@@ -294,13 +294,17 @@ class Tracker:
 
         self._submit(log_record)
 
-    def end_trial(self, handle: int | None, status: str, tags: dict[str, Any] | None = None
-                  ) -> None:
+    def end_trial(self, handle: int | None, status: str, tags: dict[str, Any] | None = None,
+                  summary: dict[str, Any] | None = None) -> None:
+        """End the trial's run with ``status`` and ``tags``; ``summary`` (the trials row's
+        init_<c> and final_<c> values, ``records.summary_values``) becomes run-level metrics,
+        one point each at step 0, so the runs table and the compare view show them."""
         if handle is None:
             return
         run_tags = [RunTag("status", str(status)),
                     *[RunTag(k, str(v)) for k, v in (tags or {}).items() if v is not None]]
         end_ms = int(time.time() * 1000)
+        values = record_metrics({"step": 0, **(summary or {})}, end_ms)
         with self._lock:
             self._ended.add(handle)
 
@@ -308,6 +312,7 @@ class Tracker:
             buf = self._buffers.get(handle)
             if buf is not None:
                 buf.tags.extend(run_tags)
+                buf.add_metrics(values)
             self._flush(handle)  # params, the last metrics and these tags: one batch
             self._settle(handle)
             run_id = self._runs.pop(handle, None)
