@@ -210,7 +210,8 @@ def cmd_ui(args) -> int:
     from .tracking.ui import serve_ui
 
     meta = _sweep_meta(args.out)
-    return serve_ui(_tracking_uri(args, meta), meta.name, args.host, args.port)
+    return serve_ui(_tracking_uri(args, meta), meta.name, args.host, args.port,
+                    sweep_id=meta.sweep_id)
 
 
 def cmd_sync(args) -> int:

@@ -38,17 +38,21 @@ def browser():
         b.close()
 
 
+WIDTHS = (16, 32, 64, 128, 256, 512)
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A finished quick-start-sized sweep (circle, three widths, two seeds), tracked."""
+    """A finished quick-start-sized sweep (circle, six widths, two seeds: more runs than the
+    ten MLflow shows by default), tracked."""
     out = tmp_path_factory.mktemp("browser") / "out"
     spec = load_sweep_spec({"name": "browser", "output_dir": str(out),
-                            "description": "a sweep for the browser test – widths 16–64",
+                            "description": "a sweep for the browser test – widths 16–512",
                             "base": {"dataset": "circle", "n_train": 16, "n_eval": 16,
                                      "depth": 3, "steps": 5, "checkpoints": 3},
-                            "grid": {"width": [16, 32, 64], "seed": [0, 1]}})
+                            "grid": {"width": list(WIDTHS), "seed": [0, 1]}})
     summary = run_sweep(spec, quiet=True, num_cpus=2)   # a local Ray of its own
-    assert summary.counts.get("completed") == 6, summary
+    assert summary.counts.get("completed") == 12, summary
     return out
 
 
@@ -71,27 +75,44 @@ def ui_link(sweep):
         proc.wait(30)
 
 
-def test_mlflow_ui_lands_on_the_sweeps_runs_in_the_model_training_view(browser, ui_link):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(ui_link)
-    parent = page.get_by_text("browser", exact=True).last
-    parent.wait_for(timeout=60_000)
-    # the model-training view: its Runs and Model registry pages, none of GenAI's
+def _model_training_layout(page) -> None:
+    """MLflow 3's model-training navigation (Runs, Model registry), none of GenAI's."""
     assert page.get_by_role("link", name="Model registry").count() == 1
     assert page.get_by_text("Judges").count() == 0
+    assert page.get_by_text("Evaluation runs").count() == 0
+
+
+def test_mlflow_ui_lands_on_the_sweeps_runs_in_the_model_training_view(browser, ui_link):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(ui_link)
+    page.get_by_text("w16-s0", exact=True).wait_for(timeout=60_000)
+    _model_training_layout(page)
     assert page.get_by_text("No data available").count() == 0
-    # the trials are the parent's child runs, named from their axes
-    page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-    names = [f"w{w}-s{s}" for w in (16, 32, 64) for s in (0, 1)]
-    for name in names:
-        page.get_by_text(name, exact=True).wait_for(timeout=10_000)
+    # the sweep's view: its trials grouped by width, every run listed, named from its axes,
+    # each trial's summary as metric columns
+    for w in WIDTHS:
+        assert page.get_by_text(f"Group: {w}", exact=True).count() == 1, w
+        for s in (0, 1):
+            assert page.get_by_text(f"w{w}-s{s}", exact=True).count() == 1, (w, s)
+    for column in ("init_dist_inf", "final_dist_inf", "final_dist_init"):
+        assert page.locator(f".ag-header-cell:has-text('{column}')").count() >= 1, column
     page.screenshot(path=ARTIFACTS / "mlflow_runs.png")
-    # the chart view: a dist_inf chart (found by the view's own search: charts outside the
-    # viewport are not drawn), its legend readable by run name
+    # the chart view: all twelve trials drawn (MLflow hides all but the first ten unless
+    # told), the dist_inf chart found by the view's own search, its lines the widths'
     page.locator("label:has(input[type=radio][value=CHART])").click()
+    toggles = page.locator("[role=row]:has-text('-s') input.is-visibility-toggle-checkbox")
+    toggles.first.wait_for(state="attached", timeout=30_000)
+    assert toggles.count() == 12
+    assert toggles.evaluate_all("boxes => boxes.filter(b => !b.checked).length") == 0
     page.get_by_placeholder("Search metric charts").fill("dist_inf")
-    page.get_by_text("w16-s0 (dist_inf)").wait_for(timeout=30_000)
+    page.get_by_text("16 (dist_inf)").first.wait_for(timeout=30_000)
     page.screenshot(path=ARTIFACTS / "mlflow_charts.png")
+    # a run's own page keeps the model-training layout (MLflow's default is GenAI's)
+    page.locator("label:has(input[type=radio][value=TABLE])").click()
+    page.get_by_text("w512-s1", exact=True).click()
+    page.get_by_text("About this run").wait_for(timeout=30_000)
+    _model_training_layout(page)
+    page.screenshot(path=ARTIFACTS / "mlflow_run.png")
     page.close()
 
 
@@ -105,7 +126,7 @@ def test_report_page_shows_its_figures_and_exponents(browser, sweep):
     assert all(w > 100 for w in widths), widths          # every figure decoded
     body = page.inner_text("body")
     assert "Width exponents" in body and "init_dist_inf" in body and "ntksweep" in body
-    assert "browser test – widths 16–64" in body         # the spec as UTF-8 YAML text
+    assert "browser test – widths 16–512" in body        # the spec as UTF-8 YAML text
     page.screenshot(path=ARTIFACTS / "report.png", full_page=True)
     shutil.copy(report, ARTIFACTS / "report.html")
     page.close()

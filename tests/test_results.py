@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -407,10 +408,24 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
                 break
         uri = f"sqlite:///{Path(summary.out_dir) / 'mlflow.db'}"
         client = MlflowClient(uri)
-        exp_id = client.get_experiment_by_name("ui").experiment_id
-        assert seen[-1].strip().endswith(
-            f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
-        ), seen
+        exp = client.get_experiment_by_name("ui")
+        exp_id = exp.experiment_id
+        key = f"ntksweep-{summary.sweep_id}"
+        link = f"http://127.0.0.1:{port}/ntksweep/open?experiment={exp_id}&view={key}"
+        assert seen[-1].strip().endswith(link), seen
+        # the sweep's shared view (every run shown, grouped by the non-seed axes) ...
+        view = json.loads(exp.tags[f"mlflow.sharedViewState.{key}"])
+        assert view["runsHiddenMode"] == "SHOW_ALL"
+        assert [k["groupByData"] for k in view["groupBy"]["groupByKeys"]] == ["width"]
+        # ... opened by our page, which keeps MLflow's switch on model training first
+        page = urllib.request.urlopen(link, timeout=10).read().decode()
+        assert '"mlflow.workflowType_v1"' in page and '\\"machine_learning\\"' in page
+        assert (f'location.replace("/#/experiments/{exp_id}/runs?workflowType='
+                f'machine_learning&viewStateShareKey={key}")') in page
+        for bad in ("experiment=1x", f"experiment={exp_id}&view=a%22%3Cb"):
+            with pytest.raises(urllib.error.HTTPError, match="400"):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ntksweep/open?{bad}",
+                                       timeout=10)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
         assert body.strip() == b"OK"
         assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI

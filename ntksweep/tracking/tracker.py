@@ -37,7 +37,7 @@ from .mlflow_api import (
     log_text_artifact,
     rest_log_batch,
 )
-from .naming import axis_tags, run_name
+from .naming import VIEW_PREFIX, axis_tags, run_name, sweep_view, view_key
 from .protocol import TrialTracker, Untracked
 from .runs import RUN_STATUS, close_stale_runs, find_or_create_parent, open_experiment
 from .sqlite import relocate_artifacts, tune_sqlite
@@ -135,6 +135,10 @@ class Tracker:
             self.client, self.experiment_id, self.sweep_id, name=experiment,
             create=self.role != "artifacts", axes=self.axes, description=self.description,
             sweep_yaml=sweep_yaml)
+        if self.role != "artifacts":
+            self.client.set_experiment_tag(self.experiment_id,
+                                           VIEW_PREFIX + view_key(self.sweep_id),
+                                           sweep_view(self.axes))
         if existed and self.role != "artifacts":
             self.client.update_run(self.parent_id, status="RUNNING")
             self.attempts = close_stale_runs(self.client, self.child_runs())

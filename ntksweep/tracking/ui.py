@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from ..errors import TrackingError, UserError
 from .uri import SERVER_ENV, redact, ui_command
 
-__all__ = ["serve_ui", "check_port_free", "runs_page"]
+__all__ = ["serve_ui", "check_port_free", "runs_page", "has_opener"]
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -27,19 +27,44 @@ def check_port_free(host: str, port: int) -> None:
                             "MLflow UI may be serving there; pick another with --port") from None
 
 
-def runs_page(base: str, experiment_id: str | None) -> str:
-    """The deep link to an experiment's runs in MLflow 3's model-training view (the UI's
-    GenAI/model-training switch is a browser setting: the link sets it for this page)."""
+OPEN_PATH = "/ntksweep/open"        # ui_app's page: the model-training switch, then the runs
+WORKFLOW_STORAGE = ("mlflow.workflowType_v1", "machine_learning")   # the UI's own setting
+APP_NAME = "ntksweep"                # our ``mlflow.app`` entry point (pyproject.toml)
+
+
+def runs_page(base: str, experiment_id: str | None, view: str | None = None, *,
+              opener: bool = False) -> str:
+    """The deep link to an experiment's runs in MLflow 3's model-training view, opening the
+    sweep's shared ``view`` (``naming.sweep_view``) where it has one; with ``opener``, through
+    ``ui_app``'s page, which also keeps the model-training layout on every page after it."""
     if not experiment_id:
         return base
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if opener:
+        return f"{base}{OPEN_PATH}?experiment={experiment_id}" + \
+            (f"&view={view}" if view else "")
+    shared = f"&viewStateShareKey={view}" if view else ""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
 
 
-def _experiment_id(uri: str, name: str) -> str | None:
+def _experiment(uri: str, name: str, sweep_id: str | None) -> tuple[str | None, str | None]:
+    """(the experiment's id, the sweep's view key where the experiment holds its view)."""
     from mlflow.tracking import MlflowClient
 
+    from .naming import VIEW_PREFIX, view_key
+
     exp = MlflowClient(uri).get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else None
+    if exp is None:
+        return None, None
+    key = view_key(sweep_id) if sweep_id else None
+    return exp.experiment_id, key if key and VIEW_PREFIX + key in exp.tags else None
+
+
+def has_opener() -> bool:
+    """Whether ``mlflow ui --app-name ntksweep`` can start: the installed package's entry
+    point (a checkout run without installing has none)."""
+    from importlib.metadata import entry_points
+
+    return any(e.name == APP_NAME for e in entry_points(group="mlflow.app"))
 
 
 def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
@@ -57,7 +82,7 @@ def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
     raise TrackingError(f"the MLflow UI did not answer on {url} within {timeout_s:.0f} s")
 
 
-def serve_ui(uri: str, experiment: str, host: str, port: int, *,
+def serve_ui(uri: str, experiment: str, host: str, port: int, *, sweep_id: str | None = None,
              timeout_s: float = 120.0, stream=None) -> int:
     """Start the UI, wait until it answers, print the link to the sweep's runs, and serve
     until interrupted (Ctrl-C or SIGTERM reach the server too). Returns its exit code. A
@@ -66,10 +91,12 @@ def serve_ui(uri: str, experiment: str, host: str, port: int, *,
     if urlparse(uri).scheme in ("http", "https"):
         base = redact(uri).rstrip("/")
         print(f"MLflow UI for sweep {experiment!r} (its tracking server's own): "
-              f"{runs_page(base, _experiment_id(uri, experiment))}", file=stream, flush=True)
+              f"{runs_page(base, *_experiment(uri, experiment, sweep_id))}", file=stream,
+              flush=True)
         return 0
     check_port_free(host, port)
-    cmd = ui_command(port, host)
+    opener = has_opener()
+    cmd = ui_command(port, host, app=APP_NAME if opener else None)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     print(f"starting the MLflow UI on {redact(uri)} …", file=stream, flush=True)
@@ -79,7 +106,7 @@ def serve_ui(uri: str, experiment: str, host: str, port: int, *,
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         _wait_until_up(proc, base, timeout_s)
-        link = runs_page(base, _experiment_id(uri, experiment))
+        link = runs_page(base, *_experiment(uri, experiment, sweep_id), opener=opener)
         print(f"MLflow UI for sweep {experiment!r}: {link}", file=stream, flush=True)
         code = proc.wait()
     finally:

@@ -115,7 +115,10 @@ def credentials_env(uri: str) -> dict[str, str]:
             "MLFLOW_TRACKING_PASSWORD": unquote(parsed.password or "")}
 
 
-def ui_command(port: int = 5000, host: str = "127.0.0.1") -> list[str]:
-    """The command that serves the MLflow UI; its store goes in its environment
-    (``MLFLOW_BACKEND_STORE_URI``), never on a command line others can read in ``ps``."""
-    return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+def ui_command(port: int = 5000, host: str = "127.0.0.1", app: str | None = None
+               ) -> list[str]:
+    """The command that serves the MLflow UI (``app``: an ``mlflow.app`` entry point's name);
+    its store goes in its environment (``MLFLOW_BACKEND_STORE_URI``), never on a command line
+    others can read in ``ps``."""
+    return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
+            *(["--app-name", app] if app else [])]
