@@ -241,7 +241,7 @@ def trial_memory(spec, in_shape: tuple[int, ...], out_dim: int,
             #                                     temporary (and Adam's two moments)
             + 8 * (m * m + (m + n) * n * pairs)                        # Θ_0's parts
             + 2 * flat)                                                # its eig V and Λ
-    rows = spec.batch_size or n if spec.optimizer != "gd" else n
+    rows = spec.batch_rows(n)
     ntk, smallest = _ntk_phase(spec, shapes, params, k, size, m + n)
     phases = {"limit": _limit_phase(spec, in_shape, m + n),
               "train": size * rows * sum(s.c_out * s.p_out for s in shapes) * 4,

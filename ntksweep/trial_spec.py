@@ -151,6 +151,14 @@ class TrialSpec:
             return ()
         return tuple((name, getattr(self, name)) for name in known.fields)
 
+    def batch_rows(self, n: int) -> int:
+        """Rows per optimisation step out of n training points: all of them for gd (and for
+        adam without a ``batch_size``), else a minibatch of ``batch_size`` (sgd: 32 when
+        unset)."""
+        if self.optimizer == "gd" or (self.optimizer == "adam" and self.batch_size is None):
+            return n
+        return min(self.batch_size or 32, n)
+
     def own_fields(self) -> tuple[str, ...]:
         """Its architecture's own fields (``architectures.REGISTRY``): none for a user's."""
         known = REGISTRY.get(self.architecture)

@@ -1,7 +1,13 @@
-"""What a sweep prints while it runs: progress as log lines without a terminal."""
+"""What a sweep prints while it runs: its start-up phases at once, progress as log lines without
+a terminal."""
 
 import io
+import subprocess
+import sys
 import time
+
+import pytest
+import yaml
 
 from ntksweep.console import LogProgress, progress
 
@@ -21,3 +27,32 @@ def test_progress_lines_wait_for_the_warm_up_before_an_eta():
     quiet = progress(3, quiet=True)                                # nothing at all
     quiet.update(1)
     quiet.close()
+
+
+@pytest.mark.slow
+def test_a_sweep_says_what_it_does_from_its_first_moment_and_its_driver_never_loads_torch(
+        tmp_path):
+    """Without a terminal: one line per start-up phase, in order, before the progress lines
+    (the first before Ray or MLflow are imported); the driver process defines the actors but
+    leaves torch to them."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "talks", "output_dir": str(tmp_path / "out"),
+                                    "base": {"dataset": "circle", "n_train": 8, "n_eval": 8,
+                                             "depth": 2, "steps": 4, "checkpoints": 2},
+                                    "grid": {"width": [8, 16]}}))
+    script = ("import sys; from ntksweep import cli; rc = cli.main(['run', sys.argv[1], "
+              "'--num-cpus', '2']); print('torch loaded:', 'torch' in sys.modules); "
+              "sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", script, str(spec)], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "torch loaded: False" in run.stdout
+    phases = [line for line in run.stderr.splitlines() if line.startswith("[")]
+    expected = ["trials →", "trials to run", "starting a local Ray", "Ray ready",
+                "the first trial is running"]
+    assert len(phases) == len(expected), run.stderr
+    for line, words in zip(phases, expected):
+        assert words in line, (line, words)
+    assert float(phases[0][1:].split()[0]) < float(phases[-1][1:].split()[0])
+    progress_at = run.stderr.index("trials: ")
+    assert run.stderr.index(phases[-1]) < progress_at

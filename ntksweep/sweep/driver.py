@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import threading
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -24,15 +25,15 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from .. import console, store
+from .. import console, phases, store
 from ..errors import SpecError, TrackingError
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..store.lock import DriverLock, LockLost
 from ..sweep_spec import SweepSpec, spec_yaml
 from ..sync import push_missing
 from ..tracking.protocol import Untracked
-from ..tracking.uri import recorded_form
-from ..trial.train import batch_rows
+from ..tracking.sqlite import prepare_store
+from ..tracking.uri import recorded_form, redact
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
 from .worker import Checkpoints, Finished, TrialWorker
 
@@ -92,7 +93,7 @@ def work_estimate(t: TrialSpec) -> float:
     asked-for one (``checkpoint_schedule`` would dedupe it exactly, at a cost per trial that
     adds up before a large sweep can start)."""
     n_checkpoints = len(t.checkpoint_steps) if t.checkpoint_steps else t.checkpoints
-    return t.depth * t.width ** 2 * (t.steps * batch_rows(t, t.n_train)
+    return t.depth * t.width ** 2 * (t.steps * t.batch_rows(t.n_train)
                                      + n_checkpoints * t.n_eval ** 2)
 
 
@@ -147,12 +148,16 @@ class SweepRun:
               tracking: bool) -> None:
         """Start Ray (unless running), check the cluster and the output dir, write the sweep's
         metadata, boot the actors and open the tracker; undo it all if any step fails."""
-        from ..tracking.tracker import open_tracker
-
+        prepared = threading.Thread(target=prepare_store, args=(uri,), daemon=True,
+                                    name="prepare-store")
+        if tracking and self.todo:
+            prepared.start()       # a new SQLite store's schema, built while Ray starts
         if self.todo and not ray.is_initialized():
             # Ray resets its logger's level at init: keep what the caller set (the CLI quiets
             # the start-up notices unless --verbose)
             level = logging.getLogger("ray").level or logging.INFO
+            phases.say(f"connecting to the Ray cluster at {address} …" if address else
+                       f"starting a local Ray ({num_cpus or 'all'} CPUs) …", self.quiet)
             ray.init(address=address, num_cpus=None if address else num_cpus,
                      include_dashboard=False, log_to_driver=not self.quiet,
                      logging_level=level)
@@ -171,6 +176,15 @@ class SweepRun:
                                                  recorded_form(uri, self.out)))
             for _ in range(self.shape.n if self.todo else 0):
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
+            if self.todo:
+                phases.say(f"Ray ready; {self.shape.n} workers starting; opening the MLflow "
+                           f"store {redact(uri) if tracking else '(not tracked)'} …",
+                           self.quiet)
+            from ..tracking.tracker import open_tracker
+
+            if prepared.is_alive():
+                prepared.join()
+
             self.tracker = open_tracker(uri, self.spec.name, self.sweep_id, tracked=tracking,
                                         sweep_yaml=sweep_yaml, axes=tuple(self.spec.axes()),
                                         description=self.spec.description,
@@ -289,6 +303,10 @@ class SweepRun:
                 tags["ntksweep.quarantined"] = files
             handle = self.tracker.start_trial(trial.trial_id, attempt, trial.to_dict(), worker,
                                               tags)
+            if not self.running and not self.counts:      # the sweep's first trial
+                gpus = f", GPU {worker['gpu_ids']}" if worker.get("gpu_ids") else ""
+                phases.say(f"the first trial is running (on {worker.get('host', '?')}{gpus}); "
+                           "progress follows", self.quiet)
             self.running[actor.run.remote(trial)] = _Attempt(
                 trial, attempt, actor, worker, handle, execution,
                 self.tries.get(trial.trial_id, 1))

@@ -9,7 +9,7 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
-from .. import store
+from .. import phases, store
 from ..plan import preflight
 from ..sweep_spec import SweepSpec
 from ..tracking.sqlite import set_aside
@@ -57,6 +57,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     # longest first; the sort is stable (also reversed), so ties stay in grid order
     todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))
     skipped = len(trials) - len(todo)
+    phases.say(f"{len(todo)} trials to run, {skipped} already done", quiet)
     run = SweepRun(spec, out, sid, todo, attempts, quiet=quiet, on_event=on_event,
                    quarantined=store.quarantined_trials(moved))
     run.start(address, num_cpus, uri, pre.explicit, tracking)

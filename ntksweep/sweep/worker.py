@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import ray
 
 from ..records import Record, TrialOutcome
-from ..trial import TrialCache, run_trial, warm_up
 from ..trial_spec import TrialSpec
 
 _DONE = object()
@@ -49,7 +48,11 @@ class TrialWorker:
     """Runs trial after trial, keeping per-actor caches (data sets, Θ_∞) between them."""
 
     def __init__(self, num_threads: int = 1):
+        # torch and the trial code load here, in the actor: the driver that defines this
+        # class never imports torch (a second and a half off every sweep's start)
         import torch
+
+        from ..trial import TrialCache, warm_up
 
         torch.set_num_threads(max(1, num_threads))  # its CPU share: actors must not oversubscribe
         self.cache = TrialCache()
@@ -92,6 +95,8 @@ class TrialWorker:
 
         def target():
             try:
+                from ..trial import run_trial
+
                 box["outcome"] = run_trial(spec, on_checkpoint=items.put, cache=self.cache)
             finally:
                 items.put(_DONE)

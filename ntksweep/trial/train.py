@@ -17,7 +17,7 @@ from ..parametrizations import ROLES, lr_factors
 from ..records import Status
 from ..trial_spec import TrialSpec
 
-__all__ = ["batch_rows", "checkpoint_schedule", "loss_value", "train", "make_optimizer"]
+__all__ = ["checkpoint_schedule", "loss_value", "train", "make_optimizer"]
 
 
 def checkpoint_schedule(spec: TrialSpec) -> list[int]:
@@ -30,14 +30,6 @@ def checkpoint_schedule(spec: TrialSpec) -> list[int]:
         steps = {0, *np.unique(np.geomspace(1, spec.steps, max(spec.checkpoints - 1, 1))
                                 .round().astype(int)).tolist()}
     return sorted(steps | {0, spec.steps})
-
-
-def batch_rows(spec: TrialSpec, n: int) -> int:
-    """Rows per optimisation step out of n training points: all of them for gd (and for
-    adam without a ``batch_size``), else a minibatch of ``batch_size`` (sgd: 32 when unset)."""
-    if spec.optimizer == "gd" or (spec.optimizer == "adam" and spec.batch_size is None):
-        return n
-    return min(spec.batch_size or 32, n)
 
 
 def make_optimizer(model: nn.Module, spec: TrialSpec) -> torch.optim.Optimizer:
@@ -61,7 +53,8 @@ def make_optimizer(model: nn.Module, spec: TrialSpec) -> torch.optim.Optimizer:
     return _OPTIMIZERS[spec.optimizer](params)
 
 
-# gd and sgd differ in batch_rows only; the learning-rate factors come from the parametrization
+# gd and sgd differ in TrialSpec.batch_rows only; the learning-rate factors come from the
+# parametrization
 _OPTIMIZERS = {"gd": torch.optim.SGD, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 choices.check_implemented("optimizers", choices.OPTIMIZERS, _OPTIMIZERS)
 
@@ -92,7 +85,7 @@ def train(
     opt = make_optimizer(model, spec)
     gen = torch.Generator().manual_seed(spec.seed)
     n = x.shape[0]
-    batch = batch_rows(spec, n)
+    batch = spec.batch_rows(n)
     first_loss = None
     model.train()
     for step in range(spec.steps + 1):
