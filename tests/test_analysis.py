@@ -3,6 +3,7 @@ trend, Jacot Fig. 1 at CPU scale), fits against known power laws, every experime
 smoke mode, and a browser-free check of the HTML report."""
 
 import base64
+import html
 import html.parser
 import importlib.util
 import subprocess
@@ -128,8 +129,14 @@ def test_jacot_fig1_at_cpu_scale(ray_local, tmp_path):
     narrow, wide = min(checks), max(checks)
     assert checks[wide]["dist_init_T"] < checks[narrow]["dist_init_T"], checks
     names = {p.stem for p in result["report"]["figures"]}
-    assert {"jacot_fig1", "dist_inf_vs_width", "dist_init_over_time"} <= names
+    assert {"jacot_fig1", "dist_inf_vs_width", "dist_init_over_time", "gaps_vs_width",
+            "eigenvalues_vs_width", "dist_inf_over_time", "loss_over_time"} <= names
     check_report(result["report"]["html"], len(names))
+    # every figure says what it plots and what to look for, on the page under it
+    page = html.unescape(result["report"]["html"].read_text())
+    for name, caption in result["report"]["captions"].items():
+        assert len(caption) > 80 and name not in caption, (name, caption)
+        assert caption in page, name
 
 
 def test_jacot_fig2_at_cpu_scale(ray_local, tmp_path):

@@ -126,6 +126,7 @@ def test_report_page_shows_its_figures_and_exponents(browser, sweep):
     assert all(w > 100 for w in widths), widths          # every figure decoded
     body = page.inner_text("body")
     assert "Width exponents" in body and "init_dist_inf" in body and "ntksweep" in body
+    assert "look for slopes near −0.5" in body           # captions say what to look for
     assert "browser test – widths 16–512" in body        # the spec as UTF-8 YAML text
     page.screenshot(path=ARTIFACTS / "report.png", full_page=True)
     shutil.copy(report, ARTIFACTS / "report.html")

@@ -86,3 +86,20 @@ def test_the_guides_spec_reference_is_a_valid_spec_showing_every_field_at_its_de
     base = reference["base"]
     assert {k: v for k, v in base.items() if defaults[k] != v} == {}
     assert set(defaults) - set(base) == set(reference["grid"])
+
+
+def test_the_readmes_example_spec_shows_the_defaults():
+    """The README's sweep in short loads, and every base field it shows is at its default
+    (a reader copies it to learn what the defaults are)."""
+    import dataclasses
+
+    import yaml
+
+    from ntksweep.sweep_spec import load_sweep_spec
+    from ntksweep.trial_spec import TrialSpec
+
+    readme = (ROOT / "README.md").read_text()
+    example = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", readme, re.S)[0])
+    load_sweep_spec(example)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrialSpec)}
+    assert {k: v for k, v in example["base"].items() if defaults[k] != v} == {}

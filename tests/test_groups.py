@@ -67,7 +67,7 @@ def test_a_two_parametrization_sweep_is_split_by_parametrization_and_data():
         f"width_exponent_init_dist_inf{s}/{d} {p}"
         for s in ("", "_lo", "_hi") for d in ("digits", "sphere") for p in ("ntk", "mup")}
     ckpts = trials.assign(t=1.0, dist_init=trials.final_dist_init)
-    fig = analysis.fig_dist_over_time(ckpts)
+    fig = analysis.fig_over_time(ckpts)
     titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
     assert titles == {"digits ntk", "digits mup", "sphere ntk", "sphere mup"}
 

@@ -30,11 +30,11 @@ from .stats import (
 __all__ = ["PowerLaw", "bootstrap_ci", "seed_summary", "fit_power_law", "width_exponents",
            "depth_trend", "MIN_WIDTHS", "MIN_DEPTHS", "NEAR_EDGE", "REPLICATES",
            "varying_fields", "group_columns", "groups", "group_label", "fig_dist_vs_width",
-           "fig_dist_over_time", "fig_depth_width_heatmap", "save_figure", "panel_grid",
-           "seed_band", "width_ticks"]
+           "fig_over_time", "fig_eigenvalues_vs_width", "fig_depth_width_heatmap",
+           "save_figure", "panel_grid", "seed_band", "width_ticks"]
 
-_FIGURES = ("fig_dist_vs_width", "fig_dist_over_time", "fig_depth_width_heatmap", "save_figure",
-            "panel_grid", "seed_band", "width_ticks")
+_FIGURES = ("fig_dist_vs_width", "fig_over_time", "fig_eigenvalues_vs_width",
+            "fig_depth_width_heatmap", "save_figure", "panel_grid", "seed_band", "width_ticks")
 
 
 def __getattr__(name: str):

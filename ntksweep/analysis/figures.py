@@ -23,8 +23,8 @@ from .stats import (  # noqa: E402
     seed_summary,
 )
 
-__all__ = ["width_ticks", "seed_band", "panel_grid", "fig_dist_vs_width", "fig_dist_over_time",
-           "fig_depth_width_heatmap", "save_figure"]
+__all__ = ["width_ticks", "seed_band", "panel_grid", "fig_dist_vs_width", "fig_over_time",
+           "fig_eigenvalues_vs_width", "fig_depth_width_heatmap", "save_figure"]
 
 
 # ------------------------------------------------------------------------------- figures
@@ -87,7 +87,8 @@ def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
     return fig
 
 
-def fig_dist_over_time(ckpts: pd.DataFrame, metric: str = "dist_init"):
+def fig_over_time(ckpts: pd.DataFrame, metric: str = "dist_init", label: str | None = None,
+                  *, log_y: bool = True):
     """Metric against training time t = lr·step, one panel per group (every field the sweep
     varies but width and the seeds), one line per width (seed mean)."""
     by = group_columns(ckpts)
@@ -97,10 +98,37 @@ def fig_dist_over_time(ckpts: pd.DataFrame, metric: str = "dist_init"):
         for width, w in g.groupby("width", sort=True):
             s = w.groupby("t")[metric].mean()
             ax.plot(s.index, s.values, marker=".", label=f"n={width}")
-        _loglog(ax, "training time t = lr × step", metric)
+        _loglog(ax, "training time t = lr × step", label or metric)
+        if not log_y:
+            ax.set_yscale("linear")
         ax.set_title(group_label(by, key), fontsize=9)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{metric} over training (seed mean per width)")
+    fig.suptitle(f"{label or metric} over training (seed mean per width)")
+    fig.tight_layout()
+    return fig
+
+
+def fig_eigenvalues_vs_width(ckpts: pd.DataFrame, step: int = 0):
+    """The top eigenvalues of Θ at ``step`` (init by default) against width, one panel per
+    group: each eigenvalue's seed mean with its 95 % band, and the limit Θ∞'s as a dashed
+    line of the same colour (the finite nets' should close in on it as n grows)."""
+    at = ckpts[ckpts.step == step]
+    by = group_columns(at)
+    panels = list(groups(at, by))
+    fig, axes = panel_grid(len(panels))
+    eigs = [c for c in ("eig1", "eig2", "eig3") if c in at and at[c].notna().any()]
+    for ax, (key, g) in zip(axes, panels):
+        for name in eigs:
+            color = seed_band(ax, seed_summary(g, ["width"], name), f"λ{name[3:]}(Θ)")
+            limit = g[f"{name}_inf"].dropna()
+            if len(limit):
+                ax.axhline(float(limit.mean()), ls="--", color=color, lw=1,
+                           label=f"λ{name[3:]}(Θ∞)")
+        _loglog(ax, "width n", f"eigenvalue of Θ at step {step}")
+        width_ticks(ax, g.width)
+        ax.set_title(group_label(by, key), fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"top eigenvalues of Θ at step {step} (dashed: Θ∞'s)")
     fig.tight_layout()
     return fig
 

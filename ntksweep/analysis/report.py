@@ -37,7 +37,8 @@ def default_report_dir(out_dir: str | Path) -> Path:
 
 def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
     """Write figures to DEST/report/ and DEST/report.html (DEST: see ``default_report_dir``);
-    returns {'html': path, 'figures': [...], 'exponents': DataFrame}."""
+    returns {'html': path, 'figures': [PNG paths], 'captions': {figure name: caption},
+    'exponents': DataFrame}."""
     out = out_dir
     trials, ckpts = load_results(out)
     if trials.empty:
@@ -65,55 +66,123 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None) -> dict:
         parts += [f"<h2>{html.escape(title)}</h2>",
                   table.to_html(index=False, float_format="%.3f", na_rep="")]
     parts.append("<h2>Figures</h2>")
-    parts += [f"<figure>{_img(p)}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
-              for p in figures]
+    parts += [f"<figure>{_img(p)}<figcaption>{html.escape(caption)} <small>({p.name})"
+              f"</small></figcaption></figure>" for p, caption in figures]
     spec_text = read_text(out, "sweep.yaml") or ""
     parts += ["<h2>Sweep spec</h2>", f"<pre>{html.escape(spec_text)}</pre>", "</body></html>"]
     dest.mkdir(parents=True, exist_ok=True)
     page = dest / "report.html"
     page.write_text("\n".join(parts), encoding="utf-8")
-    return {"html": page, "figures": figures, "exponents": exps}
+    return {"html": page, "figures": [p for p, _ in figures],
+            "captions": {p.stem: caption for p, caption in figures}, "exponents": exps}
 
 
 def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path):
-    """The figures (PNG paths) and titled tables a sweep's columns allow."""
-    figures: list[Path] = []
+    """The figures (PNG path, caption: what is plotted and what to look for) and titled
+    tables a sweep's columns allow."""
+    figures: list[tuple[Path, str]] = []
     tables = []
 
-    def add(fig, name):
-        figures.extend(p for p in figs.save_figure(fig, figdir, name) if p.suffix == ".png")
+    def add(fig, name, caption):
+        figures.extend((p, caption) for p in figs.save_figure(fig, figdir, name)
+                       if p.suffix == ".png")
 
     exps = pd.DataFrame()
+    done = ckpts[ckpts.trial_id.isin(ok.trial_id)]
     if ok.width.nunique() >= 2:
-        add(figs.fig_dist_vs_width(ok), "dist_inf_vs_width")
-        add(figs.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
-            "dist_init_vs_width")
+        _width_figures(ok, add)
         exps = pd.concat([stats.width_exponents(ok, m)
                           for m in ("init_dist_inf", "final_dist_init")], ignore_index=True)
         tables.append(("Width exponents (log-log slope, 95 % CI)", exps))
+        if done.eig1.notna().any():
+            add(figs.fig_eigenvalues_vs_width(done), "eigenvalues_vs_width", CAPTIONS["eigs"])
     if ok.final_test_loss.notna().any():
         score = regimes.test_score(ok)
-        add(regimes.fig_test_scores(ok), f"test_{score}")
+        add(regimes.fig_test_scores(ok), f"test_{score}", CAPTIONS["test"])
         tables.append((f"Test {score}: trained nets (seed mean, 95 % CI), the Θ∞ linear model "
                        "after the same steps (gd_inf), and kernel regression with Θ∞, the "
                        "NNGP Σ, Θ₀ and Θ_T", regimes.test_table(ok)))
     coords = ok[ok.final_coord_readout_change.notna()]      # (older files lack the columns)
     if coords.width.nunique() >= 2:
-        add(regimes.fig_coord_check(coords), "coord_check")
+        add(regimes.fig_coord_check(coords), "coord_check", CAPTIONS["coord"])
     if ok.depth.nunique() >= 2:
-        add(figs.fig_depth_width_heatmap(ok), "depth_width_heatmap")
+        add(figs.fig_depth_width_heatmap(ok), "depth_width_heatmap", CAPTIONS["heatmap"])
     if not (trend := stats.depth_trend(ok)).empty:
         tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L, 95 % CI)",
                        trend))
-    if len(ckpts):
-        add(figs.fig_dist_over_time(ckpts[ckpts.trial_id.isin(ok.trial_id)]),
-            "dist_init_over_time")
+    if len(done):
+        _time_figures(done, add)
     if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
-        add(jacot.fig_jacot_fig1(ckpts, out), "jacot_fig1")
+        add(jacot.fig_jacot_fig1(ckpts, out), "jacot_fig1", CAPTIONS["jacot1"])
     if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
-        add(jacot.fig_jacot_fig2(ok, ckpts[ckpts.trial_id.isin(ok.trial_id)], out),
-            "jacot_fig2")
+        add(jacot.fig_jacot_fig2(ok, done, out), "jacot_fig2", CAPTIONS["jacot2"])
     return figures, tables, exps
+
+
+# what each figure plots and what to look for
+CAPTIONS = {
+    "dist_inf": "Distance of the initial empirical NTK from its infinite-width limit, "
+                "‖Θ₀ − Θ∞‖/‖Θ∞‖, against width (log-log; seed mean, 95 % band; dotted: the "
+                "fitted power law, its slope in the legend). Jacot et al.: it falls like "
+                "n^−½ — look for slopes near −0.5.",
+    "dist_init": "How far the kernel moves during training, ‖Θ_T − Θ₀‖/‖Θ₀‖ at the last "
+                 "step, against width. The lazy regime: it falls with width (like n^−½ or "
+                 "faster in the NTK parametrization; flat in μP, whose kernel keeps moving).",
+    "gaps": "The trained network against its two linear models at the last step: RMS "
+            "distance to the model with Θ∞ (gap_inf) and with its own Θ₀ (gap_lin), "
+            "against width. Both shrink with width; gap_lin is the smaller — the network "
+            "follows its own linearisation before it follows the limit's.",
+    "eigs": "The top eigenvalues of the initial empirical NTK against width (seed mean, "
+            "95 % band), with the limit Θ∞'s as dashed lines: the finite nets' spectra "
+            "converge to the limit's from above or below as n grows.",
+    "test": "Test scores of the trained networks and of the kernel predictors (Θ∞ linear "
+            "model, kernel regression with Θ∞, Σ, Θ₀, Θ_T) against width: where the "
+            "trained nets meet the kernel predictors, training is kernel regression.",
+    "coord": "The coordinate check: RMS of each layer role's pre-activations and of their "
+             "change since initialisation, against width. In μP every role's change stays "
+             "order one; in the NTK parametrization it falls with width.",
+    "heatmap": "Seed mean of ‖Θ₀ − Θ∞‖/‖Θ∞‖ on the depth × width grid (log colour scale): "
+               "it grows with depth at fixed width (Hanin & Nica: with depth/width) and "
+               "falls with width at fixed depth.",
+    "dist_init_t": "How the kernel moves over training, ‖Θ_t − Θ₀‖/‖Θ₀‖ against training "
+                   "time t = lr × step, one line per width: wider nets' kernels move less "
+                   "(the NTK stays constant as n → ∞).",
+    "dist_inf_t": "The empirical NTK's distance from the limit over training, "
+                  "‖Θ_t − Θ∞‖/‖Θ∞‖, one line per width: at large width it starts small and "
+                  "stays there; at small width it starts larger and drifts.",
+    "loss_t": "Training loss over training time, one line per width: with the NTK "
+              "parametrization's lr the wide nets' curves coincide (they train as their "
+              "common limit does).",
+    "jacot1": "Jacot et al.'s Figure 1: the empirical NTK on the circle at init and after "
+              "training, for the sweep's widths, against the limit Θ∞ (black): wider nets' "
+              "kernels lie on the limit and move less.",
+    "jacot2": "Jacot et al.'s Figure 2: the trained networks' outputs on the circle against "
+              "the Θ∞ kernel-flow prediction, per width: the wide nets follow the kernel "
+              "prediction.",
+}
+
+
+def _width_figures(ok: pd.DataFrame, add) -> None:
+    add(figs.fig_dist_vs_width(ok), "dist_inf_vs_width", CAPTIONS["dist_inf"])
+    add(figs.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
+        "dist_init_vs_width", CAPTIONS["dist_init"])
+    gaps = ok.melt(id_vars=[c for c in ok.columns if c not in ("final_gap_inf",
+                                                                "final_gap_lin")],
+                   value_vars=["final_gap_inf", "final_gap_lin"], var_name="gap",
+                   value_name="final_gap")
+    if gaps.final_gap.notna().any():
+        add(figs.fig_dist_vs_width(gaps.assign(activation=gaps.gap.str.removeprefix("final_")),
+                                   "final_gap", "RMS gap to the linear model at the last step"),
+            "gaps_vs_width", CAPTIONS["gaps"])
+
+
+def _time_figures(done: pd.DataFrame, add) -> None:
+    add(figs.fig_over_time(done), "dist_init_over_time", CAPTIONS["dist_init_t"])
+    if done.dist_inf.notna().any():
+        add(figs.fig_over_time(done, "dist_inf", "‖Θ_t − Θ∞‖ / ‖Θ∞‖"), "dist_inf_over_time",
+            CAPTIONS["dist_inf_t"])
+    add(figs.fig_over_time(done, "train_loss", "training loss"), "loss_over_time",
+        CAPTIONS["loss_t"])
 
 
 def _header(out, trials: pd.DataFrame) -> str:
