@@ -12,7 +12,7 @@ import urllib.request
 from urllib.parse import urlparse
 
 from ..errors import TrackingError, UserError
-from .uri import SERVER_ENV, redact, ui_command
+from .uri import UI_ENV, redact, ui_command
 
 __all__ = ["serve_ui", "check_port_free", "runs_page", "has_opener"]
 
@@ -100,13 +100,15 @@ def serve_ui(uri: str, experiment: str, host: str, port: int, *, sweep_id: str |
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     print(f"starting the MLflow UI on {redact(uri)} …", file=stream, flush=True)
-    proc = subprocess.Popen(cmd, env={**SERVER_ENV, **os.environ,
+    proc = subprocess.Popen(cmd, env={**UI_ENV, **os.environ,
                                       "MLFLOW_BACKEND_STORE_URI": uri})
     forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _wait_until_up(proc, base, timeout_s)
+        # the link is read from the store while the server starts (MLflow's import here
+        # overlaps its own there), and printed once the server answers
         link = runs_page(base, *_experiment(uri, experiment, sweep_id), opener=opener)
+        _wait_until_up(proc, base, timeout_s)
         print(f"MLflow UI for sweep {experiment!r}: {link}", file=stream, flush=True)
         code = proc.wait()
     finally:

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse, urlunparse
 from ..errors import TrackingError
 from ..records import EMBEDDED_STORE
 
-__all__ = ["SERVER_ENV", "EMBEDDED", "default_tracking_uri", "check_tracking_uri",
+__all__ = ["SERVER_ENV", "UI_ENV", "EMBEDDED", "default_tracking_uri", "check_tracking_uri",
            "resolve_tracking_uri", "recorded_form", "is_embedded", "redact", "scrub",
            "credentials_env", "ui_command"]
 
@@ -21,6 +21,9 @@ _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databrick
 # For an `mlflow server` serving sweeps: MLflow 3 also starts a job runner for its GenAI
 # scorers, which tracking does not use and which keeps a core busy importing after start-up
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# ... and `ntksweep ui`'s own server, quiet: its dependencies' warnings and MLflow's start-up
+# notices are not the user's business (a failing server's errors still show)
+UI_ENV = {**SERVER_ENV, "PYTHONWARNINGS": "ignore", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:
@@ -120,5 +123,8 @@ def ui_command(port: int = 5000, host: str = "127.0.0.1", app: str | None = None
     """The command that serves the MLflow UI (``app``: an ``mlflow.app`` entry point's name);
     its store goes in its environment (``MLFLOW_BACKEND_STORE_URI``), never on a command line
     others can read in ``ps``."""
+    # one worker: a local UI serves one user, and each of MLflow's default four imports
+    # MLflow (seconds on 2 cores) before the first page; uvicorn's per-request lines off
     return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
+            "--workers", "1", "--uvicorn-opts", "--log-level warning",
             *(["--app-name", app] if app else [])]
