@@ -1,19 +1,19 @@
 """Everything that talks to Ray lives in this package (docs/ARCHITECTURE.md: one adapter per
 external system)."""
 
-from ..plan import check_output_dir, plan_sweep
-from ..sweep_spec import sweep_id_of
-from .run import SweepSummary, run_sweep
+import importlib
 
 __all__ = ["RayTileExecutor", "SweepSummary", "plan_sweep", "check_output_dir", "run_sweep",
            "sweep_id_of"]
 
+# imported when asked for: an actor process that loads ``sweep.worker`` needs neither the
+# driver's planning (pandas, pyarrow) nor the tile executor's kernels (torch, at its own time)
+_WHERE = {"RayTileExecutor": ".shard", "SweepSummary": ".run", "run_sweep": ".run",
+          "plan_sweep": "..plan", "check_output_dir": "..plan",
+          "sweep_id_of": "..sweep_spec"}
+
 
 def __getattr__(name: str):
-    # the tile executor reads the kernels (torch): imported when asked for, so that running
-    # a sweep's driver never imports torch (its actors do)
-    if name == "RayTileExecutor":
-        from .shard import RayTileExecutor
-
-        return RayTileExecutor
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
