@@ -9,7 +9,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import phases
+from . import phases  # noqa: F401  (first: its clock starts with the command)
 from .errors import UserError
 from .records import Status
 
@@ -66,9 +66,6 @@ def cmd_run(args) -> int:
             print(f"  {k}: {v}")
         print(_table(plan["trials"]))
         return 0
-    if not args.quiet:
-        phases.say(f"sweep {spec.name!r}: {len(spec.trials())} trials → {spec.out_dir}; "
-                   "starting Ray, MLflow and the workers …")
     from .sweep import run_sweep
 
     if not args.verbose:

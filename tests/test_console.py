@@ -33,8 +33,8 @@ def test_progress_lines_wait_for_the_warm_up_before_an_eta():
 def test_a_sweep_says_what_it_does_from_its_first_moment_and_its_driver_never_loads_torch(
         tmp_path):
     """Without a terminal: one line per start-up phase, in order, before the progress lines
-    (the first before Ray or MLflow are imported); the driver process defines the actors but
-    leaves torch to them."""
+    (the first once the plan is checked, before Ray or MLflow start: a refused spec prints
+    its one error line alone); the driver defines the actors but leaves torch to them."""
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "talks", "output_dir": str(tmp_path / "out"),
                                     "base": {"dataset": "circle", "n_train": 8, "n_eval": 8,
@@ -48,7 +48,7 @@ def test_a_sweep_says_what_it_does_from_its_first_moment_and_its_driver_never_lo
     assert run.returncode == 0, run.stdout + run.stderr
     assert "torch loaded: False" in run.stdout
     phases = [line for line in run.stderr.splitlines() if line.startswith("[")]
-    expected = ["trials →", "trials to run", "starting a local Ray", "Ray ready",
+    expected = ["trials to run", "starting a local Ray", "Ray ready",
                 "the first trial is running"]
     assert len(phases) == len(expected), run.stderr
     for line, words in zip(phases, expected):

@@ -57,7 +57,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, tracking_uri: str 
     # longest first; the sort is stable (also reversed), so ties stay in grid order
     todo = deque((t, 1) for t in sorted(pending, key=work_estimate, reverse=True))
     skipped = len(trials) - len(todo)
-    phases.say(f"{len(todo)} trials to run, {skipped} already done", quiet)
+    phases.say(f"sweep {spec.name!r} → {out}: {len(todo)} trials to run, {skipped} already "
+               "done; starting Ray, MLflow and the workers …", quiet)
     run = SweepRun(spec, out, sid, todo, attempts, quiet=quiet, on_event=on_event,
                    quarantined=store.quarantined_trials(moved))
     run.start(address, num_cpus, uri, pre.explicit, tracking)
