@@ -62,6 +62,7 @@ def test_the_guides_worked_example_runs_and_shows_what_it_says(ray_local, tmp_pa
     assert records[-1]["train_loss"] < records[0]["train_loss"] / 5
     assert records[-1]["dist_init"] < 0.3
     assert ns["summary"].counts == {"completed": 9}
+    assert (tmp_path / "out" / "nb" / "dist_inf_vs_width.png").stat().st_size > 10_000
     moved = ns["ckpts"][ns["ckpts"].step == ns["ckpts"].step.max()].groupby("width").dist_init
     assert moved.mean().is_monotonic_decreasing
     distance = np.linalg.norm(ns["theta"].numpy() - ns["limit"]) / np.linalg.norm(ns["limit"])
