@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import signal
-import threading
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from ..store.lock import DriverLock, LockLost
 from ..sweep_spec import SweepSpec, spec_yaml
 from ..sync import push_missing
 from ..tracking.protocol import Untracked
-from ..tracking.sqlite import prepare_store
 from ..tracking.uri import recorded_form, redact
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
 from .worker import Checkpoints, Finished, TrialWorker
@@ -148,10 +146,6 @@ class SweepRun:
               tracking: bool) -> None:
         """Start Ray (unless running), check the cluster and the output dir, write the sweep's
         metadata, boot the actors and open the tracker; undo it all if any step fails."""
-        prepared = threading.Thread(target=prepare_store, args=(uri,), daemon=True,
-                                    name="prepare-store")
-        if tracking and self.todo:
-            prepared.start()       # a new SQLite store's schema, built while Ray starts
         if self.todo and not ray.is_initialized():
             # Ray resets its logger's level at init: keep what the caller set (the CLI quiets
             # the start-up notices unless --verbose)
@@ -180,10 +174,8 @@ class SweepRun:
                 phases.say(f"Ray ready; {self.shape.n} workers starting; opening the MLflow "
                            f"store {redact(uri) if tracking else '(not tracked)'} …",
                            self.quiet)
+            # MLflow's import (a second) runs while the actors boot, not before Ray's start
             from ..tracking.tracker import open_tracker
-
-            if prepared.is_alive():
-                prepared.join()
 
             self.tracker = open_tracker(uri, self.spec.name, self.sweep_id, tracked=tracking,
                                         sweep_yaml=sweep_yaml, axes=tuple(self.spec.axes()),

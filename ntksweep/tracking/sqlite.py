@@ -52,21 +52,6 @@ def tune_sqlite(uri: str) -> None:
         event.listen(Engine, "connect", _relax_sqlite_sync)
 
 
-def prepare_store(uri: str) -> None:
-    """Create a new local SQLite store's schema ahead of use — MLflow's import and its
-    migrations take seconds on a new file, which a sweep spends beside Ray's start rather
-    than after it (a thread); anything that fails is left for the tracker to report."""
-    if _sqlite_path(uri) is None:
-        return
-    try:
-        tune_sqlite(uri)
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as e:  # noqa: BLE001  (the tracker opens the store again, and says)
-        log.debug("preparing %s: %s", uri, e)
-
-
 def artifact_root(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: beside a SQLite store's file. MLflow's own
     default there is ``./mlruns`` under whatever directory the driver runs in, which would
