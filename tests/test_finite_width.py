@@ -75,24 +75,35 @@ def test_the_extrapolation_recovers_a_planted_limit_within_its_standard_error():
     assert np.linalg.norm(given.first - 20 * b) < 0.1 * np.linalg.norm(20 * b)
 
 
-def _initial_kernels(depth: int, widths, seeds: int, x: np.ndarray) -> dict:
+def _initial_kernels(depth: int, widths, seeds: int, x: np.ndarray, **net) -> dict:
     xt = torch.from_numpy(x)
-    return {n: np.stack([empirical_ntk(MLP(x.shape[1], n, depth, seed=s, bias_std=0.1,
-                                           dtype=torch.float64), xt, trace=True).numpy()
+    return {n: np.stack([empirical_ntk(MLP(x.shape[1], n, depth, seed=s, dtype=torch.float64,
+                                           **net), xt, trace=True).numpy()
                          for s in range(seeds)]) for n in widths}
 
 
 @pytest.mark.slow
-def test_one_hidden_layer_has_no_mean_shift_and_fluctuates_like_one_over_root_n():
-    """Depth 2 in the NTK parametrization: Θ_n averages iid hidden units whose mean is the
-    limit, so E Θ_n = Θ_∞ exactly — the estimated mean shift is consistent with zero at
-    every width (its CI holds 0), while s(n) ∝ n^−½ (b ∈ [−0.6, −0.4])."""
+@pytest.mark.parametrize("depth, net", [(2, dict(activation="relu", bias_std=0.1)),
+                                        (4, dict(activation="identity", bias_std=0.0))],
+                         ids=["one-hidden-layer-relu", "deep-linear"])
+def test_networks_without_a_mean_shift_show_none_and_fluctuate_like_one_over_root_n(depth,
+                                                                                     net):
+    """Two networks whose E Θ_n = Θ_∞ at every width, exactly. One hidden layer (NTK
+    parametrization): Θ_n averages iid hidden units whose mean is the limit. A deep linear
+    net without biases: Θ_n = Σ_ℓ (a_ℓ(x)·a_ℓ(x')/n_ℓ) ‖D_ℓ‖², where the layer input a_ℓ
+    depends on the weights below ℓ and the output gradient D_ℓ (the same for every x) on
+    those above, so the two are independent; each linear layer keeps the expected inner
+    product (E a_ℓ·a'_ℓ/n_ℓ = x·x'/d) and E‖D_ℓ‖² = 1, so E Θ_n = L x·x'/d = Θ_∞. The
+    estimated mean shift is consistent with zero at every width (its CI holds 0), while
+    s(n) ∝ n^−½ (b's CI holds −½, b in [−0.6, −0.4])."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 3))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    limit = analytic_kernels(x, depth=2, bias_std=0.1).ntk
-    table = width_corrections(_initial_kernels(2, (16, 32, 64, 128), 600, x), limit,
-                              n_boot=200)
+    limit = analytic_kernels(x, depth=depth, **net).ntk
+    if net["activation"] == "identity":
+        assert np.allclose(limit, depth * x @ x.T / 3)
+    table = width_corrections(_initial_kernels(depth, (16, 32, 64, 128), 600, x, **net),
+                              limit, n_boot=200)
     assert ((table.mean_shift_sq_lo <= 0) & (0 <= table.mean_shift_sq_hi)).all(), table
     exps = correction_exponents(table).set_index("part")
     for part in ("all", "diagonal", "off_diagonal"):
