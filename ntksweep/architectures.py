@@ -76,11 +76,9 @@ class Network:
     @classmethod
     def of(cls, spec, out_dim: int) -> Network:
         """The network of the trial ``spec`` (a ``TrialSpec``) with ``out_dim`` outputs."""
-        fields = () if is_custom_architecture(spec.architecture) else \
-            REGISTRY[spec.architecture].fields
         return cls(spec.architecture, spec.width, spec.depth, out_dim, spec.activation,
                    spec.weight_std, spec.bias_std, spec.leaky_relu_slope,
-                   spec.parametrization, tuple((f, getattr(spec, f)) for f in fields))
+                   spec.parametrization, tuple((f, getattr(spec, f)) for f in spec.own_fields()))
 
     @property
     def fused(self) -> bool:

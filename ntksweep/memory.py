@@ -228,7 +228,7 @@ def trial_memory(spec, in_shape: tuple[int, ...], out_dim: int,
     size beside it (einsum, broadcasting), counted as such."""
     size = 4 if spec.dtype == "float32" else 8
     m, n, t, k = spec.n_eval, spec.n_train, spec.n_test, out_dim
-    shapes = shapes or network_shapes(
+    shapes = shapes if shapes is not None else network_shapes(
         spec.architecture, in_shape, spec.width, spec.depth, k, kernel_size=spec.kernel_size,
         padding=spec.padding, readout=spec.readout, heads=spec.heads,
         attention_scaling=spec.attention_scaling)

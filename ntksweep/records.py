@@ -18,8 +18,7 @@ from typing import Any
 from .parametrizations import ROLES
 
 __all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "COORD_COLUMNS", "TEST_COLUMNS",
-           "RECORD_COLUMNS", "FINAL_COLUMNS", "INIT_COLUMNS", "SUMMARY_COLUMNS",
-           "summary_values", "Record",
+           "RECORD_COLUMNS", "FINAL_COLUMNS", "INIT_COLUMNS", "SUMMARY_COLUMNS", "Record",
            "Status", "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
 
 N_EIGS = 3
@@ -72,12 +71,6 @@ INIT_COLUMNS = ("dist_inf", "dist_nngp", *INIT_ONLY)
 SUMMARY_COLUMNS = (*(f"init_{c}" for c in INIT_COLUMNS), *(f"final_{c}" for c in FINAL_COLUMNS))
 
 
-def summary_values(first: Record, final: Record) -> dict[str, Any]:
-    """init_<c> of the first record, final_<c> of the last (None where absent)."""
-    return {**{f"init_{c}": first.get(c) for c in INIT_COLUMNS},
-            **{f"final_{c}": final.get(c) for c in FINAL_COLUMNS}}
-
-
 @dataclass(frozen=True)
 class TrialOutcome:
     """One trial attempt's result. ``records``: one flat dict per checkpoint (keys
@@ -108,7 +101,11 @@ class TrialOutcome:
 
     @property
     def summary(self) -> dict[str, Any]:
-        return summary_values(self.first, self.final)
+        """``SUMMARY_COLUMNS``: init_<c> of the first record, final_<c> of the last (None
+        where absent)."""
+        first, final = self.first, self.final
+        return {**{f"init_{c}": first.get(c) for c in INIT_COLUMNS},
+                **{f"final_{c}": final.get(c) for c in FINAL_COLUMNS}}
 
 
 # sweep.json's tracking_uri for the embedded default: SQLite inside the output dir, wherever

@@ -149,7 +149,7 @@ class TrialSpec:
         known = REGISTRY.get(self.architecture)
         if known is None or known.fused:
             return ()
-        return tuple((name, getattr(self, name)) for name in known.fields)
+        return tuple((name, getattr(self, name)) for name in self.own_fields())
 
     def batch_rows(self, n: int) -> int:
         """Rows per optimisation step out of n training points: all of them for gd (and for

@@ -163,3 +163,16 @@ def test_a_group_without_a_limit_says_so_in_the_headline():
     lines = console.headline(trials)
     assert lines[1].startswith("  linear: init dist_inf ∝ width^-0.5")
     assert lines[2] == "  sqrt: no infinite-width limit to compare with (dist_inf is NaN)"
+
+
+def test_a_figures_series_split_its_groups_lines_without_merging_them():
+    """The report's gap figure draws gap_inf and gap_lin as a series of each group's lines:
+    a sweep over two activations gets four lines, never an activation's two pooled."""
+    trials = _table({"relu": -0.5, "erf": -1.0}, "activation")
+    gaps = pd.concat([trials.assign(gap="gap_inf", final_gap=trials.init_dist_inf),
+                      trials.assign(gap="gap_lin", final_gap=trials.init_dist_inf / 10)])
+    fig = analysis.fig_dist_vs_width(gaps, "final_gap", series=("gap",))
+    labels = sorted(t.get_text().split(":")[0] for t in fig.axes[0].get_legend().get_texts())
+    assert len(labels) == 4 and {lab.split(", ")[-1] for lab in labels} == {"gap_inf",
+                                                                           "gap_lin"}
+    assert sum("relu" in lab for lab in labels) == 2 and sum("erf" in lab for lab in labels) == 2

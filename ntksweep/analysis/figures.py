@@ -63,12 +63,13 @@ def panel_grid(n: int, cols: int = 3, size: tuple[float, float] = (4.4, 3.8)):
 
 
 def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
-                      label: str = "‖Θ₀ − Θ∞‖ / ‖Θ∞‖ at init"):
-    """Metric vs width (log-log), one line per group (``width_exponents``' groups): the seed
-    mean with its 95 % bootstrap band and, from ``MIN_WIDTHS`` widths on, the fitted slope with
-    its CI in the legend and as a dotted line."""
+                      label: str = "‖Θ₀ − Θ∞‖ / ‖Θ∞‖ at init", series: tuple[str, ...] = ()):
+    """Metric vs width (log-log), one line per group (``width_exponents``' groups, and per
+    value of the ``series`` columns): the seed mean with its 95 % bootstrap band and, from
+    ``MIN_WIDTHS`` widths on, the fitted slope with its CI in the legend and as a dotted
+    line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    by = group_columns(trials, ("architecture", "activation", "depth"))
+    by = group_columns(trials, ("architecture", "activation", "depth", *series))
     for key, g in groups(trials, by):
         name = group_label(by, key, ", ")
         fit = fit_power_law(g["width"], g[metric])
@@ -87,8 +88,7 @@ def fig_dist_vs_width(trials: pd.DataFrame, metric: str = "init_dist_inf",
     return fig
 
 
-def fig_over_time(ckpts: pd.DataFrame, metric: str = "dist_init", label: str | None = None,
-                  *, log_y: bool = True):
+def fig_over_time(ckpts: pd.DataFrame, metric: str = "dist_init", label: str | None = None):
     """Metric against training time t = lr·step, one panel per group (every field the sweep
     varies but width and the seeds), one line per width (seed mean)."""
     by = group_columns(ckpts)
@@ -99,8 +99,6 @@ def fig_over_time(ckpts: pd.DataFrame, metric: str = "dist_init", label: str | N
             s = w.groupby("t")[metric].mean()
             ax.plot(s.index, s.values, marker=".", label=f"n={width}")
         _loglog(ax, "training time t = lr × step", label or metric)
-        if not log_y:
-            ax.set_yscale("linear")
         ax.set_title(group_label(by, key), fontsize=9)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"{label or metric} over training (seed mean per width)")

@@ -135,15 +135,10 @@ def extrapolate(by_width: dict[int, np.ndarray], limit: np.ndarray | None = None
         raise ValueError(f"{len(widths)} widths cannot fit {design.shape[1]} terms per entry; "
                          "add widths or lower the order")
     target = means - (0.0 if limit is None else np.asarray(limit, float)[None])
-    m = means.shape[-1]
-    coef, se = np.empty((design.shape[1], m, m)), np.empty((design.shape[1], m, m))
-    for i in range(m):
-        for j in range(m):
-            w = 1.0 / var[:, i, j]
-            xtwx = design.T @ (design * w[:, None])
-            cov = np.linalg.inv(xtwx)
-            coef[:, i, j] = cov @ (design.T @ (w * target[:, i, j]))
-            se[:, i, j] = np.sqrt(np.diag(cov))
+    w = 1.0 / var                                                         # (W, M, M)
+    cov = np.linalg.inv(np.einsum("wp,wq,wij->ijpq", design, design, w))  # every entry's
+    coef = np.einsum("ijpq,wq,wij->pij", cov, design, w * target)
+    se = np.sqrt(np.moveaxis(np.diagonal(cov, axis1=-2, axis2=-1), -1, 0))
     if limit is None:
         return Extrapolation(coef[0], se[0], coef[1], coef[2] if order == 2 else None)
     given = np.asarray(limit, float)

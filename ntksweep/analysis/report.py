@@ -166,13 +166,13 @@ def _width_figures(ok: pd.DataFrame, add) -> None:
     add(figs.fig_dist_vs_width(ok), "dist_inf_vs_width", CAPTIONS["dist_inf"])
     add(figs.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
         "dist_init_vs_width", CAPTIONS["dist_init"])
-    gaps = ok.melt(id_vars=[c for c in ok.columns if c not in ("final_gap_inf",
-                                                                "final_gap_lin")],
-                   value_vars=["final_gap_inf", "final_gap_lin"], var_name="gap",
-                   value_name="final_gap")
+    values = ["final_gap_inf", "final_gap_lin"]
+    gaps = ok.melt(id_vars=[c for c in ok.columns if c not in values], value_vars=values,
+                   var_name="gap", value_name="final_gap")
     if gaps.final_gap.notna().any():
-        add(figs.fig_dist_vs_width(gaps.assign(activation=gaps.gap.str.removeprefix("final_")),
-                                   "final_gap", "RMS gap to the linear model at the last step"),
+        gaps["gap"] = gaps.gap.str.removeprefix("final_")
+        add(figs.fig_dist_vs_width(gaps, "final_gap", "RMS gap to the linear model at the "
+                                   "last step", series=("gap",)),
             "gaps_vs_width", CAPTIONS["gaps"])
 
 

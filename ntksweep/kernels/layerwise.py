@@ -36,15 +36,13 @@ __all__ = ["ntk_layerwise", "is_layerwise", "footprint", "layer_shapes", "Layerw
            "plan_layerwise"]
 
 
-_layers = affine_layers
-
 
 def is_layerwise(model: nn.Module, point: Tensor | None = None) -> bool:
     """Every trainable parameter belongs to a ``Dense``, ``PositionwiseDense`` or ``Conv``
     layer (attention's projections are positionwise dense layers) — and, given an input
     ``point`` (1, …), each of those layers runs once per forward pass: a layer applied
     twice (shared weights) has two inputs the per-layer gradients would not sum."""
-    layers = _layers(model)
+    layers = affine_layers(model)
     owned = {id(p) for m in layers for p in (m.weight, m.bias) if p is not None}
     if not owned or any(id(p) not in owned for p in model.parameters() if p.requires_grad):
         return False
@@ -76,7 +74,7 @@ def layer_shapes(model: nn.Module, x: Tensor) -> tuple[list[LayerShape], int]:
         shapes.append(LayerShape(a.shape[1], a[0, 0].numel(), output.shape[1],
                                  output[0, 0].numel(), kk, bias=module.bias is not None))
 
-    hooks = [m.register_forward_hook(keep) for m in _layers(model)]
+    hooks = [m.register_forward_hook(keep) for m in affine_layers(model)]
     try:
         with torch.no_grad():
             k = model(x[:1]).numel()
@@ -95,7 +93,7 @@ def footprint(model: nn.Module, x: Tensor) -> Footprint:
 def _batch_signals(model: nn.Module, x: Tensor) -> list[tuple[nn.Module, Tensor, Tensor]]:
     """Per layer: (layer, its input a (N, C_in, …), D = ∂f/∂z (N, k, C_out, P_out)), from one
     forward pass and one backward pass per output (to the pre-activations only)."""
-    layers = _layers(model)
+    layers = affine_layers(model)
     seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
     def keep(module, args, output):
@@ -144,6 +142,7 @@ def _gradient_chunks(m: nn.Module, a: Tensor, d: Tensor, channels: int) -> Itera
     scale = m.weight_mult * m.weight_lr ** 0.5
     n, k, c_out, positions = d.shape
     rows = d.reshape(n, k * c_out, positions)
+    small = positions < k * c_out                      # scale the smaller of patches and G
     for c0 in range(0, a.shape[1], channels):
         part = a[:, c0:c0 + channels]
         if isinstance(m, Conv):
@@ -153,7 +152,6 @@ def _gradient_chunks(m: nn.Module, a: Tensor, d: Tensor, channels: int) -> Itera
             patches = part.flatten(2)                                     # (N, c, P)
         else:
             patches = part[:, :, None]                                    # (N, c, 1)
-        small = positions < k * c_out                  # scale the smaller of patches and G
         if small:
             patches = patches * scale
         g = torch.bmm(rows, patches.transpose(1, 2)).reshape(n, k, -1)    # Σ_p D_p ⊗ patch_p

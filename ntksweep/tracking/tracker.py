@@ -301,7 +301,7 @@ class Tracker:
     def end_trial(self, handle: int | None, status: str, tags: dict[str, Any] | None = None,
                   summary: dict[str, Any] | None = None) -> None:
         """End the trial's run with ``status`` and ``tags``; ``summary`` (the trials row's
-        init_<c> and final_<c> values, ``records.summary_values``) becomes run-level metrics,
+        init_<c> and final_<c> values, ``TrialOutcome.summary``) becomes run-level metrics,
         one point each at step 0, so the runs table and the compare view show them."""
         if handle is None:
             return
