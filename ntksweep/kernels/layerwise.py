@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..memory import CPU_CHUNK_BYTES, MIN_CHUNK_CHANNELS, Footprint, LayerShape
-from ..models.layers import Conv, PositionwiseDense, affine_layers
+from ..models.layers import Conv, Dense, PositionwiseDense, affine_layers
 
 __all__ = ["ntk_layerwise", "is_layerwise", "footprint", "layer_shapes", "LayerwisePlan",
            "plan_layerwise"]
@@ -216,6 +216,9 @@ def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
     shape = (k, n1, n2) if trace else (n1 * k, n2 * k)
     theta = torch.zeros(shape, dtype=s1[0][2].dtype, device=s1[0][2].device)
     for (m, a1, d1), (_, a2, d2), channels in zip(s1, s2, plan.channels):
+        if type(m) is Dense:
+            _accumulate_dense(theta, m, a1, d1, a2, d2, trace)
+            continue
         chunks1 = _gradient_chunks(m, a1, d1, channels)
         chunks2 = chunks1 if x2 is None else _gradient_chunks(m, a2, d2, channels)
         for g1 in chunks1:                                                # (n, k, m) each
@@ -225,6 +228,24 @@ def ntk_layerwise(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
     if trace:
         return theta.mean(0)
     return theta.reshape(n1, k, n2, k).permute(0, 2, 1, 3)
+
+
+def _accumulate_dense(theta: Tensor, m: Dense, a1: Tensor, d1: Tensor, a2: Tensor,
+                      d2: Tensor, trace: bool) -> None:
+    """theta += a dense layer's share without its per-example gradients: they are outer
+    products D_c ⊗ a, so ⟨G_c(x), G_d(x')⟩ = (w² a·a' + b²) D_c·D'_d (w, b the r-weighted
+    multipliers) — N² (C_in + k² C_out) work instead of N² k² C_in C_out."""
+    w2 = m.weight_mult ** 2 * m.weight_lr
+    b2 = 0.0 if m.bias is None else m.bias_mult ** 2 * m.bias_lr
+    inputs = torch.addmm(a1.new_full((), b2).expand(len(a1), len(a2)), a1, a2.T,
+                         beta=1.0, alpha=w2)                              # (n1, n2)
+    if trace:                                                           # d (n, k, C_out, 1)
+        theta.addcmul_(torch.bmm(d1[..., 0].transpose(0, 1), d2[..., 0].permute(1, 2, 0)),
+                       inputs)
+        return
+    n1, n2, k = len(a1), len(a2), d1.shape[1]
+    outputs = d1.reshape(n1 * k, -1) @ d2.reshape(n2 * k, -1).T         # (n1 k, n2 k)
+    theta += (outputs.view(n1, k, n2, k) * inputs[:, None, :, None]).view_as(theta)
 
 
 def _accumulate(theta: Tensor, g1: Tensor, g2: Tensor, trace: bool, symmetric: bool) -> None:
