@@ -8,6 +8,8 @@ The public surface, loaded on first use (so that ``import ntksweep.records`` or
 - running: ``run_trial(spec) → TrialOutcome`` (one trial, in process: its checkpoint
   records), ``run_sweep(spec) → SweepSummary`` (a sweep on Ray, tracked in MLflow);
 - results: ``load_results(out) → (trials, checkpoints)`` pandas DataFrames;
+  ``load_members(out)`` an ensemble's networks, one row each (``member_kernels(rows)`` →
+  their Θ_0 (S, M, M));
 - analytic kernels: ``analytic_kernels(x1, x2, depth=…, architecture=…) → AnalyticKernels``
   with ``.ntk`` (Θ_∞) and ``.nngp`` (Σ), float64 numpy (n1, n2), per logit (the limit of k
   outputs is Θ_∞ ⊗ I_k); x (n, d) for an MLP, images (n, C, H, W) for a cnn or resnet;
@@ -38,7 +40,7 @@ if TYPE_CHECKING:   # what IDEs and type checkers see; at run time each loads on
     from .layers.registry import analytic_kernels
     from .models import CNN, MLP, ResNet
     from .records import TrialOutcome
-    from .store import load_results
+    from .store import load_members, load_results, member_kernels
     from .sweep import SweepSummary, run_sweep
     from .sweep_spec import SweepSpec, load_sweep_spec
     from .trial import run_trial
@@ -47,7 +49,8 @@ if TYPE_CHECKING:   # what IDEs and type checkers see; at run time each loads on
 _EXPORTS = {
     "TrialSpec": ".trial_spec", "SweepSpec": ".sweep_spec", "load_sweep_spec": ".sweep_spec",
     "run_trial": ".trial", "TrialOutcome": ".records", "run_sweep": ".sweep",
-    "SweepSummary": ".sweep", "load_results": ".store",
+    "SweepSummary": ".sweep", "load_results": ".store", "load_members": ".store",
+    "member_kernels": ".store",
     "analytic_kernels": ".layers.registry", "AnalyticKernels": ".kernels",
     "empirical_ntk": ".kernels", "kernel_regression": ".kernels.regression",
     "KernelDynamics": ".kernels.metrics", "MLP": ".models", "CNN": ".models",
@@ -56,7 +59,8 @@ _EXPORTS = {
 }
 
 __all__ = ["TrialSpec", "SweepSpec", "load_sweep_spec", "run_trial", "TrialOutcome",
-           "run_sweep", "SweepSummary", "load_results", "analytic_kernels", "AnalyticKernels",
+           "run_sweep", "SweepSummary", "load_results", "load_members", "member_kernels",
+           "analytic_kernels", "AnalyticKernels",
            "empirical_ntk", "kernel_regression", "KernelDynamics", "MLP", "CNN", "ResNet",
            "ACTIVATIONS", "get_activation", "UserError", "__version__"]
 assert set(__all__) == {*_EXPORTS, "__version__"}

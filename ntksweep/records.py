@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import numpy as np
+
 from .parametrizations import ROLES
 
 __all__ = ["N_EIGS", "KR_KERNELS", "INIT_ONLY", "COORD_COLUMNS", "TEST_COLUMNS",
-           "RECORD_COLUMNS", "FINAL_COLUMNS", "INIT_COLUMNS", "SUMMARY_COLUMNS", "Record",
+           "RECORD_COLUMNS", "FINAL_COLUMNS", "INIT_COLUMNS", "ENSEMBLE_COLUMNS",
+           "SUMMARY_COLUMNS", "Members", "Record",
            "Status", "TrialOutcome", "SweepMeta", "EMBEDDED_STORE"]
 
 N_EIGS = 3
@@ -68,7 +71,31 @@ DONE_STATUSES = frozenset({Status.COMPLETED, Status.DIVERGED})
 # FINAL_COLUMNS as final_<column> — the trials table's columns and its MLflow run's metrics
 FINAL_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ("step", "t", *INIT_ONLY))
 INIT_COLUMNS = ("dist_inf", "dist_nngp", *INIT_ONLY)
-SUMMARY_COLUMNS = (*(f"init_{c}" for c in INIT_COLUMNS), *(f"final_{c}" for c in FINAL_COLUMNS))
+# an ensemble trial's members together (``Members``): their mean dist_inf, and the mean
+# shift m² and fluctuation s of their Θ_0 around Θ_∞ (``kernels.metrics``)
+ENSEMBLE_COLUMNS = ("ensemble_dist_inf", "ensemble_mean_shift_sq", "ensemble_fluctuation")
+SUMMARY_COLUMNS = (*(f"init_{c}" for c in INIT_COLUMNS), *(f"final_{c}" for c in FINAL_COLUMNS),
+                   *ENSEMBLE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Members:
+    """An ensemble trial's S networks at initialisation (``TrialSpec.member``): their seeds
+    (S,), their Θ_0 on the eval set per logit (S, M, M) float64, and each one's dist_inf
+    (S,) (NaN without a limit); ``shift_sq`` and ``fluctuation``: m² and s of the S kernels
+    around Θ_∞ (NaN without one)."""
+
+    seeds: np.ndarray
+    kernels: np.ndarray = field(repr=False)
+    dist_inf: np.ndarray = field(repr=False)
+    shift_sq: float = float("nan")
+    fluctuation: float = float("nan")
+
+    def summary(self) -> dict[str, float]:
+        """``ENSEMBLE_COLUMNS``' values."""
+        return {"ensemble_dist_inf": float(np.mean(self.dist_inf)),
+                "ensemble_mean_shift_sq": self.shift_sq,
+                "ensemble_fluctuation": self.fluctuation}
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,7 @@ class TrialOutcome:
     wall_seconds: float = float("nan")
     train_seconds: float = float("nan")
     kernel_seconds: float = float("nan")
+    members: Members | None = field(default=None, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "status", Status(self.status))
@@ -104,8 +132,10 @@ class TrialOutcome:
         """``SUMMARY_COLUMNS``: init_<c> of the first record, final_<c> of the last (None
         where absent)."""
         first, final = self.first, self.final
+        ensemble = dict.fromkeys(ENSEMBLE_COLUMNS) if self.members is None \
+            else self.members.summary()
         return {**{f"init_{c}": first.get(c) for c in INIT_COLUMNS},
-                **{f"final_{c}": final.get(c) for c in FINAL_COLUMNS}}
+                **{f"final_{c}": final.get(c) for c in FINAL_COLUMNS}, **ensemble}
 
 
 # sweep.json's tracking_uri for the embedded default: SQLite inside the output dir, wherever

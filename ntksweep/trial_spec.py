@@ -72,6 +72,7 @@ class TrialSpec:
     parametrization: str = "ntk"
     leaky_relu_slope: float = LEAKY_RELU_SLOPE   # leaky_relu only: max(x, 0) + a·min(x, 0)
     seed: int = 0
+    ensemble: int = 1                  # S networks at init (steps: 0): seeds seed·S … seed·S+S−1
     # training
     lr: float = 1.0
     steps: int = 200
@@ -164,6 +165,14 @@ class TrialSpec:
         known = REGISTRY.get(self.architecture)
         return () if known is None else known.fields
 
+    def member(self, j: int) -> TrialSpec:
+        """The plain trial whose network is this ensemble's member j (0 ≤ j < ensemble): the
+        seed seed·S + j, so that the trials of seeds 0, 1, … hold disjoint members and an
+        ensemble of one is the trial itself."""
+        if self.ensemble == 1:
+            return self
+        return dataclasses.replace(self, seed=self.seed * self.ensemble + j, ensemble=1)
+
     def replace(self, **changes) -> TrialSpec:
         return dataclasses.replace(self, **changes)
 
@@ -181,6 +190,13 @@ class TrialSpec:
         for name, most in _MOST.items():
             v = getattr(self, name)
             need(is_int(v) and 1 <= v <= most, name, f"must be an integer in [1, {most:.0e}]")
+        need(is_int(self.steps) and 0 <= self.steps <= 10**9, "steps",
+             "must be an integer in [0, 1e+09] (0: measured at initialisation only)")
+        need(is_int(self.ensemble) and 1 <= self.ensemble <= 10**6, "ensemble",
+             "must be an integer in [1, 1e+06]")
+        need(self.ensemble == 1 or self.steps == 0, "ensemble",
+             f"an ensemble's members are measured at initialisation only: set steps: 0 "
+             f"(got steps: {self.steps}), or ensemble: 1 to train")
         need(is_finite(self.ridge) and self.ridge >= 0, "ridge", "must be a number >= 0")
         need(is_int(self.n_test) and 0 <= self.n_test <= _MOST["n_eval"], "n_test",
              "must be an integer in [0, 1e+07]")
@@ -258,10 +274,10 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrialSpe
 ADDED_LATER = {name: TRIAL_FIELDS[name].default
                for name in ("leaky_relu_slope", "architecture", "kernel_size", "padding",
                             "readout", "n_test", "ridge", "tokens", "heads", "attention",
-                            "attention_scaling", "query_key_std", "patch")}
+                            "attention_scaling", "query_key_std", "patch", "ensemble")}
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
-_MOST = {"n_train": 10**7, "n_eval": 10**7, "steps": 10**9, "checkpoints": 10**5, "dim": 10**7}
+_MOST = {"n_train": 10**7, "n_eval": 10**7, "checkpoints": 10**5, "dim": 10**7}
 
 
 def suggest(name: str, choices) -> str:

@@ -10,7 +10,7 @@ import pytest
 import ntksweep
 from ntksweep import store
 from ntksweep.records import RECORD_COLUMNS, TrialOutcome
-from ntksweep.store import tables
+from ntksweep.store import scan
 from ntksweep.trial_spec import TrialSpec
 
 N = 11
@@ -33,7 +33,7 @@ def test_chunked_reads_are_the_whole_read_and_skip_only_the_broken_file(tmp_path
     _write(tmp_path)
     whole_trials, whole_ckpts = ntksweep.load_results(tmp_path)
     assert len(whole_trials) == N and len(whole_ckpts) == 3 * N
-    monkeypatch.setattr(tables, "CHUNK_FILES", 4)             # chunks of 4: 3 of them
+    monkeypatch.setattr(scan, "CHUNK_FILES", 4)             # chunks of 4: 3 of them
     trials, ckpts = ntksweep.load_results(tmp_path)
     assert trials.equals(whole_trials) and ckpts.equals(whole_ckpts)
     broken = sorted((tmp_path / "trials").rglob("*.parquet"))[5]

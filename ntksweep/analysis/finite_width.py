@@ -4,15 +4,10 @@ Yaida & Hanin's 1/n expansion), per width from S seeds' Θ_0, with bootstrap CIs
 power-law fits — and Θ_∞ extrapolated from the seed means over widths where no closed form
 exists.
 
-Per width n, with K_s the S seeds' Θ_0 (M × M) and a reference Θ_∞, on a set of entries
-(all, the diagonal, the off-diagonal):
-
-    K̄ = (1/S) Σ_s K_s,      V = (1/(S − 1)) Σ_s ‖K_s − K̄‖²          (E V = E‖K − E K‖²)
-    s(n)  = √V / ‖Θ_∞‖                                            the fluctuation
-    m²(n) = (‖K̄ − Θ_∞‖² − V/S) / ‖Θ_∞‖²                             the mean shift, squared
-
-unbiased because E‖K̄ − Θ_∞‖² = ‖E K − Θ_∞‖² + E‖K − E K‖²/S: the seed mean's own noise is
-removed, so a zero mean shift reads as m² ≈ 0 (either sign), not as s/√S.
+Per width n, from the S seeds' Θ_0 (M × M) and a reference Θ_∞, on a set of entries (all,
+the diagonal, the off-diagonal): the fluctuation s(n) = √V/‖Θ_∞‖ and the squared mean shift
+m²(n) = (‖K̄ − Θ_∞‖² − V/S)/‖Θ_∞‖², unbiased (``kernels.metrics.shift_and_fluctuation``:
+the seed mean's own noise V/S removed, so a zero mean shift reads as m² ≈ 0, not as s/√S).
 
 The 1/n coefficient: per entry, K̄_n = Θ_∞ + Θ_1/n (+ Θ_2/n²) by weighted least squares over
 the widths (weights S_n / the entry's seed variance at n); with Θ_∞ unknown its intercept is
@@ -27,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from ..kernels.metrics import shift_and_fluctuation
 from .stats import PowerLaw, fit_power_law
 
 __all__ = ["PARTS", "entries", "corrections", "width_corrections", "correction_exponents",
@@ -49,15 +45,6 @@ def entries(kernels: np.ndarray, part: str = "all") -> np.ndarray:
     return kernels[..., mask]
 
 
-def _estimates(k: np.ndarray, limit: np.ndarray) -> tuple[float, float]:
-    """(m², s²) relative to ‖Θ_∞‖² for draws k (S, E) and the limit (E,) (module doc)."""
-    s_count = len(k)
-    mean = k.mean(0)
-    v = ((k - mean) ** 2).sum() / (s_count - 1)
-    norm2 = float(limit @ limit)
-    return (float(((mean - limit) ** 2).sum()) - v / s_count) / norm2, float(v) / norm2
-
-
 def corrections(kernels: np.ndarray, limit: np.ndarray, *, part: str = "all",
                 n_boot: int = 400, level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """The mean shift and the fluctuation of S seeds' kernels (S, M, M) around ``limit``
@@ -65,9 +52,9 @@ def corrections(kernels: np.ndarray, limit: np.ndarray, *, part: str = "all",
     k, ref = entries(np.asarray(kernels, float), part), entries(np.asarray(limit, float), part)
     if len(k) < 2:
         raise ValueError("corrections need at least two seeds per width")
-    m2, s2 = _estimates(k, ref)
+    m2, s2 = shift_and_fluctuation(k, ref)
     rng = np.random.default_rng(seed)
-    boot = np.array([_estimates(k[rng.integers(0, len(k), len(k))], ref)
+    boot = np.array([shift_and_fluctuation(k[rng.integers(0, len(k), len(k))], ref)
                      for _ in range(n_boot)])
     a = (1 - level) / 2
     # m²: the normal interval around the estimate with the bootstrap's spread — the

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rel_frobenius", "alignment", "top_eigenvalues", "KernelDynamics", "eigendecompose",
-           "flat_kernel", "per_logit", "small_eigenvalues", "kernel_flow_prediction",
-           "kernel_gd_prediction",
-           "kernel_flow_gaussian"]
+__all__ = ["rel_frobenius", "alignment", "shift_and_fluctuation", "top_eigenvalues",
+           "KernelDynamics", "eigendecompose", "flat_kernel", "per_logit", "small_eigenvalues",
+           "kernel_flow_prediction", "kernel_gd_prediction", "kernel_flow_gaussian"]
 
 
 def rel_frobenius(a: np.ndarray, b: np.ndarray) -> float:
@@ -23,6 +22,22 @@ def alignment(a: np.ndarray, b: np.ndarray) -> float:
     """Kernel alignment ⟨a, b⟩_F / (‖a‖_F ‖b‖_F) ∈ [−1, 1] (Cristianini et al. 2002;
     the "kernel velocity" cosine of Fort et al. 2020 is 1 − this)."""
     return float(np.vdot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def shift_and_fluctuation(draws: np.ndarray, limit: np.ndarray) -> tuple[float, float]:
+    """(m², s²): the mean shift and the fluctuation of S ≥ 2 draws (S, E) of a kernel's
+    entries around its limit (E,), both relative to ‖limit‖²:
+
+        K̄ = (1/S) Σ_s K_s,   V = (1/(S − 1)) Σ_s ‖K_s − K̄‖²    (E V = E‖K − E K‖²)
+        s² = V/‖Θ_∞‖²,        m² = (‖K̄ − Θ_∞‖² − V/S)/‖Θ_∞‖²
+
+    unbiased, because E‖K̄ − Θ_∞‖² = ‖E K − Θ_∞‖² + E‖K − E K‖²/S: the seed mean's own
+    noise is removed, so a zero mean shift reads as m² ≈ 0 of either sign."""
+    s_count = len(draws)
+    mean = draws.mean(0)
+    v = float(((draws - mean) ** 2).sum()) / (s_count - 1)
+    norm2 = float(limit @ limit)
+    return (float(((mean - limit) ** 2).sum()) - v / s_count) / norm2, v / norm2
 
 
 def flat_kernel(theta: np.ndarray) -> np.ndarray:

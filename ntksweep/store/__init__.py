@@ -8,6 +8,7 @@ through pyarrow's filesystems; any other fsspec scheme through fsspec). Layout::
 
     trials/width=256/depth=3/<trial_id>.parquet       one row per trial (spec, status, finals)
     checkpoints/width=256/depth=3/<trial_id>.parquet  one row per trial × checkpoint
+    members/width=256/depth=3/<trial_id>.parquet      an ensemble trial's: one row per network
     kernels/<trial_id>/step_<step>.npy                kept Θ_t matrices (M, M) float64
     outputs/<trial_id>/step_<step>.npy                kept f_t on the eval set (M, k) float64
 
@@ -29,12 +30,14 @@ from .location import (
     save_array,
     write_text,
 )
+from .members import MEMBERS_SCHEMA, member_kernels
 from .repair import quarantined_trials, repair
 from .tables import (
     CHECKPOINTS_SCHEMA,
     SCHEMA_VERSION,
     TRIALS_SCHEMA,
     finished_trials,
+    load_members,
     load_results,
     load_trials,
     plain_value,
@@ -46,7 +49,8 @@ from .tables import (
     write_trial,
 )
 
-__all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "write_trial", "save_array",
+__all__ = ["SCHEMA_VERSION", "TRIALS_SCHEMA", "CHECKPOINTS_SCHEMA", "MEMBERS_SCHEMA",
+           "write_trial", "load_members", "member_kernels", "save_array",
            "load_array", "load_results", "load_trials", "finished_trials", "trial_states",
            "plain_value", "trial_written",
            "spec_from_row", "is_uri", "check_writable", "write_text", "read_text",

@@ -4,7 +4,6 @@ per trial and table, hive-partitioned by width and depth."""
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from ..errors import OutputDirError
 from ..records import (
     EMBEDDED_STORE,
+    ENSEMBLE_COLUMNS,
     FINAL_COLUMNS,
     INIT_COLUMNS,
     RECORD_COLUMNS,
@@ -28,12 +26,10 @@ from ..records import (
 )
 from ..trial_spec import ADDED_LATER, TRIAL_FIELDS, TrialSpec
 from .location import _locate, _Location, _write_table, read_text, save_array, write_text
+from .members import MEMBERS_SCHEMA, write_members
+from .scan import PARTITIONS, partition_file, scan
 
 SCHEMA_VERSION = "1"
-PARTITIONS = ("width", "depth")
-_PARTITIONING = ds.partitioning(pa.schema([(p, pa.int64()) for p in PARTITIONS]), flavor="hive")
-
-
 def _arrow_type(annotation) -> pa.DataType:
     text = str(annotation)
     if text.startswith("tuple"):
@@ -65,6 +61,7 @@ TRIALS_SCHEMA = pa.schema([
     pa.field("final_t", pa.float64()),
     *[pa.field(f"final_{c}", pa.float64()) for c in FINAL_COLUMNS],
     *[pa.field(f"init_{c}", pa.float64()) for c in INIT_COLUMNS],
+    *[pa.field(c, pa.float64()) for c in ENSEMBLE_COLUMNS],
     *_SPEC_FIELDS,
 ], metadata=_META)
 
@@ -112,7 +109,9 @@ def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialO
         for name in cols:
             cols[name].append(row[name])
     _write_table(pa.table(cols, schema=CHECKPOINTS_SCHEMA), loc,
-                 _partition_file("checkpoints", spec_dict, outcome.trial_id))
+                 partition_file("checkpoints", spec_dict, outcome.trial_id))
+    if outcome.members is not None:
+        write_members(loc, sweep_id, spec_dict, outcome)
     final = outcome.final
     row = {"trial_id": outcome.trial_id, "sweep_id": sweep_id, "status": str(outcome.status),
            "attempts": attempts, "execution": execution, "error": outcome.error,
@@ -121,119 +120,19 @@ def write_trial(out: str | Path, sweep_id: str, spec: TrialSpec, outcome: TrialO
            "final_step": final.get("step"), "final_t": final.get("t"),
            **outcome.summary, **values}
     table = pa.table({f.name: [row[f.name]] for f in TRIALS_SCHEMA}, schema=TRIALS_SCHEMA)
-    _write_table(table, loc, _partition_file("trials", spec_dict, outcome.trial_id),
+    _write_table(table, loc, partition_file("trials", spec_dict, outcome.trial_id),
                  commit_guard)
 
 
 def trial_written(out: str | Path, spec: TrialSpec) -> bool:
     """Whether the trial's row is in the store now (one file lookup)."""
     loc = _locate(out)
-    info = loc.fs.get_file_info(loc.path(_partition_file("trials", spec.to_dict(),
+    info = loc.fs.get_file_info(loc.path(partition_file("trials", spec.to_dict(),
                                                           spec.trial_id)))
     return info.type != pafs.FileType.NotFound
-def _partition_file(table: str, spec: dict[str, Any], trial_id: str) -> str:
-    return f"{table}/width={int(spec['width'])}/depth={int(spec['depth'])}/{trial_id}.parquet"
-
-
-def _full_schema(schema: pa.Schema) -> pa.Schema:
-    return schema.append(pa.field("width", pa.int64())).append(pa.field("depth", pa.int64()))
-
-
-def table_files(loc: _Location, table: str) -> list[str]:
-    """The visible Parquet files of a table (hidden ``.tmp-…`` files are half-written)."""
-    path = loc.path(table)
-    if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
-    infos = loc.fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File
-                  and i.path.endswith(".parquet")
-                  and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/")))
-
-
-def unreadable_files(loc: _Location, table: str, schema: pa.Schema,
-                     files: list[str] | None = None) -> list[str]:
-    """The table's files (or those of ``files``) that do not read back whole under its
-    schema."""
-    bad = []
-    for path in table_files(loc, table) if files is None else files:
-        try:
-            pq.read_table(path, filesystem=loc.fs, schema=schema)
-        except (pa.ArrowException, OSError, ValueError):
-            bad.append(path)
-    return bad
-
-
-# Files read as one dataset at a time: each file comes back as its own small batch of ~170
-# columns (hundreds of KiB of buffers and metadata per file), so a table of 10⁵ files is
-# read in chunks of this many, each combined into one contiguous table of the selected
-# columns before the next is read (benchmarks/bench_store_scale.py)
-CHUNK_FILES = 128
-
-
-def scan(loc: _Location, table: str, schema: pa.Schema, filters=None,
-         columns: list[str] | None = None, sort: list[str] | None = None
-         ) -> tuple[pd.DataFrame, list[str]]:
-    """(the table's readable rows — ``columns`` of them, all by default, sorted by ``sort``
-    before they become pandas — and its unreadable files), read ``CHUNK_FILES`` files at a
-    time; a chunk that fails is read file by file. Partition filters (width, depth) choose
-    the files by path before any is opened."""
-    full = _full_schema(schema)
-    path = loc.path(table)
-    files = [f for f in table_files(loc, table) if _in_partitions(f[len(path):], filters)]
-    if columns is not None and table == "trials":    # what the status check reads
-        columns = list(dict.fromkeys([*columns, "trial_id", "status", *PARTITIONS]))
-    expr = None
-    for key, value in (filters or {}).items():
-        values = value if isinstance(value, (list, tuple, set)) else [value]
-        term = ds.field(key).isin(list(values))
-        expr = term if expr is None else expr & term
-
-    def read(paths) -> pa.Table:  # one batch per file: combined, so chunks do not add up
-        return ds.dataset(paths, filesystem=loc.fs, format="parquet", schema=full,
-                          partitioning=_PARTITIONING, partition_base_dir=path,
-                          exclude_invalid_files=False).to_table(
-            columns=columns, filter=expr).combine_chunks()
-
-    parts, bad = [], []
-    for i in range(0, len(files), CHUNK_FILES):
-        chunk = files[i:i + CHUNK_FILES]
-        try:
-            parts.append(read(chunk))
-        except (pa.ArrowException, OSError, ValueError):
-            broken = unreadable_files(loc, table, schema, chunk)
-            bad += broken
-            if len(broken) < len(chunk):
-                parts.append(read([f for f in chunk if f not in broken]))
-    empty = full.empty_table() if columns is None else full.empty_table().select(columns)
-    combined = pa.concat_tables([empty, *parts])
-    if sort:
-        combined = combined.sort_by([(key, "ascending") for key in sort])
-    parts.clear()             # the combined table holds the only reference to the buffers:
-    rows = combined.to_pandas(self_destruct=True, split_blocks=True)   # freed as converted
-    del combined
-    if table == "trials":   # a row no version writes (a status that is none of ours)
-        odd = ~rows["status"].isin([s.value for s in Status])
-        if odd.any():
-            bad += [loc.path(_partition_file("trials", row, row["trial_id"]))
-                    for _, row in rows[odd].iterrows()]
-            rows = rows[~odd]
-    return rows, bad
-
-
-def _in_partitions(relative: str, filters) -> bool:
-    """Whether a file's ``/width=…/depth=…/`` path lies in the filters' partitions."""
-    for key in PARTITIONS:
-        if filters and key in filters:
-            wanted = filters[key] if isinstance(filters[key], (list, tuple, set)) \
-                else [filters[key]]
-            found = re.search(rf"/{key}=(-?\d+)/", relative)
-            if found and int(found[1]) not in {int(v) for v in wanted}:
-                return False
-    return True
-
-
 _ORDER = {"trials": ["width", "depth", "trial_id"],
-          "checkpoints": ["width", "depth", "trial_id", "step"]}
+          "checkpoints": ["width", "depth", "trial_id", "step"],
+          "members": ["width", "depth", "trial_id", "member"]}
 
 
 def _read(loc: _Location, table: str, schema: pa.Schema, filters,
@@ -262,6 +161,19 @@ def load_results(out: str | Path, filters: dict[str, Any] | None = None
         keys = trials[["trial_id", "width", "depth"]]      # the kept copies' rows, in order
         ckpts = ckpts.merge(keys).sort_values(_ORDER["checkpoints"], ignore_index=True)
     return trials, _with_defaults(ckpts)
+
+
+def load_members(out: str | Path, filters: dict[str, Any] | None = None,
+                 columns: list[str] | None = None) -> pd.DataFrame:
+    """The ensemble trials' members (``store.members``): one row per network, with its
+    trial's width and depth, sorted by width, depth, trial and member; ``columns``: only
+    these (and trial_id, member, width and depth — the kernels are the bulk of the table).
+    ``member_kernels`` turns rows into (S, M, M) matrices."""
+    if columns is not None:
+        columns = list(dict.fromkeys(["trial_id", "member", *columns, *PARTITIONS]))
+    rows = _read(_locate(out), "members", MEMBERS_SCHEMA, filters, columns)
+    current = _current_trials(out, filters, ["trial_id"])[0].trial_id
+    return rows[rows.trial_id.isin(current)].reset_index(drop=True)
 
 
 def load_trials(out: str | Path, filters: dict[str, Any] | None = None,

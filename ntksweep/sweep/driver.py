@@ -87,12 +87,13 @@ def work_estimate(t: TrialSpec) -> float:
     """A trial's multiply-adds, roughly, to start the longest first (LPT scheduling): a sweep
     in grid order ends on its widest trials, one per worker, while the other workers idle.
     Weights ≈ depth·width²; training passes over them steps × batch rows times; each
-    checkpoint's empirical NTK on the eval set ≈ M² passes. The checkpoint count is the
-    asked-for one (``checkpoint_schedule`` would dedupe it exactly, at a cost per trial that
-    adds up before a large sweep can start)."""
-    n_checkpoints = len(t.checkpoint_steps) if t.checkpoint_steps else t.checkpoints
+    checkpoint's empirical NTK on the eval set ≈ M² passes, an ensemble's members one each.
+    The checkpoint count is the asked-for one (``checkpoint_schedule`` would dedupe it
+    exactly, at a cost per trial that adds up before a large sweep can start)."""
+    n_checkpoints = 1 if t.steps == 0 else \
+        len(t.checkpoint_steps) if t.checkpoint_steps else t.checkpoints
     return t.depth * t.width ** 2 * (t.steps * t.batch_rows(t.n_train)
-                                     + n_checkpoints * t.n_eval ** 2)
+                                     + (n_checkpoints + t.ensemble - 1) * t.n_eval ** 2)
 
 
 @dataclass

@@ -148,7 +148,9 @@ def inputs(spec: TrialSpec, data: Dataset, x: np.ndarray) -> np.ndarray:
 
 def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype,
                 device: str) -> torch.nn.Module:
-    """The trial's network, seeded by ``spec.seed``."""
+    """The trial's network, seeded by ``spec.seed`` (an ensemble's: its member 0,
+    ``TrialSpec.member``)."""
+    spec = spec.member(0)
     in_shape = network_input_shape(spec.architecture, data.shape, spec.patch)
     if not custom.is_custom(spec.architecture):
         return Network.of(spec, out_dim).module(in_shape, seed=spec.seed, dtype=dtype,

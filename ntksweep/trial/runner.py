@@ -25,7 +25,7 @@ from ..kernels.metrics import (
 )
 from ..kernels.ntk_methods import ntk_times
 from ..parametrizations import has_nngp_limit
-from ..records import N_EIGS, Record, Status, TrialOutcome
+from ..records import N_EIGS, Members, Record, Status, TrialOutcome
 from ..trial_spec import TrialSpec
 from .builders import (
     TrialCache,
@@ -40,6 +40,7 @@ from .builders import (
     resolve_device,
 )
 from .diagnostics import coordinate_check, forward_pass, kernel_velocity, target_alignment
+from .ensemble import measure_members
 from .held_out import TEST_COLUMNS, HeldOut, HeldOutLimits, NetKernel
 from .train import loss_value, train
 
@@ -62,13 +63,15 @@ def run_trial(spec: TrialSpec, on_checkpoint: Callable[[Record], None] | None = 
         device = resolve_device(spec.device)
         run = TrialRun(spec, cache, device, on_checkpoint)
         status = Status(run.train())
+        if spec.ensemble > 1:
+            run.measure_members()
     except Exception:  # a trial's failure is data, not a crash of the sweep
         error = traceback.format_exc()
     records, kernels, outputs, timers = ([], {}, {}, {}) if run is None else \
         (run.records, run.kernels, run.outputs, run.timers)
     return TrialOutcome(spec.trial_id, status, records, kernels, outputs, error, device,
                         time.perf_counter() - started, timers.get("train", 0.0),
-                        timers.get("kernel", 0.0))
+                        timers.get("kernel", 0.0), None if run is None else run.members)
 
 
 def warm_up(device: str = "cpu") -> TrialOutcome:
@@ -129,6 +132,7 @@ class TrialRun:
         self.eig_lin: tuple[np.ndarray, np.ndarray] | None = None   # of Θ_0(X, X)
         self.previous: tuple[float, np.ndarray] | None = None   # (t, Θ_t) last checkpoint
         self.z_init: list = []        # every layer's pre-activations on eval at step 0
+        self.members: Members | None = None   # an ensemble's (``measure_members``)
 
     def _tensors(self) -> _Tensors:
         """The data on the trial's device and dtype, inputs shaped as the net reads them."""
@@ -226,6 +230,15 @@ class TrialRun:
         if self.on_checkpoint is not None:
             self.on_checkpoint(rec)
         self._resume = time.perf_counter()
+
+    def measure_members(self) -> None:
+        """The ensemble's members at initialisation (``ensemble``); member 0 is this
+        trial's own network, measured at step 0."""
+        t0 = time.perf_counter()
+        self.members = measure_members(self.spec, self.data, self.out_dim, self.t.x_ev,
+                                       self.init["theta0"], self.theta_inf)
+        self._sync()
+        self.timers["kernel"] += time.perf_counter() - t0
 
     def _initial_kernels(self, f_ev: np.ndarray, f_tr: np.ndarray) -> None:
         """Θ_0 on [eval; train] in one pass: per logit on the eval set (M, M) for the

@@ -21,7 +21,9 @@ __all__ = ["checkpoint_schedule", "loss_value", "train", "make_optimizer"]
 
 
 def checkpoint_schedule(spec: TrialSpec) -> list[int]:
-    """Sorted unique steps; always step 0 and the last step."""
+    """Sorted unique steps; always step 0 and the last step (one and the same at steps 0)."""
+    if spec.steps == 0:
+        return [0]
     if spec.checkpoint_steps is not None:
         steps = set(spec.checkpoint_steps)
     elif spec.checkpoint_spacing == "linear":
