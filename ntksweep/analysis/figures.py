@@ -24,7 +24,8 @@ from .stats import (  # noqa: E402
 )
 
 __all__ = ["width_ticks", "seed_band", "panel_grid", "fig_dist_vs_width", "fig_over_time",
-           "fig_eigenvalues_vs_width", "fig_depth_width_heatmap", "save_figure"]
+           "fig_eigenvalues_vs_width", "fig_corrections", "fig_depth_width_heatmap",
+           "save_figure"]
 
 
 # ------------------------------------------------------------------------------- figures
@@ -129,6 +130,51 @@ def fig_eigenvalues_vs_width(ckpts: pd.DataFrame, step: int = 0):
     fig.suptitle(f"top eigenvalues of Θ at step {step} (dashed: Θ∞'s)")
     fig.tight_layout()
     return fig
+
+
+def fig_corrections(table: pd.DataFrame, exponents: pd.DataFrame, by: list[str],
+                    part: str = "all"):
+    """The finite-width corrections of ensembles (``analysis.ensembles``) against width
+    (log-log), one line per group: the mean shift m(n) and the fluctuation s(n) with their
+    95 % CIs as error bars and the fitted power laws (dotted; exponents a and b with CIs in
+    the legend). m ∝ 1/n and s ∝ n^−½ where the 1/n expansion holds; a width whose m² is
+    not above zero has no point."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    rows, fits = table[table.part == part], exponents[exponents.part == part]
+    for (key, g), (_, e) in zip(groups(rows, by), groups(fits, by)):
+        name, fit = group_label(by, key, ", "), e.iloc[0]
+        for ax, slope, (y, lo, hi) in ((left, "a", _shift(g)), (right, "b", _fluctuation(g))):
+            shown = np.isfinite(y) & (y > 0)
+            x, y, lo, hi = g.width.to_numpy(float)[shown], y[shown], lo[shown], hi[shown]
+            bar = ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", ms=4, capsize=2, ls="",
+                              label=f"{name}: {slope} {fit[slope]:+.2f} "
+                              f"[{fit[slope + '_lo']:+.2f}, {fit[slope + '_hi']:+.2f}]")
+            if len(x) >= 2 and np.isfinite(fit[slope]):
+                c = np.exp(np.mean(np.log(y) - fit[slope] * np.log(x)))
+                ax.plot(x, c * x ** fit[slope], ls=":", color=bar[0].get_color())
+    for ax, what in ((left, "mean shift m = ‖E Θ₀ − Θ∞‖ / ‖Θ∞‖"),
+                     (right, "fluctuation s = √(E‖Θ₀ − E Θ₀‖²) / ‖Θ∞‖")):
+        _loglog(ax, "width n", what)
+        width_ticks(ax, rows.width)
+        ax.legend(fontsize=7)
+    left.set_title("the mean shift, ∝ $n^{-1}$ (finite-seed bias removed)")
+    right.set_title("the fluctuation, ∝ $n^{-1/2}$")
+    fig.tight_layout()
+    return fig
+
+
+def _shift(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """m with its CI, from m²'s: NaN where m² ≤ 0; a bound at or below zero is the axis'
+    bottom."""
+    m2, lo, hi = (g[c].to_numpy(float) for c in ("mean_shift_sq", "mean_shift_sq_lo",
+                                                  "mean_shift_sq_hi"))
+    root = lambda v: np.sqrt(np.clip(v, 1e-300, None))  # noqa: E731
+    return np.where(m2 > 0, root(m2), np.nan), root(lo), root(hi)
+
+
+def _fluctuation(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(g[c].to_numpy(float) for c in ("fluctuation", "fluctuation_lo",
+                                                "fluctuation_hi"))
 
 
 def fig_depth_width_heatmap(trials: pd.DataFrame, metric: str = "init_dist_inf"):

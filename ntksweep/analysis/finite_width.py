@@ -48,11 +48,13 @@ def entries(kernels: np.ndarray, part: str = "all") -> np.ndarray:
 def corrections(kernels: np.ndarray, limit: np.ndarray, *, part: str = "all",
                 n_boot: int = 400, level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """The mean shift and the fluctuation of S seeds' kernels (S, M, M) around ``limit``
-    (M, M): m² with its bootstrap CI over seeds (m = √max(m², 0)), s with its CI."""
+    (M, M): m² with its bootstrap CI over seeds (m = √max(m², 0)), s with its CI, and the
+    seeds' mean distance ‖K − Θ_∞‖/‖Θ_∞‖ (dist_inf, on these entries)."""
     k, ref = entries(np.asarray(kernels, float), part), entries(np.asarray(limit, float), part)
     if len(k) < 2:
         raise ValueError("corrections need at least two seeds per width")
     m2, s2 = shift_and_fluctuation(k, ref)
+    distance = float(np.mean(np.linalg.norm(k - ref, axis=1)) / np.linalg.norm(ref))
     rng = np.random.default_rng(seed)
     boot = np.array([shift_and_fluctuation(k[rng.integers(0, len(k), len(k))], ref)
                      for _ in range(n_boot)])
@@ -63,8 +65,9 @@ def corrections(kernels: np.ndarray, limit: np.ndarray, *, part: str = "all",
     # exact zero mean shift as it should; s: the percentile interval
     half = float(norm.ppf(1 - a)) * float(boot[:, 0].std(ddof=1))
     lo, hi = np.quantile(boot[:, 1], a), np.quantile(boot[:, 1], 1 - a)
-    return {"seeds": len(k), "mean_shift_sq": m2, "mean_shift_sq_lo": m2 - half,
-            "mean_shift_sq_hi": m2 + half, "mean_shift": float(np.sqrt(max(m2, 0.0))),
+    return {"seeds": len(k), "dist_inf": distance, "mean_shift_sq": m2,
+            "mean_shift_sq_lo": m2 - half, "mean_shift_sq_hi": m2 + half,
+            "mean_shift": float(np.sqrt(max(m2, 0.0))),
             "fluctuation": float(np.sqrt(s2)), "fluctuation_lo": float(np.sqrt(lo)),
             "fluctuation_hi": float(np.sqrt(hi))}
 

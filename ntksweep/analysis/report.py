@@ -14,8 +14,8 @@ from ..console import stability_notes
 from ..errors import UserError
 from ..records import Status
 from ..store import is_uri, load_results, read_text
+from . import ensembles, jacot, regimes, stats
 from . import figures as figs
-from . import jacot, regimes, stats
 
 __all__ = ["default_report_dir", "make_report"]
 
@@ -89,10 +89,12 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
 
     exps = pd.DataFrame()
     done = ckpts[ckpts.trial_id.isin(ok.trial_id)]
+    trained = ok[ok.steps > 0]           # init-only trials (steps 0) have no training
     if ok.width.nunique() >= 2:
-        _width_figures(ok, add)
-        exps = pd.concat([stats.width_exponents(ok, m)
-                          for m in ("init_dist_inf", "final_dist_init")], ignore_index=True)
+        _width_figures(ok, trained, add)
+        exps = pd.concat([stats.width_exponents(ok, "init_dist_inf"),
+                          *([stats.width_exponents(trained, "final_dist_init")]
+                            if len(trained) else [])], ignore_index=True)
         tables.append(("Width exponents (log-log slope, 95 % CI)", exps))
         if done.eig1.notna().any():
             add(figs.fig_eigenvalues_vs_width(done), "eigenvalues_vs_width", CAPTIONS["eigs"])
@@ -102,7 +104,7 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
         tables.append((f"Test {score}: trained nets (seed mean, 95 % CI), the Θ∞ linear model "
                        "after the same steps (gd_inf), and kernel regression with Θ∞, the "
                        "NNGP Σ, Θ₀ and Θ_T", regimes.test_table(ok)))
-    coords = ok[ok.final_coord_readout_change.notna()]      # (older files lack the columns)
+    coords = trained[trained.final_coord_readout_change.notna()]   # (older files lack them)
     if coords.width.nunique() >= 2:
         add(regimes.fig_coord_check(coords), "coord_check", CAPTIONS["coord"])
     if ok.depth.nunique() >= 2:
@@ -110,8 +112,10 @@ def _figures_and_tables(out, ok: pd.DataFrame, ckpts: pd.DataFrame, figdir: Path
     if not (trend := stats.depth_trend(ok)).empty:
         tables.append(("Depth trend at fixed width (slope of log dist_inf vs log L, 95 % CI)",
                        trend))
-    if len(done):
+    if len(done) and (done.step > 0).any():
         _time_figures(done, add)
+    if (ok.ensemble > 1).any():
+        _ensemble_section(out, figdir.parent, add, tables)
     if ckpts.kernel_path.notna().any() and (ckpts.dataset == "circle").any():
         add(jacot.fig_jacot_fig1(ckpts, out), "jacot_fig1", CAPTIONS["jacot1"])
     if ckpts.outputs_path.notna().any() and (ckpts.dataset == "circle").any():
@@ -153,6 +157,11 @@ CAPTIONS = {
     "loss_t": "Training loss over training time, one line per width: with the NTK "
               "parametrization's lr the wide nets' curves coincide (they train as their "
               "common limit does).",
+    "corrections": "The ensembles' finite-width corrections against width (log-log, 95 % "
+                   "CIs, dotted: the fitted power laws): the mean shift ‖E Θ₀ − Θ∞‖/‖Θ∞‖ "
+                   "(its finite-seed bias removed) and the seed-to-seed fluctuation. The 1/n "
+                   "expansion predicts slopes −1 and −½; a mean shift within its noise has "
+                   "error bars down to the axis.",
     "jacot1": "Jacot et al.'s Figure 1: the empirical NTK on the circle at init and after "
               "training, for the sweep's widths, against the limit Θ∞ (black): wider nets' "
               "kernels lie on the limit and move less.",
@@ -162,18 +171,42 @@ CAPTIONS = {
 }
 
 
-def _width_figures(ok: pd.DataFrame, add) -> None:
+def _width_figures(ok: pd.DataFrame, trained: pd.DataFrame, add) -> None:
     add(figs.fig_dist_vs_width(ok), "dist_inf_vs_width", CAPTIONS["dist_inf"])
-    add(figs.fig_dist_vs_width(ok, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after training"),
-        "dist_init_vs_width", CAPTIONS["dist_init"])
+    if trained.width.nunique() < 2:
+        return
+    add(figs.fig_dist_vs_width(trained, "final_dist_init", "‖Θ_T − Θ₀‖ / ‖Θ₀‖ after "
+                               "training"), "dist_init_vs_width", CAPTIONS["dist_init"])
     values = ["final_gap_inf", "final_gap_lin"]
-    gaps = ok.melt(id_vars=[c for c in ok.columns if c not in values], value_vars=values,
-                   var_name="gap", value_name="final_gap")
+    gaps = trained.melt(id_vars=[c for c in trained.columns if c not in values],
+                        value_vars=values, var_name="gap", value_name="final_gap")
     if gaps.final_gap.notna().any():
         gaps["gap"] = gaps.gap.str.removeprefix("final_")
         add(figs.fig_dist_vs_width(gaps, "final_gap", "RMS gap to the linear model at the "
                                    "last step", series=("gap",)),
             "gaps_vs_width", CAPTIONS["gaps"])
+
+
+def _ensemble_section(out, dest: Path, add, tables: list) -> None:
+    """The ensembles' finite-width corrections (``analysis.ensembles``): the figure, the
+    exponents, the depth law, the extrapolation's check; the fits kept in DEST/finite_width."""
+    result = ensembles.sweep_corrections(out)
+    if result.table.empty:
+        return
+    ensembles.save_limits(result, dest)
+    add(figs.fig_corrections(result.table, result.exponents, result.by), "corrections_vs_width",
+        CAPTIONS["corrections"])
+    tables.append(("Finite-width exponents per part of Θ₀: mean shift m ∝ n^a, fluctuation "
+                   "s ∝ n^b (95 % CI; reference: the closed-form Θ∞ or Θ̂∞ extrapolated "
+                   "over the widths)", result.exponents))
+    law = result.table[result.table.part.isin(["all", "diagonal"])].pivot_table(
+        index=[*result.by, "part"], columns="width", values="n_fluctuation_sq").reset_index()
+    tables.append(("The depth law: n·s² per width (flat in n where s ∝ n^−½; its growth "
+                   "with depth is the Hanin & Nica effect)", law))
+    if not result.checks.empty:
+        tables.append(("Θ̂∞ extrapolated over the widths against the closed form: its error "
+                       "beside the widest width's seed mean's (ratio > 1: the fit is closer)",
+                       result.checks))
 
 
 def _time_figures(done: pd.DataFrame, add) -> None:
