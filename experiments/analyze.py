@@ -22,6 +22,9 @@ tables): the check passes when every group's value is in the interval.
   (std / |mean| over 3 seeds or more) at each width — its mean over the widths, and its
   log-log slope against width (3 widths or more);
 - ``mean``, ``min``, ``max``: of COLUMN over a group's trials;
+- ``shift_exponent``, ``fluctuation_exponent``: for sweeps of ensembles, the exponents a
+  (mean shift m ∝ n^a) and b (fluctuation s ∝ n^b) of Θ_0's entries COLUMN (all, diagonal,
+  off_diagonal) per group (``ntksweep.analysis.ensembles``);
 - ``widest``: for circle sweeps, a check of the Jacot et al. figures at the widest width —
   ``max_rel_gap_theta0`` (Fig. 1: seed-mean Θ_0 against Θ_∞ over γ), ``spread_ratio`` and
   ``median_inside_inf_band`` (Fig. 2: the trained nets' band against the limit's).
@@ -40,7 +43,7 @@ import numpy as np
 
 import ntksweep
 from ntksweep import analysis, store
-from ntksweep.analysis import jacot
+from ntksweep.analysis import ensembles, jacot
 from ntksweep.analysis.report import make_report
 from ntksweep.records import Status
 from ntksweep.sweep_spec import load_sweep_spec
@@ -49,7 +52,8 @@ EXPECTED = re.compile(r"#\s*Expected:\s*(?P<stat>\w+)\((?P<col>\w+)\)\s+in\s+"
                       r"\[(?P<lo>[-+.\deE]+),\s*(?P<hi>[-+.\deE]+)\]"
                       r"(?:\s+where\s+(?P<where>.+))?\s*$")
 STATS = ("slope", "two_point_slope", "spread", "spread_slope", "mean", "min", "max",
-         "widest")
+         "widest", "shift_exponent", "fluctuation_exponent")
+EXPONENTS = {"shift_exponent": "a", "fluctuation_exponent": "b"}   # ensembles' (of parts)
 
 
 def expected_lines(spec_text: str) -> list[dict]:
@@ -119,16 +123,27 @@ def _spread(stat: str, col: str, rows) -> float:
     return analysis.fit_power_law(cv.index.to_numpy(), cv.to_numpy()).slope
 
 
-def evaluate_groups(check: dict, done, figures: dict[int, dict]) -> list[tuple[str, float]]:
-    """(group, value) for each group of the trials the check's ``where`` selects."""
+def evaluate_groups(check: dict, done, figures: dict[int, dict], corrections=None
+                    ) -> list[tuple[str, float]]:
+    """(group, value) for each group of the trials the check's ``where`` selects
+    (``corrections``: the sweep's ``SweepCorrections``, for the ensembles' exponents)."""
     if check["stat"] == "widest":
         return [("widest", figures[max(figures)].get(check["col"], np.nan) if figures
                  else np.nan)]
     rows = done
+    if check["stat"] in EXPONENTS:   # one row per group and part: the group's exponents
+        if corrections is None or corrections.exponents.empty:
+            return []
+        rows = corrections.exponents
+        rows = rows[rows.part == check["col"]]
     for key, value in check["where"].items():
         if key not in rows.columns:
             return []
         rows = rows[rows[key].astype(str) == value]
+    if check["stat"] in EXPONENTS:
+        by = [c for c in corrections.by if c in rows.columns]
+        return [(analysis.group_label(by, key, ", "), float(g[EXPONENTS[check["stat"]]].iloc[0]))
+                for key, g in analysis.groups(rows, by)]
     if check["col"] not in rows.columns or rows.empty:
         return []
     by = analysis.group_columns(rows)
@@ -136,10 +151,11 @@ def evaluate_groups(check: dict, done, figures: dict[int, dict]) -> list[tuple[s
             for key, g in analysis.groups(rows, by)]
 
 
-def evaluate(check: dict, done, figures: dict[int, dict]) -> float:
+def evaluate(check: dict, done, figures: dict[int, dict], corrections=None) -> float:
     """The check's deciding value: of the groups' finite values, the one farthest outside
     [lo, hi] (or nearest its edge, when all are inside); NaN when none is finite."""
-    values = [v for _, v in evaluate_groups(check, done, figures) if np.isfinite(v)]
+    values = [v for _, v in evaluate_groups(check, done, figures, corrections)
+              if np.isfinite(v)]
     if not values:
         return np.nan
     mid, half = (check["lo"] + check["hi"]) / 2, (check["hi"] - check["lo"]) / 2
@@ -168,12 +184,16 @@ def run(target: str, *, smoke: bool = False, out: str | None = None,
     result["figures"] = figures = figure_checks(done, ckpts, out)
     for width, c in sorted(figures.items()):
         print(f"n={width}: " + ", ".join(f"{k} {v:.3g}" for k, v in c.items()))
+    corrections = None
+    if (done.ensemble > 1).any():
+        corrections = ensembles.sweep_corrections(out)
+        print(corrections.exponents.to_string(index=False, float_format="%.3f"))
     result["expected"] = []
     for check in checks:
-        value = evaluate(check, done, figures)
+        value = evaluate(check, done, figures, corrections)
         verdict = "SKIP" if not np.isfinite(value) else \
             "PASS" if check["lo"] <= value <= check["hi"] else "FAIL"
-        per_group = evaluate_groups(check, done, figures)
+        per_group = evaluate_groups(check, done, figures, corrections)
         result["expected"].append({**check, "value": value, "verdict": verdict,
                                    "groups": per_group})
         shown = "; ".join(f"{g} {v:.3g}" for g, v in per_group) if len(per_group) > 1 \

@@ -135,3 +135,46 @@ def test_an_ensemble_sweep_writes_each_network_once(ray_local, tmp_path):
     assert len(rows_again) == 4 * 6 and not rows_again.duplicated(["trial_id", "member"]).any()
     np.testing.assert_array_equal(ntksweep.member_kernels(rows_again),
                                   ntksweep.member_kernels(rows))
+
+
+def _write_ensembles(out, base: dict, widths=(8, 16, 32), networks=6):
+    for width in widths:
+        spec = TrialSpec(**{**base, "width": width, "ensemble": networks})
+        outcome = run_trial(spec)
+        assert outcome.status == "completed", outcome.error
+        store.write_trial(out, "s", spec, outcome)
+
+
+def test_the_report_of_an_ensemble_sweep_draws_its_corrections(tmp_path):
+    from ntksweep.analysis.report import make_report
+
+    _write_ensembles(tmp_path, SMALL)
+    report = make_report(tmp_path)
+    names = {p.stem for p in report["figures"]}
+    assert "corrections_vs_width" in names and "dist_inf_vs_width" in names
+    assert not names & {"dist_init_vs_width", "gaps_vs_width", "loss_over_time"}  # untrained
+    page = report["html"].read_text()
+    assert "Finite-width exponents" in page and "The depth law" in page
+    kept = np.load(next((tmp_path / "finite_width").glob("*.npz")))
+    assert str(kept["reference"]) == "analytic"
+    np.testing.assert_allclose(kept["limit"], _limit(TrialSpec(**SMALL)), rtol=1e-12)
+
+
+def test_without_a_closed_form_the_reference_is_extrapolated_and_kept(tmp_path):
+    from ntksweep.analysis.ensembles import save_limits, sweep_corrections
+    from ntksweep.analysis.finite_width import extrapolate
+
+    base = dict(dataset="tokens", tokens=4, dim=4, n_train=2, n_eval=3, depth=3,
+                architecture="transformer", heads=1, attention_scaling="sqrt", steps=0,
+                device="cpu", dtype="float64")
+    _write_ensembles(tmp_path, base, networks=5)
+    result = sweep_corrections(tmp_path, n_boot=20)
+    assert set(result.table.reference) == {"extrapolated"} and result.checks.empty
+    rows = ntksweep.load_members(tmp_path)
+    by_width = {w: ntksweep.member_kernels(g) for w, g in rows.groupby("width")}
+    (label, (reference, fit)), = result.fits.items()
+    np.testing.assert_allclose(fit.limit, extrapolate(by_width).limit, rtol=1e-12)
+    assert reference == "extrapolated" and np.isnan(rows.dist_inf).all()
+    kept = np.load(save_limits(result, tmp_path)[0])
+    assert str(kept["reference"]) == "extrapolated"
+    np.testing.assert_array_equal(kept["limit"], fit.limit)

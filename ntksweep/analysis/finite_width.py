@@ -85,11 +85,12 @@ def width_corrections(by_width: dict[int, np.ndarray], limit: np.ndarray, *,
 
 
 def correction_exponents(table: pd.DataFrame) -> pd.DataFrame:
-    """Per part: the fitted exponents a (m ∝ n^a, over the widths whose m² is positive) and
-    b (s ∝ n^b), with their 95 % CIs (``stats.fit_power_law``)."""
+    """Per part: the fitted exponents a (m ∝ n^a, over the widths whose mean shift is
+    resolved — m²'s CI above zero; NaN from fewer than two) and b (s ∝ n^b), with their
+    95 % CIs (``stats.fit_power_law``)."""
     rows = []
     for part, t in table.groupby("part", sort=False):
-        shift = t[t.mean_shift_sq > 0]
+        shift = t[t.mean_shift_sq_lo > 0]
         a: PowerLaw = fit_power_law(shift.width, shift.mean_shift)
         b: PowerLaw = fit_power_law(t.width, t.fluctuation)
         rows.append({"part": part, "a": a.slope, "a_lo": a.slope_lo, "a_hi": a.slope_hi,
