@@ -73,7 +73,9 @@ def sweep_corrections(out: str | Path, *, n_boot: int = 400) -> SweepCorrections
                     for n, g in group.groupby("width")}
         limits = [_limit(g.iloc[0]) for _, g in group.groupby("width")]
         named = dict(zip(by, key))
-        if all(lim is not None for lim in limits) and _same(limits):
+        if all(lim is not None for lim in limits) and not _same(limits):
+            continue        # the standard parametrization's Θ grows with n: no common limit
+        if all(lim is not None for lim in limits):
             reference, limit = "analytic", limits[0]
             if len(by_width) >= 2:
                 fits[label] = (reference, extrapolate(by_width, limit))

@@ -27,7 +27,7 @@ def measure_members(spec: TrialSpec, data: Dataset, out_dim: int, x_eval: torch.
     kernels = np.empty((spec.ensemble, *first.shape))
     kernels[0] = first
     for j in range(1, spec.ensemble):
-        model = build_model(spec.member(j), data, out_dim, dtype, x_eval.device.type)
+        model = build_model(spec.member(j), data, out_dim, dtype, str(x_eval.device))
         kernels[j] = empirical_ntk(model, x_eval, method=spec.ntk_method, trace=True,
                                    memory_budget=spec.memory_budget).double().cpu().numpy()
     seeds = np.array([spec.member(j).seed for j in range(spec.ensemble)], np.int64)
@@ -37,4 +37,3 @@ def measure_members(spec: TrialSpec, data: Dataset, out_dim: int, x_eval: torch.
     shift_sq, fluct_sq = shift_and_fluctuation(kernels.reshape(len(kernels), -1),
                                                theta_inf.ravel())
     return Members(seeds, kernels, dist, shift_sq, float(np.sqrt(fluct_sq)))
-
