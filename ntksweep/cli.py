@@ -237,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "limit, over sweeps on Ray, tracked in MLflow, stored in Parquet.")
     p.add_argument("--version", action="version", version=f"ntksweep {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_run, _add_trial, _add_status, _add_ui, _add_report, _add_sync):
+    from .gram.command import add_kernel  # no torch until the command runs
+
+    for add in (_add_run, _add_trial, _add_status, _add_ui, _add_report, _add_sync,
+                add_kernel):
         add(sub)
     return p
 

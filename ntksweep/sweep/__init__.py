@@ -3,12 +3,13 @@ external system)."""
 
 import importlib
 
-__all__ = ["RayTileExecutor", "SweepSummary", "plan_sweep", "check_output_dir", "run_sweep",
-           "sweep_id_of"]
+__all__ = ["RayTileExecutor", "local_tile_executor", "SweepSummary", "plan_sweep",
+           "check_output_dir", "run_sweep", "sweep_id_of"]
 
 # imported when asked for: an actor process that loads ``sweep.worker`` needs neither the
 # driver's planning (pandas, pyarrow) nor the tile executor's kernels (torch, at its own time)
-_WHERE = {"RayTileExecutor": ".shard", "SweepSummary": ".run", "run_sweep": ".run",
+_WHERE = {"RayTileExecutor": ".shard", "local_tile_executor": ".shard",
+          "SweepSummary": ".run", "run_sweep": ".run",
           "plan_sweep": "..plan", "check_output_dir": "..plan",
           "sweep_id_of": "..sweep_spec"}
 

@@ -43,6 +43,15 @@ class _TileWorker:
             torch.cuda.empty_cache()
 
 
+def local_tile_executor(workers: int, address: str | None = None) -> RayTileExecutor:
+    """``workers`` tile actors of one CPU each on the Ray cluster at ``address`` (default: a
+    local Ray of ``workers`` CPUs, started quietly unless one runs already)."""
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else workers,
+                 include_dashboard=False, log_to_driver=False)
+    return RayTileExecutor(workers)
+
+
 class RayTileExecutor:
     """Spreads tiles over ``num_actors`` Ray actors (each ``num_gpus`` GPUs, ``num_cpus`` CPUs).
 

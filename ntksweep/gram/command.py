@@ -1,0 +1,69 @@
+"""``ntksweep kernel SPEC``: a kernel job from the command line, with its progress (tiles,
+entries per second, ETA) on stderr — a line per tile at most every few seconds, so that a
+log without a terminal shows it too."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .spec import load_gram_spec
+
+__all__ = ["add_kernel", "cmd_kernel"]
+
+PROGRESS_EVERY_S = 2.0
+
+
+def _reporter():
+    last = [0.0]
+
+    def report(p) -> None:      # a job.GramProgress
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_EVERY_S and p.done < p.total:
+            return
+        last[0] = now
+        eta = "" if p.eta_seconds != p.eta_seconds else f", ETA {p.eta_seconds:.0f} s"
+        print(f"kernel {p.block}: {p.done}/{p.total} tiles, "
+              f"{p.entries / max(p.seconds, 1e-9):,.0f} entries/s{eta}", file=sys.stderr,
+              flush=True)
+
+    return report
+
+
+def cmd_kernel(args) -> int:
+    spec = load_gram_spec(args.spec)
+    if args.out:
+        spec = type(spec)(spec.name, args.out, spec.network, spec.tile)
+    print(f"kernel job {spec.name!r} → {spec.output_dir}: {spec.network.architecture} "
+          f"depth {spec.network.depth} on {spec.network.dataset} "
+          f"({spec.network.n_train} train, {spec.network.n_test} test), tiles of {spec.tile}",
+          file=sys.stderr)
+    from .job import run_gram
+
+    executor = None
+    if args.workers > 1 or args.address:
+        from ..sweep import local_tile_executor
+
+        executor = local_tile_executor(args.workers, args.address)
+    run = run_gram(spec, executor, on_progress=_reporter())
+    print(f"done: {run.computed} tiles computed, {run.kept} kept from before, "
+          f"{run.entries:,} entries in {run.seconds:.1f} s "
+          f"({run.entries_per_second:,.0f} entries/s)\n"
+          f"  numpy:  from ntksweep.gram import GramMatrix; "
+          f"K = GramMatrix({spec.output_dir!r}, 'train', 'ntk')[:, :]")
+    return 0
+
+
+def add_kernel(sub) -> None:
+    k = sub.add_parser("kernel", help="compute a network's infinite-width Gram matrices on a "
+                       "data set, in resumable tiles",
+                       description="Compute the NNGP and NTK Gram matrices (train × train, "
+                       "test × train) of a network's limit on a data set, tile by tile into "
+                       "the output dir; run it again to resume (finished tiles are kept, "
+                       "damaged ones computed again).")
+    k.add_argument("spec", help="kernel spec YAML (name, output_dir, network, tile)")
+    k.add_argument("--out", help="output dir (default: the spec's output_dir)")
+    k.add_argument("--workers", type=int, default=1,
+                   help="tile workers: 1 computes in this process; N > 1 starts N Ray actors")
+    k.add_argument("--address", help="Ray cluster address for the workers")
+    k.set_defaults(func=cmd_kernel)

@@ -1,0 +1,158 @@
+"""A kernel job: the NNGP and NTK Gram matrices of a network's infinite-width limit on a
+data set (train × train, and test × train), in tiles — the upper triangle of a symmetric
+block, largest first — each written atomically to the output dir as it finishes. A job that
+stops (killed, or a worker lost) resumes where it was: every tile that reads back whole and
+matches its checksum is kept, every other is computed again (``store.tiles``).
+
+Layout of the output dir::
+
+    gram.json                        the job's spec and its blocks' shapes
+    tiles/<block>/<r0>_<c0>.npz      one tile: ntk, nngp (rows × cols, float64), sha256
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..errors import SpecError
+from ..kernels.tiles import Tile, plan_tiles
+from ..store import read_text, write_text
+from ..store.tiles import read_tile, write_tile
+from ..trial.builders import dataset_for, has_limit, inputs, limit_kernels, out_dim_of
+from ..trial_spec import TrialSpec
+from .spec import GramSpec
+
+__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "tile_path", "MANIFEST"]
+
+MANIFEST = "gram.json"
+
+
+def tile_path(block: str, tile: Tile) -> str:
+    return f"tiles/{block}/{tile.r0}_{tile.c0}.npz"
+
+
+@dataclass(frozen=True)
+class LimitTiles:
+    """Any tile of one block of a network's limit (picklable: ships to Ray actors, as the
+    empirical NTK's ``TileComputation`` does): rows of x1 (n1, …) against columns of x2."""
+
+    network: TrialSpec
+    x1: np.ndarray
+    x2: np.ndarray
+    out_dim: int
+    device: str = "cpu"
+
+    def to(self, device: str) -> LimitTiles:
+        return replace(self, device=str(device))
+
+    def __call__(self, tile: Tile) -> torch.Tensor:
+        """(2, rows, cols) float64: Θ_∞ and Σ of the tile (a diagonal tile: its square)."""
+        x2 = None if tile.diagonal else self.x2[tile.cols]
+        k = limit_kernels(self.network, self.x1[tile.rows], x2, self.device, self.out_dim)
+        return torch.from_numpy(np.stack([k.ntk, k.nngp]))
+
+
+@dataclass(frozen=True)
+class GramProgress:
+    """Where a job is in one block: tiles done of all, entries computed in this run, the
+    seconds so far, the tiles this run computed."""
+
+    block: str
+    done: int
+    total: int
+    entries: int
+    seconds: float
+    done_in_run: int = 0
+
+    @property
+    def eta_seconds(self) -> float:
+        """At this run's pace so far (tiles kept from before took no time)."""
+        rate = self.done_in_run / self.seconds if self.seconds > 0 else 0.0
+        return (self.total - self.done) / rate if rate > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class GramRun:
+    """A finished job: tiles computed in this run, tiles kept from before (verified), the
+    entries computed, the seconds."""
+
+    computed: int
+    kept: int
+    entries: int
+    seconds: float
+
+    @property
+    def entries_per_second(self) -> float:
+        return self.entries / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _inputs(spec: GramSpec) -> tuple[dict[str, np.ndarray], int]:
+    """The data's train and test inputs as the network reads them, and its output count;
+    ``SpecError`` where the network has no closed-form limit."""
+    net = spec.network
+    data = dataset_for(net)
+    out_dim = out_dim_of(net, data)
+    if not has_limit(net, out_dim):
+        raise SpecError(f"network: {net.architecture!r} with these fields has no closed-form "
+                        "limit (1/√d attention, a plain module): a kernel job computes limits")
+    sets = {"train": inputs(net, data, data.x_train)}
+    if net.n_test:
+        sets["test"] = inputs(net, data, data.x_test)
+    return sets, out_dim
+
+
+def _check_manifest(out: str, spec: GramSpec, shapes: dict[str, list[int]]) -> None:
+    """Write gram.json, or refuse a dir that holds another job's tiles."""
+    text = json.dumps({"spec": json.loads(spec.to_json()), "shapes": shapes}, indent=1,
+                      sort_keys=True)
+    held = read_text(out, MANIFEST)
+    if held is not None and held != text:
+        raise SpecError(f"{out} holds another kernel job's tiles ({MANIFEST} differs); "
+                        "give this one its own output_dir")
+    if held is None:
+        write_text(out, MANIFEST, text)
+
+
+def run_gram(spec: GramSpec, executor=None,
+             on_progress: Callable[[GramProgress], None] | None = None) -> GramRun:
+    """Compute every tile of the job that the output dir lacks (module doc); ``executor``:
+    anything with ``map_tiles(computation, tiles)`` yielding (tile, value) as they finish
+    (default: this process, one after another; ``sweep.RayTileExecutor``: Ray actors)."""
+    from ..kernels.tiling import SerialExecutor
+
+    started = time.perf_counter()
+    sets, out_dim = _inputs(spec)
+    blocks = {name: (sets[r], sets[c]) for name, (r, c) in spec.blocks().items()}
+    _check_manifest(spec.output_dir, spec, {b: [len(x1), len(x2)] for b, (x1, x2) in
+                                            blocks.items()})
+    computed = kept = entries = 0
+    for name, (x1, x2) in blocks.items():
+        tiles = plan_tiles(len(x1), len(x2), spec.tile, symmetric=x1 is x2)
+        todo = _missing(spec.output_dir, name, tiles)
+        kept += len(tiles) - len(todo)
+        work = LimitTiles(spec.network, x1, x2, out_dim)
+        done_here = 0
+        for tile, value in (executor or SerialExecutor()).map_tiles(work, todo):
+            value = np.asarray(value)
+            write_tile(spec.output_dir, tile_path(name, tile), {"ntk": value[0],
+                                                               "nngp": value[1]})
+            done_here += 1
+            entries += value[0].size
+            if on_progress is not None:
+                on_progress(GramProgress(name, len(tiles) - len(todo) + done_here, len(tiles),
+                                         entries, time.perf_counter() - started, done_here))
+        computed += done_here
+    return GramRun(computed, kept, entries, time.perf_counter() - started)
+
+
+def _missing(out: str, block: str, tiles: Sequence[Tile]) -> list[Tile]:
+    """The tiles without a whole, verified file, largest first (the long ones start first,
+    so that the last to finish is short)."""
+    todo = [t for t in tiles if read_tile(out, tile_path(block, t)) is None]
+    return sorted(todo, key=lambda t: (t.r1 - t.r0) * (t.c1 - t.c0), reverse=True)

@@ -1,0 +1,84 @@
+"""A kernel job's spec: which network's infinite-width kernels, on which data, in which
+tiles, written where. YAML (read safely, as sweep specs are)::
+
+    name: digits-myrtle
+    output_dir: ntksweep-out/digits-myrtle-kernel     # default ntksweep-out/<name>-kernel
+    network:               # trial fields: the data set and the architecture of the limit
+      dataset: digits
+      n_train: 1000        # the train × train Gram (its upper triangle, mirrored)
+      n_test: 500          # and test × train (0: none)
+      architecture: myrtle
+      depth: 5
+    tile: 128              # rows (and columns) per tile
+
+The data set draws an eval split too (``n_eval``, 1 here unless given): a kernel job does
+not use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError
+from ..trial_spec import TrialSpec, suggest
+from ..yaml_input import load_yaml, read_spec_text
+
+__all__ = ["GramSpec", "load_gram_spec"]
+
+_FIELDS = ("name", "output_dir", "network", "tile")
+
+
+@dataclass(frozen=True)
+class GramSpec:
+    """The job: ``network`` (a trial spec: its data and its limit's fields), ``tile`` rows
+    per tile, ``output_dir``."""
+
+    name: str
+    output_dir: str
+    network: TrialSpec
+    tile: int = 128
+
+    def blocks(self) -> dict[str, tuple[str, str]]:
+        """Each Gram block's (rows' set, columns' set): train × train, and test × train
+        where the data has a test set."""
+        out = {"train": ("train", "train")}
+        if self.network.n_test:
+            out["test"] = ("test", "train")
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "output_dir": self.output_dir,
+                           "network": self.network.to_dict(), "tile": self.tile},
+                          sort_keys=True, indent=1)
+
+
+def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
+    """A ``GramSpec`` from a YAML file or a dict; ``SpecError`` with what to change."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"{path}: no such kernel spec file")
+        raw, _ = load_yaml(read_spec_text(path, "kernel spec"), str(path))
+    if not isinstance(raw, dict):
+        raise SpecError("a kernel spec is a mapping with name, network and tile")
+    for key in raw:
+        if key not in _FIELDS:
+            raise SpecError(f"unknown key {key!r}{suggest(key, _FIELDS)} in the kernel spec; "
+                            f"it takes {', '.join(_FIELDS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("name: the kernel spec needs a name (a string)")
+    network = raw.get("network")
+    if not isinstance(network, dict):
+        raise SpecError("network: a mapping of trial fields (dataset, n_train, architecture, …)")
+    tile = raw.get("tile", 128)
+    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
+        raise SpecError(f"tile: rows per tile, an integer >= 1 (got {tile!r})")
+    spec = TrialSpec.from_dict({"n_eval": 1, "steps": 0, **network})
+    out = raw.get("output_dir") or f"ntksweep-out/{name}-kernel"
+    return GramSpec(name, str(out), spec, tile)

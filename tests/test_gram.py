@@ -1,0 +1,134 @@
+"""Kernel jobs (``ntksweep kernel``): a network's limit on a data set in tiles, equal to
+the limit computed in one piece; resumed without recomputing a finished tile; a damaged
+or missing tile computed again; the same on Ray actors; bad specs refused in one line."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from ntksweep import cli
+from ntksweep.errors import SpecError
+from ntksweep.gram import GramMatrix, load_gram_spec, run_gram
+from ntksweep.trial.builders import dataset_for, inputs, limit_kernels
+
+CNN = {"dataset": "digits", "n_train": 40, "n_test": 13, "architecture": "cnn", "depth": 3}
+
+
+def _spec(tmp_path, network=CNN, tile=16, name="g"):
+    return load_gram_spec({"name": name, "output_dir": str(tmp_path / name),
+                           "network": network, "tile": tile})
+
+
+def _direct(spec):
+    """The limit on the whole train set and test × train, in one piece each."""
+    net = spec.network
+    data = dataset_for(net)
+    train, test = inputs(net, data, data.x_train), inputs(net, data, data.x_test)
+    return limit_kernels(net, train), limit_kernels(net, test, train)
+
+
+def test_a_kernel_job_is_the_limit_in_one_piece_and_reads_back_by_slices(tmp_path):
+    spec = _spec(tmp_path)
+    seen = []
+    run = run_gram(spec, on_progress=seen.append)
+    train, test = _direct(spec)
+    # 40 train rows in tiles of 16: 3 bands, 3 + 2 + 1 upper-triangle tiles; test: 1 × 3
+    assert run.computed == 6 + 3 and run.kept == 0 and len(seen) == 9
+    assert run.entries == 16 * 16 * 3 + 16 * 8 * 2 + 8 * 8 + 13 * 40
+    out = spec.output_dir
+    np.testing.assert_allclose(np.asarray(GramMatrix(out, "train", "ntk")), train.ntk,
+                               rtol=1e-13, atol=0)
+    np.testing.assert_allclose(np.asarray(GramMatrix(out, "train", "nngp")), train.nngp,
+                               rtol=1e-13, atol=0)
+    np.testing.assert_allclose(np.asarray(GramMatrix(out, "test", "ntk")), test.ntk,
+                               rtol=1e-13, atol=0)
+    part = GramMatrix(out, "train", "ntk")[5:37, 3:20]     # across tiles and the diagonal
+    np.testing.assert_allclose(part, train.ntk[5:37, 3:20], rtol=1e-13, atol=0)
+
+
+def test_a_resumed_job_recomputes_only_missing_and_damaged_tiles(tmp_path):
+    spec = _spec(tmp_path)
+    run_gram(spec)
+    tiles = sorted((tmp_path / "g" / "tiles").rglob("*.npz"))
+    tiles[0].unlink()                                     # lost
+    data = bytearray(tiles[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF                         # a flipped bit in its numbers
+    tiles[1].write_bytes(bytes(data))
+    tiles[2].write_bytes(tiles[2].read_bytes()[:100])     # cut short
+    again = run_gram(spec)
+    assert (again.computed, again.kept) == (3, 6)
+    assert run_gram(spec).computed == 0                   # nothing twice
+    train, _ = _direct(spec)
+    np.testing.assert_allclose(np.asarray(GramMatrix(spec.output_dir)), train.ntk,
+                               rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"name": "x", "network": {**CNN, "n_train": 10}, "tile": 0}, "tile: rows per tile"),
+    ({"name": "x", "network": {**CNN, "depth": "three"}}, "depth"),
+    ({"name": "x", "network": CNN, "tiles": 8}, "unknown key 'tiles' (did you mean 'tile'?)"),
+    ({"network": CNN}, "name:"),
+])
+def test_bad_kernel_specs_are_refused(raw, match):
+    with pytest.raises(SpecError, match=re.escape(match)):
+        load_gram_spec(raw)
+
+
+def test_a_network_without_a_limit_and_another_jobs_dir_are_refused(tmp_path):
+    sqrt = {"dataset": "tokens", "n_train": 4, "architecture": "transformer",
+            "attention_scaling": "sqrt", "heads": 1}
+    with pytest.raises(SpecError, match="no closed-form limit"):
+        run_gram(_spec(tmp_path, sqrt))
+    assert not (tmp_path / "g").exists()                  # refused before writing
+    run_gram(_spec(tmp_path, tile=20))
+    with pytest.raises(SpecError, match="holds another kernel job"):
+        run_gram(_spec(tmp_path, tile=16))
+
+
+def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": {**CNN, "n_test": 0}, "tile": 20}))
+    assert cli.main(["kernel", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "kernel train: 3/3 tiles" in captured.err and "3 tiles computed" in captured.out
+    assert cli.main(["kernel", str(path)]) == 0 and "0 tiles computed, 3 kept" in \
+        capsys.readouterr().out
+    assert cli.main(["kernel", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_kernel_command_imports_no_torch_to_parse():
+    code = ("import sys, ntksweep.cli as c; c.build_parser().parse_args(['kernel', 'x.yaml']);"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.slow
+def test_ray_actors_compute_the_same_tiles(ray_local, tmp_path):
+    from ntksweep.sweep import RayTileExecutor
+
+    serial = _spec(tmp_path, name="serial")
+    run_gram(serial)
+    sharded = _spec(tmp_path, name="ray")
+    with RayTileExecutor(2) as executor:
+        run = run_gram(sharded, executor)
+    assert run.computed == 9
+    for block in ("train", "test"):
+        np.testing.assert_array_equal(np.asarray(GramMatrix(sharded.output_dir, block)),
+                                      np.asarray(GramMatrix(serial.output_dir, block)))
+
+
+def test_the_guides_kernel_spec_is_a_valid_one():
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    section = guide.split("## Dataset-scale kernels", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = load_gram_spec(yaml.safe_load(block))
+    assert spec.network.architecture == "myrtle" and set(spec.blocks()) == {"train", "test"}
