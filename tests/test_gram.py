@@ -98,6 +98,13 @@ def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):
     assert "kernel train: 3/3 tiles" in captured.err and "3 tiles computed" in captured.out
     assert cli.main(["kernel", str(path)]) == 0 and "0 tiles computed, 3 kept" in \
         capsys.readouterr().out
+    with_test = tmp_path / "t.yaml"
+    with_test.write_text(yaml.safe_dump({"name": "t", "output_dir": str(tmp_path / "t"),
+                                         "network": CNN, "tile": 20}))
+    assert cli.main(["kernel", str(with_test), "--ridge", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel regression with ntk (ridge 0.001, exact): test MSE" in out
+    assert "kernel regression with nngp" in out and "accuracy" in out
     assert cli.main(["kernel", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
@@ -132,3 +139,53 @@ def test_the_guides_kernel_spec_is_a_valid_one():
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     spec = load_gram_spec(yaml.safe_load(block))
     assert spec.network.architecture == "myrtle" and set(spec.blocks()) == {"train", "test"}
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_run_resumes_without_recomputing_a_finished_tile(tmp_path):
+    """kill -9 of the command while it writes tiles; the rerun keeps every tile that was
+    there (none rewritten: their files are untouched) and computes only the rest."""
+    import os
+    import signal
+    import time
+
+    path = tmp_path / "k.yaml"
+    network = {**CNN, "n_train": 160, "n_test": 0}
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": network, "tile": 8}))
+    proc = subprocess.Popen([sys.executable, "-m", "ntksweep.cli", "kernel", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tiles = tmp_path / "k" / "tiles" / "train"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(tiles.glob("[0-9]*.npz"))) < 5:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in tiles.glob("[0-9]*.npz")}
+    assert 5 <= len(before) < 210, len(before)            # 20 bands: 210 tiles in all
+    run = run_gram(load_gram_spec(path))
+    assert (run.computed, run.kept) == (210 - len(before), len(before))
+    assert all(tiles.joinpath(name).stat().st_mtime_ns == t for name, t in before.items())
+    train, _ = _direct(load_gram_spec(path))
+    np.testing.assert_allclose(np.asarray(GramMatrix(tmp_path / "k")), train.ntk,
+                               rtol=1e-13, atol=0)
+
+
+def test_conjugate_gradients_over_tiles_solve_as_the_exact_regression(tmp_path):
+    """PCG streaming over the tiles against the exact solve, and both against
+    ``kernel_regression`` on the limit computed in one piece (an independent path)."""
+    from ntksweep.gram.regression import fit_gram
+    from ntksweep.kernels.regression import kernel_regression
+
+    spec = _spec(tmp_path, {**CNN, "n_train": 60, "n_test": 30}, tile=16)
+    run_gram(spec)
+    exact = fit_gram(spec.output_dir, ridge=1e-3, method="exact")
+    pcg = fit_gram(spec.output_dir, ridge=1e-3, method="pcg", tol=1e-12)
+    assert pcg.method == "pcg" and pcg.iterations > 1 and pcg.residual < 1e-10
+    np.testing.assert_allclose(pcg.predictions, exact.predictions, rtol=0, atol=1e-9)
+    train, test = _direct(spec)
+    data = dataset_for(spec.network)
+    direct = kernel_regression(test.ntk, train.ntk, data.y_train, ridge=1e-3)
+    np.testing.assert_allclose(exact.predictions, direct, rtol=1e-8, atol=1e-10)
+    assert exact.test_mse == pytest.approx(((direct - data.y_test) ** 2).sum(1).mean())
+    assert exact.test_accuracy == np.mean(direct.argmax(1) == data.labels_test) > 0.5

@@ -1,17 +1,18 @@
 """Dataset-scale infinite-width kernels: a kernel job (``ntksweep kernel SPEC``) computes
 the NNGP and NTK Gram matrices of a network's limit on a data set in tiles written as they
-finish and resumed where it stopped (``job``), and reads them back lazily (``matrix``).
+finish and resumed where it stopped (``job``), reads them back lazily (``matrix``) and
+regresses with them (``regression``).
 Names load on first use: the command line's parser imports ``gram.command`` without
 torch."""
 
 import importlib
 
 __all__ = ["GramSpec", "load_gram_spec", "run_gram", "GramRun", "GramProgress",
-           "LimitTiles", "GramMatrix"]
+           "LimitTiles", "GramMatrix", "GramFit", "fit_gram"]
 
 _WHERE = {"GramSpec": ".spec", "load_gram_spec": ".spec", "run_gram": ".job",
           "GramRun": ".job", "GramProgress": ".job", "LimitTiles": ".job",
-          "GramMatrix": ".matrix"}
+          "GramMatrix": ".matrix", "GramFit": ".regression", "fit_gram": ".regression"}
 
 
 def __getattr__(name: str):

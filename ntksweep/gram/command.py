@@ -51,6 +51,15 @@ def cmd_kernel(args) -> int:
           f"({run.entries_per_second:,.0f} entries/s)\n"
           f"  numpy:  from ntksweep.gram import GramMatrix; "
           f"K = GramMatrix({spec.output_dir!r}, 'train', 'ntk')[:, :]")
+    if args.ridge is not None and spec.network.n_test:
+        from .regression import fit_gram
+
+        for kernel in ("ntk", "nngp"):
+            fit = fit_gram(spec.output_dir, kernel=kernel, ridge=args.ridge)
+            accuracy = "" if fit.test_accuracy != fit.test_accuracy else \
+                f", accuracy {fit.test_accuracy:.4f}"
+            print(f"kernel regression with {kernel} (ridge {args.ridge:g}, {fit.method}): "
+                  f"test MSE {fit.test_mse:.4g}{accuracy}")
     return 0
 
 
@@ -66,4 +75,7 @@ def add_kernel(sub) -> None:
     k.add_argument("--workers", type=int, default=1,
                    help="tile workers: 1 computes in this process; N > 1 starts N Ray actors")
     k.add_argument("--address", help="Ray cluster address for the workers")
+    k.add_argument("--ridge", type=float, help="then kernel regression on the test set with "
+                   "the NTK and the NNGP, λ = RIDGE · tr K/N (exact in memory, else "
+                   "conjugate gradients over the tiles)")
     k.set_defaults(func=cmd_kernel)

@@ -55,6 +55,14 @@ class GramMatrix:
                 self._place(out, tile, r0, r1, c0, c1, transposed=True)
         return out
 
+    def tile_value(self, tile) -> np.ndarray:
+        """One tile's kernel (rows × cols, float64), as computed: not mirrored."""
+        arrays = read_tile(self.out, tile_path(self.block, tile))
+        if arrays is None:
+            raise UserError(f"tile {tile_path(self.block, tile)} of {self.out} is missing or "
+                            "damaged; run the kernel job again to compute it")
+        return arrays[self.kernel]
+
     def _place(self, out: np.ndarray, tile, r0, r1, c0, c1, transposed: bool) -> None:
         """Copy the part of ``tile`` (or of its mirror image) inside [r0, r1) × [c0, c1)."""
         tr0, tr1, tc0, tc1 = (tile.c0, tile.c1, tile.r0, tile.r1) if transposed else \
@@ -64,10 +72,6 @@ class GramMatrix:
         lo_r, hi_r, lo_c, hi_c = max(r0, tr0), min(r1, tr1), max(c0, tc0), min(c1, tc1)
         if lo_r >= hi_r or lo_c >= hi_c:
             return
-        arrays = read_tile(self.out, tile_path(self.block, tile))
-        if arrays is None:
-            raise UserError(f"tile {tile_path(self.block, tile)} of {self.out} is missing or "
-                            "damaged; run the kernel job again to compute it")
-        value = arrays[self.kernel].T if transposed else arrays[self.kernel]
+        value = self.tile_value(tile).T if transposed else self.tile_value(tile)
         out[lo_r - r0:hi_r - r0, lo_c - c0:hi_c - c0] = \
             value[lo_r - tr0:hi_r - tr0, lo_c - tc0:hi_c - tc0]
