@@ -189,3 +189,33 @@ def test_conjugate_gradients_over_tiles_solve_as_the_exact_regression(tmp_path):
     np.testing.assert_allclose(exact.predictions, direct, rtol=1e-8, atol=1e-10)
     assert exact.test_mse == pytest.approx(((direct - data.y_test) ** 2).sum(1).mean())
     assert exact.test_accuracy == np.mean(direct.argmax(1) == data.labels_test) > 0.5
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_tile_is_replaced_and_the_job_completes(ray_local, tmp_path):
+    """SIGKILL of a tile actor's process while the job runs: the executor starts another,
+    computes the lost tile there, and the job finishes whole — every tile written once."""
+    import os
+    import signal
+    import threading
+
+    from ntksweep.sweep import RayTileExecutor
+
+    spec = _spec(tmp_path, {**CNN, "n_train": 120, "n_test": 0}, tile=8)   # 120 tiles
+    written = []
+    with RayTileExecutor(2) as executor:
+        victim = ray_local.get(executor.actors[0].pid.remote())
+        job = threading.Thread(target=lambda: written.append(
+            run_gram(spec, executor, on_progress=lambda p: None)))
+        job.start()
+        tiles = tmp_path / "g" / "tiles" / "train"
+        while job.is_alive() and len(list(tiles.glob("[0-9]*.npz"))) < 3:
+            job.join(0.05)
+        os.kill(victim, signal.SIGKILL)
+        job.join(300)
+        assert executor.replaced >= 1
+    run, = written
+    assert (run.computed, run.kept) == (120, 0)
+    train, _ = _direct(spec)
+    np.testing.assert_allclose(np.asarray(GramMatrix(spec.output_dir)), train.ntk,
+                               rtol=1e-13, atol=0)

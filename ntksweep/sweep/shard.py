@@ -32,6 +32,11 @@ class _TileWorker:
     def compute(self, tile: Tile) -> np.ndarray:
         return self._computation(tile).cpu().numpy()
 
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
     def unload(self) -> None:
         import gc
 
@@ -59,22 +64,27 @@ class RayTileExecutor:
     Use as a context manager, or call ``shutdown()``, to release the actors.
     """
 
+    # a tile whose actor died this many times is not tried again (it kills its worker)
+    MAX_TRIES = 3
+
     def __init__(self, num_actors: int = 2, *, num_gpus: float = 0, num_cpus: float = 1):
         if num_actors < 1:
             raise UserError(f"num_actors must be >= 1; got {num_actors}")
         if not ray.is_initialized():
             ray.init()
-        self.actors = [_TileWorker.options(num_gpus=num_gpus, num_cpus=num_cpus).remote()
-                       for _ in range(num_actors)]
+        self._options = {"num_gpus": num_gpus, "num_cpus": num_cpus}
+        self.actors = [_TileWorker.options(**self._options).remote() for _ in range(num_actors)]
         self.devices: list[str] = []
+        self.replaced = 0          # actors that died and were replaced
 
     def map_tiles(self, computation: TileComputation,
                   tiles: Sequence[Tile]) -> Iterator[tuple[Tile, np.ndarray]]:
+        """The tiles as they finish; an actor that dies (its process killed, its node lost)
+        is replaced and its tile computed again on the new one."""
         ref = ray.put(computation)
         self.devices = ray.get([a.load.remote(ref) for a in self.actors])
-        queue = list(tiles)
-        pending: dict = {}
-        idle = list(self.actors)
+        queue, pending, idle = list(tiles), {}, list(self.actors)
+        tries: dict[Tile, int] = {}
         try:
             while queue or pending:
                 while queue and idle:  # one tile in flight per actor: bounded memory
@@ -82,10 +92,27 @@ class RayTileExecutor:
                     pending[actor.compute.remote(tile)] = (actor, tile)
                 done, _ = ray.wait(list(pending), num_returns=1)
                 actor, tile = pending.pop(done[0])
+                try:
+                    value = ray.get(done[0])
+                except ray.exceptions.RayActorError:
+                    tries[tile] = tries.get(tile, 0) + 1
+                    if tries[tile] >= self.MAX_TRIES:
+                        raise
+                    idle.append(self._replace(actor, ref))
+                    queue.insert(0, tile)
+                    continue
                 idle.append(actor)
-                yield tile, ray.get(done[0])
+                yield tile, value
         finally:
             ray.get([a.unload.remote() for a in self.actors])
+
+    def _replace(self, dead, ref):
+        """A new actor in the dead one's place, loaded with the computation."""
+        fresh = _TileWorker.options(**self._options).remote()
+        ray.get(fresh.load.remote(ref))
+        self.actors[self.actors.index(dead)] = fresh
+        self.replaced += 1
+        return fresh
 
     def shutdown(self) -> None:
         for actor in self.actors:
