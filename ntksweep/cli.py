@@ -9,7 +9,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import phases  # noqa: F401  (first: its clock starts with the command)
+from . import phases  # first: its clock starts with the command
 from .errors import UserError
 from .records import Status
 
@@ -69,7 +69,7 @@ def cmd_run(args) -> int:
     from .sweep import run_sweep
 
     if not args.verbose:
-        _quiet_start()
+        phases.quiet_start()
     summary = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri,
                         force=args.force, quiet=args.quiet, num_cpus=args.num_cpus,
                         tracking=not args.no_tracking)
@@ -98,16 +98,6 @@ def cmd_run(args) -> int:
     if args.report:
         _report(out, summary.tracking_uri)
     return 0 if not summary.counts.get(Status.FAILED.value) else 1
-
-
-def _quiet_start() -> None:
-    """Ray's and MLflow's start-up chatter (a local cluster's token notice, database
-    migrations) stays out of the output; --verbose shows it."""
-    import logging
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    for name in ("ray", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _closing_notes(out: str, spec, summary) -> None:
@@ -299,14 +289,20 @@ def _add_trial(sub) -> None:
 
 def cmd_status(args) -> int:
     from .console import status_lines
+    from .store import read_text
 
-    if _sweep_meta(args.out) is not None:
+    if read_text(args.out, "gram.json") is not None:     # a kernel job's dir
+        from .gram.status import job_status_lines
+
+        print("\n".join(job_status_lines(args.out)))
+    elif _sweep_meta(args.out) is not None:
         print("\n".join(status_lines(args.out)))
     return 0
 
 
 def _add_status(sub) -> None:
-    s = sub.add_parser("status", help="a sweep's trials by status, and whether it is running",
+    s = sub.add_parser("status", help="a sweep's trials by status, and whether it is running "
+                       "(a kernel job's tiles done)",
                        description="Read a sweep's output dir: its trials by status (from "
                        "the Parquet store) and whether a driver is running it now.")
     s.add_argument("out", help="the sweep's output dir (a path or s3://bucket/prefix)")

@@ -4,10 +4,12 @@ opening, the workers booting: one line per phase, at once, on stderr beside the 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 
-__all__ = ["say"]
+__all__ = ["say", "quiet_start"]
 
 _T0 = time.monotonic()   # the CLI imports this module first: its start, near enough
 
@@ -15,3 +17,11 @@ _T0 = time.monotonic()   # the CLI imports this module first: its start, near en
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(f"[{time.monotonic() - _T0:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_start() -> None:
+    """Ray's and MLflow's start-up chatter (a local cluster's token notice, database
+    migrations) stays out of the output; ``--verbose`` shows it."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("ray", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -105,6 +105,16 @@ def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "kernel regression with ntk (ridge 0.001, exact): test MSE" in out
     assert "kernel regression with nngp" in out and "accuracy" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 't' / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("t-kernel").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["architecture"] == "cnn"
+    assert run.data.metrics["tiles_computed"] == 3 + 2 and run.data.tags["devices"]
+    assert run.data.metrics["entries_per_second"] > 0
+    assert cli.main(["status", str(tmp_path / "t")]) == 0
+    shown = capsys.readouterr().out
+    assert "train: 40 × 40, 3/3 tiles written (complete)" in shown and "test: 13 × 40" in shown
     assert cli.main(["kernel", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 

@@ -14,10 +14,14 @@ __all__ = ["add_kernel", "cmd_kernel"]
 PROGRESS_EVERY_S = 2.0
 
 
-def _reporter():
+def _reporter(run=None):
+    """Progress lines on stderr, and the job's MLflow run's metrics (``run``: a JobRun)."""
     last = [0.0]
 
     def report(p) -> None:      # a job.GramProgress
+        if run is not None:
+            run.log(p.done, {f"{p.block}_tiles_done": p.done, "entries": p.entries,
+                             "entries_per_second": p.entries / max(p.seconds, 1e-9)})
         now = time.monotonic()
         if now - last[0] < PROGRESS_EVERY_S and p.done < p.total:
             return
@@ -31,6 +35,9 @@ def _reporter():
 
 
 def cmd_kernel(args) -> int:
+    from ..phases import quiet_start
+
+    quiet_start()
     spec = load_gram_spec(args.spec)
     if args.out:
         spec = type(spec)(spec.name, args.out, spec.network, spec.tile)
@@ -45,7 +52,19 @@ def cmd_kernel(args) -> int:
         from ..sweep import local_tile_executor
 
         executor = local_tile_executor(args.workers, args.address)
-    run = run_gram(spec, executor, on_progress=_reporter())
+    tracked = _job_run(spec, args)
+    try:
+        run = run_gram(spec, executor, on_progress=_reporter(tracked))
+    except BaseException:
+        if tracked is not None:
+            tracked.end("KILLED")
+        raise
+    if tracked is not None:
+        devices = sorted(set(getattr(executor, "devices", None) or ["cpu (this process)"]))
+        tracked.end("FINISHED", {"tiles_computed": run.computed, "tiles_kept": run.kept,
+                                 "seconds": run.seconds,
+                                 "entries_per_second": run.entries_per_second},
+                    {"devices": ", ".join(devices)})
     print(f"done: {run.computed} tiles computed, {run.kept} kept from before, "
           f"{run.entries:,} entries in {run.seconds:.1f} s "
           f"({run.entries_per_second:,.0f} entries/s)\n"
@@ -63,6 +82,21 @@ def cmd_kernel(args) -> int:
     return 0
 
 
+def _job_run(spec, args):
+    """The job's MLflow run (None with --no-tracking), in the store ``--tracking-uri`` or
+    $MLFLOW_TRACKING_URI names, else SQLite inside the output dir."""
+    if args.no_tracking:
+        return None
+    from ..store import check_writable
+    from ..tracking.jobs import JobRun
+    from ..tracking.uri import resolve_tracking_uri
+
+    check_writable(spec.output_dir)
+    uri, _ = resolve_tracking_uri(args.tracking_uri, out_dir=spec.output_dir)
+    params = {"tile": spec.tile, **spec.network.to_dict()}
+    return JobRun(uri, f"{spec.name}-kernel", spec.name, params)
+
+
 def add_kernel(sub) -> None:
     k = sub.add_parser("kernel", help="compute a network's infinite-width Gram matrices on a "
                        "data set, in resumable tiles",
@@ -75,6 +109,9 @@ def add_kernel(sub) -> None:
     k.add_argument("--workers", type=int, default=1,
                    help="tile workers: 1 computes in this process; N > 1 starts N Ray actors")
     k.add_argument("--address", help="Ray cluster address for the workers")
+    k.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                   "$MLFLOW_TRACKING_URI, or SQLite inside the output dir)")
+    k.add_argument("--no-tracking", action="store_true", help="no MLflow run")
     k.add_argument("--ridge", type=float, help="then kernel regression on the test set with "
                    "the NTK and the NNGP, λ = RIDGE · tr K/N (exact in memory, else "
                    "conjugate gradients over the tiles)")
