@@ -214,7 +214,7 @@ def test_a_worker_killed_mid_tile_is_replaced_and_the_job_completes(ray_local, t
     spec = _spec(tmp_path, {**CNN, "n_train": 120, "n_test": 0}, tile=8)   # 120 tiles
     written = []
     with RayTileExecutor(2) as executor:
-        victim = ray_local.get(executor.actors[0].pid.remote())
+        victim, _ = ray_local.get(executor.actors[0].where.remote())
         job = threading.Thread(target=lambda: written.append(
             run_gram(spec, executor, on_progress=lambda p: None)))
         job.start()
@@ -226,6 +226,33 @@ def test_a_worker_killed_mid_tile_is_replaced_and_the_job_completes(ray_local, t
         assert executor.replaced >= 1
     run, = written
     assert (run.computed, run.kept) == (120, 0)
+    train, _ = _direct(spec)
+    np.testing.assert_allclose(np.asarray(GramMatrix(spec.output_dir)), train.ntk,
+                               rtol=1e-13, atol=0)
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_computes_the_kernel_of_one_process(ray_fresh, tmp_path):
+    """256 digits (8×8 images), a CNN's limit, on a 2-node local Ray cluster (one tile
+    actor per node): the job's Gram matrix is the limit computed in one piece here."""
+    from ray.cluster_utils import Cluster
+
+    from ntksweep.sweep import RayTileExecutor
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray_fresh.init(address=cluster.address, log_to_driver=False)
+    try:
+        spec = _spec(tmp_path, {**CNN, "n_train": 256, "n_test": 0, "depth": 2}, tile=32)
+        with RayTileExecutor(2) as executor:
+            run = run_gram(spec, executor)
+            nodes = {node for _, node in ray_fresh.get([a.where.remote()
+                                                        for a in executor.actors])}
+    finally:
+        ray_fresh.shutdown()
+        cluster.shutdown()
+    assert len(nodes) == 2 and run.computed == 36           # 8 bands: 36 tiles
     train, _ = _direct(spec)
     np.testing.assert_allclose(np.asarray(GramMatrix(spec.output_dir)), train.ntk,
                                rtol=1e-13, atol=0)

@@ -32,10 +32,11 @@ class _TileWorker:
     def compute(self, tile: Tile) -> np.ndarray:
         return self._computation(tile).cpu().numpy()
 
-    def pid(self) -> int:
+    def where(self) -> tuple[int, str]:
+        """(this actor's process id, its node's id)."""
         import os
 
-        return os.getpid()
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def unload(self) -> None:
         import gc
