@@ -109,8 +109,9 @@ def _inputs(spec: GramSpec) -> tuple[dict[str, np.ndarray], int]:
 
 def _check_manifest(out: str, spec: GramSpec, shapes: dict[str, list[int]]) -> None:
     """Write gram.json, or refuse a dir that holds another job's tiles."""
-    text = json.dumps({"spec": json.loads(spec.to_json()), "shapes": shapes}, indent=1,
-                      sort_keys=True)
+    fields = json.loads(spec.to_json())
+    fields.pop("output_dir")          # the same dir may be named by another path
+    text = json.dumps({"spec": fields, "shapes": shapes}, indent=1, sort_keys=True)
     held = read_text(out, MANIFEST)
     if held is not None and held != text:
         raise SpecError(f"{out} holds another kernel job's tiles ({MANIFEST} differs); "
