@@ -178,3 +178,16 @@ def test_without_a_closed_form_the_reference_is_extrapolated_and_kept(tmp_path):
     kept = np.load(save_limits(result, tmp_path)[0])
     assert str(kept["reference"]) == "extrapolated"
     np.testing.assert_array_equal(kept["limit"], fit.limit)
+
+
+def test_a_network_two_ensembles_hold_counts_once(tmp_path):
+    """Seed 1 of an ensemble of 4 holds networks 4–7, seed 0 of one of 8 networks 0–7:
+    the analysis pools 8 networks per width, not 12."""
+    from ntksweep.analysis.ensembles import sweep_corrections
+
+    for width in (8, 16):
+        for seed, networks in ((1, 4), (0, 8)):
+            spec = TrialSpec(**{**SMALL, "width": width, "seed": seed, "ensemble": networks})
+            store.write_trial(tmp_path, "s", spec, run_trial(spec))
+    table = sweep_corrections(tmp_path, n_boot=10).table
+    assert set(table.seeds) == {8}

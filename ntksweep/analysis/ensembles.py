@@ -69,8 +69,8 @@ def sweep_corrections(out: str | Path, *, n_boot: int = 400) -> SweepCorrections
     tables, exponents, fits, checks = [], [], {}, []
     for key, group in groups(trials, by):
         label = group_label(by, key)
-        by_width = {int(n): member_kernels(members[members.trial_id.isin(g.trial_id)])
-                    for n, g in group.groupby("width")}
+        by_width = {int(n): member_kernels(_networks(members, g)) for n, g in
+                    group.groupby("width")}
         limits = [_limit(g.iloc[0]) for _, g in group.groupby("width")]
         named = dict(zip(by, key))
         if all(lim is not None for lim in limits) and not _same(limits):
@@ -91,6 +91,12 @@ def sweep_corrections(out: str | Path, *, n_boot: int = 400) -> SweepCorrections
         exponents.append(correction_exponents(table).assign(**named, reference=reference))
     return SweepCorrections(by, _frame(tables, by), _frame(exponents, by), fits,
                             pd.DataFrame(checks))
+
+
+def _networks(members: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials' members, each network once: a seed is one network, and two ensembles of
+    a cell can hold it both (seed 0 of ensemble 256 and seed 0 of ensemble 8192)."""
+    return members[members.trial_id.isin(trials.trial_id)].drop_duplicates("seed")
 
 
 def _same(limits: list[np.ndarray]) -> bool:
