@@ -256,3 +256,17 @@ def test_a_two_node_cluster_computes_the_kernel_of_one_process(ray_fresh, tmp_pa
     train, _ = _direct(spec)
     np.testing.assert_allclose(np.asarray(GramMatrix(spec.output_dir)), train.ntk,
                                rtol=1e-13, atol=0)
+
+
+def test_a_kernel_job_on_an_object_store_resumes_there(s3, tmp_path):
+    """Tiles and manifest in s3:// (a real S3-compatible server): the same matrix, and a
+    rerun keeps every tile it finds there."""
+    out = f"s3://{s3.bucket}/gram"
+    spec = load_gram_spec({"name": "s3", "output_dir": out, "network": CNN, "tile": 16})
+    first = run_gram(spec)
+    assert (first.computed, run_gram(spec).kept) == (9, 9)
+    train, test = _direct(spec)
+    np.testing.assert_allclose(np.asarray(GramMatrix(out, "train")), train.ntk,
+                               rtol=1e-13, atol=0)
+    np.testing.assert_allclose(np.asarray(GramMatrix(out, "test", "nngp")), test.nngp,
+                               rtol=1e-13, atol=0)
