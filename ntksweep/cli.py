@@ -85,6 +85,8 @@ def cmd_run(args) -> int:
               f"complete. Push the rest later with: ntksweep sync {out}")
     print(f"\nResults in {out}")
     print(f"  pandas:    import ntksweep; trials, ckpts = ntksweep.load_results({str(out)!r})")
+    if any(t.ensemble > 1 for t in spec.trials()):
+        print(f"  networks:  ntksweep.load_members({str(out)!r})   (one row per network)")
     if summary.tracking_uri:
         print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
     else:

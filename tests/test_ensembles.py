@@ -2,6 +2,8 @@
 plain trial of its seed, one Parquet row per member, one MLflow run per trial, nothing
 twice on resume, an inconsistent members file moved aside and its trial run again."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,9 @@ def test_an_ensemble_sweep_writes_each_network_once(ray_local, tmp_path):
         row = trials.set_index("trial_id").loc[tid]
         assert run.data.metrics["ensemble_fluctuation"] == pytest.approx(
             row.ensemble_fluctuation)
+    status = subprocess.run([sys.executable, "-m", "ntksweep.cli", "status", str(out)],
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "4 completed" in status.stdout, status.stdout
     # a members file cut short: resume moves the trial's files aside and runs it again
     victim = sorted((out / "members").rglob("*.parquet"))[0]
     victim.write_bytes(victim.read_bytes()[:40])
