@@ -22,6 +22,7 @@ import torch
 
 from ..errors import SpecError
 from ..kernels.tiles import Tile, plan_tiles
+from ..kernels.tiling import SerialExecutor
 from ..store import read_text, write_text
 from ..store.tiles import read_tile, write_tile
 from ..trial.builders import dataset_for, has_limit, inputs, limit_kernels, out_dim_of
@@ -125,8 +126,6 @@ def run_gram(spec: GramSpec, executor=None,
     """Compute every tile of the job that the output dir lacks (module doc); ``executor``:
     anything with ``map_tiles(computation, tiles)`` yielding (tile, value) as they finish
     (default: this process, one after another; ``sweep.RayTileExecutor``: Ray actors)."""
-    from ..kernels.tiling import SerialExecutor
-
     started = time.perf_counter()
     sets, out_dim = _inputs(spec)
     blocks = {name: (sets[r], sets[c]) for name, (r, c) in spec.blocks().items()}
