@@ -194,6 +194,10 @@ class TrialSpec:
              "must be an integer in [0, 1e+09] (0: measured at initialisation only)")
         need(is_int(self.ensemble) and 1 <= self.ensemble <= 10**6, "ensemble",
              "must be an integer in [1, 1e+06]")
+        need(self.ensemble * self.n_eval ** 2 * 8 <= _ENSEMBLE_BYTES, "ensemble",
+             f"its {self.ensemble} kernels of {self.n_eval}² entries travel and are kept as "
+             f"one trial's result ({self.ensemble * self.n_eval ** 2 * 8 / 2**30:.1f} GiB; at "
+             "most 1 GiB): use a smaller ensemble over more seeds")
         need(self.ensemble == 1 or self.steps == 0, "ensemble",
              f"an ensemble's members are measured at initialisation only: set steps: 0 "
              f"(got steps: {self.steps}), or ensemble: 1 to train")
@@ -275,6 +279,9 @@ ADDED_LATER = {name: TRIAL_FIELDS[name].default
                for name in ("leaky_relu_slope", "architecture", "kernel_size", "padding",
                             "readout", "n_test", "ridge", "tokens", "heads", "attention",
                             "attention_scaling", "query_key_std", "patch", "ensemble")}
+
+# an ensemble trial's kernels (S × M² float64) travel to the driver as one result
+_ENSEMBLE_BYTES = 1 << 30
 
 # upper bounds past which a value is a typo, not a trial (memory is estimated separately)
 _MOST = {"n_train": 10**7, "n_eval": 10**7, "checkpoints": 10**5, "dim": 10**7}

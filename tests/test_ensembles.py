@@ -81,6 +81,7 @@ def test_an_ensemble_of_one_is_the_plain_trial():
     ({"ensemble": 0}, "ensemble: must be an integer in"),
     ({"ensemble": 2.5}, "ensemble: must be an integer in"),
     ({"steps": -1}, "steps: must be an integer in [0,"),
+    ({"ensemble": 40000, "n_eval": 64}, "use a smaller ensemble over more seeds"),
 ])
 def test_bad_ensembles_are_refused_in_one_line(changes, match):
     with pytest.raises(SpecError, match=match.replace("[", r"\[")):
