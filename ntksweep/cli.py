@@ -291,9 +291,9 @@ def _add_trial(sub) -> None:
 
 def cmd_status(args) -> int:
     from .console import status_lines
-    from .store import read_text
+    from .gram.spec import read_manifest
 
-    if read_text(args.out, "gram.json") is not None:     # a kernel job's dir
+    if read_manifest(args.out) is not None:     # a kernel job's dir
         from .gram.status import job_status_lines
 
         print("\n".join(job_status_lines(args.out)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 from .spec import load_gram_spec
 
@@ -40,7 +41,7 @@ def cmd_kernel(args) -> int:
     quiet_start()
     spec = load_gram_spec(args.spec)
     if args.out:
-        spec = type(spec)(spec.name, args.out, spec.network, spec.tile)
+        spec = replace(spec, output_dir=args.out)
     print(f"kernel job {spec.name!r} → {spec.output_dir}: {spec.network.architecture} "
           f"depth {spec.network.depth} on {spec.network.dataset} "
           f"({spec.network.n_train} train, {spec.network.n_test} test), tiles of {spec.tile}",

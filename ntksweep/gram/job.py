@@ -27,15 +27,9 @@ from ..store import read_text, write_text
 from ..store.tiles import read_tile, write_tile
 from ..trial.builders import dataset_for, has_limit, inputs, limit_kernels, out_dim_of
 from ..trial_spec import TrialSpec
-from .spec import GramSpec
+from .spec import MANIFEST, GramSpec, tile_path
 
-__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "tile_path", "MANIFEST"]
-
-MANIFEST = "gram.json"
-
-
-def tile_path(block: str, tile: Tile) -> str:
-    return f"tiles/{block}/{tile.r0}_{tile.c0}.npz"
+__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram"]
 
 
 @dataclass(frozen=True)

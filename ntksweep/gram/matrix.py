@@ -4,16 +4,14 @@ from the tiles above it, transposed); ``np.asarray(matrix)`` reads it all."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from ..kernels.tiles import plan_tiles
-from ..store import read_text
 from ..store.tiles import read_tile
-from .job import MANIFEST, tile_path
+from .spec import MANIFEST, read_manifest, tile_path
 
 __all__ = ["GramMatrix", "KERNELS"]
 
@@ -25,11 +23,10 @@ class GramMatrix:
     Θ_∞, ``nngp``: Σ) of a kernel job's output dir; ``shape`` (n1, n2), float64."""
 
     def __init__(self, out: str | Path, block: str = "train", kernel: str = "ntk"):
-        text = read_text(out, MANIFEST)
-        if text is None:
+        manifest = read_manifest(out)
+        if manifest is None:
             raise UserError(f"{out} holds no kernel job ({MANIFEST} is missing); run "
                             "ntksweep kernel SPEC first")
-        manifest = json.loads(text)
         if block not in manifest["shapes"]:
             raise UserError(f"block {block!r} is not in {out}: it has "
                             f"{', '.join(manifest['shapes'])}")

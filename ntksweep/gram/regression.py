@@ -7,7 +7,6 @@ Jacobi's), so no more than one tile and a few (N, k) vectors are held at a time.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import numpy as np
 
 from ..errors import UserError
 from ..kernels.regression import regression_weights
-from ..store import read_text
 from ..trial.builders import dataset_for
 from ..trial_spec import TrialSpec
-from .job import MANIFEST
 from .matrix import GramMatrix
+from .spec import read_manifest
 
 __all__ = ["GramFit", "fit_gram", "EXACT_BYTES"]
 
@@ -84,7 +82,7 @@ def fit_gram(out: str | Path, *, kernel: str = "ntk", ridge: float = 0.0,
     if method not in ("auto", "exact", "pcg"):
         raise UserError(f"method must be auto, exact or pcg; got {method!r}")
     train, test = GramMatrix(out, "train", kernel), GramMatrix(out, "test", kernel)
-    network = TrialSpec.from_dict(json.loads(read_text(out, MANIFEST))["spec"]["network"])
+    network = TrialSpec.from_dict(read_manifest(out)["spec"]["network"])
     data = dataset_for(network)
     y = np.asarray(data.y_train, float).reshape(train.shape[0], -1)
     diag = np.concatenate([np.diag(train.tile_value(t)) for t in train.tiles if t.diagonal])

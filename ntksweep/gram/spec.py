@@ -23,12 +23,26 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..store import read_text
 from ..trial_spec import TrialSpec, suggest
 from ..yaml_input import load_yaml, read_spec_text
 
-__all__ = ["GramSpec", "load_gram_spec"]
+__all__ = ["GramSpec", "load_gram_spec", "MANIFEST", "read_manifest", "tile_path"]
 
 _FIELDS = ("name", "output_dir", "network", "tile")
+MANIFEST = "gram.json"     # in the output dir: the job's spec and its blocks' shapes
+
+
+def read_manifest(out: str | Path) -> dict[str, Any] | None:
+    """The output dir's manifest ({"spec": the job's fields but its dir, "shapes": block →
+    [n1, n2]}), or None where the dir holds no kernel job."""
+    text = read_text(out, MANIFEST)
+    return None if text is None else json.loads(text)
+
+
+def tile_path(block: str, tile) -> str:
+    """Where a block's tile (a ``kernels.tiles.Tile``) lies in the output dir."""
+    return f"tiles/{block}/{tile.r0}_{tile.c0}.npz"
 
 
 @dataclass(frozen=True)

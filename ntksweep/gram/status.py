@@ -3,19 +3,17 @@ written of all (by name; ``run_gram`` verifies them when it resumes)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..kernels.tiles import plan_tiles
-from ..store import read_text
 from ..store.tiles import tile_names
-from .job import MANIFEST, tile_path
+from .spec import read_manifest, tile_path
 
 __all__ = ["job_status_lines"]
 
 
 def job_status_lines(out: str | Path) -> list[str]:
-    manifest = json.loads(read_text(out, MANIFEST))
+    manifest = read_manifest(out)
     spec = manifest["spec"]
     lines = [f"kernel job {spec['name']!r} in {out}: {spec['network']['architecture']} depth "
              f"{spec['network']['depth']} on {spec['network']['dataset']}, tiles of "
