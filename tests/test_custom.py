@@ -44,6 +44,24 @@ def test_a_users_composition_measures_exactly_as_the_built_in_network(allowed):
     assert np.isfinite(own.records[0]["dist_inf"])
 
 
+def test_a_users_networks_that_differ_in_a_field_its_function_names_get_their_own_limits(
+        allowed):
+    """One worker's cache keys a user's limit by every field the function reads (here σ_QK,
+    which no built-in field of a user's architecture carries)."""
+    from ntksweep.trial import TrialCache
+    from ntksweep.trial.builders import cached_data, cached_limits
+
+    cache = TrialCache()
+    common = dict(dataset="tokens", dim=4, tokens=3, n_train=4, n_eval=2, depth=3, width=8,
+                  steps=0, architecture="user_networks:attending")
+    first = ntksweep.TrialSpec(query_key_std=1.0, **common)
+    second = ntksweep.TrialSpec(query_key_std=3.0, **common)
+    cached_limits(first, cached_data(first, cache), cache, "cpu")
+    shared = cached_limits(second, cached_data(second, cache), cache, "cpu")
+    alone = cached_limits(second, cached_data(second, TrialCache()), TrialCache(), "cpu")
+    np.testing.assert_array_equal(shared.ntk, alone.ntk)
+
+
 def test_a_users_torch_module_measures_what_needs_no_limit(allowed):
     outcome = ntksweep.run_trial(ntksweep.TrialSpec(architecture="user_networks:plain",
                                                     **BASE))

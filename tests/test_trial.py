@@ -290,6 +290,22 @@ def test_infinite_width_output_law_matches_monte_carlo():
     np.testing.assert_allclose(ft.var(1), var, rtol=0.05)
 
 
+def test_a_workers_cached_limit_is_keyed_by_how_the_net_reads_the_data():
+    """A transformer on images reads p×p patches as tokens: trials that differ in the patch
+    only have different limits, and one worker's cache must not hand one the other's."""
+    from ntksweep.trial import TrialCache
+    from ntksweep.trial.builders import cached_data, cached_limits
+
+    cache = TrialCache()
+    common = dict(dataset="images", dim=4, n_train=4, n_eval=2, architecture="transformer",
+                  depth=3, width=8, steps=0)
+    first, second = TrialSpec(patch=2, **common), TrialSpec(patch=4, **common)
+    cached_limits(first, cached_data(first, cache), cache, "cpu")
+    shared = cached_limits(second, cached_data(second, cache), cache, "cpu")
+    alone = cached_limits(second, cached_data(second, TrialCache()), TrialCache(), "cpu")
+    np.testing.assert_array_equal(shared.ntk, alone.ntk)
+
+
 def test_one_process_runs_trials_of_different_data_sets_on_their_own_data():
     """A worker's cache keys data and limits by the data set's name too: a digits trial
     and a sphere trial with the same sizes and seed get different data."""

@@ -45,3 +45,10 @@ def not_a_network(width, depth, out_dim):
 
 def raises(width, depth, out_dim):
     raise ValueError("width must be even")
+
+
+def attending(width, depth, out_dim, query_key_std):
+    """A transformer whose attention logits' scale is a trial field its function names."""
+    from ntksweep.layers.presets import transformer
+
+    return transformer(width, depth, out_dim, query_key_std=query_key_std)

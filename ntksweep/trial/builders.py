@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..architectures import Network, input_kind
+from ..architectures import REGISTRY, Network, input_kind
 from ..data import Dataset, make_dataset
 from ..errors import SpecError
 from ..kernels import AnalyticKernels
@@ -106,7 +106,7 @@ def cached_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
     out_dim = out_dim_of(spec, data)
     if not has_limit(spec, out_dim):
         return None
-    key = ("limit", *data_key(spec), *spec.kernel_args().values())
+    key = ("limit", *limit_key(spec))
     x = inputs(spec, data, np.concatenate([data.x_eval, data.x_train]))
     return cache.get(key, lambda: limit_kernels(spec, x, device=device, out_dim=out_dim))
 
@@ -118,7 +118,7 @@ def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device
     out_dim = out_dim_of(spec, data)
     if not has_limit(spec, out_dim):
         return None
-    key = ("limit_test", *data_key(spec), *spec.kernel_args().values())
+    key = ("limit_test", *limit_key(spec))
     return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
                                                 inputs(spec, data, data.x_train), device,
                                                 out_dim))
@@ -162,8 +162,14 @@ def build_model(spec: TrialSpec, data: Dataset, out_dim: int, dtype: torch.dtype
 
 
 def limit_key(spec: TrialSpec) -> tuple:
-    """Everything a trial's limit kernels on its data depend on: the data and the limit."""
-    return (*data_key(spec), *spec.kernel_args().values())
+    """Everything a trial's limit kernels on its data depend on: the data, how the network
+    reads it (a transformer's patch size on images) and the limit's fields — for a user's
+    function, also every other trial field it names but the seed (which draws weights, and
+    the limit reads none)."""
+    known = REGISTRY.get(spec.architecture)
+    reads = (spec.patch,) if known is not None and known.reads == "sequences" else ()
+    named = custom.named_fields(spec) if custom.is_custom(spec.architecture) else ()
+    return (*data_key(spec), *reads, *spec.kernel_args().values(), *named)
 
 
 def kernel_flow(spec: TrialSpec) -> bool:

@@ -32,7 +32,7 @@ from ..hyper import is_custom_architecture as is_custom
 from ..layers import Layer
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
 
-__all__ = ["is_custom", "allowed", "factory", "make", "composition", "check",
+__all__ = ["is_custom", "allowed", "factory", "named_fields", "make", "composition", "check",
            "ALLOW_ENV"]
 
 ALLOW_ENV = ALLOW_IMPORT_ENV
@@ -79,6 +79,14 @@ def _arguments(fn: Callable, spec: TrialSpec, out_dim: int) -> dict:
     args.update({n: getattr(spec, n) for n in params
                  if n in TRIAL_FIELDS and n not in args and n != "architecture"})
     return args
+
+
+def named_fields(spec: TrialSpec) -> tuple[tuple[str, object], ...]:
+    """The trial fields the user's function names beyond width, depth and out_dim, but the
+    seed, as (name, value) pairs: what its network's limit may depend on besides those."""
+    args = _arguments(factory(spec.architecture), spec, 1)
+    return tuple((n, v) for n, v in sorted(args.items())
+                 if n not in ("width", "depth", "out_dim", "seed"))
 
 
 def make(spec: TrialSpec, out_dim: int) -> Layer | nn.Module:
