@@ -85,8 +85,14 @@ def test_a_network_without_a_limit_and_another_jobs_dir_are_refused(tmp_path):
         run_gram(_spec(tmp_path, sqrt))
     assert not (tmp_path / "g").exists()                  # refused before writing
     run_gram(_spec(tmp_path, tile=20))
+    for other in ({**CNN, "depth": 4}, {**CNN, "data_seed": 1}, {**CNN, "n_train": 41}):
+        with pytest.raises(SpecError, match="holds another kernel job"):
+            run_gram(_spec(tmp_path, other, tile=20))
     with pytest.raises(SpecError, match="holds another kernel job"):
         run_gram(_spec(tmp_path, tile=16))
+    # fields the limit does not read (the seed, the training) name the same job: kept
+    same = run_gram(_spec(tmp_path, {**CNN, "seed": 7, "lr": 0.5, "width": 32}, tile=20))
+    assert (same.computed, same.kept) == (0, 3 + 2)
 
 
 def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):

@@ -12,6 +12,7 @@ Layout of the output dir::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -23,13 +24,20 @@ import torch
 from ..errors import SpecError
 from ..kernels.tiles import Tile, plan_tiles
 from ..kernels.tiling import SerialExecutor
-from ..store import read_text, write_text
+from ..store import write_text
 from ..store.tiles import read_tile, write_tile
-from ..trial.builders import dataset_for, has_limit, inputs, limit_kernels, out_dim_of
+from ..trial.builders import (
+    dataset_for,
+    has_limit,
+    inputs,
+    limit_kernels,
+    limit_key,
+    out_dim_of,
+)
 from ..trial_spec import TrialSpec
-from .spec import MANIFEST, GramSpec, tile_path
+from .spec import MANIFEST, GramSpec, read_manifest, tile_path
 
-__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram"]
+__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "limit_digest"]
 
 
 @dataclass(frozen=True)
@@ -96,23 +104,37 @@ def _inputs(spec: GramSpec) -> tuple[dict[str, np.ndarray], int]:
     if not has_limit(net, out_dim):
         raise SpecError(f"network: {net.architecture!r} with these fields has no closed-form "
                         "limit (1/√d attention, a plain module): a kernel job computes limits")
-    sets = {"train": inputs(net, data, data.x_train)}
+    train = np.concatenate([data.x_eval, data.x_train]) if spec.eval_rows else data.x_train
+    sets = {"train": inputs(net, data, train)}
     if net.n_test:
         sets["test"] = inputs(net, data, data.x_test)
     return sets, out_dim
 
 
+def limit_digest(network: TrialSpec) -> str:
+    """16 hex chars naming a network's limit on its data (``trial.builders.limit_key``):
+    the same for every trial that differs only where the limit does not look (its seed,
+    its training)."""
+    blob = json.dumps(list(limit_key(network)), default=str, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
 def _check_manifest(out: str, spec: GramSpec, shapes: dict[str, list[int]]) -> None:
-    """Write gram.json, or refuse a dir that holds another job's tiles."""
+    """Write gram.json, or refuse a dir that holds another job's tiles: another limit, data,
+    tiling or shape (the manifest's spec describes the job; its trial fields that the limit
+    does not read may differ)."""
     fields = json.loads(spec.to_json())
     fields.pop("output_dir")          # the same dir may be named by another path
-    text = json.dumps({"spec": fields, "shapes": shapes}, indent=1, sort_keys=True)
-    held = read_text(out, MANIFEST)
-    if held is not None and held != text:
+    manifest = {"spec": fields, "shapes": shapes, "limit": limit_digest(spec.network)}
+    held = read_manifest(out)
+    if held is None:
+        write_text(out, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        return
+    same = ("limit", "shapes")
+    if any(held.get(k) != manifest[k] for k in same) or \
+            any(held["spec"].get(k) != fields.get(k) for k in ("tile", "eval_rows")):
         raise SpecError(f"{out} holds another kernel job's tiles ({MANIFEST} differs); "
                         "give this one its own output_dir")
-    if held is None:
-        write_text(out, MANIFEST, text)
 
 
 def run_gram(spec: GramSpec, executor=None,

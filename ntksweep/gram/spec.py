@@ -48,12 +48,14 @@ def tile_path(block: str, tile) -> str:
 @dataclass(frozen=True)
 class GramSpec:
     """The job: ``network`` (a trial spec: its data and its limit's fields), ``tile`` rows
-    per tile, ``output_dir``."""
+    per tile, ``output_dir``; ``eval_rows``: the train block's points are the eval points,
+    then the training points (the kernels a sweep's trials read: ``sweep.limits``)."""
 
     name: str
     output_dir: str
     network: TrialSpec
     tile: int = 128
+    eval_rows: bool = False
 
     def blocks(self) -> dict[str, tuple[str, str]]:
         """Each Gram block's (rows' set, columns' set): train × train, and test × train
@@ -64,9 +66,11 @@ class GramSpec:
         return out
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "output_dir": self.output_dir,
-                           "network": self.network.to_dict(), "tile": self.tile},
-                          sort_keys=True, indent=1)
+        fields = {"name": self.name, "output_dir": self.output_dir,
+                  "network": self.network.to_dict(), "tile": self.tile}
+        if self.eval_rows:          # only where set: earlier jobs' manifests stay the same
+            fields["eval_rows"] = True
+        return json.dumps(fields, sort_keys=True, indent=1)
 
 
 def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
