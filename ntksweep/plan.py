@@ -24,6 +24,7 @@ from .hyper import check_conv, is_custom_architecture
 from .memory import TrialMemory, network_input_shape, trial_memory
 from .records import Status
 from .store.lock import check_unlocked
+from .sweep.limits import SHARED_DIR, positional
 from .sweep_spec import Resources, SweepSpec, load_sweep_spec, sweep_id_of
 from .tracking.sqlite import StoreDamage, check_sqlite_store
 from .tracking.uri import resolve_tracking_uri
@@ -290,5 +291,10 @@ def plan_sweep(spec: SweepSpec, **checks) -> dict[str, Any]:
     notes = [f"the MLflow store {pre.damaged_store.path} is {pre.damaged_store.problem} and "
              "holds no runs: the run sets it aside and rebuilds it from Parquet"] \
         if pre.damaged_store else []
+    todo = [t for t in pre.trials if not (s := pre.done.get(t.trial_id)) or not s.done]
+    if shared := positional(todo):
+        notes.append(f"{len(shared)} trial(s) to run read a limit over pairs of positions: "
+                     f"each distinct limit is computed once, as a kernel job in "
+                     f"{pre.out}/{SHARED_DIR}/, before the trials start")
     return {"sweep_id": pre.sweep_id, "out_dir": pre.out, "trials": rows,
             "axes": {k: list(v) for k, v in spec.axes().items()}, "notes": notes}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+import ntksweep
 from ntksweep import cli
 from ntksweep.errors import SpecError
 from ntksweep.gram import GramMatrix, load_gram_spec, run_gram
@@ -275,3 +276,63 @@ def test_a_kernel_job_on_an_object_store_resumes_there(s3, tmp_path):
                                rtol=1e-13, atol=0)
     np.testing.assert_allclose(np.asarray(GramMatrix(out, "test", "nngp")), test.nngp,
                                rtol=1e-13, atol=0)
+
+
+SHARED = {"dataset": "digits", "n_train": 40, "n_eval": 8, "n_test": 8, "depth": 3,
+          "steps": 2, "checkpoints": 2, "device": "cpu", "lr": 0.1, "dtype": "float64"}
+
+
+def _sweep(tmp_path, seeds):
+    from ntksweep.sweep_spec import load_sweep_spec
+
+    return load_sweep_spec({"name": "s", "output_dir": str(tmp_path / "s"), "base": SHARED,
+                            "grid": {"architecture": ["cnn", "mlp"], "width": [8, 16],
+                                     "seed": seeds}})
+
+
+def _alone_agrees(out, trials, cols=("dist_inf", "dist_nngp", "gap_inf", "test_loss_kr_inf")):
+    """Whether each trial's checkpoints in ``out`` are what the trial measures alone."""
+    from ntksweep.trial import run_trial
+
+    _, ckpts = ntksweep.load_results(out)
+    agree = []
+    for t in trials:
+        alone = run_trial(t)
+        rows = ckpts[ckpts.trial_id == t.trial_id].sort_values("step")
+        agree.append(all(np.allclose(rows[c], [r[c] for r in alone.records], rtol=1e-10,
+                                     atol=0) for c in cols))
+    return agree
+
+
+def test_a_sweeps_trials_read_their_limit_from_one_kernel_job(ray_local, tmp_path, capsys):
+    """The conv trials' limit is one kernel job in OUT/limits (the MLP's, a closed form per
+    pair, stays with the workers); every trial measures what it measures alone; a sweep
+    resumed with more seeds keeps the job's tiles, and its new trials read them (a planted
+    Θ_∞ shows in the conv trials only)."""
+    from ntksweep.store.tiles import read_tile, write_tile
+    from ntksweep.sweep import plan_sweep, run_sweep
+
+    first = _sweep(tmp_path, [0, 1])
+    assert any("4 trial(s) to run read a limit over pairs of positions" in note
+               for note in plan_sweep(first)["notes"])
+    summary = run_sweep(first, quiet=True, tracking=False)
+    assert summary.counts == {"completed": 8}
+    jobs = sorted((tmp_path / "s" / "limits").iterdir())
+    assert len(jobs) == 1 and (jobs[0] / "gram.json").is_file()
+    tiles = sorted(jobs[0].rglob("*.npz"))
+    # 48 points in one tile of 64 rows; test × [eval; train] in one more
+    assert [t.relative_to(jobs[0]).as_posix() for t in tiles] == \
+        ["tiles/test/0_0.npz", "tiles/train/0_0.npz"]
+    assert all(_alone_agrees(first.out_dir, [t for t in first.trials() if t.width == 8
+                                             and t.seed == 0]))
+    planted = read_tile(jobs[0], "tiles/train/0_0.npz")
+    write_tile(jobs[0], "tiles/train/0_0.npz", {**planted, "ntk": 2 * planted["ntk"]})
+    stamps = [t.stat().st_mtime_ns for t in tiles]
+    spec = _sweep(tmp_path, [0, 1, 2])
+    run_sweep(spec, tracking=False)
+    assert "shared limit 1/1: cnn depth 3 on digits" in capsys.readouterr().err
+    assert [t.stat().st_mtime_ns for t in tiles] == stamps       # nothing computed twice
+    assert len(ntksweep.load_results(spec.out_dir)[0]) == 12
+    new = [t for t in spec.trials() if t.seed == 2 and t.width == 8]
+    assert [t.architecture for t in new] == ["cnn", "mlp"]
+    assert _alone_agrees(spec.out_dir, new, cols=("dist_inf",)) == [False, True]

@@ -10,12 +10,12 @@ from dataclasses import replace
 
 from .spec import load_gram_spec
 
-__all__ = ["add_kernel", "cmd_kernel"]
+__all__ = ["add_kernel", "cmd_kernel", "progress_lines"]
 
 PROGRESS_EVERY_S = 2.0
 
 
-def _reporter(run=None):
+def progress_lines(run=None):
     """Progress lines on stderr, and the job's MLflow run's metrics (``run``: a JobRun)."""
     last = [0.0]
 
@@ -55,7 +55,7 @@ def cmd_kernel(args) -> int:
         executor = local_tile_executor(args.workers, args.address)
     tracked = _job_run(spec, args)
     try:
-        run = run_gram(spec, executor, on_progress=_reporter(tracked))
+        run = run_gram(spec, executor, on_progress=progress_lines(tracked))
     except BaseException:
         if tracked is not None:
             tracked.end("KILLED")

@@ -33,6 +33,7 @@ from ..sync import push_missing
 from ..tracking.protocol import Untracked
 from ..tracking.uri import recorded_form, redact
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
+from .limits import share_limits
 from .worker import Checkpoints, Finished, TrialWorker
 
 __all__ = ["SweepRun", "WorkerShape", "worker_shape", "work_estimate",
@@ -138,6 +139,7 @@ class SweepRun:
         self.started_ray = False
         self.shape = WorkerShape(0, 0.0, 1.0)
         self.tracker = None
+        self.limits: dict[str, Any] = {}   # trial_id → its shared limit (``limits``)
         self.lock: DriverLock | None = None
         self.disk_full: str | None = None   # why the sweep stopped early, if it was the disk
         self.lock_lost: str | None = None   # another driver took the output dir over
@@ -169,6 +171,9 @@ class SweepRun:
             store.write_text(self.out, "sweep.yaml", sweep_yaml)
             store.write_meta(self.out, SweepMeta(self.sweep_id, self.spec.name,
                                                  recorded_form(uri, self.out)))
+            if self.todo:       # before the actors: the limit's tiles take their cores
+                self.limits = share_limits(self.out, [t for t, _ in self.todo], self.shape,
+                                           self.quiet)
             for _ in range(self.shape.n if self.todo else 0):
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
             if self.todo:
@@ -300,7 +305,7 @@ class SweepRun:
                 gpus = f", GPU {worker['gpu_ids']}" if worker.get("gpu_ids") else ""
                 phases.say(f"the first trial is running (on {worker.get('host', '?')}{gpus}); "
                            "progress follows", self.quiet)
-            self.running[actor.run.remote(trial)] = _Attempt(
+            self.running[actor.run.remote(trial, self.limits.get(trial.trial_id))] = _Attempt(
                 trial, attempt, actor, worker, handle, execution,
                 self.tries.get(trial.trial_id, 1))
             self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)

@@ -77,8 +77,10 @@ class TrialWorker:
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
-    def run(self, spec: TrialSpec):
-        """Stream ``Checkpoints`` as checkpoints are measured, then one ``Finished``.
+    def run(self, spec: TrialSpec, limit: dict | None = None):
+        """Stream ``Checkpoints`` as checkpoints are measured, then one ``Finished``;
+        ``limit``: the trial's limit kernels where the sweep computed them once for every
+        trial that reads them (``sweep.limits``).
 
         Records that are ready together travel as one message, and those still queued when
         the trial ends ride with its outcome: each message is a round trip through Ray and a
@@ -88,6 +90,10 @@ class TrialWorker:
         unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
         """
         self._warm.join()
+        if limit is not None:
+            from ..trial.builders import share_limits
+
+            share_limits(spec, self.cache, limit)
         if spec.device == "auto":
             spec = spec.replace(device="cuda:0" if self.gpu_ids else "cpu")
         items: queue.Queue = queue.Queue()

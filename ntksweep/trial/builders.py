@@ -22,7 +22,7 @@ from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches"]
+           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches", "share_limits"]
 
 
 class TrialCache:
@@ -40,6 +40,9 @@ class TrialCache:
             self._items.pop(next(iter(self._items)))
         value = self._items[key] = make()
         return value
+
+    def put(self, key: tuple, value: Any) -> None:
+        self.get(key, lambda: value)
 
 
 def resolve_device(device: str) -> str:
@@ -122,6 +125,23 @@ def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device
     return cache.get(key, lambda: limit_kernels(spec, inputs(spec, data, data.x_test),
                                                 inputs(spec, data, data.x_train), device,
                                                 out_dim))
+
+
+def share_limits(spec: TrialSpec, cache: TrialCache, kernels: dict[str, np.ndarray]) -> None:
+    """Hand the worker's cache a limit the sweep computed once for every trial that reads it
+    (``sweep.limits``: ``ntk``, ``nngp`` on [eval; train], ``test_ntk``, ``test_nngp`` on test
+    × [eval; train]), under the keys ``cached_limits`` and ``cached_test_limits`` look up.
+    Copied: Ray hands arrays over read-only."""
+    about = dict(depth=spec.depth, activation=spec.activation, weight_std=spec.weight_std,
+                 bias_std=spec.bias_std, parametrization=spec.parametrization)
+    key = limit_key(spec)
+    cache.put(("limit", *key), AnalyticKernels(np.array(kernels["ntk"]),
+                                               np.array(kernels["nngp"]), **about))
+    if "test_ntk" in kernels:
+        m = spec.n_eval
+        cache.put(("limit_test", *key), AnalyticKernels(np.array(kernels["test_ntk"][:, m:]),
+                                                        np.array(kernels["test_nngp"][:, m:]),
+                                                        **about))
 
 
 def patches(images: np.ndarray, p: int) -> np.ndarray:
