@@ -119,6 +119,8 @@ def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):
     assert run.info.status == "FINISHED" and run.data.params["architecture"] == "cnn"
     assert run.data.metrics["tiles_computed"] == 3 + 2 and run.data.tags["devices"]
     assert run.data.metrics["entries_per_second"] > 0
+    timings = client.get_metric_history(run.info.run_id, "train_tile_seconds")
+    assert len(timings) == 3 and all(m.value > 0 for m in timings)     # each tile's own
     assert cli.main(["status", str(tmp_path / "t")]) == 0
     shown = capsys.readouterr().out
     assert "train: 40 × 40, 3/3 tiles written (complete)" in shown and "test: 13 × 40" in shown
@@ -143,6 +145,7 @@ def test_ray_actors_compute_the_same_tiles(ray_local, tmp_path):
     with RayTileExecutor(2) as executor:
         run = run_gram(sharded, executor)
     assert run.computed == 9
+    assert len(executor.seconds) == 9 and min(executor.seconds.values()) > 0
     for block in ("train", "test"):
         np.testing.assert_array_equal(np.asarray(GramMatrix(sharded.output_dir, block)),
                                       np.asarray(GramMatrix(serial.output_dir, block)))

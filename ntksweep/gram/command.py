@@ -22,7 +22,8 @@ def progress_lines(run=None):
     def report(p) -> None:      # a job.GramProgress
         if run is not None:
             run.log(p.done, {f"{p.block}_tiles_done": p.done, "entries": p.entries,
-                             "entries_per_second": p.entries / max(p.seconds, 1e-9)})
+                             "entries_per_second": p.entries / max(p.seconds, 1e-9),
+                             f"{p.block}_tile_seconds": p.tile_seconds})
         now = time.monotonic()
         if now - last[0] < PROGRESS_EVERY_S and p.done < p.total:
             return

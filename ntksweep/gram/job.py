@@ -64,7 +64,8 @@ class LimitTiles:
 @dataclass(frozen=True)
 class GramProgress:
     """Where a job is in one block: tiles done of all, entries computed in this run, the
-    seconds so far, the tiles this run computed."""
+    seconds so far, the tiles this run computed, and the last tile's seconds where it ran
+    (NaN where the executor does not say)."""
 
     block: str
     done: int
@@ -72,6 +73,7 @@ class GramProgress:
     entries: int
     seconds: float
     done_in_run: int = 0
+    tile_seconds: float = float("nan")
 
     @property
     def eta_seconds(self) -> float:
@@ -148,21 +150,24 @@ def run_gram(spec: GramSpec, executor=None,
     _check_manifest(spec.output_dir, spec, {b: [len(x1), len(x2)] for b, (x1, x2) in
                                             blocks.items()})
     computed = kept = entries = 0
+    executor = executor or SerialExecutor()
     for name, (x1, x2) in blocks.items():
         tiles = plan_tiles(len(x1), len(x2), spec.tile, symmetric=x1 is x2)
         todo = _missing(spec.output_dir, name, tiles)
         kept += len(tiles) - len(todo)
         work = LimitTiles(spec.network, x1, x2, out_dim)
         done_here = 0
-        for tile, value in (executor or SerialExecutor()).map_tiles(work, todo):
+        for tile, value in executor.map_tiles(work, todo):
             value = np.asarray(value)
             write_tile(spec.output_dir, tile_path(name, tile), {"ntk": value[0],
                                                                "nngp": value[1]})
             done_here += 1
             entries += value[0].size
             if on_progress is not None:
-                on_progress(GramProgress(name, len(tiles) - len(todo) + done_here, len(tiles),
-                                         entries, time.perf_counter() - started, done_here))
+                on_progress(GramProgress(
+                    name, len(tiles) - len(todo) + done_here, len(tiles), entries,
+                    time.perf_counter() - started, done_here,
+                    getattr(executor, "seconds", {}).get(tile, float("nan"))))
         computed += done_here
     return GramRun(computed, kept, entries, time.perf_counter() - started)
 

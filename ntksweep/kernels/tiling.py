@@ -11,6 +11,7 @@ split in four and retried instead of failing the trial.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,6 +68,11 @@ class TileComputation:
 
 
 class TileExecutor(Protocol):
+    """Yields (tile, value) as tiles finish; ``seconds`` (Tile → float) records how long
+    each took where it ran (a kernel job logs them)."""
+
+    seconds: dict[Tile, float]
+
     def map_tiles(self, computation: TileComputation,
                   tiles: Sequence[Tile]) -> Iterable[tuple[Tile, Tensor | np.ndarray]]: ...
 
@@ -74,10 +80,16 @@ class TileExecutor(Protocol):
 class SerialExecutor:
     """Computes tiles one after another in this process."""
 
+    def __init__(self):
+        self.seconds: dict[Tile, float] = {}
+
     def map_tiles(self, computation: TileComputation,
                   tiles: Sequence[Tile]) -> Iterator[tuple[Tile, Tensor]]:
         for tile in tiles:
-            yield tile, computation(tile)
+            started = time.perf_counter()
+            value = computation(tile)
+            self.seconds[tile] = time.perf_counter() - started
+            yield tile, value
 
 
 def tile_bytes(model: nn.Module, method: str, rows: int, cols: int, out_dim: int,

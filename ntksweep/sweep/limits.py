@@ -67,6 +67,10 @@ class _OnDemand:
     def __init__(self, shape: WorkerShape):
         self.shape, self.executor = shape, None
 
+    @property
+    def seconds(self) -> dict:
+        return {} if self.executor is None else self.executor.seconds
+
     def map_tiles(self, computation, tiles):
         if not tiles:
             return iter(())

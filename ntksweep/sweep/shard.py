@@ -29,8 +29,13 @@ class _TileWorker:
         self._computation = computation.to(device)
         return device
 
-    def compute(self, tile: Tile) -> np.ndarray:
-        return self._computation(tile).cpu().numpy()
+    def compute(self, tile: Tile) -> tuple[np.ndarray, float]:
+        """The tile, and the seconds it took here."""
+        import time
+
+        started = time.perf_counter()
+        value = self._computation(tile).cpu().numpy()
+        return value, time.perf_counter() - started
 
     def where(self) -> tuple[int, str]:
         """(this actor's process id, its node's id)."""
@@ -77,6 +82,7 @@ class RayTileExecutor:
         self.actors = [_TileWorker.options(**self._options).remote() for _ in range(num_actors)]
         self.devices: list[str] = []
         self.replaced = 0          # actors that died and were replaced
+        self.seconds: dict[Tile, float] = {}   # each tile's, on its actor
 
     def map_tiles(self, computation: TileComputation,
                   tiles: Sequence[Tile]) -> Iterator[tuple[Tile, np.ndarray]]:
@@ -94,7 +100,7 @@ class RayTileExecutor:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 actor, tile = pending.pop(done[0])
                 try:
-                    value = ray.get(done[0])
+                    value, self.seconds[tile] = ray.get(done[0])
                 except ray.exceptions.RayActorError:
                     tries[tile] = tries.get(tile, 0) + 1
                     if tries[tile] >= self.MAX_TRIES:
