@@ -534,3 +534,37 @@ def test_every_registered_architecture_is_one_description_with_a_module_and_a_li
         sqrt = Network.of(defaults.replace(architecture=architecture, depth=3,
                                            attention_scaling="sqrt"), out_dim=1)
         assert not sqrt.has_limit
+
+
+@pytest.mark.parametrize("name, depth, shape", [("myrtle", 5, (3, 8, 8)),
+                                                ("transformer", 4, (4, 6))])
+def test_a_limits_tiles_compute_each_inputs_self_covariance_once(monkeypatch, name, depth,
+                                                                  shape):
+    """Tiles of input pairs replay their rows' and columns' self pair tensors
+    (``layers.state.SelfTrace``) instead of computing them in every tile: the same numbers
+    to the last bit, each block of inputs computed once."""
+    from ntksweep.layers import network, state
+
+    made = []
+
+    class Counting(state.SelfTraces):
+        def __init__(self, budget):
+            super().__init__(budget)
+            made.append(self)
+
+    monkeypatch.setattr(network, "SelfTraces", Counting)
+    # one pair of inputs per tile, as on a CPU for 32×32 images
+    monkeypatch.setattr(network, "CACHE_TILE_BYTES", 64 * math.prod(shape[1:]) ** 2)
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(5, *shape)), rng.normal(size=(7, *shape))
+    net = nl.preset(name, width=4, depth=depth)
+    for second, blocks, tiles in ((x2, 5 + 7, 5 * 7), (None, 5, 5 * 6 // 2)):
+        kept = network.limit_kernels(net, x1, second)
+        assert made[-1].recorded == blocks
+        monkeypatch.setattr(Counting, "keep", lambda *_: None)
+        again = network.limit_kernels(net, x1, second)
+        monkeypatch.setattr(Counting, "keep", state.SelfTraces.keep)
+        # every tile its rows' and its columns' (a diagonal tile's are one block)
+        assert made[-1].recorded == 2 * tiles - (5 if second is None else 0)
+        np.testing.assert_array_equal(kept.ntk, again.ntk)
+        np.testing.assert_array_equal(kept.nngp, again.nngp)

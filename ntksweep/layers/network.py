@@ -17,7 +17,7 @@ from ..parametrizations import PARAMETRIZATIONS, has_nngp_limit
 from .affine import Conv, Dense
 from .core import Build, Layer, leaves
 from .elementwise import Activation
-from .state import input_kernel
+from .state import SelfTraces, input_kernel, tracing
 
 __all__ = ["build_module", "limit_kernels", "Composed", "LIMIT_PARAMETRIZATIONS"]
 
@@ -89,7 +89,10 @@ def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
     """Θ_∞ and Σ of the network between x1 (n1, *input_shape) and x2 (n2, …) (default x1):
     (n1, n2) float64 numpy each, per logit (k outputs: Θ_∞ ⊗ I_k). Input pairs run in tiles
     whose pair tensors stay near ``memory_budget`` bytes (on a CPU also within 16 MiB, so
-    their elementwise passes run in cache); ``device`` runs them there. Under μP Θ_∞ is the
+    their elementwise passes run in cache); ``device`` runs them there. Each block of inputs'
+    self pair tensors is computed in its first tile and replayed in the others
+    (``state.SelfTraces``, within four budgets): on a CPU a tile of 32×32 images holds one
+    pair, and recomputing its two inputs' would triple the work. Under μP Θ_∞ is the
     NTK parametrization's and Σ is the readout's σ_b² (``ntksweep.parametrizations``)."""
     if parametrization not in LIMIT_PARAMETRIZATIONS:
         raise SpecError(f"a composition's limit is that of the NTK parametrization (and of "
@@ -105,8 +108,16 @@ def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
     per_pair = 8 * 8 * (positions if diagonal else positions * positions)   # ~8 buffers
     budget = memory_budget if a.is_cuda else min(memory_budget, CACHE_TILE_BYTES)
     side = max(1, int(math.sqrt(max(1, budget // per_pair))))
+    traces = SelfTraces(4 * memory_budget)      # what the self pair tensors may keep
+
     def tile(t, same):
-        k = net.limit(input_kernel(a[t.rows], b[t.cols], same, diagonal))
+        rows, cols = ("x1", t.r0, t.r1), ("x1" if symmetric else "x2", t.c0, t.c1)
+        first = traces.get(rows)
+        second = first if same else traces.get(cols)
+        with tracing(first, second):
+            k = net.limit(input_kernel(a[t.rows], b[t.cols], same, diagonal))
+        traces.keep(rows, first)
+        traces.keep(cols, second)
         return k.ntk, k.nngp
 
     ntk, nngp = pair_kernels(a.shape[0], b.shape[0], side, symmetric, tile, device=a.device)

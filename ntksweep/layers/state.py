@@ -13,12 +13,78 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-__all__ = ["Kernel", "input_kernel", "pair_diagonal"]
+__all__ = ["Kernel", "input_kernel", "pair_diagonal", "SelfTrace", "SelfTraces", "tracing"]
+
+
+class SelfTrace:
+    """What one block of inputs' self-covariance gives through a network, in the order its
+    layers ask (``Kernel.own``): recorded the first time the block goes through, replayed
+    every later time. The order is the network's, the same on every pass; only the pairs'
+    values differ between tiles."""
+
+    def __init__(self):
+        self.values: list[Tensor] = []
+        self.replaying = False
+        self._at = 0
+
+    def take(self, compute: Callable[[], Tensor]) -> Tensor:
+        if not self.replaying:
+            self.values.append(compute())
+            return self.values[-1]
+        self._at += 1
+        return self.values[self._at - 1]
+
+    def rewind(self) -> SelfTrace:
+        self.replaying, self._at = True, 0
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.values)
+
+
+class SelfTraces:
+    """The traces of a limit's input blocks (keyed by the caller), kept within ``budget``
+    bytes: a tile of input pairs then computes its pairs, not its rows' and columns' self
+    pair tensors again — for images of 32×32 those are as large as a pair's own, and a tile
+    on a CPU holds one pair. ``recorded`` counts the blocks' passes that computed."""
+
+    def __init__(self, budget: int):
+        self.budget, self.kept, self.bytes, self.recorded = budget, {}, 0, 0
+
+    def get(self, key) -> SelfTrace:
+        held = self.kept.get(key)
+        if held is None:
+            self.recorded += 1
+            return SelfTrace()
+        return held.rewind()
+
+    def keep(self, key, trace: SelfTrace) -> None:
+        if key not in self.kept and self.bytes + trace.nbytes <= self.budget:
+            self.kept[key] = trace
+            self.bytes += trace.nbytes
+
+
+_ACTIVE: ContextVar[tuple[SelfTrace, SelfTrace] | None] = ContextVar("self_traces",
+                                                                     default=None)
+
+
+@contextmanager
+def tracing(first: SelfTrace, second: SelfTrace):
+    """Within: ``Kernel.own`` takes the first inputs' self values from ``first`` and the
+    second's from ``second`` (the same trace when they are the same inputs)."""
+    token = _ACTIVE.set((first, second))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -43,8 +109,11 @@ class Kernel:
     def own(self, fn: Callable[..., Tensor], *pairs: tuple) -> tuple[Tensor, Tensor]:
         """(fn(cov1, *firsts), fn(cov2, *seconds)) for each input's self-covariance, with
         the pairs' first or second items (computed once, and shared, when x2 is x1)."""
-        first = fn(self.cov1, *(p[0] for p in pairs))
-        return first, first if self.cov2 is self.cov1 else fn(self.cov2, *(p[1] for p in pairs))
+        traces = _ACTIVE.get()
+        first = _take(traces and traces[0], lambda: fn(self.cov1, *(p[0] for p in pairs)))
+        if self.cov2 is self.cov1:
+            return first, first
+        return first, _take(traces and traces[1], lambda: fn(self.cov2, *(p[1] for p in pairs)))
 
     def variances(self) -> tuple[Tensor, Tensor]:
         """Σ(x1, x1)[p, p] (n1, *S) and Σ(x2, x2)[q, q] (n2, *S)."""
@@ -74,6 +143,10 @@ class Kernel:
         ones = (1,) * len(self.shape)
         return v.reshape(v.shape[0], *self.shape, *ones), v.reshape(v.shape[0], *ones,
                                                                     *self.shape)
+
+
+def _take(trace: SelfTrace | None, compute: Callable[[], Tensor]) -> Tensor:
+    return compute() if trace is None else trace.take(compute)
 
 
 def pair_diagonal(e: Tensor, shape: tuple[int, ...], diagonal: bool) -> Tensor:

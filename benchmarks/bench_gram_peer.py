@@ -1,0 +1,101 @@
+"""Dataset-scale limits against neural-tangents, per Gram entry, side by side in one run on
+one machine (issue #35): the depth-4 CNTK with global average pooling, the same with a
+flatten readout, and Myrtle-5, on a test × train block of 32×32×3 images (each entry: Θ_∞
+and Σ of one pair of images, as a kernel job computes them).
+
+neural-tangents is archived and needs its own venv (never a dependency of ntksweep):
+
+    python -m venv /tmp/ntvenv && /tmp/ntvenv/bin/pip install neural-tangents==0.6.5 \
+        jax==0.4.23 jaxlib==0.4.23 "numpy<2" "scipy<1.13" tf2jax==0.3.5
+    python benchmarks/bench_gram_peer.py --peer-python /tmp/ntvenv/bin/python
+
+Ours runs in float64 (every ntksweep limit does); the peer in float32 (its default) and in
+float64 (jax's x64 mode). The peer runs first, in its own process, so the two never share
+the cores; each side's best of --repeats after one warm-up (the peer's: after jit
+compilation). Goal: ≥ 5× the peer's per-entry time for the GAP CNTK and Myrtle-5. The
+flatten readout's cost per pair grows as H·W, the GAP's as (H·W)²: the per-entry times at
+--side and at half of it show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ntksweep import analytic_kernels
+
+CASES = {"cntk4_gap": dict(architecture="cnn", depth=4, readout="gap"),
+         "cntk4_flatten": dict(architecture="cnn", depth=4, readout="flatten"),
+         "myrtle5": dict(architecture="myrtle", depth=5)}
+STDS = dict(weight_std=1.0, bias_std=0.1)
+
+
+def run_peer(python: str, x1: np.ndarray, x2: np.ndarray, repeats: int, x64: bool) -> dict:
+    """The peer's seconds and NTK per case (images channels last, as stax reads them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, out = Path(tmp, "inputs.npz"), Path(tmp, "peer.npz")
+        np.savez(inputs, x1=x1.transpose(0, 2, 3, 1), x2=x2.transpose(0, 2, 3, 1),
+                 cases=",".join(CASES), repeats=repeats, **STDS)
+        script = Path(__file__).with_name("peer_nt_limits.py")
+        subprocess.run([python, str(script), str(inputs), str(out), *(["--x64"] * x64)],
+                       check=True, capture_output=True, text=True)
+        with np.load(out) as peer:
+            return {k: peer[k] for k in peer.files}
+
+
+def run_ours(x1: np.ndarray, x2: np.ndarray, repeats: int) -> dict:
+    res = {}
+    for name, args in CASES.items():
+        best, k = float("inf"), None
+        for _ in range(repeats + 1):                 # the first is the warm-up
+            t0 = time.perf_counter()
+            k = analytic_kernels(x1, x2, **args, **STDS)
+            best = min(best, time.perf_counter() - t0)
+        res[f"{name}_s"], res[f"{name}_ntk"] = best, k.ntk
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--peer-python", required=True, help="the Python of the neural-tangents venv")
+    p.add_argument("--side", type=int, default=32, help="image side (default 32: CIFAR's)")
+    p.add_argument("--n1", type=int, default=4, help="test rows of the block")
+    p.add_argument("--n2", type=int, default=8, help="train columns of the block")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    sides = {args.side: None, args.side // 2: None}
+    for side in sides:
+        x1, x2 = (rng.normal(size=(n, 3, side, side)) for n in (args.n1, args.n2))
+        peer32 = run_peer(args.peer_python, x1, x2, args.repeats, x64=False)
+        peer64 = run_peer(args.peer_python, x1, x2, args.repeats, x64=True)
+        sides[side] = (run_ours(x1, x2, args.repeats), peer32, peer64)
+    entries = args.n1 * args.n2
+    print(f"per Gram entry (Θ_∞ and Σ of one pair), a {args.n1} × {args.n2} block of "
+          f"{args.side}×{args.side}×3 images; {sides[args.side][1]['versions']}, "
+          f"{sides[args.side][1]['devices']}")
+    print(f"{'case':>14} {'ours f64 ms':>12} {'peer f32 ms':>12} {'peer f64 ms':>12} "
+          f"{'vs f32':>7} {'vs f64':>7} {'max rel diff':>13}")
+    ours, peer32, peer64 = sides[args.side]
+    for name in CASES:
+        o, a, b = (1e3 * float(r[f"{name}_s"]) / entries for r in (ours, peer32, peer64))
+        diff = np.abs(ours[f"{name}_ntk"] - peer64[f"{name}_ntk"]).max() / \
+            np.abs(ours[f"{name}_ntk"]).max()
+        print(f"{name:>14} {o:12.3f} {a:12.3f} {b:12.3f} {a / o:6.1f}× {b / o:6.1f}× "
+              f"{diff:13.1e}")
+    half = args.side // 2
+    for name in ("cntk4_gap", "cntk4_flatten"):
+        grow = float(sides[args.side][0][f"{name}_s"]) / float(sides[half][0][f"{name}_s"])
+        print(f"{name}: ours per entry at {args.side}² ÷ at {half}²: {grow:.1f}× "
+              f"(H·W grew 4×)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
