@@ -56,8 +56,10 @@ class LimitTiles:
 
     def __call__(self, tile: Tile) -> torch.Tensor:
         """(2, rows, cols) float64: Θ_∞ and Σ of the tile (a diagonal tile: its square)."""
-        x2 = None if tile.diagonal else self.x2[tile.cols]
-        k = limit_kernels(self.network, self.x1[tile.rows], x2, self.device, self.out_dim)
+        # copies: arrays that came through Ray's object store are read-only
+        x2 = None if tile.diagonal else np.array(self.x2[tile.cols])
+        k = limit_kernels(self.network, np.array(self.x1[tile.rows]), x2, self.device,
+                          self.out_dim)
         return torch.from_numpy(np.stack([k.ntk, k.nngp]))
 
 
