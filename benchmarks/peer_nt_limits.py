@@ -11,20 +11,10 @@ writes the seconds and the NTK it computed. ``--x64``: in float64 (jax's x64 mod
 """
 
 import argparse
-import time
 
 import jax
 import numpy as np
-
-
-def best_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best
+from peer_neural_tangents import best_time  # this directory: the same venv
 
 
 def networks(w_std: float, b_std: float) -> dict:
