@@ -26,16 +26,14 @@ from ..data import data_shape
 from ..trial_spec import TrialSpec
 
 if TYPE_CHECKING:
-    from .driver import WorkerShape
+    from .shape import WorkerShape
 
-__all__ = ["SHARED_DIR", "KERNEL_NAMES", "positional", "shared_tile", "share_limits"]
+__all__ = ["SHARED_DIR", "positional", "shared_tile", "share_limits"]
 
 SHARED_DIR = "limits"
 # a shared limit's tile is never smaller: below it the per-tile overhead outweighs the
 # balance more tiles give (benchmarks/RESULTS.md, "Kernel jobs")
 MIN_TILE = 64
-# what a worker receives: Θ_∞ and Σ on [eval; train], and on test × [eval; train]
-KERNEL_NAMES = ("ntk", "nngp", "test_ntk", "test_nngp")
 
 
 def positional(trials: Sequence[TrialSpec]) -> list[TrialSpec]:
@@ -89,20 +87,22 @@ class _OnDemand:
 def share_limits(out: str, trials: Sequence[TrialSpec], shape: WorkerShape,
                  quiet: bool = False) -> dict[str, Any]:
     """Compute (or resume) the limit of every group of ``trials`` that reads one (module
-    doc); returns trial_id → a Ray object ref of its kernels (``KERNEL_NAMES``, those its
-    data has) for each trial whose limit is shared."""
+    doc); returns trial_id → a Ray object ref of its kernels (``ntk``, ``nngp`` on [eval;
+    train], ``test_ntk``, ``test_nngp`` on test × [eval; train] where there is a test set)
+    for each trial whose limit is shared."""
     candidates = positional(trials)
     if not candidates:
         return {}
     import ray
 
     from ..gram.job import limit_digest
-    from ..trial.builders import has_limit
+    from ..trial.builders import dataset_for, has_limit, out_dim_of
 
     groups: dict[str, list[TrialSpec]] = {}
     for t in candidates:
         groups.setdefault(limit_digest(t), []).append(t)
-    groups = {d: ts for d, ts in groups.items() if has_limit(ts[0], _out_dim(ts[0]))}
+    groups = {d: ts for d, ts in groups.items()
+              if has_limit(ts[0], out_dim_of(ts[0], dataset_for(ts[0])))}
     refs: dict[str, Any] = {}
     executor = _OnDemand(shape)
     try:
@@ -114,10 +114,6 @@ def share_limits(out: str, trials: Sequence[TrialSpec], shape: WorkerShape,
     finally:
         executor.shutdown()
     return refs
-
-
-def _out_dim(t: TrialSpec) -> int:
-    return 10 if t.loss == "cross_entropy" else data_shape(t.dataset, **t.data_args()).out_dim
 
 
 def _describe(members: list[TrialSpec]) -> str:

@@ -14,7 +14,8 @@ from ..plan import preflight
 from ..sweep_spec import SweepSpec
 from ..tracking.sqlite import set_aside
 from ..tracking.uri import redact
-from .driver import SweepRun, work_estimate
+from .driver import SweepRun
+from .shape import work_estimate
 
 __all__ = ["SweepSummary", "run_sweep"]
 

@@ -91,9 +91,9 @@ class TrialWorker:
         """
         self._warm.join()
         if limit is not None:
-            from ..trial.builders import share_limits
+            from ..trial.builders import cache_shared_limit
 
-            share_limits(spec, self.cache, limit)
+            cache_shared_limit(spec, self.cache, limit)
         if spec.device == "auto":
             spec = spec.replace(device="cuda:0" if self.gpu_ids else "cpu")
         items: queue.Queue = queue.Queue()

@@ -22,7 +22,8 @@ from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches", "share_limits"]
+           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches",
+           "cache_shared_limit"]
 
 
 class TrialCache:
@@ -127,7 +128,8 @@ def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device
                                                 out_dim))
 
 
-def share_limits(spec: TrialSpec, cache: TrialCache, kernels: dict[str, np.ndarray]) -> None:
+def cache_shared_limit(spec: TrialSpec, cache: TrialCache,
+                       kernels: dict[str, np.ndarray]) -> None:
     """Hand the worker's cache a limit the sweep computed once for every trial that reads it
     (``sweep.limits``: ``ntk``, ``nngp`` on [eval; train], ``test_ntk``, ``test_nngp`` on test
     × [eval; train]), under the keys ``cached_limits`` and ``cached_test_limits`` look up.
