@@ -298,7 +298,14 @@ def cmd_status(args) -> int:
 
         print("\n".join(job_status_lines(args.out)))
     elif _sweep_meta(args.out) is not None:
+        from .store.tiles import subfolders
+        from .sweep.limits import SHARED_DIR
+
         print("\n".join(status_lines(args.out)))
+        if subfolders(args.out, SHARED_DIR):       # the tile plans import torch: only here
+            from .gram.status import shared_limit_lines
+
+            print("\n".join(shared_limit_lines(args.out, SHARED_DIR)))
     return 0
 
 

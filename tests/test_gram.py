@@ -326,6 +326,11 @@ def test_a_sweeps_trials_read_their_limit_from_one_kernel_job(ray_local, tmp_pat
     # 48 points in one tile of 64 rows; test × [eval; train] in one more
     assert [t.relative_to(jobs[0]).as_posix() for t in tiles] == \
         ["tiles/test/0_0.npz", "tiles/train/0_0.npz"]
+    assert cli.main(["status", first.out_dir]) == 0
+    shown = capsys.readouterr().out
+    assert f"shared limit {jobs[0].name}: cnn depth 3 on digits" in shown
+    assert "train: 48 × 48, 1/1 tiles written (complete)" in shown
+    assert "test: 8 × 48, 1/1 tiles written (complete)" in shown
     assert all(_alone_agrees(first.out_dir, [t for t in first.trials() if t.width == 8
                                              and t.seed == 0]))
     planted = read_tile(jobs[0], "tiles/train/0_0.npz")

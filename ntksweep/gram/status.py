@@ -1,27 +1,47 @@
 """``ntksweep status OUT`` on a kernel job's output dir: per block, its shape and the tiles
-written of all (by name; ``run_gram`` verifies them when it resumes)."""
+written of all (by name; ``run_gram`` verifies them when it resumes) — and on a sweep's, the
+same for each of its shared limits (``sweep.limits``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..kernels.tiles import plan_tiles
-from ..store.tiles import tile_names
+from ..store.tiles import subfolders, tile_names
 from .spec import read_manifest, tile_path
 
-__all__ = ["job_status_lines"]
+__all__ = ["job_status_lines", "shared_limit_lines"]
 
 
 def job_status_lines(out: str | Path) -> list[str]:
+    spec = read_manifest(out)["spec"]
+    return [f"kernel job {spec['name']!r} in {out}: {_network(spec)}, tiles of {spec['tile']}",
+            *_blocks(out, "resume with ntksweep kernel SPEC")]
+
+
+def shared_limit_lines(out: str | Path, shared: str) -> list[str]:
+    """The sweep's shared limits in ``OUT/<shared>/``, one job each; none: no lines."""
+    lines = []
+    for name in subfolders(out, shared):
+        job = f"{str(out).rstrip('/')}/{shared}/{name}"
+        if (manifest := read_manifest(job)) is not None:
+            lines += [f"shared limit {name}: {_network(manifest['spec'])}",
+                      *_blocks(job, "resumes when the sweep runs again")]
+    return lines
+
+
+def _network(spec: dict) -> str:
+    net = spec["network"]
+    return f"{net['architecture']} depth {net['depth']} on {net['dataset']}"
+
+
+def _blocks(out: str | Path, resume: str) -> list[str]:
     manifest = read_manifest(out)
-    spec = manifest["spec"]
-    lines = [f"kernel job {spec['name']!r} in {out}: {spec['network']['architecture']} depth "
-             f"{spec['network']['depth']} on {spec['network']['dataset']}, tiles of "
-             f"{spec['tile']}"]
+    lines = []
     for block, (n1, n2) in manifest["shapes"].items():
-        tiles = plan_tiles(n1, n2, spec["tile"], symmetric=block == "train")
+        tiles = plan_tiles(n1, n2, manifest["spec"]["tile"], symmetric=block == "train")
         names = tile_names(out, f"tiles/{block}")
         done = sum(tile_path(block, t).rsplit("/", 1)[1] in names for t in tiles)
-        state = "complete" if done == len(tiles) else "resume with ntksweep kernel SPEC"
+        state = "complete" if done == len(tiles) else resume
         lines.append(f"  {block}: {n1} × {n2}, {done}/{len(tiles)} tiles written ({state})")
     return lines

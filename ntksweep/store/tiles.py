@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from .location import _locate, _write_stream
 
-__all__ = ["write_tile", "read_tile", "tile_names"]
+__all__ = ["write_tile", "read_tile", "tile_names", "subfolders"]
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -47,6 +47,16 @@ def read_tile(out: str | Path, rel: str) -> dict[str, np.ndarray] | None:
     if digest is None or str(digest) != _digest(arrays):
         return None
     return arrays
+
+
+def subfolders(out: str | Path, folder: str) -> list[str]:
+    """The names of the folders in ``folder`` (relative to ``out``), sorted; none if absent."""
+    loc = _locate(out)
+    path = loc.path(folder)
+    if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = loc.fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
 def tile_names(out: str | Path, folder: str) -> set[str]:
