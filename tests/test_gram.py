@@ -318,8 +318,16 @@ def test_a_sweeps_trials_read_their_limit_from_one_kernel_job(ray_local, tmp_pat
     first = _sweep(tmp_path, [0, 1])
     assert any("4 trial(s) to run read a limit over pairs of positions" in note
                for note in plan_sweep(first)["notes"])
-    summary = run_sweep(first, quiet=True, tracking=False)
+    summary = run_sweep(first, quiet=True)
     assert summary.counts == {"completed": 8}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 's' / 'mlflow.db'}")
+    parent, = client.search_runs([client.get_experiment_by_name("s").experiment_id],
+                                 "tags.`ntksweep.role` = 'sweep'")
+    assert parent.data.metrics["shared_limits"] == 1
+    assert parent.data.metrics["shared_limit_tiles_computed"] == 2
+    assert parent.data.metrics["shared_limit_entries_per_second"] > 0
     jobs = sorted((tmp_path / "s" / "limits").iterdir())
     assert len(jobs) == 1 and (jobs[0] / "gram.json").is_file()
     tiles = sorted(jobs[0].rglob("*.npz"))

@@ -32,7 +32,7 @@ from ..sync import push_missing
 from ..tracking.protocol import Untracked
 from ..tracking.uri import recorded_form, redact
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
-from .limits import share_limits
+from .limits import SharedLimits, share_limits
 from .shape import WorkerShape, check_single_node_tracking, worker_shape
 from .worker import Checkpoints, Finished, TrialWorker
 
@@ -81,7 +81,7 @@ class SweepRun:
         self.started_ray = False
         self.shape = WorkerShape(0, 0.0, 1.0)
         self.tracker = None
-        self.limits: dict[str, Any] = {}   # trial_id → its shared limit (``limits``)
+        self.limits = SharedLimits()       # its trials' shared limits (``limits``)
         self.lock: DriverLock | None = None
         self.disk_full: str | None = None   # why the sweep stopped early, if it was the disk
         self.lock_lost: str | None = None   # another driver took the output dir over
@@ -226,7 +226,7 @@ class SweepRun:
         summary = {}
         if not crashed and not isinstance(self.tracker, Untracked):  # the whole sweep so far
             summary = console.sweep_numbers(store.load_trials(self.out, columns=[
-                *TRIAL_FIELDS, *console.SUMMARY_COLUMNS]))
+                *TRIAL_FIELDS, *console.SUMMARY_COLUMNS])) | self.limits.numbers()
         self.tracker.close(status, summary)
         self._release()
 
@@ -247,7 +247,8 @@ class SweepRun:
                 gpus = f", GPU {worker['gpu_ids']}" if worker.get("gpu_ids") else ""
                 phases.say(f"the first trial is running (on {worker.get('host', '?')}{gpus}); "
                            "progress follows", self.quiet)
-            self.running[actor.run.remote(trial, self.limits.get(trial.trial_id))] = _Attempt(
+            limit = self.limits.refs.get(trial.trial_id)
+            self.running[actor.run.remote(trial, limit)] = _Attempt(
                 trial, attempt, actor, worker, handle, execution,
                 self.tries.get(trial.trial_id, 1))
             self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)

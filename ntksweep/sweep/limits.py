@@ -15,7 +15,9 @@ per pair of points, cheaper to compute than to read back: each worker computes i
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,12 +30,35 @@ from ..trial_spec import TrialSpec
 if TYPE_CHECKING:
     from .shape import WorkerShape
 
-__all__ = ["SHARED_DIR", "positional", "shared_tile", "share_limits"]
+__all__ = ["SHARED_DIR", "SharedLimits", "positional", "shared_tile", "share_limits"]
 
 SHARED_DIR = "limits"
 # a shared limit's tile is never smaller: below it the per-tile overhead outweighs the
 # balance more tiles give (benchmarks/RESULTS.md, "Kernel jobs")
 MIN_TILE = 64
+
+
+@dataclass(frozen=True)
+class SharedLimits:
+    """What a run of the sweep did for its shared limits: ``refs`` trial_id → a Ray object
+    ref of its kernels; the jobs, the tiles computed and kept, the entries computed and the
+    seconds (what the sweep's MLflow run records)."""
+
+    refs: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 0
+    computed: int = 0
+    kept: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+
+    def numbers(self) -> dict[str, float]:
+        """The parent run's metrics (none without a shared limit)."""
+        if not self.jobs:
+            return {}
+        rate = self.entries / self.seconds if self.computed else float("nan")
+        return {"shared_limits": self.jobs, "shared_limit_tiles_computed": self.computed,
+                "shared_limit_tiles_kept": self.kept, "shared_limit_seconds": self.seconds,
+                "shared_limit_entries_per_second": rate}
 
 
 def positional(trials: Sequence[TrialSpec]) -> list[TrialSpec]:
@@ -85,14 +110,15 @@ class _OnDemand:
 
 
 def share_limits(out: str, trials: Sequence[TrialSpec], shape: WorkerShape,
-                 quiet: bool = False) -> dict[str, Any]:
+                 quiet: bool = False) -> SharedLimits:
     """Compute (or resume) the limit of every group of ``trials`` that reads one (module
-    doc); returns trial_id → a Ray object ref of its kernels (``ntk``, ``nngp`` on [eval;
-    train], ``test_ntk``, ``test_nngp`` on test × [eval; train] where there is a test set)
-    for each trial whose limit is shared."""
+    doc); its ``refs``: trial_id → a Ray object ref of its kernels (``ntk``, ``nngp`` on
+    [eval; train], ``test_ntk``, ``test_nngp`` on test × [eval; train] where there is a test
+    set) for each trial whose limit is shared."""
     candidates = positional(trials)
     if not candidates:
-        return {}
+        return SharedLimits()
+    started = time.perf_counter()
     import ray
 
     from ..gram.job import limit_digest
@@ -104,16 +130,20 @@ def share_limits(out: str, trials: Sequence[TrialSpec], shape: WorkerShape,
     groups = {d: ts for d, ts in groups.items()
               if has_limit(ts[0], out_dim_of(ts[0], dataset_for(ts[0])))}
     refs: dict[str, Any] = {}
+    runs = []
     executor = _OnDemand(shape)
     try:
         for i, (digest, members) in enumerate(groups.items(), 1):
             phases.say(f"shared limit {i}/{len(groups)}: {_describe(members)}", quiet)
-            kernels = _compute(out, digest, members[0], executor, shape.n, quiet)
+            kernels, run = _compute(out, digest, members[0], executor, shape.n, quiet)
+            runs.append(run)
             ref = ray.put(kernels)
             refs.update((t.trial_id, ref) for t in members)
     finally:
         executor.shutdown()
-    return refs
+    return SharedLimits(refs, len(runs), sum(r.computed for r in runs),
+                        sum(r.kept for r in runs), sum(r.entries for r in runs),
+                        time.perf_counter() - started)
 
 
 def _describe(members: list[TrialSpec]) -> str:
@@ -124,8 +154,9 @@ def _describe(members: list[TrialSpec]) -> str:
 
 
 def _compute(out: str, digest: str, network: TrialSpec, executor, actors: int,
-             quiet: bool) -> dict[str, np.ndarray]:
-    """One group's kernel job, run (or resumed) to the end, and its kernels read back."""
+             quiet: bool):
+    """One group's kernel job, run (or resumed) to the end: its kernels read back, and the
+    run (``gram.job.GramRun``)."""
     from ..gram.command import progress_lines
     from ..gram.job import run_gram
     from ..gram.matrix import GramMatrix
@@ -138,4 +169,4 @@ def _compute(out: str, digest: str, network: TrialSpec, executor, actors: int,
         phases.say(f"  {run.kept} tile(s) kept from before, {run.computed} computed", quiet)
     blocks = {"": "train", "test_": "test"} if network.n_test else {"": "train"}
     return {prefix + kernel: np.asarray(GramMatrix(spec.output_dir, block, kernel))
-            for prefix, block in blocks.items() for kernel in ("ntk", "nngp")}
+            for prefix, block in blocks.items() for kernel in ("ntk", "nngp")}, run
