@@ -281,6 +281,21 @@ def test_a_kernel_job_on_an_object_store_resumes_there(s3, tmp_path):
                                rtol=1e-13, atol=0)
 
 
+def test_a_shared_limits_tiles_are_cut_for_its_actors_once(tmp_path):
+    """A shared limit's tile gives each actor about three tiles, none under 64 rows; a job
+    that has begun keeps its tile whatever the workers of the run that resumes it."""
+    from ntksweep.gram import GramSpec
+    from ntksweep.sweep.limits import job_tile, shared_tile
+
+    assert [shared_tile(1000, n) for n in (1, 2, 8)] == [334, 250, 143]
+    assert shared_tile(100, 8) == 64
+    job = str(tmp_path / "limit")
+    assert job_tile(job, 1000, 2) == 250
+    run_gram(GramSpec("limit", job, load_gram_spec({"name": "x", "network": CNN}).network,
+                      tile=20, eval_rows=True))
+    assert job_tile(job, 1000, 8) == 20
+
+
 SHARED = {"dataset": "digits", "n_train": 40, "n_eval": 8, "n_test": 8, "depth": 3,
           "steps": 2, "checkpoints": 2, "device": "cpu", "lr": 0.1, "dtype": "float64"}
 

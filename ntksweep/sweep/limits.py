@@ -30,7 +30,8 @@ from ..trial_spec import TrialSpec
 if TYPE_CHECKING:
     from .shape import WorkerShape
 
-__all__ = ["SHARED_DIR", "SharedLimits", "positional", "shared_tile", "share_limits"]
+__all__ = ["SHARED_DIR", "SharedLimits", "positional", "shared_tile", "job_tile",
+           "share_limits"]
 
 SHARED_DIR = "limits"
 # a shared limit's tile is never smaller: below it the per-tile overhead outweighs the
@@ -81,6 +82,16 @@ def shared_tile(points: int, actors: int) -> int:
     is short), none under ``MIN_TILE``."""
     bands = math.ceil(math.sqrt(6 * actors))
     return max(MIN_TILE, math.ceil(points / bands))
+
+
+def job_tile(job: str, points: int, actors: int) -> int:
+    """The tile of the shared limit in ``job``: the one its tiles were cut to where it has
+    begun (a sweep resumed with another number of workers keeps them), else
+    ``shared_tile``."""
+    from ..gram.spec import read_manifest
+
+    held = read_manifest(job)
+    return held["spec"]["tile"] if held is not None else shared_tile(points, actors)
 
 
 class _OnDemand:
@@ -162,8 +173,9 @@ def _compute(out: str, digest: str, network: TrialSpec, executor, actors: int,
     from ..gram.matrix import GramMatrix
     from ..gram.spec import GramSpec
 
-    spec = GramSpec(f"limit-{digest}", f"{str(out).rstrip('/')}/{SHARED_DIR}/{digest}", network,
-                    shared_tile(network.n_eval + network.n_train, actors), eval_rows=True)
+    job = f"{str(out).rstrip('/')}/{SHARED_DIR}/{digest}"
+    spec = GramSpec(f"limit-{digest}", job, network,
+                    job_tile(job, network.n_eval + network.n_train, actors), eval_rows=True)
     run = run_gram(spec, executor, on_progress=None if quiet else progress_lines())
     if run.kept:
         phases.say(f"  {run.kept} tile(s) kept from before, {run.computed} computed", quiet)
