@@ -47,9 +47,13 @@ class GramMatrix:
         c0, c1, _ = cols.indices(self.shape[1])
         out = np.empty((r1 - r0, c1 - c0))
         for tile in self.tiles:
-            self._place(out, tile, r0, r1, c0, c1, transposed=False)
-            if self.symmetric and not tile.diagonal:
-                self._place(out, tile, r0, r1, c0, c1, transposed=True)
+            mirrored = self.symmetric and not tile.diagonal
+            places = [t for t in ((False, True) if mirrored else (False,))
+                      if _overlap(tile, t, r0, r1, c0, c1) is not None]
+            if places:                         # read once, placed as itself and its mirror
+                value = self.tile_value(tile)
+                for transposed in places:
+                    _place(out, value, tile, transposed, r0, r1, c0, c1)
         return out
 
     def tile_value(self, tile) -> np.ndarray:
@@ -60,15 +64,23 @@ class GramMatrix:
                             "damaged; run the kernel job again to compute it")
         return arrays[self.kernel]
 
-    def _place(self, out: np.ndarray, tile, r0, r1, c0, c1, transposed: bool) -> None:
-        """Copy the part of ``tile`` (or of its mirror image) inside [r0, r1) × [c0, c1)."""
-        tr0, tr1, tc0, tc1 = (tile.c0, tile.c1, tile.r0, tile.r1) if transposed else \
-            (tile.r0, tile.r1, tile.c0, tile.c1)
-        if tile.diagonal:          # a diagonal tile holds its whole square
-            tc1 = tc0 + (tr1 - tr0)
-        lo_r, hi_r, lo_c, hi_c = max(r0, tr0), min(r1, tr1), max(c0, tc0), min(c1, tc1)
-        if lo_r >= hi_r or lo_c >= hi_c:
-            return
-        value = self.tile_value(tile).T if transposed else self.tile_value(tile)
-        out[lo_r - r0:hi_r - r0, lo_c - c0:hi_c - c0] = \
-            value[lo_r - tr0:hi_r - tr0, lo_c - tc0:hi_c - tc0]
+
+
+def _overlap(tile, transposed: bool, r0, r1, c0, c1):
+    """Where ``tile`` (or its mirror image) lies — (tr0, tc0) — and the part of it inside
+    [r0, r1) × [c0, c1) — (lo_r, hi_r, lo_c, hi_c) —; None where it lies outside."""
+    tr0, tr1, tc0, tc1 = (tile.c0, tile.c1, tile.r0, tile.r1) if transposed else \
+        (tile.r0, tile.r1, tile.c0, tile.c1)
+    if tile.diagonal:          # a diagonal tile holds its whole square
+        tc1 = tc0 + (tr1 - tr0)
+    lo_r, hi_r, lo_c, hi_c = max(r0, tr0), min(r1, tr1), max(c0, tc0), min(c1, tc1)
+    return None if lo_r >= hi_r or lo_c >= hi_c else (tr0, tc0, lo_r, hi_r, lo_c, hi_c)
+
+
+def _place(out: np.ndarray, value: np.ndarray, tile, transposed: bool, r0, r1, c0,
+           c1) -> None:
+    """Copy the part of the tile's ``value`` (or of its mirror image) inside the slice."""
+    tr0, tc0, lo_r, hi_r, lo_c, hi_c = _overlap(tile, transposed, r0, r1, c0, c1)
+    value = value.T if transposed else value
+    out[lo_r - r0:hi_r - r0, lo_c - c0:hi_c - c0] = \
+        value[lo_r - tr0:hi_r - tr0, lo_c - tc0:hi_c - tc0]

@@ -14,9 +14,10 @@ __all__ = ["job_status_lines", "shared_limit_lines"]
 
 
 def job_status_lines(out: str | Path) -> list[str]:
-    spec = read_manifest(out)["spec"]
+    manifest = read_manifest(out)
+    spec = manifest["spec"]
     return [f"kernel job {spec['name']!r} in {out}: {_network(spec)}, tiles of {spec['tile']}",
-            *_blocks(out, "resume with ntksweep kernel SPEC")]
+            *_blocks(out, manifest, "resume with ntksweep kernel SPEC")]
 
 
 def shared_limit_lines(out: str | Path, shared: str) -> list[str]:
@@ -26,7 +27,7 @@ def shared_limit_lines(out: str | Path, shared: str) -> list[str]:
         job = f"{str(out).rstrip('/')}/{shared}/{name}"
         if (manifest := read_manifest(job)) is not None:
             lines += [f"shared limit {name}: {_network(manifest['spec'])}",
-                      *_blocks(job, "resumes when the sweep runs again")]
+                      *_blocks(job, manifest, "resumes when the sweep runs again")]
     return lines
 
 
@@ -35,8 +36,7 @@ def _network(spec: dict) -> str:
     return f"{net['architecture']} depth {net['depth']} on {net['dataset']}"
 
 
-def _blocks(out: str | Path, resume: str) -> list[str]:
-    manifest = read_manifest(out)
+def _blocks(out: str | Path, manifest: dict, resume: str) -> list[str]:
     lines = []
     for block, (n1, n2) in manifest["shapes"].items():
         tiles = plan_tiles(n1, n2, manifest["spec"]["tile"], symmetric=block == "train")

@@ -49,22 +49,22 @@ def read_tile(out: str | Path, rel: str) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-def subfolders(out: str | Path, folder: str) -> list[str]:
-    """The names of the folders in ``folder`` (relative to ``out``), sorted; none if absent."""
+def _entries(out: str | Path, folder: str) -> list:
+    """What ``folder`` (relative to ``out``) holds, one level; nothing if it is absent."""
     loc = _locate(out)
     path = loc.path(folder)
     if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
-    infos = loc.fs.get_file_info(pafs.FileSelector(path))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return loc.fs.get_file_info(pafs.FileSelector(path))
+
+
+def subfolders(out: str | Path, folder: str) -> list[str]:
+    """The names of the folders in ``folder`` (relative to ``out``), sorted."""
+    return sorted(i.base_name for i in _entries(out, folder)
+                  if i.type == pafs.FileType.Directory)
 
 
 def tile_names(out: str | Path, folder: str) -> set[str]:
     """The visible tile files in ``folder`` (relative to ``out``), by name."""
-    loc = _locate(out)
-    path = loc.path(folder)
-    if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
-        return set()
-    infos = loc.fs.get_file_info(pafs.FileSelector(path))
-    return {i.base_name for i in infos if i.type == pafs.FileType.File
+    return {i.base_name for i in _entries(out, folder) if i.type == pafs.FileType.File
             and i.base_name.endswith(".npz") and not i.base_name.startswith(".")}

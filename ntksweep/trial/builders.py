@@ -42,9 +42,6 @@ class TrialCache:
         value = self._items[key] = make()
         return value
 
-    def put(self, key: tuple, value: Any) -> None:
-        self.get(key, lambda: value)
-
 
 def resolve_device(device: str) -> str:
     """'auto' → cuda where this process sees a GPU, else cpu; a named device must exist
@@ -132,18 +129,18 @@ def cache_shared_limit(spec: TrialSpec, cache: TrialCache,
                        kernels: dict[str, np.ndarray]) -> None:
     """Hand the worker's cache a limit the sweep computed once for every trial that reads it
     (``sweep.limits``: ``ntk``, ``nngp`` on [eval; train], ``test_ntk``, ``test_nngp`` on test
-    × [eval; train]), under the keys ``cached_limits`` and ``cached_test_limits`` look up.
-    Copied: Ray hands arrays over read-only."""
+    × [eval; train]), under the keys ``cached_limits`` and ``cached_test_limits`` look up —
+    once per worker: a worker that holds it already copies nothing (copies: Ray hands
+    arrays over read-only)."""
     about = dict(depth=spec.depth, activation=spec.activation, weight_std=spec.weight_std,
                  bias_std=spec.bias_std, parametrization=spec.parametrization)
-    key = limit_key(spec)
-    cache.put(("limit", *key), AnalyticKernels(np.array(kernels["ntk"]),
-                                               np.array(kernels["nngp"]), **about))
+    m, key = spec.n_eval, limit_key(spec)
+    cache.get(("limit", *key), lambda: AnalyticKernels(
+        np.array(kernels["ntk"]), np.array(kernels["nngp"]), **about))
     if "test_ntk" in kernels:
-        m = spec.n_eval
-        cache.put(("limit_test", *key), AnalyticKernels(np.array(kernels["test_ntk"][:, m:]),
-                                                        np.array(kernels["test_nngp"][:, m:]),
-                                                        **about))
+        cache.get(("limit_test", *key), lambda: AnalyticKernels(
+            np.array(kernels["test_ntk"][:, m:]), np.array(kernels["test_nngp"][:, m:]),
+            **about))
 
 
 def patches(images: np.ndarray, p: int) -> np.ndarray:
