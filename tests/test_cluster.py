@@ -243,10 +243,17 @@ def test_slurm_script_and_dockerfile():
 
 
 SRUN = """#!/usr/bin/env bash
-# stand-in for SLURM's srun on a one-node 'allocation': drop srun's options, run the command
+# stand-in for SLURM's srun on a one-node 'allocation': drop srun's options, run the command;
+# with SRUN_HEAD_FAILS_ONCE=FILE the first `ray start --head` fails, as a head whose raylet
+# missed its registration window on a busy node does
 while [[ $# -gt 0 && $1 == -* ]]; do
   case $1 in -w|--nodelist|-N|-n) shift 2 ;; *) shift ;; esac
 done
+if [[ -n "${SRUN_HEAD_FAILS_ONCE:-}" && "$1 $2 $3" == "ray start --head" \
+      && ! -e "$SRUN_HEAD_FAILS_ONCE" ]]; then
+  touch "$SRUN_HEAD_FAILS_ONCE"; echo "Exception: The current node timed out during startup." >&2
+  exit 1
+fi
 exec "$@"
 """
 SCONTROL = """#!/usr/bin/env bash
@@ -255,10 +262,9 @@ tr ',' '\\n' <<< "$3"
 """
 
 
-@pytest.mark.slow
-def test_slurm_script_runs_a_sweep(tmp_path):
-    """The batch script itself, end to end on this machine: only srun and scontrol are
-    stand-ins (a one-node allocation); Ray, MLflow and the sweep are real."""
+def slurm_allocation(tmp_path, ray_start_args):
+    """The environment of a one-node 'allocation' on this machine: srun and scontrol are
+    stand-ins on PATH; Ray's ports and temp dir are this test's own."""
     from servers import free_port
 
     bin_dir = tmp_path / "bin"
@@ -266,18 +272,31 @@ def test_slurm_script_runs_a_sweep(tmp_path):
     for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_JOB_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(tmp_path),
+           "SLURM_CPUS_PER_TASK": "2", "SLURM_GPUS_PER_NODE": "0",
+           "NTKSWEEP_OUT": str(tmp_path / "results"), "RAY_PORT": str(free_port()),
+           "MLFLOW_PORT": str(free_port()), "MLFLOW_WORKERS": "1",
+           "RAY_START_ARGS": ray_start_args}
+    env.pop("RAY_AUTH_MODE", None)       # the script turns token auth on itself
+    return env
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_a_sweep(tmp_path):
+    """The batch script itself, end to end on this machine: only srun and scontrol are
+    stand-ins (a one-node allocation); Ray, MLflow and the sweep are real. The first Ray
+    head fails to start; the script starts another."""
+    from servers import free_port
+
     spec_file = tmp_path / "slurmy.yaml"
     spec_file.write_text(yaml.safe_dump(tiny_spec("slurmy", tmp_path / "unused")))
     temp = f"/tmp/ntk-slurm-{free_port()}"
     ports = " ".join(f"--{p}={free_port()}" for p in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port"))
-    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SLURM_JOB_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(tmp_path),
-           "SLURM_CPUS_PER_TASK": "2", "SLURM_GPUS_PER_NODE": "0",
-           "NTKSWEEP_OUT": str(tmp_path / "results"), "RAY_PORT": str(free_port()),
-           "MLFLOW_PORT": str(free_port()), "RAY_START_ARGS": f"--temp-dir={temp} {ports}"}
-    env.pop("RAY_AUTH_MODE", None)       # the script turns token auth on itself
+    env = slurm_allocation(tmp_path, f"--temp-dir={temp} {ports}")
+    env["SRUN_HEAD_FAILS_ONCE"] = str(tmp_path / "head-failed")
     try:
         run = subprocess.run(["bash", str(CLUSTER / "slurm" / "ntksweep.sbatch"), str(spec_file),
                               "--set", "steps=4"], env=env, capture_output=True, text=True,
@@ -287,6 +306,8 @@ def test_slurm_script_runs_a_sweep(tmp_path):
 
         shutil.rmtree(temp, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "head-failed").exists()               # the first head failed ...
+    assert "did not start (attempt 1 of 3)" in run.stderr    # ... and the second one ran it
     out = tmp_path / "results" / "slurmy"
     trials, _ = ntksweep.load_results(out)
     assert len(trials) == 4 and set(trials.status) == {"completed"}
@@ -295,6 +316,24 @@ def test_slurm_script_runs_a_sweep(tmp_path):
     exp = client.get_experiment_by_name("slurmy")
     children = client.search_runs([exp.experiment_id], "tags.`ntksweep.role` = 'trial'")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_slurm_script_stops_with_a_clear_error_when_the_ray_head_does_not_start(tmp_path):
+    """A head that cannot start (here: an option `ray start` refuses) is tried three times,
+    then the script exits non-zero saying so, before MLflow or the sweep start."""
+    spec_file = tmp_path / "slurmy.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec("slurmy", tmp_path / "unused")))
+    env = slurm_allocation(tmp_path, "--no-such-ray-option")
+    run = subprocess.run(["bash", str(CLUSTER / "slurm" / "ntksweep.sbatch"), str(spec_file)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stderr.count("did not start (attempt") == 3
+    assert "no Ray head on" in run.stderr and "after 3 attempts" in run.stderr
+    assert run.stderr.count("no-such-ray-option") >= 3           # ray's own words, each time
+    assert "mlflow" not in run.stdout.lower()                    # no server, no sweep
+    assert not (tmp_path / "results" / "slurmy" / "mlflow.db").exists()
+    assert not (tmp_path / "results" / "slurmy" / "trials").exists()
 
 
 @pytest.mark.parametrize("env, gpus", [
