@@ -244,8 +244,8 @@ def test_slurm_script_and_dockerfile():
 
 SRUN = """#!/usr/bin/env bash
 # stand-in for SLURM's srun on a one-node 'allocation': drop srun's options, run the command;
-# with SRUN_HEAD_FAILS_ONCE=FILE the first `ray start --head` fails, as a head whose raylet
-# missed its registration window on a busy node does
+# with SRUN_HEAD_FAILS_ONCE=FILE the first `ray start --head` fails, as a head whose dashboard
+# agent was late on a busy node does
 while [[ $# -gt 0 && $1 == -* ]]; do
   case $1 in -w|--nodelist|-N|-n) shift 2 ;; *) shift ;; esac
 done
