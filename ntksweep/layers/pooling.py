@@ -92,6 +92,18 @@ def _pool_first(e: Tensor, window: int, stride: int) -> Tensor:
     return pooled.reshape(b, -1, h2, w2).permute(0, 2, 3, 1).reshape(b, h2, w2, *rest)
 
 
+def _pool_blocks(e: Tensor, w: int) -> Tensor:
+    """Non-overlapping w×w "valid" pooling of both positions of E (…, H, W, H, W) with no
+    permuted copy of E: the second position as images of the first's (``avg_pool2d`` on a
+    view), then the first as a mean over its blocks, each row of pairs contiguous within."""
+    *lead, n1, m1, n2, m2 = e.shape
+    h1, w1, h2, w2 = (s // w for s in (n1, m1, n2, m2))
+    second = F.avg_pool2d(e.reshape(-1, 1, n2, m2), w)              # (… n1 m1, 1, h2, w2)
+    rows = second.reshape(-1, n1, m1, h2 * w2)[:, :h1 * w, :w1 * w]
+    first = rows.reshape(-1, h1, w, w1, w, h2 * w2).mean((2, 4))
+    return first.reshape(*lead, h1, w1, h2, w2)
+
+
 @dataclass(frozen=True)
 class AvgPool(Layer):
     """w×w average pooling of images (C, H, W), stride ``stride`` (default w), "valid"."""
@@ -127,6 +139,8 @@ class AvgPool(Layer):
         out = self.out_shape((k.channels, *k.shape))
 
         def pool_pairs(e: Tensor) -> Tensor:                 # (…, H, W, H, W)
+            if self.step == self.window:                     # one pass: a mean over blocks
+                return _pool_blocks(e, self.window)
             lead = e.shape[:-4]
             flat = e.reshape(-1, *e.shape[-4:])
             once = _pool_first(flat, self.window, self.step)             # p pooled
