@@ -119,9 +119,10 @@ class Network:
         return CNN(in_shape[0], self.width, self.depth, image_size=tuple(in_shape[1:]),
                    **common)
 
-    def limit(self, x1, x2=None, *, device: str | None = None):
+    def limit(self, x1, x2=None, *, device: str | None = None, dtype: str = "float64"):
         """Θ_∞ and Σ^(L) (``AnalyticKernels``) on inputs as the network reads them (channels
-        first): the fused recursions, or the composition's layer-by-layer limit."""
+        first), in ``dtype``: the fused recursions, or the composition's layer-by-layer
+        limit."""
         from dataclasses import replace
 
         if self.fused:
@@ -134,7 +135,7 @@ class Network:
                 parametrization=self.parametrization,
                 width=self.width if self.parametrization == "standard" else None,
                 leaky_relu_slope=self.leaky_relu_slope, architecture=self.architecture,
-                **dict(self.options), **where)
+                dtype=dtype, **dict(self.options), **where)
         limit = self.composition().kernels(x1, x2, parametrization=self.parametrization,
-                                           device=device)
+                                           device=device, dtype=dtype)
         return replace(limit, depth=self.depth)      # the preset's depth, not its layers

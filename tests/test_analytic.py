@@ -377,3 +377,59 @@ def test_extreme_input_scales_are_exact_or_a_clear_error(activation):
     biased = analytic_kernels(x * 1e-160, depth=3, bias_std=0.1)      # the bias dominates
     np.testing.assert_allclose(biased.ntk, analytic_kernels(0 * x, depth=3, bias_std=0.1).ntk,
                                rtol=1e-12)
+
+
+# --- float32 limits ------------------------------------------------------------------------
+F32_CASES = {          # (architecture's arguments, point shape); quadrature σ (tanh) excepted
+    "mlp": (dict(architecture="mlp", depth=4), (5,)),
+    "cnn_gap": (dict(architecture="cnn", depth=4), (3, 8, 8)),
+    "cnn_flatten_erf": (dict(architecture="cnn", depth=3, readout="flatten",
+                             activation="erf"), (3, 8, 8)),
+    "resnet": (dict(architecture="resnet", depth=4), (3, 8, 8)),
+    "myrtle": (dict(architecture="myrtle", depth=5), (3, 8, 8)),
+    "myrtle_gelu": (dict(architecture="myrtle", depth=5, activation="gelu"), (3, 8, 8)),
+    "transformer": (dict(architecture="transformer", depth=4), (6, 4)),
+}
+
+
+class _Float64Ops(torch.overrides.TorchFunctionMode):
+    """Counts the torch calls that return a float64 tensor of more than 64 entries."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float64 and out.numel() > 64:
+            self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("case", list(F32_CASES))
+def test_a_float32_limit_runs_in_float32_within_its_precision_of_float64(case):
+    """dtype='float32': the recursion over pairs never touches float64 (the MLP's O(L)
+    closed form excepted: it runs in float64 and returns float32), and each kernel lies
+    within 2e-6 of the float64 one relative to its largest entry — on a block holding a
+    point with itself, a duplicate and, without bias, a zero input."""
+    args, shape = F32_CASES[case]
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, *shape))
+    x[3] = x[1]                                          # a duplicate: θ = 0 off the diagonal
+    for bias_std, points in ((0.1, x), (0.0, np.concatenate([x, np.zeros((1, *shape))]))):
+        exact = analytic_kernels(points, bias_std=bias_std, **args)
+        ops = _Float64Ops()
+        with ops:
+            fast = analytic_kernels(points, bias_std=bias_std, dtype="float32", **args)
+        assert args["architecture"] == "mlp" or ops.count == 0
+        for kernel in ("ntk", "nngp"):
+            got, want = getattr(fast, kernel), getattr(exact, kernel)
+            assert got.dtype == np.float32 and np.isfinite(got).all()
+            assert np.abs(got - want).max() <= 2e-6 * np.abs(want).max(), (kernel, bias_std)
+    cross = analytic_kernels(x[:2], x[2:], dtype="float32", **args)
+    assert cross.ntk.shape == (2, 3) and cross.ntk.dtype == np.float32
+
+
+def test_a_limit_in_another_dtype_is_refused():
+    with pytest.raises(SpecError, match="dtype: a limit is computed in float64 or float32"):
+        analytic_kernels(np.ones((2, 3)), depth=2, dtype="float16")

@@ -116,7 +116,7 @@ def _brute_limit(x, layers):
     raise AssertionError("the brute-force net must end in gap_dense")
 
 
-@pytest.mark.parametrize("window,stride", [(2, None), (2, 1), (3, 1)])
+@pytest.mark.parametrize("window,stride", [(2, None), (2, 1), (3, 1), (3, None)])
 def test_pooling_nets_match_explicit_sums_over_position_pairs(window, stride):
     x = np.random.default_rng(2).normal(size=(4, 2, 4, 4))
     sw, sb = 1.3, 0.2
@@ -171,6 +171,26 @@ def test_layernorm_on_inputs_of_equal_norm_is_a_rescaled_dense_layer():
                        *tail)
     got, want = normed.kernels(x), scaled.kernels(x)
     assert _rel(got.ntk, want.ntk) < 1e-13 and _rel(got.nngp, want.nngp) < 1e-13
+
+
+def test_layernorm_of_a_zero_input_is_zero_as_the_finite_modules_eps_makes_it():
+    """A zero input without bias has zero variance: the finite LayerNorm's eps maps it to 0,
+    so its features, its output and (σ_b = 0) its gradients vanish; the limit's row is 0
+    too (not 0/0; the ReLU dual's variance floor leaves ~1e-151), and the other entries are
+    those without it."""
+    x = np.random.default_rng(6).normal(size=(4, 3))
+    x[2] = 0.0
+    net = nl.serial(nl.Dense(64, bias_std=0.0), nl.LayerNorm(), nl.Activation("relu"),
+                    nl.Dense(1, bias_std=0.0))
+    limit = net.kernels(x)
+    for kernel in (limit.ntk, limit.nngp):
+        assert np.isfinite(kernel).all() and np.abs(kernel[2]).max() < 1e-100
+        assert np.abs(kernel[:, 2]).max() < 1e-100
+    rest = net.kernels(x[[0, 1, 3]])
+    assert _rel(limit.ntk[np.ix_([0, 1, 3], [0, 1, 3])], rest.ntk) < 1e-14
+    model = net.module((3,), seed=0, dtype=torch.float64)
+    theta = ntksweep.empirical_ntk(model, torch.from_numpy(x))
+    assert not theta[2].any() and model(torch.from_numpy(x))[2].abs().max() == 0
 
 
 # --- finite networks: the exact empirical NTK, and the mean over wide ones ------------------

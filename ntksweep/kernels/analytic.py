@@ -34,7 +34,7 @@ from ..hyper import check_network
 from ..parametrizations import has_nngp_limit
 from .conv import conv_limits
 from .duals import SNAP, get_dual
-from .tiles import float64_points, plan_tiles
+from .tiles import float64_points, limit_dtype, plan_tiles
 
 _ONE = torch.ones((), dtype=torch.float64)
 _TINY = 1e-300  # a variance floor that only ever replaces an exact 0 (no 0/0)
@@ -48,7 +48,8 @@ FUSED = tuple(name for name, a in REGISTRY.items() if a.fused)   # fused recursi
 
 @dataclass(frozen=True)
 class AnalyticKernels:
-    """Θ_∞^(L) (``ntk``) and Σ^(L) (``nngp``), each (n1, n2) float64, per logit."""
+    """Θ_∞^(L) (``ntk``) and Σ^(L) (``nngp``), each (n1, n2) float64 (or the float32 a
+    limit was asked for), per logit."""
 
     ntk: np.ndarray
     nngp: np.ndarray
@@ -282,6 +283,7 @@ def analytic_kernels(
     readout: str = "gap",
     memory_budget: int = 1 << 28,
     device: str | None = None,
+    dtype: str = "float64",
 ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of a depth-L MLP for inputs x1 (n1, d) and x2 (n2, d) (default x1), or
     of a CNN or ResNet (``architecture``) for images (n, C, H, W). In ``mup`` and
@@ -299,7 +301,8 @@ def analytic_kernels(
     each torch op's dispatch cost. With x2 None only the blocks on and above the diagonal are
     computed and mirrored. Conv nets and ResNets run their pixel-pair recursion on
     ``device`` (e.g. 'cuda'; default the CPU) in tiles of image pairs under
-    ``memory_budget`` bytes.
+    ``memory_budget`` bytes, in ``dtype`` ('float64', or 'float32': half the memory traffic;
+    the MLP's recursion, O(L) per pair, runs in float64 and returns ``dtype``).
     """
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
@@ -307,6 +310,7 @@ def analytic_kernels(
     # mup, mean_field: Θ_η at initialisation is the NTK parametrization's Θ for the same
     # draws, and the output's prior variance tends to σ_b² (ntksweep.parametrizations)
     limit = parametrization if has_nngp_limit(parametrization) else "ntk"
+    limit_dtype(dtype)                     # a clear error for any other name
     if architecture not in FUSED:
         raise SpecError(f"kernels.analytic_kernels computes the mlp, cnn and resnet limits; "
                         f"for {architecture!r} use ntksweep.analytic_kernels (every "
@@ -317,13 +321,18 @@ def analytic_kernels(
             weight_std=weight_std, bias_std=bias_std, parametrization=limit,
             leaky_relu_slope=leaky_relu_slope, kernel_size=kernel_size, padding=padding,
             readout=readout, quadrature=quadrature, memory_budget=memory_budget,
-            device=device)
+            device=device, dtype=dtype)
     else:
         ntk_np, nngp_np = _mlp_limits(
             x1, x2, depth=depth, activation=activation, weight_std=weight_std,
             bias_std=bias_std, parametrization=limit, width=width, quadrature=quadrature,
             quadrature_points=quadrature_points, tile=tile, fused=fused,
             leaky_relu_slope=leaky_relu_slope, device=device)
+        with np.errstate(over="ignore"):
+            ntk_np, nngp_np = ntk_np.astype(dtype), nngp_np.astype(dtype)
+        if not (np.isfinite(ntk_np).all() and np.isfinite(nngp_np).all()):
+            raise SpecError(f"the {activation} kernel overflows {dtype} for these inputs; "
+                            "rescale them, e.g. standardise them, or compute in float64")
     if limit != parametrization:
         nngp_np = np.full_like(ntk_np, bias_std**2)
     return AnalyticKernels(ntk_np, nngp_np, int(depth), activation, float(weight_std),

@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import SpecError
 from ..hyper import check_conv
 from .duals import get_dual
-from .tiles import float64_points, pair_kernels
+from .tiles import float64_points, limit_dtype, pair_kernels
 
 __all__ = ["conv_kernels", "conv_limits", "as_float64_images"]
 
@@ -144,8 +144,8 @@ def _readout_on_inputs(a: Tensor, b: Tensor, readout: str, weight_std: float,
 def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, depth: int,
                  dual, weight_std: float, bias_std: float, kernel_size: int, padding: str,
                  readout: str, memory_budget: int) -> tuple[Tensor, Tensor]:
-    """Θ_∞ and Σ (n1, n2) float64 for images a (n1, C, H, W), b (n2, C, H, W), on their
-    device; image pairs in tiles whose working memory stays near ``memory_budget`` bytes
+    """Θ_∞ and Σ (n1, n2) for images a (n1, C, H, W), b (n2, C, H, W), on their device and
+    in their dtype; image pairs in tiles whose working memory stays near ``memory_budget`` bytes
     (on a CPU also within ``CACHE_TILE_BYTES``)."""
     n1, n2 = a.shape[0], b.shape[0]
     if architecture == "cnn" and depth == 1:
@@ -155,13 +155,13 @@ def conv_kernels(a: Tensor, b: Tensor, symmetric: bool, *, architecture: str, de
     va = _variances(a, depth, **args)
     vb = va if symmetric else _variances(b, depth, **args)
     pixels = a.shape[2] * a.shape[3]
-    per_pair = 8 * 8 * (pixels if architecture == "cnn" and readout == "flatten"
-                        else pixels * pixels)                              # ~8 buffers
+    per_pair = 8 * a.element_size() * (pixels if architecture == "cnn" and readout == "flatten"
+                                       else pixels * pixels)               # ~8 buffers
     budget = memory_budget if a.is_cuda else min(memory_budget, CACHE_TILE_BYTES)
     side = max(1, int(math.sqrt(max(1, budget // per_pair))))
     return pair_kernels(n1, n2, side, symmetric, lambda t, _same: _pair_kernels(
         a[t.rows], b[t.cols], [v[t.rows] for v in va], [v[t.cols] for v in vb],
-        readout=readout, **args), device=a.device)
+        readout=readout, **args), device=a.device, dtype=a.dtype)
 
 
 def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
@@ -174,16 +174,15 @@ def as_float64_images(x1, x2=None) -> tuple[Tensor, Tensor, bool]:
 
 def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std,
                 parametrization, leaky_relu_slope, kernel_size, padding, readout, quadrature,
-                memory_budget, device=None) -> tuple[np.ndarray, np.ndarray]:
+                memory_budget, device=None, dtype="float64") -> tuple[np.ndarray, np.ndarray]:
     """``analytic_kernels`` for ``architecture`` 'cnn' or 'resnet': (Θ_∞, Σ), (n1, n2)
-    float64 numpy, for images x1 (n1, C, H, W) and x2 (n2, C, H, W) (default x1); the
-    recursion runs on ``device`` (default: the CPU)."""
+    numpy in ``dtype``, for images x1 (n1, C, H, W) and x2 (n2, C, H, W) (default x1); the
+    recursion runs on ``device`` (default: the CPU), in ``dtype``."""
     check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
                padding=padding, readout=readout, parametrization=parametrization)
     a, b, symmetric = as_float64_images(x1, x2)
-    if device is not None:
-        a = a.to(device)
-        b = a if symmetric else b.to(device)
+    a = a.to(device or "cpu", limit_dtype(dtype))
+    b = a if symmetric else b.to(a.device, a.dtype)
     check_conv(architecture=architecture, depth=depth, kernel_size=kernel_size,
                padding=padding, readout=readout, image_size=tuple(a.shape[2:]))
     dual = get_dual(activation, quadrature=quadrature, leaky_relu_slope=leaky_relu_slope)
@@ -193,6 +192,6 @@ def conv_limits(x1, x2, *, architecture, depth, activation, weight_std, bias_std
                              memory_budget=memory_budget)
     ntk, nngp = ntk.cpu().numpy(), nngp.cpu().numpy()
     if not (np.isfinite(ntk).all() and np.isfinite(nngp).all()):
-        raise SpecError(f"the {activation} {architecture} kernel overflows float64 for these "
+        raise SpecError(f"the {activation} {architecture} kernel overflows {dtype} for these "
                         "inputs; rescale them, e.g. standardise them")
     return ntk, nngp

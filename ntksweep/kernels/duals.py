@@ -41,18 +41,30 @@ _ONE = torch.ones((), dtype=torch.float64)
 # what float64 dot products resolve, and without this a point paired with itself (or with a
 # duplicate) gets the √ulp ≈ 1e-8 angle of a last-bit mismatch between Σ(x, x') and
 # √(Σ(x,x) Σ(x',x')) instead of θ = 0 — a 1e-8 relative error on the kernel's diagonal.
+# In float32 the same 8 ulp (``snap``): its √ulp ≈ 3e-4 rad would be a 2e-5 error.
 SNAP = 1.0 - 8 * float(np.finfo(np.float64).eps)
+
+
+def positive_sqrt(v: Tensor) -> Tensor:
+    """√v with v floored at a tiny positive number of its dtype (1e-300; float32's smallest
+    normal): a zero variance then divides a zero covariance to 0, never 0/0."""
+    return v.clamp(min=max(1e-300, torch.finfo(v.dtype).tiny)).sqrt()
+
+
+def snap(dtype: torch.dtype) -> float:
+    """``SNAP`` in ``dtype``: 1 − 8 ulp."""
+    return 1.0 - 8 * torch.finfo(dtype).eps
 
 
 def _norms_and_angle(k11: Tensor, k12: Tensor, k22: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """√(k11 k22), cos θ = k12/√(k11 k22) clamped to [−1, 1], and θ ∈ [0, π].
 
-    |cos θ| within 8 ulp of 1 becomes exactly 1 (``SNAP``), so a point with itself gets
+    |cos θ| within 8 ulp of 1 becomes exactly 1 (``snap``), so a point with itself gets
     θ = 0. A zero variance forces k12 = 0 and so cos θ = 0 (uncorrelated).
     """
-    # > 0: no 0/0; the roots taken apart so that neither a huge nor a tiny product under/overflows
-    prod = torch.sqrt(k11.clamp(min=1e-300)) * torch.sqrt(k22.clamp(min=1e-300))
-    cos = torch.div(k12, prod).mul_(1.0 / SNAP).clamp_(-1.0, 1.0)
+    # the roots taken apart so that neither a huge nor a tiny product under/overflows
+    prod = positive_sqrt(k11) * positive_sqrt(k22)
+    cos = torch.div(k12, prod).mul_(1.0 / snap(k12.dtype)).clamp_(-1.0, 1.0)
     return prod, cos, torch.acos(cos)
 
 
@@ -227,7 +239,7 @@ def _polar_expectations(act, s1: Tensor, s2: Tensor, rho: Tensor, out: tuple[Ten
         u, v = r[:, None] * cu, r[:, None] * cv                              # (p, R, A)
         for target, f in zip(out, (act.fn, act.derivative)):
             target[sl] = torch.einsum("pra,r,pa->p", f(u) * f(v), w_r, w_alpha[sl])
-    parallel = rho.abs() >= SNAP
+    parallel = rho.abs() >= snap(rho.dtype)
     if parallel.any():
         exact = _parallel_expectations(act, s1[parallel], s2[parallel],
                                        torch.sign(rho[parallel]))

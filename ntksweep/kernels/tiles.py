@@ -1,7 +1,8 @@
 """The one tile plan of a kernel matrix: (n1 × n2) cut into bands of rows, each band into
 chunks of columns; a symmetric kernel (one input set) gets the chunks on and above the
 diagonal only, the rest mirrored. The empirical NTK, the MLP limit and the conv limit all
-plan their tiles here. And the one check of the points a kernel is asked for."""
+plan their tiles here. And the one check of the points a kernel is asked for, and of the
+precision a limit is computed in."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from torch import Tensor
 
 from ..errors import SpecError
 
-__all__ = ["Tile", "plan_tiles", "float64_points", "pair_kernels"]
+__all__ = ["Tile", "plan_tiles", "float64_points", "pair_kernels", "LIMIT_DTYPES",
+           "limit_dtype"]
+
+# What a limit may be computed in: float64 (the default, every check's), or float32 — half
+# the memory traffic of the recursions over pairs of positions, which are memory-bound
+# (benchmarks/RESULTS.md), and what a GPU runs fast.
+LIMIT_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -79,13 +86,21 @@ def float64_points(x1, x2=None, *, ndim: int, what: str) -> tuple[np.ndarray, np
     return a, b, x2 is None
 
 
-def pair_kernels(n1: int, n2: int, side: int, symmetric: bool, compute, *, device=None
-                 ) -> tuple[Tensor, Tensor]:
-    """Θ and Σ (n1, n2) float64, filled tile by tile: ``compute(tile, same)`` gives the
+def limit_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a limit computed in ``name`` (``LIMIT_DTYPES``)."""
+    if name not in LIMIT_DTYPES:
+        raise SpecError(f"dtype: a limit is computed in {' or '.join(LIMIT_DTYPES)}; got "
+                        f"{name!r}")
+    return LIMIT_DTYPES[name]
+
+
+def pair_kernels(n1: int, n2: int, side: int, symmetric: bool, compute, *, device=None,
+                 dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """Θ and Σ (n1, n2) in ``dtype``, filled tile by tile: ``compute(tile, same)`` gives the
     tile's (Θ, Σ), ``same`` when its rows and columns are the same inputs; with
     ``symmetric`` only the upper triangle is computed, mirrored, and the diagonal tiles
     symmetrised (their entries agree only up to the last bits of the duals)."""
-    ntk = torch.empty(n1, n2, dtype=torch.float64, device=device)
+    ntk = torch.empty(n1, n2, dtype=dtype, device=device)
     nngp = torch.empty_like(ntk)
     for t in plan_tiles(n1, n2, side, symmetric):
         theta, sigma = compute(t, symmetric and t.rows == t.cols)

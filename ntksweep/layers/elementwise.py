@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..activations import LEAKY_RELU_SLOPE, get_activation
-from ..kernels.duals import get_dual
+from ..kernels.duals import get_dual, positive_sqrt
 from .core import Layer
 from .state import Kernel
 
@@ -94,12 +94,14 @@ class LayerNorm(Layer):
         return _ChannelNorm(self.eps)
 
     def limit(self, k):
+        # an input of zero variance (a zero input, no bias) normalises to 0, as the finite
+        # module's eps makes it do: its covariances divide to 0, not 0/0
         v1, v2 = k.variances()
-        s1, s2 = k.broadcast(v1.sqrt(), v2.sqrt())
+        s1, s2 = k.broadcast(positive_sqrt(v1), positive_sqrt(v2))
         scale = s1 * s2
 
         def own(cov, v):
-            p, q = k.broadcast_self(v.sqrt())
+            p, q = k.broadcast_self(positive_sqrt(v))
             return cov / (p * q)
 
         cov1, cov2 = k.own(own, (v1, v2))

@@ -11,7 +11,7 @@ import torch
 from ..errors import SpecError
 from ..kernels.analytic import AnalyticKernels
 from ..kernels.conv import CACHE_TILE_BYTES
-from ..kernels.tiles import float64_points, pair_kernels
+from ..kernels.tiles import float64_points, limit_dtype, pair_kernels
 from ..models.layers import Dense as DenseModule
 from ..parametrizations import PARAMETRIZATIONS, has_nngp_limit
 from .affine import Conv, Dense
@@ -85,9 +85,11 @@ def describe(net: Layer) -> dict:
 
 
 def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
-                  memory_budget: int = 256 << 20, device=None) -> AnalyticKernels:
+                  memory_budget: int = 256 << 20, device=None, dtype: str = "float64"
+                  ) -> AnalyticKernels:
     """Θ_∞ and Σ of the network between x1 (n1, *input_shape) and x2 (n2, …) (default x1):
-    (n1, n2) float64 numpy each, per logit (k outputs: Θ_∞ ⊗ I_k). Input pairs run in tiles
+    (n1, n2) numpy each, per logit (k outputs: Θ_∞ ⊗ I_k), computed and returned in
+    ``dtype`` ('float64' or 'float32': half the memory traffic). Input pairs run in tiles
     whose pair tensors stay near ``memory_budget`` bytes (on a CPU also within 16 MiB, so
     their elementwise passes run in cache); ``device`` runs them there. Each block of inputs'
     self pair tensors is computed in its first tile and replayed in the others
@@ -101,11 +103,11 @@ def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
     a_np, b_np, symmetric = float64_points(x1, x2, ndim=max(ndim, 2),
                                            what="(points, channels, *positions)")
     _check_output(net, a_np.shape[1:])
-    a = torch.from_numpy(a_np).to(device or "cpu")
-    b = a if symmetric else torch.from_numpy(b_np).to(device or "cpu")
+    a = torch.from_numpy(a_np).to(device or "cpu", limit_dtype(dtype))
+    b = a if symmetric else torch.from_numpy(b_np).to(a.device, a.dtype)
     positions = a_np[0, 0].size
     diagonal = not net.mixes_positions
-    per_pair = 8 * 8 * (positions if diagonal else positions * positions)   # ~8 buffers
+    per_pair = 8 * a.element_size() * (positions if diagonal else positions ** 2)  # ~8 buffers
     budget = memory_budget if a.is_cuda else min(memory_budget, CACHE_TILE_BYTES)
     side = max(1, int(math.sqrt(max(1, budget // per_pair))))
     traces = SelfTraces(4 * memory_budget)      # what the self pair tensors may keep
@@ -120,10 +122,11 @@ def limit_kernels(net: Layer, x1, x2=None, *, parametrization: str = "ntk",
         traces.keep(cols, second)
         return k.ntk, k.nngp
 
-    ntk, nngp = pair_kernels(a.shape[0], b.shape[0], side, symmetric, tile, device=a.device)
+    ntk, nngp = pair_kernels(a.shape[0], b.shape[0], side, symmetric, tile, device=a.device,
+                             dtype=a.dtype)
     ntk_np, nngp_np = ntk.cpu().numpy(), nngp.cpu().numpy()
     if not (np.isfinite(ntk_np).all() and np.isfinite(nngp_np).all()):
-        raise SpecError("the network's limit overflows float64 for these inputs; rescale "
+        raise SpecError(f"the network's limit overflows {dtype} for these inputs; rescale "
                         "them, e.g. standardise them")
     if not has_nngp_limit(parametrization):   # μP: the output's prior variance → σ_b²
         nngp_np = np.full_like(ntk_np, list(leaves(net))[-1].bias_std ** 2)

@@ -30,15 +30,17 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
                      width: int | None = None, leaky_relu_slope: float = LEAKY_RELU_SLOPE,
                      kernel_size: int = 3, padding: str = "same", readout: str = "gap",
                      quadrature: bool | None = None, memory_budget: int = 1 << 28,
-                     device: str | None = None, options=None,
+                     device: str | None = None, dtype: str = "float64", options=None,
                      **fused_options) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the registered ``architecture`` (``layers.PRESETS``) of depth L:
-    (n1, n2) float64 numpy each, per logit, for x1 (n1, …) and x2 (n2, …) (default x1) —
+    (n1, n2) numpy each, per logit, for x1 (n1, …) and x2 (n2, …) (default x1) —
     vectors (n, d) for an mlp, sequences (n, T, d) for a transformer, images (n, C, H, W)
-    for the others. ``options``: a preset's own fields (a transformer's heads, attention,
-    attention_scaling, query_key_std). ``fused_options`` (tile, fused, quadrature_points)
-    reach ``kernels.analytic_kernels``, the MLP's recursion. In ``mup`` and ``mean_field``
-    Θ_∞ is the NTK parametrization's and Σ is σ_b²."""
+    for the others —, in ``dtype``: 'float64', or 'float32' (the recursions over pairs of
+    positions run in it: half their memory traffic). ``options``: a preset's own fields (a
+    transformer's heads, attention, attention_scaling, query_key_std). ``fused_options``
+    (tile, fused, quadrature_points) reach ``kernels.analytic_kernels``, the MLP's
+    recursion. In ``mup`` and ``mean_field`` Θ_∞ is the NTK parametrization's and Σ is
+    σ_b²."""
     options = dict(options or ())          # a dict, or (name, value) pairs
     args = dict(depth=depth, activation=activation, weight_std=weight_std, bias_std=bias_std,
                 parametrization=parametrization, leaky_relu_slope=leaky_relu_slope,
@@ -47,7 +49,7 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
         return fused.analytic_kernels(
             x1, x2, **args, width=width, architecture=architecture, kernel_size=kernel_size,
             padding=padding, readout=readout, memory_budget=memory_budget, device=device,
-            **fused_options)
+            dtype=dtype, **fused_options)
     check_network(depth=depth, activation=activation, weight_std=weight_std,
                   bias_std=bias_std, parametrization=parametrization, width=width,
                   leaky_relu_slope=leaky_relu_slope)
@@ -62,7 +64,7 @@ def analytic_kernels(x1, x2=None, *, depth: int, architecture: str = "mlp",
                  weight_std=weight_std, bias_std=bias_std, leaky_relu_slope=leaky_relu_slope,
                  quadrature=quadrature, **options)         # the limit reads no width
     limit = net.kernels(x1, x2, parametrization=parametrization, memory_budget=memory_budget,
-                        device=device)
+                        device=device, dtype=dtype)
     return replace(limit, depth=int(depth))      # the preset's depth, not its layer count
 
 

@@ -79,16 +79,18 @@ def has_limit(spec: TrialSpec, out_dim: int) -> bool:
 
 
 def limit_kernels(spec: TrialSpec, x1: np.ndarray, x2: np.ndarray | None = None,
-                  device: str = "cpu", out_dim: int = 1) -> AnalyticKernels:
+                  device: str = "cpu", out_dim: int = 1, dtype: str = "float64"
+                  ) -> AnalyticKernels:
     """Θ_∞ and Σ^(L) of the trial's own architecture (its parametrization and, for the
     standard one, its width) on inputs as the net reads them (``inputs``): what every
     comparison with the limit uses, in trials and in figures alike. A conv net's limit runs
-    on ``device`` (a GPU, where the trial has one)."""
+    on ``device`` (a GPU, where the trial has one), in ``dtype`` (float64 for every
+    comparison; a kernel job may ask for float32)."""
     if custom.is_custom(spec.architecture):
         limit = custom.composition(spec, out_dim).kernels(
-            x1, x2, parametrization=spec.parametrization, device=device)
+            x1, x2, parametrization=spec.parametrization, device=device, dtype=dtype)
         return replace(limit, depth=spec.depth)
-    return Network.of(spec, out_dim).limit(x1, x2, device=device)
+    return Network.of(spec, out_dim).limit(x1, x2, device=device, dtype=dtype)
 
 
 def data_key(spec: TrialSpec) -> tuple:
