@@ -9,10 +9,11 @@ neural-tangents is archived and needs its own venv (never a dependency of ntkswe
         jax==0.4.23 jaxlib==0.4.23 "numpy<2" "scipy<1.13" tf2jax==0.3.5
     python benchmarks/bench_gram_peer.py --peer-python /tmp/ntvenv/bin/python
 
-Ours runs in float64 (every ntksweep limit does); the peer in float32 (its default) and in
-float64 (jax's x64 mode). The peer runs first, in its own process, so the two never share
-the cores; each side's best of --repeats after one warm-up (the peer's: after jit
-compilation). Goal: ≥ 5× the peer's per-entry time for the GAP CNTK and Myrtle-5. The
+Both sides run in float32 (the peer's default; ours ``dtype="float32"``) and in float64
+(ours' default; the peer's jax x64 mode), compared at the same precision and best against
+best. The peer runs first, in its own process, so the two never share the cores; each
+side's best of --repeats after one warm-up (the peer's: after jit compilation). Goal: ≥ 5×
+the peer's per-entry time for the GAP CNTK and Myrtle-5. The
 flatten readout's cost per pair grows as H·W, the GAP's as (H·W)²: the per-entry times at
 --side and at half of it show it.
 """
@@ -49,13 +50,13 @@ def run_peer(python: str, x1: np.ndarray, x2: np.ndarray, repeats: int, x64: boo
             return {k: peer[k] for k in peer.files}
 
 
-def run_ours(x1: np.ndarray, x2: np.ndarray, repeats: int) -> dict:
+def run_ours(x1: np.ndarray, x2: np.ndarray, repeats: int, dtype: str) -> dict:
     res = {}
     for name, args in CASES.items():
         best, k = float("inf"), None
         for _ in range(repeats + 1):                 # the first is the warm-up
             t0 = time.perf_counter()
-            k = analytic_kernels(x1, x2, **args, **STDS)
+            k = analytic_kernels(x1, x2, **args, **STDS, dtype=dtype)
             best = min(best, time.perf_counter() - t0)
         res[f"{name}_s"], res[f"{name}_ntk"] = best, k.ntk
     return res
@@ -75,20 +76,25 @@ def main(argv=None) -> int:
         x1, x2 = (rng.normal(size=(n, 3, side, side)) for n in (args.n1, args.n2))
         peer32 = run_peer(args.peer_python, x1, x2, args.repeats, x64=False)
         peer64 = run_peer(args.peer_python, x1, x2, args.repeats, x64=True)
-        sides[side] = (run_ours(x1, x2, args.repeats), peer32, peer64)
+        sides[side] = (run_ours(x1, x2, args.repeats, "float64"),
+                       run_ours(x1, x2, args.repeats, "float32"), peer32, peer64)
     entries = args.n1 * args.n2
     print(f"per Gram entry (Θ_∞ and Σ of one pair), a {args.n1} × {args.n2} block of "
-          f"{args.side}×{args.side}×3 images; {sides[args.side][1]['versions']}, "
-          f"{sides[args.side][1]['devices']}")
-    print(f"{'case':>14} {'ours f64 ms':>12} {'peer f32 ms':>12} {'peer f64 ms':>12} "
-          f"{'vs f32':>7} {'vs f64':>7} {'max rel diff':>13}")
-    ours, peer32, peer64 = sides[args.side]
+          f"{args.side}×{args.side}×3 images; {sides[args.side][2]['versions']}, "
+          f"{sides[args.side][2]['devices']}")
+    print("ms per entry; the peer's time ÷ ours at the same precision and best against best; "
+          "our NTK's largest difference from the peer's float64, relative")
+    print(f"{'case':>14} {'ours f64':>9} {'ours f32':>9} {'peer f64':>9} {'peer f32':>9} "
+          f"{'f64':>6} {'f32':>6} {'best':>6} {'diff f64':>9} {'diff f32':>9}")
+    ours64, ours32, peer32, peer64 = sides[args.side]
     for name in CASES:
-        o, a, b = (1e3 * float(r[f"{name}_s"]) / entries for r in (ours, peer32, peer64))
-        diff = np.abs(ours[f"{name}_ntk"] - peer64[f"{name}_ntk"]).max() / \
-            np.abs(ours[f"{name}_ntk"]).max()
-        print(f"{name:>14} {o:12.3f} {a:12.3f} {b:12.3f} {a / o:6.1f}× {b / o:6.1f}× "
-              f"{diff:13.1e}")
+        o64, o32, p64, p32 = (1e3 * float(r[f"{name}_s"]) / entries
+                              for r in (ours64, ours32, peer64, peer32))
+        ref = peer64[f"{name}_ntk"]
+        d64, d32 = (np.abs(r[f"{name}_ntk"] - ref).max() / np.abs(ref).max()
+                    for r in (ours64, ours32))
+        print(f"{name:>14} {o64:9.3f} {o32:9.3f} {p64:9.3f} {p32:9.3f} {p64 / o64:5.1f}× "
+              f"{p32 / o32:5.1f}× {min(p64, p32) / min(o64, o32):5.1f}× {d64:9.1e} {d32:9.1e}")
     half = args.side // 2
     for name in ("cntk4_gap", "cntk4_flatten"):
         grow = float(sides[args.side][0][f"{name}_s"]) / float(sides[half][0][f"{name}_s"])

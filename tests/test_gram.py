@@ -14,6 +14,7 @@ import ntksweep
 from ntksweep import cli
 from ntksweep.errors import SpecError
 from ntksweep.gram import GramMatrix, load_gram_spec, run_gram
+from ntksweep.gram.spec import read_manifest
 from ntksweep.trial.builders import dataset_for, inputs, limit_kernels
 
 CNN = {"dataset": "digits", "n_train": 40, "n_test": 13, "architecture": "cnn", "depth": 3}
@@ -73,6 +74,7 @@ def test_a_resumed_job_recomputes_only_missing_and_damaged_tiles(tmp_path):
     ({"name": "x", "network": {**CNN, "depth": "three"}}, "depth"),
     ({"name": "x", "network": CNN, "tiles": 8}, "unknown key 'tiles' (did you mean 'tile'?)"),
     ({"network": CNN}, "name:"),
+    ({"name": "x", "network": CNN, "dtype": "float16"}, "dtype: float64 (the default) or float32"),
 ])
 def test_bad_kernel_specs_are_refused(raw, match):
     with pytest.raises(SpecError, match=re.escape(match)):
@@ -126,6 +128,52 @@ def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):
     assert "train: 40 × 40, 3/3 tiles written (complete)" in shown and "test: 13 × 40" in shown
     assert cli.main(["kernel", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_float32_job_stores_float32_and_measures_its_precision_against_float64(
+        tmp_path, capsys):
+    """dtype: float32 — tiles and the matrix read back in float32, within float32's
+    precision of the float64 limit; the precision each block's sample measured (the
+    largest difference over its first 8 rows × columns, relative) is the one found here
+    independently, kept in gram.json, shown by the command, its MLflow run and the status;
+    a float64 job is refused that dir."""
+    myrtle = {"dataset": "digits", "n_train": 20, "n_test": 10, "architecture": "myrtle",
+              "depth": 5}
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": myrtle, "tile": 6, "dtype": "float32"}))
+    assert cli.main(["kernel", str(path)]) == 0
+    shown = capsys.readouterr().out
+    spec = load_gram_spec(path)
+    train, test = _direct(spec)
+    tile = next((tmp_path / "k" / "tiles" / "train").glob("*.npz"))
+    assert np.load(tile)["ntk"].dtype == np.float32
+    manifest = read_manifest(spec.output_dir)
+    for block, exact in (("train", train), ("test", test)):
+        for kernel in ("ntk", "nngp"):
+            got = GramMatrix(spec.output_dir, block, kernel)
+            assert got.dtype == np.float32 and np.asarray(got).dtype == np.float32
+            want = getattr(exact, kernel)
+            assert np.abs(np.asarray(got) - want).max() <= 2e-6 * np.abs(want).max()
+            sample = np.asarray(got)[:8, :8].astype(np.float64) - want[:8, :8]
+            measured = np.abs(sample).max() / np.abs(want[:8, :8]).max()
+            assert 0 < manifest["precision"][block][kernel] == pytest.approx(measured)
+    assert "float32 precision, train: within" in shown and "float32 precision, test" in shown
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'k' / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("k-kernel").experiment_id])
+    assert run.data.params["dtype"] == "float32"
+    assert run.data.metrics["train_ntk_float32_error"] == \
+        pytest.approx(manifest["precision"]["train"]["ntk"])
+    assert cli.main(["status", str(tmp_path / "k")]) == 0
+    status = capsys.readouterr().out
+    assert "float32" in status.splitlines()[0] and status.count("float32 within") == 2
+    again = run_gram(spec)                                 # resumed: kept, and its measure
+    assert again.computed == 0 and again.precision == manifest["precision"]
+    with pytest.raises(SpecError, match="holds another kernel job"):
+        run_gram(load_gram_spec({"name": "k", "output_dir": spec.output_dir,
+                                 "network": myrtle, "tile": 6}))
 
 
 def test_the_kernel_command_imports_no_torch_to_parse():

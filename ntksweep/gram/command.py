@@ -45,9 +45,9 @@ def cmd_kernel(args) -> int:
         spec = replace(spec, output_dir=args.out)
     print(f"kernel job {spec.name!r} → {spec.output_dir}: {spec.network.architecture} "
           f"depth {spec.network.depth} on {spec.network.dataset} "
-          f"({spec.network.n_train} train, {spec.network.n_test} test), tiles of {spec.tile}",
-          file=sys.stderr)
-    from .job import run_gram
+          f"({spec.network.n_train} train, {spec.network.n_test} test), tiles of {spec.tile}, "
+          f"{spec.dtype}", file=sys.stderr)
+    from .job import PRECISION_SAMPLE, run_gram
 
     executor = None
     if args.workers > 1 or args.address:
@@ -63,15 +63,21 @@ def cmd_kernel(args) -> int:
         raise
     if tracked is not None:
         devices = sorted(set(getattr(executor, "devices", None) or ["cpu (this process)"]))
+        precision = {f"{block}_{kernel}_float32_error": error
+                     for block, errors in run.precision.items() for kernel, error in errors.items()}
         tracked.end("FINISHED", {"tiles_computed": run.computed, "tiles_kept": run.kept,
                                  "seconds": run.seconds,
-                                 "entries_per_second": run.entries_per_second},
+                                 "entries_per_second": run.entries_per_second, **precision},
                     {"devices": ", ".join(devices)})
     print(f"done: {run.computed} tiles computed, {run.kept} kept from before, "
           f"{run.entries:,} entries in {run.seconds:.1f} s "
           f"({run.entries_per_second:,.0f} entries/s)\n"
           f"  numpy:  from ntksweep.gram import GramMatrix; "
           f"K = GramMatrix({spec.output_dir!r}, 'train', 'ntk')[:, :]")
+    for block, errors in run.precision.items():
+        print(f"float32 precision, {block}: within {errors['ntk']:.1e} (Θ) and "
+              f"{errors['nngp']:.1e} (Σ) of float64, relative to the largest entry, on its "
+              f"first {PRECISION_SAMPLE} rows × columns")
     if args.ridge is not None and spec.network.n_test:
         from .regression import fit_gram
 
@@ -95,7 +101,7 @@ def _job_run(spec, args):
 
     check_writable(spec.output_dir)
     uri, _ = resolve_tracking_uri(args.tracking_uri, out_dir=spec.output_dir)
-    params = {"tile": spec.tile, **spec.network.to_dict()}
+    params = {"tile": spec.tile, "dtype": spec.dtype, **spec.network.to_dict()}
     return JobRun(uri, f"{spec.name}-kernel", spec.name, params)
 
 
@@ -106,7 +112,7 @@ def add_kernel(sub) -> None:
                        "test × train) of a network's limit on a data set, tile by tile into "
                        "the output dir; run it again to resume (finished tiles are kept, "
                        "damaged ones computed again).")
-    k.add_argument("spec", help="kernel spec YAML (name, output_dir, network, tile)")
+    k.add_argument("spec", help="kernel spec YAML (name, output_dir, network, tile, dtype)")
     k.add_argument("--out", help="output dir (default: the spec's output_dir)")
     k.add_argument("--workers", type=int, default=1,
                    help="tile workers: 1 computes in this process; N > 1 starts N Ray actors")

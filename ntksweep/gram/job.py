@@ -7,7 +7,12 @@ matches its checksum is kept, every other is computed again (``store.tiles``).
 Layout of the output dir::
 
     gram.json                        the job's spec and its blocks' shapes
-    tiles/<block>/<r0>_<c0>.npz      one tile: ntk, nngp (rows × cols, float64), sha256
+    tiles/<block>/<r0>_<c0>.npz      one tile: ntk, nngp (rows × cols, the job's dtype), sha256
+
+A float32 job's tiles are computed and stored in float32; when its last tile is done, the
+first ``PRECISION_SAMPLE`` rows × columns of each block are computed again in float64 and
+the largest difference from the stored values (relative to the largest entry of the sample)
+goes into ``gram.json`` — a measured precision, not an assumed one.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,7 +42,10 @@ from ..trial.builders import (
 from ..trial_spec import TrialSpec
 from .spec import MANIFEST, GramSpec, read_manifest, tile_path
 
-__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "limit_digest"]
+__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "limit_digest",
+           "PRECISION_SAMPLE"]
+
+PRECISION_SAMPLE = 8      # a float32 job's check: this many rows × columns of each block
 
 
 @dataclass(frozen=True)
@@ -50,16 +58,17 @@ class LimitTiles:
     x2: np.ndarray
     out_dim: int
     device: str = "cpu"
+    dtype: str = "float64"
 
     def to(self, device: str) -> LimitTiles:
         return replace(self, device=str(device))
 
     def __call__(self, tile: Tile) -> torch.Tensor:
-        """(2, rows, cols) float64: Θ_∞ and Σ of the tile (a diagonal tile: its square)."""
+        """(2, rows, cols) in ``dtype``: Θ_∞ and Σ of the tile (a diagonal tile: its square)."""
         # copies: arrays that came through Ray's object store are read-only
         x2 = None if tile.diagonal else np.array(self.x2[tile.cols])
         k = limit_kernels(self.network, np.array(self.x1[tile.rows]), x2, self.device,
-                          self.out_dim)
+                          self.out_dim, self.dtype)
         return torch.from_numpy(np.stack([k.ntk, k.nngp]))
 
 
@@ -87,12 +96,14 @@ class GramProgress:
 @dataclass(frozen=True)
 class GramRun:
     """A finished job: tiles computed in this run, tiles kept from before (verified), the
-    entries computed, the seconds."""
+    entries computed, the seconds; a float32 job's measured precision (block → kernel →
+    largest relative difference from float64 on the sample; empty for float64)."""
 
     computed: int
     kept: int
     entries: int
     seconds: float
+    precision: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def entries_per_second(self) -> float:
@@ -136,7 +147,7 @@ def _check_manifest(out: str, spec: GramSpec, shapes: dict[str, list[int]]) -> N
         return
     same = ("limit", "shapes")
     if any(held.get(k) != manifest[k] for k in same) or \
-            any(held["spec"].get(k) != fields.get(k) for k in ("tile", "eval_rows")):
+            any(held["spec"].get(k) != fields.get(k) for k in ("tile", "eval_rows", "dtype")):
         raise SpecError(f"{out} holds another kernel job's tiles ({MANIFEST} differs); "
                         "give this one its own output_dir")
 
@@ -157,7 +168,7 @@ def run_gram(spec: GramSpec, executor=None,
         tiles = plan_tiles(len(x1), len(x2), spec.tile, symmetric=x1 is x2)
         todo = _missing(spec.output_dir, name, tiles)
         kept += len(tiles) - len(todo)
-        work = LimitTiles(spec.network, x1, x2, out_dim)
+        work = LimitTiles(spec.network, x1, x2, out_dim, dtype=spec.dtype)
         done_here = 0
         for tile, value in executor.map_tiles(work, todo):
             value = np.asarray(value)
@@ -171,7 +182,35 @@ def run_gram(spec: GramSpec, executor=None,
                     time.perf_counter() - started, done_here,
                     getattr(executor, "seconds", {}).get(tile, float("nan"))))
         computed += done_here
-    return GramRun(computed, kept, entries, time.perf_counter() - started)
+    precision = {} if spec.dtype == "float64" else _precision(spec, blocks, out_dim)
+    return GramRun(computed, kept, entries, time.perf_counter() - started, precision)
+
+
+def _precision(spec: GramSpec, blocks: dict[str, tuple[np.ndarray, np.ndarray]],
+               out_dim: int) -> dict[str, dict[str, float]]:
+    """A float32 job's precision (module doc), measured once and kept in the manifest:
+    block → kernel → max |K32 − K64| / max |K64| on the first ``PRECISION_SAMPLE`` rows
+    and columns (a symmetric block's sample holds its diagonal, the pairs of a point with
+    itself)."""
+    from .matrix import KERNELS, GramMatrix
+
+    manifest = read_manifest(spec.output_dir)
+    if "precision" in manifest:
+        return manifest["precision"]
+    out = {}
+    for name, (x1, x2) in blocks.items():
+        s1, s2 = min(PRECISION_SAMPLE, len(x1)), min(PRECISION_SAMPLE, len(x2))
+        exact = limit_kernels(spec.network, x1[:s1], None if x1 is x2 else x2[:s2],
+                              out_dim=out_dim)
+        out[name] = {}
+        for kernel in KERNELS:
+            stored = GramMatrix(spec.output_dir, name, kernel)[:s1, :s2].astype(np.float64)
+            reference = getattr(exact, kernel)
+            scale = max(float(np.abs(reference).max()), 1e-300)
+            out[name][kernel] = float(np.abs(stored - reference).max()) / scale
+    write_text(spec.output_dir, MANIFEST, json.dumps({**manifest, "precision": out},
+                                                     indent=1, sort_keys=True))
+    return out
 
 
 def _missing(out: str, block: str, tiles: Sequence[Tile]) -> list[Tile]:

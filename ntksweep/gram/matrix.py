@@ -20,7 +20,8 @@ KERNELS = ("ntk", "nngp")
 
 class GramMatrix:
     """One block (``train``: train × train; ``test``: test × train) of one kernel (``ntk``:
-    Θ_∞, ``nngp``: Σ) of a kernel job's output dir; ``shape`` (n1, n2), float64."""
+    Θ_∞, ``nngp``: Σ) of a kernel job's output dir; ``shape`` (n1, n2), ``dtype`` the job's
+    (float64, or float32)."""
 
     def __init__(self, out: str | Path, block: str = "train", kernel: str = "ntk"):
         manifest = read_manifest(out)
@@ -34,6 +35,7 @@ class GramMatrix:
             raise UserError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
         self.out, self.block, self.kernel = out, block, kernel
         self.shape = tuple(manifest["shapes"][block])
+        self.dtype = np.dtype(manifest["spec"].get("dtype", "float64"))
         self.symmetric = block == "train"
         self.tiles = plan_tiles(*self.shape, manifest["spec"]["tile"], self.symmetric)
 
@@ -45,7 +47,7 @@ class GramMatrix:
         rows, cols = key
         r0, r1, _ = rows.indices(self.shape[0])
         c0, c1, _ = cols.indices(self.shape[1])
-        out = np.empty((r1 - r0, c1 - c0))
+        out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
         for tile in self.tiles:
             mirrored = self.symmetric and not tile.diagonal
             places = [t for t in ((False, True) if mirrored else (False,))
@@ -57,7 +59,7 @@ class GramMatrix:
         return out
 
     def tile_value(self, tile) -> np.ndarray:
-        """One tile's kernel (rows × cols, float64), as computed: not mirrored."""
+        """One tile's kernel (rows × cols, in ``dtype``), as computed: not mirrored."""
         arrays = read_tile(self.out, tile_path(self.block, tile))
         if arrays is None:
             raise UserError(f"tile {tile_path(self.block, tile)} of {self.out} is missing or "

@@ -88,7 +88,7 @@ def fit_gram(out: str | Path, *, kernel: str = "ntk", ridge: float = 0.0,
     diag = np.concatenate([np.diag(train.tile_value(t)) for t in train.tiles if t.diagonal])
     lam = ridge * float(diag.mean())
     if method == "exact" or (method == "auto" and 8 * train.shape[0] ** 2 <= EXACT_BYTES):
-        k = np.asarray(train)
+        k = np.asarray(train, dtype=np.float64)      # a float32 job's too: solved in float64
         alpha = regression_weights(k, y, ridge=ridge, name=f"{kernel} of {out}")
         method, iterations = "exact", 0
         residual_vec = k @ alpha + lam * alpha - y

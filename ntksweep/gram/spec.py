@@ -10,6 +10,8 @@ tiles, written where. YAML (read safely, as sweep specs are)::
       architecture: myrtle
       depth: 5
     tile: 128              # rows (and columns) per tile
+    dtype: float64         # or float32: half the time and the disk; each block's precision
+                           # is then measured on a sample against float64
 
 The data set draws an eval split too (``n_eval``, 1 here unless given): a kernel job does
 not use it.
@@ -29,13 +31,14 @@ from ..yaml_input import load_yaml, read_spec_text
 
 __all__ = ["GramSpec", "load_gram_spec", "MANIFEST", "read_manifest", "tile_path"]
 
-_FIELDS = ("name", "output_dir", "network", "tile")
+_FIELDS = ("name", "output_dir", "network", "tile", "dtype")
 MANIFEST = "gram.json"     # in the output dir: the job's spec and its blocks' shapes
 
 
 def read_manifest(out: str | Path) -> dict[str, Any] | None:
     """The output dir's manifest ({"spec": the job's fields but its dir, "shapes": block →
-    [n1, n2]}), or None where the dir holds no kernel job."""
+    [n1, n2], "limit": its digest, and for float32 "precision": block → kernel → the
+    largest error on a sample}), or None where the dir holds no kernel job."""
     text = read_text(out, MANIFEST)
     return None if text is None else json.loads(text)
 
@@ -49,13 +52,15 @@ def tile_path(block: str, tile) -> str:
 class GramSpec:
     """The job: ``network`` (a trial spec: its data and its limit's fields), ``tile`` rows
     per tile, ``output_dir``; ``eval_rows``: the train block's points are the eval points,
-    then the training points (the kernels a sweep's trials read: ``sweep.limits``)."""
+    then the training points (the kernels a sweep's trials read: ``sweep.limits``);
+    ``dtype``: what the limit is computed and stored in (``kernels.tiles.LIMIT_DTYPES``)."""
 
     name: str
     output_dir: str
     network: TrialSpec
     tile: int = 128
     eval_rows: bool = False
+    dtype: str = "float64"
 
     def blocks(self) -> dict[str, tuple[str, str]]:
         """Each Gram block's (rows' set, columns' set): train × train, and test × train
@@ -70,6 +75,8 @@ class GramSpec:
                   "network": self.network.to_dict(), "tile": self.tile}
         if self.eval_rows:          # only where set: earlier jobs' manifests stay the same
             fields["eval_rows"] = True
+        if self.dtype != "float64":
+            fields["dtype"] = self.dtype
         return json.dumps(fields, sort_keys=True, indent=1)
 
 
@@ -97,6 +104,9 @@ def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
     tile = raw.get("tile", 128)
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
         raise SpecError(f"tile: rows per tile, an integer >= 1 (got {tile!r})")
+    dtype = raw.get("dtype", "float64")
+    if dtype not in ("float64", "float32"):
+        raise SpecError(f"dtype: float64 (the default) or float32; got {dtype!r}")
     spec = TrialSpec.from_dict({"n_eval": 1, "steps": 0, **network})
     out = raw.get("output_dir") or f"ntksweep-out/{name}-kernel"
-    return GramSpec(name, str(out), spec, tile)
+    return GramSpec(name, str(out), spec, tile, dtype=dtype)

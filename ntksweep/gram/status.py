@@ -16,8 +16,9 @@ __all__ = ["job_status_lines", "shared_limit_lines"]
 def job_status_lines(out: str | Path) -> list[str]:
     manifest = read_manifest(out)
     spec = manifest["spec"]
-    return [f"kernel job {spec['name']!r} in {out}: {_network(spec)}, tiles of {spec['tile']}",
-            *_blocks(out, manifest, "resume with ntksweep kernel SPEC")]
+    dtype = spec.get("dtype", "float64")
+    return [f"kernel job {spec['name']!r} in {out}: {_network(spec)}, tiles of {spec['tile']}, "
+            f"{dtype}", *_blocks(out, manifest, "resume with ntksweep kernel SPEC")]
 
 
 def shared_limit_lines(out: str | Path, shared: str) -> list[str]:
@@ -43,5 +44,15 @@ def _blocks(out: str | Path, manifest: dict, resume: str) -> list[str]:
         names = tile_names(out, f"tiles/{block}")
         done = sum(tile_path(block, t).rsplit("/", 1)[1] in names for t in tiles)
         state = "complete" if done == len(tiles) else resume
-        lines.append(f"  {block}: {n1} × {n2}, {done}/{len(tiles)} tiles written ({state})")
+        lines.append(f"  {block}: {n1} × {n2}, {done}/{len(tiles)} tiles written ({state})"
+                     f"{precision_note(manifest, block)}")
     return lines
+
+
+def precision_note(manifest: dict, block: str) -> str:
+    """A float32 job's measured precision of ``block`` (``job._precision``), or nothing."""
+    measured = manifest.get("precision", {}).get(block)
+    if not measured:
+        return ""
+    return (f"; float32 within {measured['ntk']:.1e} (Θ) and {measured['nngp']:.1e} (Σ) of "
+            "float64, relative, on a sample")
