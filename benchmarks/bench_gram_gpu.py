@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     for case, kwargs in CASES.items():
         row, kernels = {}, {}
         for dtype in ("float32", "float64"):
-            seconds, k = best_seconds(lambda dt=dtype: analytic_kernels(
-                x1, x2, **kwargs, **STDS, device=args.device, dtype=dt,
+            seconds, k = best_seconds(lambda dt=dtype, kw=kwargs: analytic_kernels(
+                x1, x2, **kw, **STDS, device=args.device, dtype=dt,
                 memory_budget=args.memory_budget), args.repeats)
             row[f"{dtype}_ms_per_entry"] = 1e3 * seconds / entries
             kernels[dtype] = k
