@@ -319,3 +319,15 @@ def test_what_a_users_module_is_told(call, message):
     model = _TokenClassifier().double()
     with pytest.raises(UserError, match=message):
         call(model, torch.randint(0, 20, (3, 4)))
+
+
+@pytest.mark.parametrize("rows, cols", [(64, 64), (130, 1 << 14), (600, 1024)])
+def test_a_gram_from_the_blocks_above_its_diagonal_is_the_whole_product(rows, cols):
+    """``layerwise._add_gram`` adds a aᵀ: in one product (small), or from 2 or 4 row blocks
+    whose upper triangle is mirrored (uneven blocks: 130 rows)."""
+    from ntksweep.kernels.layerwise import _add_gram
+
+    a = torch.randn(rows, cols, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = torch.full((rows, rows), 0.5, dtype=torch.float64)
+    _add_gram(out, a)
+    torch.testing.assert_close(out, 0.5 + a @ a.T, rtol=1e-12, atol=1e-9)

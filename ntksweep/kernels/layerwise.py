@@ -259,14 +259,16 @@ def _accumulate(theta: Tensor, g1: Tensor, g2: Tensor, trace: bool, symmetric: b
         theta.addmm_(g1.reshape(theta.shape[0], -1), g2.reshape(theta.shape[1], -1).T)
 
 
-def _add_gram(out: Tensor, a: Tensor, blocks: int = 4) -> None:
-    """out += a aᵀ computing only the blocks on and above the diagonal (and mirroring) when
-    there are enough rows for the blocks to stay efficient products (half of the Gram
-    repeats); one product otherwise."""
-    n = a.shape[0]
-    if n < 1024:
+def _add_gram(out: Tensor, a: Tensor) -> None:
+    """out += a aᵀ computing only the blocks on and above the diagonal (and mirroring) where
+    the product is large enough for the blocks to stay efficient products: half of the
+    Gram repeats. Measured on the VM's 2 cores (float32): (128 × 16384) 2.60 → 2.16 ms in two
+    blocks, (512 × 4096) 9.5 → 6.6 ms in four, (128 × 2048) no gain (0.32 → 0.30 ms)."""
+    n, m = a.shape
+    if n < 128 or n * n * m < 1 << 28:
         out.addmm_(a, a.T)
         return
+    blocks = 2 if n < 512 else 4
     edges = [round(i * n / blocks) for i in range(blocks + 1)]
     spans = [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
     for i, rows in enumerate(spans):
