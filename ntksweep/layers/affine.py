@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from ..choices import BIAS_STD, PADDINGS
 from ..errors import SpecError
 from ..kernels.conv import conv_average, conv_average_diagonal
@@ -36,11 +38,21 @@ def _check(width: int, weight_std: float, bias_std: float) -> None:
 
 
 def _affine(k: Kernel, average, weight_std: float, bias_std: float, **changes) -> Kernel:
-    """Σ' = σ_w² 𝒜(Σ) + σ_b², Θ' = σ_w² 𝒜(Θ) + Σ' (𝒜 the identity for a dense layer)."""
+    """Σ' = σ_w² 𝒜(Σ) + σ_b², Θ' = σ_w² 𝒜(Θ) + Σ' (𝒜 the identity for a dense layer); Θ' = Σ'
+    where Θ is 0. The pair tensors are memory-bound: each step runs in place in what 𝒜 made
+    (never in ``k``'s own tensors, which the identity returns)."""
     w2, b2 = weight_std**2, bias_std**2
-    nngp = average(k.nngp) * w2 + b2
-    cov1, cov2 = k.own(lambda c: average(c) * w2 + b2)
-    return Kernel(nngp=nngp, ntk=average(k.ntk) * w2 + nngp, cov1=cov1, cov2=cov2,
+
+    def scaled(e: Tensor, add) -> Tensor:              # σ_w² 𝒜(e) + add
+        out = average(e)
+        if out.untyped_storage().data_ptr() == e.untyped_storage().data_ptr():
+            return out * w2 + add
+        return out.mul_(w2).add_(add)
+
+    nngp = scaled(k.nngp, b2)
+    cov1, cov2 = k.own(lambda c: scaled(c, b2))
+    ntk = nngp.clone() if k.ntk_zero else scaled(k.ntk, nngp)
+    return Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
                   shape=changes.get("shape", k.shape), diagonal=k.diagonal,
                   channels=changes["channels"])
 

@@ -67,8 +67,10 @@ class Activation(Layer):
             return dual(p, cov, q)[0]
 
         cov1, cov2 = k.own(own, (v1, v2))
-        return Kernel(nngp=nngp, ntk=nngp_dot * k.ntk, cov1=cov1, cov2=cov2, shape=k.shape,
-                      diagonal=k.diagonal, channels=k.channels)
+        # the dual's Σ̇ is a fresh tensor of the pairs' shape: Θ' = Σ̇ ⊙ Θ in its place
+        return Kernel(nngp=nngp, ntk=nngp_dot.mul_(k.ntk), cov1=cov1, cov2=cov2,
+                      shape=k.shape, diagonal=k.diagonal, channels=k.channels,
+                      ntk_zero=k.ntk_zero)
 
 
 class _ChannelNorm(nn.Module):

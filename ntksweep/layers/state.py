@@ -90,8 +90,11 @@ def tracing(first: SelfTrace, second: SelfTrace):
 @dataclass(frozen=True)
 class Kernel:
     """Σ ``nngp`` and Θ ``ntk`` (n1, n2, *pairs); ``cov1`` Σ(x1, x1) (n1, *pairs) and
-    ``cov2`` Σ(x2, x2) (n2, *pairs) — the same object when x2 is x1 —, float64; ``channels``
-    the finite network's channel count here (what the next affine layer's fan-in reads)."""
+    ``cov2`` Σ(x2, x2) (n2, *pairs) — the same object when x2 is x1 —, in the limit's dtype;
+    ``channels`` the finite network's channel count here (what the next affine layer's
+    fan-in reads); ``ntk_zero``: Θ is known to be 0 (no parameter yet), so an affine layer
+    need not average it. Layers never write into a kernel's tensors (a self trace replays
+    them), only into the fresh ones they make."""
 
     nngp: Tensor
     ntk: Tensor
@@ -100,6 +103,7 @@ class Kernel:
     shape: tuple[int, ...]
     diagonal: bool
     channels: int
+    ntk_zero: bool = False
 
     @property
     def pair_dims(self) -> int:
@@ -179,4 +183,4 @@ def input_kernel(a: Tensor, b: Tensor, symmetric: bool, diagonal: bool) -> Kerne
     cov1 = own(fa)
     return Kernel(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1,
                   cov2=cov1 if symmetric else own(fb), shape=shape, diagonal=diagonal,
-                  channels=c)
+                  channels=c, ntk_zero=True)
