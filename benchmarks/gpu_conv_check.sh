@@ -4,7 +4,10 @@
 #   1. the conv limit on the GPU equals the CPU's (the test that skips without CUDA);
 #   2. bench_conv's speed rows on the GPU (structured vs torch.func, roofline);
 #   3. whether N = 1,000s of 8×8 and 16×16 images are practical: the CNTK and a width-256
-#      CNN's empirical NTK at bench_conv's --points (or $POINTS), with the peak GPU memory.
+#      CNN's empirical NTK at bench_conv's --points (or $POINTS), with the peak GPU memory;
+#   4. the GPU rows of dataset-scale kernels (issue #35): bench_gram_gpu's ms per Gram entry
+#      of the 21-layer GAP CNTK and Myrtle-5 at 32×32, float32 and float64 ($GRAM_ARGS
+#      passes options, e.g. "--n1 2 --n2 3 --side 16" for a laptop).
 # JSON goes to $OUT (the device tool's folder) or ./gpu-out; ~5 min on an H100/H200.
 #   DEVICE=cpu POINTS=8:64 bash benchmarks/gpu_conv_check.sh   # the same steps, on a laptop
 set -uo pipefail
@@ -21,4 +24,6 @@ rc=${PIPESTATUS[0]}
   && cat "$OUT/bench_conv_speed.json" || rc=1
 "$PY" benchmarks/bench_conv.py --device "$DEVICE" --only scale ${POINTS:+--points "$POINTS"} \
   > "$OUT/bench_conv_scale.json" && cat "$OUT/bench_conv_scale.json" || rc=1
+"$PY" benchmarks/bench_gram_gpu.py --device "$DEVICE" ${GRAM_ARGS:-} > "$OUT/bench_gram_gpu.json" \
+  && cat "$OUT/bench_gram_gpu.json" || rc=1
 exit "$rc"
