@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import ntksweep
@@ -174,6 +175,54 @@ def test_a_float32_job_stores_float32_and_measures_its_precision_against_float64
     with pytest.raises(SpecError, match="holds another kernel job"):
         run_gram(load_gram_spec({"name": "k", "output_dir": spec.output_dir,
                                  "network": myrtle, "tile": 6}))
+
+
+def test_the_command_names_its_device_and_refuses_gpus_it_does_not_have(ray_local, tmp_path,
+                                                                        capsys):
+    """In this process: the CPU (here), named in the job's MLflow run; `--device cuda`
+    without a GPU, and Ray workers asking for more GPUs than the cluster has, are one line
+    each before any tile or run exists (Ray would wait for such GPUs forever)."""
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": {**CNN, "n_train": 8, "n_test": 0}, "tile": 8}))
+    assert cli.main(["kernel", str(path)]) == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'k' / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("k-kernel").experiment_id])
+    assert run.data.tags["devices"] == ("cpu (this process)" if not torch.cuda.is_available()
+                                        else f"{torch.cuda.get_device_name()} (this process)")
+    capsys.readouterr()
+    other = tmp_path / "o.yaml"
+    other.write_text(path.read_text().replace(str(tmp_path / "k"), str(tmp_path / "o")))
+    gpus = int(ray_local.cluster_resources().get("GPU", 0))
+    refused = [["--workers", "2", "--gpus-per-worker", str(gpus + 1)]]
+    if not torch.cuda.is_available():
+        refused.append(["--device", "cuda"])
+    for options in refused:
+        assert cli.main(["kernel", str(other), *options]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("GPU" in err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_kernel_job_on_the_gpu_is_the_cpus(tmp_path):
+    """In this process on its GPU, float64 and float32: the CPU's kernel (float32 within its
+    measured precision)."""
+    from ntksweep.kernels.tiling import SerialExecutor
+
+    myrtle = {"dataset": "digits", "n_train": 24, "n_test": 8, "architecture": "myrtle",
+              "depth": 5}
+    for dtype in ("float64", "float32"):
+        spec = load_gram_spec({"name": dtype, "output_dir": str(tmp_path / dtype),
+                               "network": myrtle, "tile": 8, "dtype": dtype})
+        run = run_gram(spec, SerialExecutor("cuda"))
+        train, _ = _direct(spec)
+        got = np.asarray(GramMatrix(spec.output_dir, "train", "ntk")).astype(np.float64)
+        scale = np.abs(train.ntk).max()
+        assert np.abs(got - train.ntk).max() <= (1e-10 if dtype == "float64" else 2e-6) * scale
+        assert dtype == "float64" or run.precision["train"]["ntk"] <= 2e-6
 
 
 def test_the_kernel_command_imports_no_torch_to_parse():

@@ -43,17 +43,13 @@ def cmd_kernel(args) -> int:
     spec = load_gram_spec(args.spec)
     if args.out:
         spec = replace(spec, output_dir=args.out)
+    executor, where = _executor(args)               # a device it does not have: refused here
     print(f"kernel job {spec.name!r} → {spec.output_dir}: {spec.network.architecture} "
           f"depth {spec.network.depth} on {spec.network.dataset} "
           f"({spec.network.n_train} train, {spec.network.n_test} test), tiles of {spec.tile}, "
-          f"{spec.dtype}", file=sys.stderr)
+          f"{spec.dtype}, on {where}", file=sys.stderr)
     from .job import PRECISION_SAMPLE, run_gram
 
-    executor = None
-    if args.workers > 1 or args.address:
-        from ..sweep import local_tile_executor
-
-        executor = local_tile_executor(args.workers, args.address)
     tracked = _job_run(spec, args)
     try:
         run = run_gram(spec, executor, on_progress=progress_lines(tracked))
@@ -62,7 +58,7 @@ def cmd_kernel(args) -> int:
             tracked.end("KILLED")
         raise
     if tracked is not None:
-        devices = sorted(set(getattr(executor, "devices", None) or ["cpu (this process)"]))
+        devices = sorted(set(executor.devices))
         precision = {f"{block}_{kernel}_float32_error": error
                      for block, errors in run.precision.items() for kernel, error in errors.items()}
         tracked.end("FINISHED", {"tiles_computed": run.computed, "tiles_kept": run.kept,
@@ -88,6 +84,32 @@ def cmd_kernel(args) -> int:
             print(f"kernel regression with {kernel} (ridge {args.ridge:g}, {fit.method}): "
                   f"test MSE {fit.test_mse:.4g}{accuracy}")
     return 0
+
+
+def _executor(args):
+    """(executor, where it computes, in words): Ray tile actors (``--workers`` > 1 or
+    ``--address``: GPUs where the cluster has them), or this process, on ``--device``
+    (default: its GPU where it has one); the executor's ``devices`` name where tiles ran."""
+    if args.workers > 1 or args.address:
+        from ..sweep import local_tile_executor
+
+        executor = local_tile_executor(args.workers, args.address, args.gpus_per_worker)
+        gpus = executor.gpus_per_actor
+        each = f"{gpus:g} GPU" if gpus else "1 CPU"
+        return executor, f"{args.workers} Ray workers of {each} each"
+    import torch
+
+    from ..errors import UserError
+    from ..kernels.tiling import SerialExecutor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA GPU (torch "
+                        f"{torch.__version__}); use --device cpu")
+    executor = SerialExecutor(None if device == "cpu" else device)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    executor.devices = [f"{name} (this process)"]
+    return executor, executor.devices[0]
 
 
 def _job_run(spec, args):
@@ -117,6 +139,11 @@ def add_kernel(sub) -> None:
     k.add_argument("--workers", type=int, default=1,
                    help="tile workers: 1 computes in this process; N > 1 starts N Ray actors")
     k.add_argument("--address", help="Ray cluster address for the workers")
+    k.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per tile worker (default: 1 where the Ray cluster has GPUs, "
+                   "else 0; a fraction shares a GPU)")
+    k.add_argument("--device", help="where this process computes when it is the only "
+                   "worker: cpu, cuda, cuda:1 … (default: its GPU where it has one)")
     k.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                    "$MLFLOW_TRACKING_URI, or SQLite inside the output dir)")
     k.add_argument("--no-tracking", action="store_true", help="no MLflow run")

@@ -78,13 +78,17 @@ class TileExecutor(Protocol):
 
 
 class SerialExecutor:
-    """Computes tiles one after another in this process."""
+    """Computes tiles one after another in this process — on ``device`` where one is given
+    (the computation moved there, as a Ray actor moves it to its GPU)."""
 
-    def __init__(self):
+    def __init__(self, device: str | None = None):
+        self.device = device
         self.seconds: dict[Tile, float] = {}
 
     def map_tiles(self, computation: TileComputation,
                   tiles: Sequence[Tile]) -> Iterator[tuple[Tile, Tensor]]:
+        if self.device is not None:
+            computation = computation.to(self.device)
         for tile in tiles:
             started = time.perf_counter()
             value = computation(tile)

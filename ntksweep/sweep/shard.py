@@ -23,11 +23,12 @@ class _TileWorker:
         self._computation: TileComputation | None = None
 
     def load(self, computation: TileComputation) -> str:
+        """Take the computation onto this actor's device; say which (a GPU by its name)."""
         import torch
 
         device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self._computation = computation.to(device)
-        return device
+        return f"cuda ({torch.cuda.get_device_name(0)})" if device != "cpu" else "cpu"
 
     def compute(self, tile: Tile) -> tuple[np.ndarray, float]:
         """The tile, and the seconds it took here."""
@@ -54,13 +55,23 @@ class _TileWorker:
             torch.cuda.empty_cache()
 
 
-def local_tile_executor(workers: int, address: str | None = None) -> RayTileExecutor:
-    """``workers`` tile actors of one CPU each on the Ray cluster at ``address`` (default: a
-    local Ray of ``workers`` CPUs, started quietly unless one runs already)."""
+def local_tile_executor(workers: int, address: str | None = None,
+                        gpus_per_worker: float | None = None) -> RayTileExecutor:
+    """``workers`` tile actors of one CPU and ``gpus_per_worker`` GPUs each (default: one
+    where the cluster has GPUs, else none) on the Ray cluster at ``address`` (default: a
+    local Ray of ``workers`` CPUs and this machine's GPUs, started quietly unless one runs
+    already). ``UserError`` before any actor starts where the cluster has too few GPUs (Ray
+    would wait for them forever)."""
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else workers,
                  include_dashboard=False, log_to_driver=False)
-    return RayTileExecutor(workers)
+    have = ray.cluster_resources().get("GPU", 0)
+    gpus = (1.0 if have else 0.0) if gpus_per_worker is None else gpus_per_worker
+    if gpus < 0 or workers * gpus > have:
+        raise UserError(f"{workers} tile workers of {gpus:g} GPUs need "
+                        f"{workers * gpus:g}; the Ray cluster has {have:g} (fewer workers, "
+                        "--gpus-per-worker 0 for CPUs, or a fraction to share a GPU)")
+    return RayTileExecutor(workers, num_gpus=gpus)
 
 
 class RayTileExecutor:
@@ -79,6 +90,7 @@ class RayTileExecutor:
         if not ray.is_initialized():
             ray.init()
         self._options = {"num_gpus": num_gpus, "num_cpus": num_cpus}
+        self.gpus_per_actor = num_gpus
         self.actors = [_TileWorker.options(**self._options).remote() for _ in range(num_actors)]
         self.devices: list[str] = []
         self.replaced = 0          # actors that died and were replaced
