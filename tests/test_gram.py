@@ -155,7 +155,7 @@ def test_a_float32_job_stores_float32_and_measures_its_precision_against_float64
             got = GramMatrix(spec.output_dir, block, kernel)
             assert got.dtype == np.float32 and np.asarray(got).dtype == np.float32
             want = getattr(exact, kernel)
-            assert np.abs(np.asarray(got) - want).max() <= 2e-6 * np.abs(want).max()
+            assert np.abs(np.asarray(got) - want).max() <= 5e-6 * np.abs(want).max()
             sample = np.asarray(got)[:8, :8].astype(np.float64) - want[:8, :8]
             measured = np.abs(sample).max() / np.abs(want[:8, :8]).max()
             assert 0 < manifest["precision"][block][kernel] == pytest.approx(measured)
@@ -221,8 +221,8 @@ def test_a_kernel_job_on_the_gpu_is_the_cpus(tmp_path):
         train, _ = _direct(spec)
         got = np.asarray(GramMatrix(spec.output_dir, "train", "ntk")).astype(np.float64)
         scale = np.abs(train.ntk).max()
-        assert np.abs(got - train.ntk).max() <= (1e-10 if dtype == "float64" else 2e-6) * scale
-        assert dtype == "float64" or run.precision["train"]["ntk"] <= 2e-6
+        assert np.abs(got - train.ntk).max() <= (1e-10 if dtype == "float64" else 5e-6) * scale
+        assert dtype == "float64" or run.precision["train"]["ntk"] <= 5e-6
 
 
 def test_the_kernel_command_imports_no_torch_to_parse():
