@@ -82,26 +82,22 @@ class GlobalAvgPool(Layer):
         return k.map_pairs(mean_pairs, (), diagonal=False)
 
 
-def _pool_first(e: Tensor, window: int, stride: int) -> Tensor:
-    """Average-pool the first (H, W) of E (B, H, W, *rest) → (B, H', W', *rest)."""
-    b, h, w = e.shape[:3]
-    rest = e.shape[3:]
-    x = e.reshape(b, h, w, -1).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
-    pooled = F.avg_pool2d(x, window, stride)
-    h2, w2 = pooled.shape[-2:]
-    return pooled.reshape(b, -1, h2, w2).permute(0, 2, 3, 1).reshape(b, h2, w2, *rest)
-
-
-def _pool_blocks(e: Tensor, w: int) -> Tensor:
-    """Non-overlapping w×w "valid" pooling of both positions of E (…, H, W, H, W) with no
+def _pool_pairs(e: Tensor, window: int, stride: int) -> Tensor:
+    """w×w "valid" average pooling, stride s, of both positions of E (…, H, W, H, W) with no
     permuted copy of E: the second position as images of the first's (``avg_pool2d`` on a
-    view), then the first as a mean over its blocks, each row of pairs contiguous within."""
+    view), then the first as the mean of its w² strided shifts, each a view whose rows of
+    pairs stay contiguous."""
     *lead, n1, m1, n2, m2 = e.shape
-    h1, w1, h2, w2 = (s // w for s in (n1, m1, n2, m2))
-    second = F.avg_pool2d(e.reshape(-1, 1, n2, m2), w)              # (… n1 m1, 1, h2, w2)
-    rows = second.reshape(-1, n1, m1, h2 * w2)[:, :h1 * w, :w1 * w]
-    first = rows.reshape(-1, h1, w, w1, w, h2 * w2).mean((2, 4))
-    return first.reshape(*lead, h1, w1, h2, w2)
+    second = F.avg_pool2d(e.reshape(-1, 1, n2, m2), window, stride)   # (… n1 m1, 1, h2, w2)
+    h2, w2 = second.shape[-2:]
+    rows = second.reshape(-1, n1, m1, h2 * w2)
+    h1, w1 = (n1 - window) // stride + 1, (m1 - window) // stride + 1
+    shifts = [rows[:, i:i + stride * (h1 - 1) + 1:stride, j:j + stride * (w1 - 1) + 1:stride]
+              for i in range(window) for j in range(window)]
+    first = shifts[0].clone()
+    for shift in shifts[1:]:
+        first += shift
+    return first.div_(window * window).reshape(*lead, h1, w1, h2, w2)
 
 
 @dataclass(frozen=True)
@@ -138,14 +134,4 @@ class AvgPool(Layer):
     def limit(self, k):
         out = self.out_shape((k.channels, *k.shape))
 
-        def pool_pairs(e: Tensor) -> Tensor:                 # (…, H, W, H, W)
-            if self.step == self.window:                     # one pass: a mean over blocks
-                return _pool_blocks(e, self.window)
-            lead = e.shape[:-4]
-            flat = e.reshape(-1, *e.shape[-4:])
-            once = _pool_first(flat, self.window, self.step)             # p pooled
-            swapped = once.permute(0, 3, 4, 1, 2)
-            twice = _pool_first(swapped, self.window, self.step).permute(0, 3, 4, 1, 2)
-            return twice.reshape(*lead, *twice.shape[1:])
-
-        return k.map_pairs(pool_pairs, out[1:])
+        return k.map_pairs(lambda e: _pool_pairs(e, self.window, self.step), out[1:])
