@@ -94,7 +94,7 @@ def _executor(args):
         from ..sweep import local_tile_executor
 
         executor = local_tile_executor(args.workers, args.address, args.gpus_per_worker)
-        gpus = executor.gpus_per_actor
+        gpus = executor.options["num_gpus"]
         each = f"{gpus:g} GPU" if gpus else "1 CPU"
         return executor, f"{args.workers} Ray workers of {each} each"
     import torch
@@ -106,9 +106,7 @@ def _executor(args):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: this machine has no CUDA GPU (torch "
                         f"{torch.__version__}); use --device cpu")
-    executor = SerialExecutor(None if device == "cpu" else device)
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
-    executor.devices = [f"{name} (this process)"]
+    executor = SerialExecutor(device)
     return executor, executor.devices[0]
 
 

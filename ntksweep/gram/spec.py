@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..choices import DTYPES
 from ..errors import SpecError
 from ..store import read_text
 from ..trial_spec import TrialSpec, suggest
@@ -53,7 +54,7 @@ class GramSpec:
     """The job: ``network`` (a trial spec: its data and its limit's fields), ``tile`` rows
     per tile, ``output_dir``; ``eval_rows``: the train block's points are the eval points,
     then the training points (the kernels a sweep's trials read: ``sweep.limits``);
-    ``dtype``: what the limit is computed and stored in (``kernels.tiles.LIMIT_DTYPES``)."""
+    ``dtype``: what the limit is computed and stored in (``kernels.tiles.limit_dtype``)."""
 
     name: str
     output_dir: str
@@ -105,7 +106,7 @@ def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
         raise SpecError(f"tile: rows per tile, an integer >= 1 (got {tile!r})")
     dtype = raw.get("dtype", "float64")
-    if dtype not in ("float64", "float32"):
+    if dtype not in DTYPES:
         raise SpecError(f"dtype: float64 (the default) or float32; got {dtype!r}")
     spec = TrialSpec.from_dict({"n_eval": 1, "steps": 0, **network})
     out = raw.get("output_dir") or f"ntksweep-out/{name}-kernel"

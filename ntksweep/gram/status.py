@@ -45,11 +45,11 @@ def _blocks(out: str | Path, manifest: dict, resume: str) -> list[str]:
         done = sum(tile_path(block, t).rsplit("/", 1)[1] in names for t in tiles)
         state = "complete" if done == len(tiles) else resume
         lines.append(f"  {block}: {n1} × {n2}, {done}/{len(tiles)} tiles written ({state})"
-                     f"{precision_note(manifest, block)}")
+                     f"{_precision_note(manifest, block)}")
     return lines
 
 
-def precision_note(manifest: dict, block: str) -> str:
+def _precision_note(manifest: dict, block: str) -> str:
     """A float32 job's measured precision of ``block`` (``job._precision``), or nothing."""
     measured = manifest.get("precision", {}).get(block)
     if not measured:

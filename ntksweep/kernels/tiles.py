@@ -13,15 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..choices import DTYPES
 from ..errors import SpecError
 
-__all__ = ["Tile", "plan_tiles", "float64_points", "pair_kernels", "LIMIT_DTYPES",
-           "limit_dtype"]
-
-# What a limit may be computed in: float64 (the default, every check's), or float32 — half
-# the memory traffic of the recursions over pairs of positions, which are memory-bound
-# (benchmarks/RESULTS.md), and what a GPU runs fast.
-LIMIT_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+__all__ = ["Tile", "plan_tiles", "float64_points", "pair_kernels", "limit_dtype"]
 
 
 @dataclass(frozen=True)
@@ -87,11 +82,13 @@ def float64_points(x1, x2=None, *, ndim: int, what: str) -> tuple[np.ndarray, np
 
 
 def limit_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a limit computed in ``name`` (``LIMIT_DTYPES``)."""
-    if name not in LIMIT_DTYPES:
-        raise SpecError(f"dtype: a limit is computed in {' or '.join(LIMIT_DTYPES)}; got "
-                        f"{name!r}")
-    return LIMIT_DTYPES[name]
+    """The torch dtype of a limit computed in ``name`` (``choices.DTYPES``): float64, the
+    default and every check's, or float32 — half the memory traffic of the recursions over
+    pairs of positions, which are memory-bound (benchmarks/RESULTS.md), and what a GPU runs
+    fast."""
+    if name not in DTYPES:
+        raise SpecError(f"dtype: a limit is computed in float64 or float32; got {name!r}")
+    return getattr(torch, name)
 
 
 def pair_kernels(n1: int, n2: int, side: int, symmetric: bool, compute, *, device=None,

@@ -79,11 +79,14 @@ class TileExecutor(Protocol):
 
 class SerialExecutor:
     """Computes tiles one after another in this process — on ``device`` where one is given
-    (the computation moved there, as a Ray actor moves it to its GPU)."""
+    (the computation moved there, as a Ray actor moves it to its GPU); ``devices`` names it
+    (a GPU by its name), as a Ray executor names its actors'."""
 
     def __init__(self, device: str | None = None):
         self.device = device
         self.seconds: dict[Tile, float] = {}
+        gpu = device is not None and str(device).startswith("cuda")
+        self.devices = [f"{torch.cuda.get_device_name(device) if gpu else 'cpu'} (this process)"]
 
     def map_tiles(self, computation: TileComputation,
                   tiles: Sequence[Tile]) -> Iterator[tuple[Tile, Tensor]]:

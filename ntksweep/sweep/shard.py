@@ -89,9 +89,8 @@ class RayTileExecutor:
             raise UserError(f"num_actors must be >= 1; got {num_actors}")
         if not ray.is_initialized():
             ray.init()
-        self._options = {"num_gpus": num_gpus, "num_cpus": num_cpus}
-        self.gpus_per_actor = num_gpus
-        self.actors = [_TileWorker.options(**self._options).remote() for _ in range(num_actors)]
+        self.options = {"num_gpus": num_gpus, "num_cpus": num_cpus}    # each actor's
+        self.actors = [_TileWorker.options(**self.options).remote() for _ in range(num_actors)]
         self.devices: list[str] = []
         self.replaced = 0          # actors that died and were replaced
         self.seconds: dict[Tile, float] = {}   # each tile's, on its actor
@@ -127,7 +126,7 @@ class RayTileExecutor:
 
     def _replace(self, dead, ref):
         """A new actor in the dead one's place, loaded with the computation."""
-        fresh = _TileWorker.options(**self._options).remote()
+        fresh = _TileWorker.options(**self.options).remote()
         ray.get(fresh.load.remote(ref))
         self.actors[self.actors.index(dead)] = fresh
         self.replaced += 1
