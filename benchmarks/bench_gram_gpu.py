@@ -9,8 +9,8 @@ on a V100 in float32; the goal on an H100/H200 is ≤ 0.5 ms.
     python benchmarks/bench_gram_gpu.py --device cpu --n1 2 --n2 4 --side 16   # a check
 
 Prints one JSON object. Each time is the best of --repeats after one warm-up, with the
-device synchronised (``analytic_kernels`` returns numpy: the tiles are on the host when it
-returns). The limit's tiles fill ``--memory-budget`` bytes of the device.
+device synchronised (``bench_empirical.best_time``). The limit's tiles fill
+``--memory-budget`` bytes of the device.
 """
 
 from __future__ import annotations
@@ -18,25 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ntksweep import analytic_kernels
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_empirical import best_time  # noqa: E402
+
 CASES = {"cntk21_gap": dict(architecture="cnn", depth=21, readout="gap"),
          "myrtle5": dict(architecture="myrtle", depth=5)}
 STDS = dict(weight_std=1.0, bias_std=0.1)
-
-
-def best_seconds(run, repeats: int) -> tuple[float, np.ndarray]:
-    out, best = run(), float("inf")                     # the warm-up
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv=None) -> int:
@@ -48,6 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--memory-budget", type=int, default=16 << 30)
     args = p.parse_args(argv)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rng = np.random.default_rng(0)
     x1, x2 = (rng.normal(size=(n, 3, args.side, args.side)) for n in (args.n1, args.n2))
     entries = args.n1 * args.n2
@@ -57,11 +52,10 @@ def main(argv=None) -> int:
     for case, kwargs in CASES.items():
         row, kernels = {}, {}
         for dtype in ("float32", "float64"):
-            seconds, k = best_seconds(lambda dt=dtype, kw=kwargs: analytic_kernels(
-                x1, x2, **kw, **STDS, device=args.device, dtype=dt,
-                memory_budget=args.memory_budget), args.repeats)
+            seconds = best_time(lambda dt=dtype, kw=kwargs, out=kernels: out.__setitem__(
+                dt, analytic_kernels(x1, x2, **kw, **STDS, device=args.device, dtype=dt,
+                                     memory_budget=args.memory_budget)), args.repeats, sync)
             row[f"{dtype}_ms_per_entry"] = 1e3 * seconds / entries
-            kernels[dtype] = k
         for kernel in ("ntk", "nngp"):
             exact = getattr(kernels["float64"], kernel)
             diff = np.abs(getattr(kernels["float32"], kernel) - exact).max()
