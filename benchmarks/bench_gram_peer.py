@@ -11,8 +11,10 @@ neural-tangents is archived and needs its own venv (never a dependency of ntkswe
 
 Both sides run in float32 (the peer's default; ours ``dtype="float32"``) and in float64
 (ours' default; the peer's jax x64 mode), compared at the same precision and best against
-best. The peer runs first, in its own process, so the two never share the cores; each
-side's best of --repeats after one warm-up (the peer's: after jit compilation). Goal: ≥ 5×
+best. The peer runs in its own processes (one per precision), kept up between requests, and
+the sides take turns case by case (``peer_session``): they never share the cores, and a
+shared machine's drift falls on both. Each side's best of --repeats after one warm-up (the
+peer's: after jit compilation). Goal: ≥ 5×
 the peer's per-entry time for the GAP CNTK and Myrtle-5. The
 flatten readout's cost per pair grows as H·W, the GAP's as (H·W)²: the per-entry times at
 --side and at half of it show it.
@@ -21,15 +23,15 @@ flatten readout's cost per pair grows as H·W, the GAP's as (H·W)²: the per-en
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ntksweep import analytic_kernels
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peer_session import Peer, interleaved_best  # noqa: E402
 
 CASES = {"cntk4_gap": dict(architecture="cnn", depth=4, readout="gap"),
          "cntk4_flatten": dict(architecture="cnn", depth=4, readout="flatten"),
@@ -37,29 +39,24 @@ CASES = {"cntk4_gap": dict(architecture="cnn", depth=4, readout="gap"),
 STDS = dict(weight_std=1.0, bias_std=0.1)
 
 
-def run_peer(python: str, x1: np.ndarray, x2: np.ndarray, repeats: int, x64: bool) -> dict:
-    """The peer's seconds and NTK per case (images channels last, as stax reads them)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, out = Path(tmp, "inputs.npz"), Path(tmp, "peer.npz")
-        np.savez(inputs, x1=x1.transpose(0, 2, 3, 1), x2=x2.transpose(0, 2, 3, 1),
-                 cases=",".join(CASES), repeats=repeats, **STDS)
-        script = Path(__file__).with_name("peer_nt_limits.py")
-        subprocess.run([python, str(script), str(inputs), str(out), *(["--x64"] * x64)],
-                       check=True, capture_output=True, text=True)
-        with np.load(out) as peer:
-            return {k: peer[k] for k in peer.files}
-
-
-def run_ours(x1: np.ndarray, x2: np.ndarray, repeats: int, dtype: str) -> dict:
-    res = {}
-    for name, args in CASES.items():
-        best, k = float("inf"), None
-        for _ in range(repeats + 1):                 # the first is the warm-up
-            t0 = time.perf_counter()
-            k = analytic_kernels(x1, x2, **args, **STDS, dtype=dtype)
-            best = min(best, time.perf_counter() - t0)
-        res[f"{name}_s"], res[f"{name}_ntk"] = best, k.ntk
-    return res
+def run_side(python: str, x1: np.ndarray, x2: np.ndarray, repeats: int,
+             x64: bool) -> tuple[dict, dict]:
+    """(ours, the peer's) at one precision: seconds per case as ``<case>_s`` and each NTK,
+    the two sides taking turns (images channels last for stax)."""
+    dtype = "float64" if x64 else "float32"
+    ours = {f"{name}_ntk": analytic_kernels(x1, x2, **args, **STDS, dtype=dtype).ntk
+            for name, args in CASES.items()}
+    timed = {name: lambda args=args: analytic_kernels(x1, x2, **args, **STDS, dtype=dtype)
+             for name, args in CASES.items()}
+    inputs = dict(x1=x1.transpose(0, 2, 3, 1), x2=x2.transpose(0, 2, 3, 1),
+                  cases=",".join(CASES), **STDS)
+    script = str(Path(__file__).with_name("peer_nt_limits.py"))
+    with Peer(python, script, inputs, *(["--x64"] * x64)) as process:
+        best_ours, best_peer = interleaved_best(process, timed, repeats)
+        peer = dict(process.outputs)
+    ours.update({f"{case}_s": t for case, t in best_ours.items()})
+    peer.update({f"{case}_s": t for case, t in best_peer.items()})
+    return ours, peer
 
 
 def main(argv=None) -> int:
@@ -74,10 +71,9 @@ def main(argv=None) -> int:
     sides = {args.side: None, args.side // 2: None}
     for side in sides:
         x1, x2 = (rng.normal(size=(n, 3, side, side)) for n in (args.n1, args.n2))
-        peer32 = run_peer(args.peer_python, x1, x2, args.repeats, x64=False)
-        peer64 = run_peer(args.peer_python, x1, x2, args.repeats, x64=True)
-        sides[side] = (run_ours(x1, x2, args.repeats, "float64"),
-                       run_ours(x1, x2, args.repeats, "float32"), peer32, peer64)
+        ours64, peer64 = run_side(args.peer_python, x1, x2, args.repeats, x64=True)
+        ours32, peer32 = run_side(args.peer_python, x1, x2, args.repeats, x64=False)
+        sides[side] = (ours64, ours32, peer32, peer64)
     entries = args.n1 * args.n2
     print(f"per Gram entry (Θ_∞ and Σ of one pair), a {args.n1} × {args.n2} block of "
           f"{args.side}×{args.side}×3 images; {sides[args.side][2]['versions']}, "

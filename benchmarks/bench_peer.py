@@ -7,8 +7,9 @@ neural-tangents is archived and needs its own venv (never a dependency of ntkswe
     python benchmarks/bench_peer.py --peer-python /tmp/ntvenv/bin/python
 
 Both sides get the same inputs, float32 for the networks, best of --repeats after one warm-up
-(neural-tangents: after jit compilation). The peer runs first, in its own process, so the two
-never share the cores.
+(neural-tangents: after jit compilation). The peer runs in its own process and venv, kept up
+between requests, and the two sides take turns case by case (``peer_session``): they never
+share the cores, and a shared machine's drift falls on both.
 1. analytic CNTK, depth 4 (three 3×3 SAME convolutions, ReLU, GAP, dense), 8×8×1, N = 128
    (goal ≥ 5×), and the largest difference between the two kernels (relative to its max);
 2. empirical NTK of that CNN at width 128 (goal ≥ 2× the peer's faster implementation);
@@ -22,10 +23,7 @@ never share the cores.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,54 +34,40 @@ from ntksweep import layers as nl
 from ntksweep.models import CNN, MLP
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_empirical import best_time  # noqa: E402
+from peer_session import Peer, interleaved_best  # noqa: E402
 
 SHAPES = dict(depth=4, weight_std=1.0, bias_std=0.1, cnn_n=128, cnn_width=128, mlp_n=256,
               mlp_width=1024, mlp_dim=16, tf_n=128, tf_width=128, tf_heads=4, tf_tokens=16,
               tf_dim=16, tf_limit_n=16)
 
 
-def run_peer(python: str, x_cnn: np.ndarray, x_mlp: np.ndarray, x_tf: np.ndarray,
-             repeats: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, out = Path(tmp, "inputs.npz"), Path(tmp, "peer.npz")
-        np.savez(inputs, cnn_x=x_cnn.transpose(0, 2, 3, 1), mlp_x=x_mlp, tf_x=x_tf, **SHAPES)
-        script = Path(__file__).with_name("peer_neural_tangents.py")
-        subprocess.run([python, str(script), str(inputs), str(out), "--repeats", str(repeats)],
-                       check=True, capture_output=True, text=True)
-        with np.load(out) as peer:
-            return {k: peer[k] for k in peer.files}
+def peer_inputs(x_cnn: np.ndarray, x_mlp: np.ndarray, x_tf: np.ndarray) -> dict:
+    return dict(cnn_x=x_cnn.transpose(0, 2, 3, 1), mlp_x=x_mlp, tf_x=x_tf, **SHAPES)
 
 
-def run_ours(x_cnn: np.ndarray, x_mlp: np.ndarray, x_tf: np.ndarray, repeats: int) -> dict:
-    s, sync = SHAPES, (lambda: None)
+def our_cases(x_cnn: np.ndarray, x_mlp: np.ndarray, x_tf: np.ndarray) -> tuple[dict, dict]:
+    """(the timed calls, by the peer's case names; the kernels compared with the peer's)."""
+    s = SHAPES
     stds = dict(weight_std=s["weight_std"], bias_std=s["bias_std"])
-    res = {}
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        k = analytic_kernels(x_cnn, architecture="cnn", depth=s["depth"], **stds)
-        best = min(best, time.perf_counter() - t0)
-    res["cnn_analytic_s"], res["cnn_analytic_ntk"] = best, k.ntk
-    nets = {"cnn": (CNN(1, s["cnn_width"], s["depth"], seed=0, **stds), x_cnn),
-            "mlp": (MLP(s["mlp_dim"], s["mlp_width"], s["depth"], seed=0, **stds), x_mlp)}
-    for arch, (net, x) in nets.items():
-        xt = torch.as_tensor(x, dtype=torch.float32)
-        for method in ("structured", "jacobian"):
-            res[f"{arch}_empirical_{method}_s"] = best_time(
-                lambda net=net, xt=xt, method=method: empirical_ntk(net, xt, method=method),
-                repeats, sync)
+    timed = {"cnn_analytic": lambda: analytic_kernels(x_cnn, architecture="cnn",
+                                                      depth=s["depth"], **stds)}
     net = nl.transformer(s["tf_width"], s["depth"], heads=s["tf_heads"], **stds)
     seqs = x_tf.transpose(0, 2, 1).copy()                                  # (N, d, T)
-    model, xt = net.module(seqs.shape[1:], seed=0), torch.as_tensor(seqs, dtype=torch.float32)
-    for method in ("structured", "jacobian"):
-        res[f"tf_empirical_{method}_s"] = best_time(
-            lambda method=method: empirical_ntk(model, xt, method=method), repeats, sync)
-    res["tf_analytic_ntk"] = net.kernels(seqs[:s["tf_limit_n"]]).ntk
-    return res
+    nets = {"cnn": (CNN(1, s["cnn_width"], s["depth"], seed=0, **stds), x_cnn),
+            "mlp": (MLP(s["mlp_dim"], s["mlp_width"], s["depth"], seed=0, **stds), x_mlp),
+            "tf": (net.module(seqs.shape[1:], seed=0), seqs)}
+    for arch, (model, x) in nets.items():
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        for method in ("structured", "jacobian"):
+            timed[f"{arch}_empirical_{method}"] = \
+                lambda model=model, xt=xt, method=method: empirical_ntk(model, xt, method=method)
+    outputs = {"cnn_analytic_ntk": timed["cnn_analytic"]().ntk,
+               "tf_analytic_ntk": net.kernels(seqs[:s["tf_limit_n"]]).ntk}
+    return timed, outputs
 
 
 def report(ours: dict, peer: dict) -> None:
+    """ours, peer: seconds per case as ``<case>_s`` and the compared kernels."""
     print(f"2-core CPU here; peer: {peer['versions']} on {peer['devices']}")
     diff = np.abs(ours["cnn_analytic_ntk"] - peer["cnn_analytic_ntk"]).max()
     scale = np.abs(ours["cnn_analytic_ntk"]).max()
@@ -120,8 +104,14 @@ def main(argv=None) -> int:
     x_cnn = rng.normal(size=(SHAPES["cnn_n"], 1, 8, 8))
     x_mlp = rng.normal(size=(SHAPES["mlp_n"], SHAPES["mlp_dim"]))
     x_tf = rng.normal(size=(SHAPES["tf_n"], SHAPES["tf_tokens"], SHAPES["tf_dim"]))
-    peer = run_peer(args.peer_python, x_cnn, x_mlp, x_tf, args.repeats)
-    report(run_ours(x_cnn, x_mlp, x_tf, args.repeats), peer)
+    timed, ours = our_cases(x_cnn, x_mlp, x_tf)
+    script = str(Path(__file__).with_name("peer_neural_tangents.py"))
+    with Peer(args.peer_python, script, peer_inputs(x_cnn, x_mlp, x_tf)) as peer_process:
+        best_ours, best_peer = interleaved_best(peer_process, timed, args.repeats)
+        peer = dict(peer_process.outputs)
+    ours.update({f"{case}_s": t for case, t in best_ours.items()})
+    peer.update({f"{case}_s": t for case, t in best_peer.items()})
+    report(ours, peer)
     return 0
 
 

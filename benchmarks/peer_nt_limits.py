@@ -4,17 +4,16 @@ ntksweep.
 
     PEER_PYTHON peer_nt_limits.py INPUTS.npz OUT.npz [--x64]
 
-Reads images ``x1`` (n1, H, W, C) and ``x2`` (n2, H, W, C) and the networks' scales, and
-times each network's analytic kernel_fn on the block x1 × x2 (NTK and NNGP together, as a
-dataset-scale job needs both), jitted, best of ``repeats`` after one compiling call;
-writes the seconds and the NTK it computed. ``--x64``: in float64 (jax's x64 mode).
+Reads images ``x1`` (n1, H, W, C) and ``x2`` (n2, H, W, C) and the networks' scales, jits
+each network's analytic kernel_fn on the block x1 × x2 (NTK and NNGP together, as a
+dataset-scale job needs both), writes the NTK it computed and then times one case per
+request (``peer_neural_tangents.serve``). ``--x64``: in float64 (jax's x64 mode).
 """
 
 import argparse
 
 import jax
 import numpy as np
-from peer_neural_tangents import best_time  # this directory: the same venv
 
 
 def networks(w_std: float, b_std: float) -> dict:
@@ -43,22 +42,20 @@ def main() -> None:
     args = p.parse_args()
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    import neural_tangents as nt
+    from peer_neural_tangents import serve  # this directory, the same venv; after x64 is set
 
     cfg = np.load(args.inputs)
     dtype = jax.numpy.float64 if args.x64 else jax.numpy.float32
     x1, x2 = (jax.numpy.asarray(cfg[k], dtype=dtype) for k in ("x1", "x2"))
-    res = {"devices": str(jax.devices()), "versions": f"neural-tangents {nt.__version__}, "
-                                                      f"jax {jax.__version__}"}
+    timed, outputs = {}, {}
     for name, (_, _, kernel_fn) in networks(float(cfg["weight_std"]),
                                             float(cfg["bias_std"])).items():
         if name not in str(cfg["cases"]).split(","):
             continue
         kfn = jax.jit(kernel_fn, static_argnames="get")
-        res[f"{name}_s"] = best_time(lambda f=kfn: f(x1, x2, ("ntk", "nngp")),
-                                     int(cfg["repeats"]))
-        res[f"{name}_ntk"] = np.asarray(kfn(x1, x2, "ntk"))
-    np.savez(args.out, **res)
+        timed[name] = lambda f=kfn: f(x1, x2, ("ntk", "nngp"))
+        outputs[f"{name}_ntk"] = np.asarray(kfn(x1, x2, "ntk"))
+    serve(timed, outputs, args.out)
 
 
 if __name__ == "__main__":

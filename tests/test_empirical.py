@@ -322,12 +322,13 @@ def test_what_a_users_module_is_told(call, message):
 
 
 @pytest.mark.parametrize("rows, cols", [(64, 64), (130, 1 << 14), (600, 1024)])
-def test_a_gram_from_the_blocks_above_its_diagonal_is_the_whole_product(rows, cols):
-    """``layerwise._add_gram`` adds a aᵀ: in one product (small), or from 2 or 4 row blocks
-    whose upper triangle is mirrored (uneven blocks: 130 rows)."""
-    from ntksweep.kernels.layerwise import _add_gram
+def test_a_gram_from_the_panels_above_its_diagonal_is_the_whole_product(rows, cols):
+    """``layerwise._add_gram`` adds w · a aᵀ on and above the diagonal: in one product
+    (small), or in row panels (uneven ones: 130 and 600 rows); ``_mirror_upper`` completes
+    it."""
+    from ntksweep.kernels.layerwise import _add_gram, _mirror_upper
 
     a = torch.randn(rows, cols, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = torch.full((rows, rows), 0.5, dtype=torch.float64)
-    _add_gram(out, a)
-    torch.testing.assert_close(out, 0.5 + a @ a.T, rtol=1e-12, atol=1e-9)
+    _add_gram(out, a, 0.25)
+    torch.testing.assert_close(_mirror_upper(out), 0.5 + 0.25 * a @ a.T, rtol=1e-12, atol=1e-9)

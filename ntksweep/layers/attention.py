@@ -82,15 +82,19 @@ class _Attention(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         n, c, *positions = z.shape
         z = z.reshape(n, c, -1)                                                # (N, C, T)
-        h, d = self.spec.heads, self.d
+        h, d, t = self.spec.heads, self.d, z.shape[-1]
 
-        def split(p: PositionwiseDense) -> Tensor:                             # (N, H, T, d)
-            return p(z).reshape(n, h, d, -1).transpose(-1, -2)
+        def split(p: PositionwiseDense) -> Tensor:                             # (N H, T, d)
+            # the projection's (N, T, H d) memory in head-major order: one copy, which the
+            # batched products below (and tied queries) then share
+            return p(z).transpose(1, 2).reshape(n, t, h, d).transpose(1, 2).reshape(n * h, t, d)
 
         keys = split(self.key)
         queries = keys if self.query is None else split(self.query)
-        g = MECHANISMS[self.spec.mechanism](queries @ keys.transpose(-1, -2) * self.logit_scale)
-        joined = (g @ split(self.value)).transpose(1, 2).reshape(n, -1, h * d)    # (N, T, H d)
+        logits = torch.bmm(queries, keys.transpose(1, 2)).mul_(self.logit_scale)
+        g = MECHANISMS[self.spec.mechanism](logits)                            # (N H, T, T)
+        heads = torch.bmm(g, split(self.value)).view(n, h, t, d)
+        joined = heads.transpose(1, 2).reshape(n, t, h * d)                    # (N, T, H d)
         return self.out(joined.transpose(1, 2)).reshape(n, self.spec.width, *positions)
 
     def extra_repr(self) -> str:
