@@ -29,9 +29,13 @@ class Peer:
         self._proc = subprocess.Popen(
             [python, script, str(tmp / "inputs.npz"), str(tmp / "out.npz"), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self.cases = self._reply()["ready"]
-        with np.load(tmp / "out.npz") as out:
-            self.outputs = {k: out[k] for k in out.files}
+        try:
+            self.cases = self._reply()["ready"]
+            with np.load(tmp / "out.npz") as out:
+                self.outputs = {k: out[k] for k in out.files}
+        except BaseException:
+            self.__exit__()
+            raise
 
     def _reply(self) -> dict:
         for line in self._proc.stdout:
@@ -52,7 +56,10 @@ class Peer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._proc.stdin.close()
+        try:
+            self._proc.stdin.close()                     # the peer's loop ends, and it exits
+        except BrokenPipeError:                          # it had already
+            pass
         self._proc.wait()
         self._log.close()
         self._dir.cleanup()
