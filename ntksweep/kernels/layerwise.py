@@ -141,8 +141,8 @@ def _patches(m: nn.Module, part: Tensor) -> Tensor:
     """What each output position of layer m sees of the input channels ``part`` (N, c, …):
     (N, c·k², P) for a k×k convolution, (N, c, P) at each position, (N, c, 1) for ``Dense``."""
     if isinstance(m, Conv):
-        return F.unfold(part, m.kernel_size, padding=m.kernel_size // 2 if m.padding == "same"
-                        else 0)
+        pad = m.kernel_size // 2 if m.padding == "same" else 0
+        return F.unfold(part, m.kernel_size, padding=pad)
     if isinstance(m, PositionwiseDense):
         return part.flatten(2)
     return part[:, :, None]
@@ -300,5 +300,5 @@ def _add_gram(out: Tensor, a: Tensor, weight: float = 1.0) -> None:
 
 
 def _mirror_upper(theta: Tensor) -> Tensor:
-    """The symmetric matrix whose upper triangle (with the diagonal) is theta's."""
+    """theta, in place, made the symmetric matrix of its upper triangle and diagonal."""
     return theta.triu_().add_(theta.triu(1).T)
