@@ -178,11 +178,19 @@ class TrialSpec:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        def need(ok: bool, field: str, msg: str):
-            if not ok:
-                raise SpecError(f"{field}: {msg} (got {getattr(self, field)!r})")
+        """Raise ``SpecError`` naming the first field that is wrong and what it must be."""
+        for check in (self._check_network, self._check_schedule, self._check_data,
+                      self._check_training, self._check_execution, self._check_architecture):
+            check()
 
-        for name in RULES:  # the network's rules, shared with models and analytic_kernels
+    def _need(self, ok: bool, field: str, msg: str) -> None:
+        if not ok:
+            raise SpecError(f"{field}: {msg} (got {getattr(self, field)!r})")
+
+    def _check_network(self) -> None:
+        """The network's own rules (shared with models and analytic_kernels) and sizes."""
+        need = self._need
+        for name in RULES:
             text = problem(name, getattr(self, name))
             need(text is None, name, text or "")
         text = depth_problem(self.parametrization, self.depth)
@@ -190,6 +198,10 @@ class TrialSpec:
         for name, most in _MOST.items():
             v = getattr(self, name)
             need(is_int(v) and 1 <= v <= most, name, f"must be an integer in [1, {most:.0e}]")
+
+    def _check_schedule(self) -> None:
+        """Steps, ensembles, the ridge, the test set, seeds."""
+        need = self._need
         need(is_int(self.steps) and 0 <= self.steps <= 10**9, "steps",
              "must be an integer in [0, 1e+09] (0: measured at initialisation only)")
         need(is_int(self.ensemble) and 1 <= self.ensemble <= 10**6, "ensemble",
@@ -207,6 +219,10 @@ class TrialSpec:
         for name in ("data_seed", "seed"):
             v = getattr(self, name)
             need(is_int(v) and v >= 0, name, "must be an integer >= 0")
+
+    def _check_data(self) -> None:
+        """The data set, its teacher and how many points it has."""
+        need = self._need
         need(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         need(self.teacher in TEACHERS, "teacher", f"must be one of {', '.join(TEACHERS)}")
         drawn = self.n_train + self.n_eval + self.n_test
@@ -215,6 +231,10 @@ class TrialSpec:
              "ask for fewer")
         need(self.dataset != "file" or bool(self.data_path), "data_path",
              "dataset 'file' needs data_path")
+
+    def _check_training(self) -> None:
+        """The optimiser, loss, checkpoints and divergence."""
+        need = self._need
         need(is_finite(self.lr) and self.lr > 0, "lr", "must be a number > 0")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
@@ -229,6 +249,10 @@ class TrialSpec:
                  "checkpoint_steps", f"must be integers in [0, steps={self.steps}]")
         need(is_finite(self.divergence_factor) and self.divergence_factor > 1, "divergence_factor",
              "must be > 1")
+
+    def _check_execution(self) -> None:
+        """Device, precision, the NTK method and memory, what is kept."""
+        need = self._need
         need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
              is not None, "device", "must be 'auto', 'cpu' or 'cuda[:i]'")
         need(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
@@ -242,6 +266,10 @@ class TrialSpec:
                  f"must be one of {', '.join(KEEP_POLICIES)}")
         need(self.train_inputs in TRAIN_INPUTS, "train_inputs",
              f"must be one of {', '.join(TRAIN_INPUTS)}")
+
+    def _check_architecture(self) -> None:
+        """The architecture's limit and what data it reads; attention's fields."""
+        need = self._need
         try:
             check_conv(architecture=self.architecture, depth=self.depth,
                        kernel_size=self.kernel_size, padding=self.padding,
