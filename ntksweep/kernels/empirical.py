@@ -19,6 +19,7 @@ from .tiling import (
     TileExecutor,
     plan_tiles,
     tile_bytes,
+    tile_bytes_of,
 )
 
 __all__ = ["empirical_ntk"]
@@ -134,10 +135,10 @@ def _block(model: nn.Module, method: str, n: int, k: int, itemsize: int,
     """The tile side: ``block_size``, or n, shrunk to the largest that fits the budget."""
     block = n if block_size is None else int(block_size)
     if memory_budget is not None:
-        fits = largest_block(
-            n, lambda s: tile_bytes(model, method, s, s, k, itemsize, point), memory_budget)
+        size = tile_bytes_of(model, method, k, itemsize, point)
+        fits = largest_block(n, lambda s: size(s, s), memory_budget)
         if fits is None:
-            need = tile_bytes(model, method, 1, 1, k, itemsize, point)
+            need = size(1, 1)
             raise UserError(f"memory_budget={memory_budget} bytes is too small for even a "
                             f"1×1 tile of this model with method={method!r} (needs about "
                             f"{need} bytes); raise the budget")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +27,7 @@ from .ntk_methods import METHODS, trainable_params
 from .tiles import Tile, plan_tiles
 
 __all__ = ["Tile", "TileComputation", "TileExecutor", "SerialExecutor", "plan_tiles",
-           "tile_bytes"]
+           "tile_bytes", "tile_bytes_of"]
 
 
 @dataclass(frozen=True)
@@ -105,14 +105,23 @@ def tile_bytes(model: nn.Module, method: str, rows: int, cols: int, out_dim: int
     and the assembled output (``memory``: the same rules a trial's estimate plans by).
     ``point`` (1, …): an input, needed for the structured method on conv nets (their
     signals' sizes depend on the image size)."""
+    return tile_bytes_of(model, method, out_dim, itemsize, point)(rows, cols)
+
+
+def tile_bytes_of(model: nn.Module, method: str, out_dim: int, itemsize: int,
+                  point: Tensor | None = None) -> Callable[[int, int], int]:
+    """(rows, cols) ↦ ``tile_bytes``, the model's layers read once (a forward pass of
+    ``point`` for a conv net's): a search over tile sides asks many times."""
     if method == "structured" and not isinstance(model, MLP):
         if point is None:
             raise ValueError("tile_bytes needs an example input for a conv net's layers")
         shapes, _ = layer_shapes(model, point)
-        return structured_tile_bytes(shapes, out_dim, itemsize, rows, cols, conv=True)
+        return lambda rows, cols: structured_tile_bytes(shapes, out_dim, itemsize, rows, cols,
+                                                        conv=True)
     if method == "structured":
         shapes = [LayerShape(layer.in_features, 1, layer.weight.shape[0], 1, 1)
                   for layer in model.layers]
-        return structured_tile_bytes(shapes, out_dim, itemsize, rows, cols, conv=False)
+        return lambda rows, cols: structured_tile_bytes(shapes, out_dim, itemsize, rows, cols,
+                                                        conv=False)
     params = sum(p.numel() for p in trainable_params(model).values())
-    return generic_tile_bytes(params, out_dim, itemsize, rows, cols)
+    return lambda rows, cols: generic_tile_bytes(params, out_dim, itemsize, rows, cols)
