@@ -48,9 +48,10 @@ def _describe(out: Any) -> str:
 
 
 def adapt(model: nn.Module, model_kwargs: dict | None, output: Selector,
-          probe: Tensor) -> nn.Module:
-    """``model`` itself when it maps x to a tensor with no arguments, else the ``Adapted``
-    module; checked on one example ``probe`` (1, …), with one line saying what to pass."""
+          probe: Tensor) -> tuple[nn.Module, Tensor]:
+    """(``model`` itself when it maps x to a tensor with no arguments, else the ``Adapted``
+    module; its output on one example ``probe`` (1, …)), checked, with one line saying what
+    to pass."""
     wrapped = model if model_kwargs is None and output is None \
         else Adapted(model, model_kwargs, output)
     try:
@@ -66,4 +67,4 @@ def adapt(model: nn.Module, model_kwargs: dict | None, output: Selector,
     if not out.is_floating_point():
         raise UserError(f"the model's output is {out.dtype}: the NTK needs a floating-point "
                         "output (logits, not labels)")
-    return wrapped
+    return wrapped, out

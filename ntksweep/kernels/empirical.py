@@ -107,11 +107,13 @@ def empirical_ntk(
         raise UserError(f"x1 has {a.shape[1]} features but the model expects in_dim="
                         f"{model.in_dim}")
     was_training = model.training
-    model.eval()
+    switch = any(m.training for m in model.modules())    # an eval-mode model stays as it is
+    if switch:
+        model.eval()
     try:
         with torch.no_grad():
-            model = adapt(model, model_kwargs, output, a[:1])
-            k = model(a[:1]).reshape(1, -1).shape[1]
+            model, probe = adapt(model, model_kwargs, output, a[:1])
+            k = probe.reshape(1, -1).shape[1]
         n1, n2 = a.shape[0], (a if b is None else b).shape[0]
         chosen = _choose_method(model, method, k, like.element_size(), memory_budget, a[:1])
         if method == "auto" and chosen == "jacobian" and memory_budget is None:
@@ -126,7 +128,8 @@ def empirical_ntk(
         _assemble(out, (executor or SerialExecutor()).map_tiles(computation, tiles),
                   symmetric=b is None)
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
     return out
 
 

@@ -27,7 +27,8 @@ def measure_members(spec: TrialSpec, data: Dataset, out_dim: int, x_eval: torch.
     kernels = np.empty((spec.ensemble, *first.shape))
     kernels[0] = first
     for j in range(1, spec.ensemble):
-        model = build_model(spec.member(j), data, out_dim, dtype, str(x_eval.device))
+        # measured only, never trained: built in eval mode, which empirical_ntk then keeps
+        model = build_model(spec.member(j), data, out_dim, dtype, str(x_eval.device)).eval()
         kernels[j] = empirical_ntk(model, x_eval, method=spec.ntk_method, trace=True,
                                    memory_budget=spec.memory_budget).double().cpu().numpy()
     seeds = np.array([spec.member(j).seed for j in range(spec.ensemble)], np.int64)
