@@ -274,6 +274,20 @@ def test_structured_conv_ntk_is_the_brute_force_jacobian_product(make, k):
     assert empirical_ntk(model, x[:1]).shape[:2] == (1, 1)       # auto picks structured
 
 
+def test_a_large_symmetric_kernel_from_gram_panels_is_the_brute_force_one():
+    """From ~4 M multiply-adds a symmetric kernel's per-layer Grams are row panels on and
+    above the diagonal, and the kernel is mirrored once after every layer (the dense readout
+    adds its whole share): on 160 images with 2 outputs (panels of 80 of the 320 rows) it is
+    the brute-force kernel, and each half of it the cross kernel."""
+    model = CNN(1, 8, 3, out_dim=2, bias_std=0.2, seed=3, dtype=torch.float64)
+    x = torch.tensor(RNG.normal(size=(160, 1, 6, 6)))
+    want = brute_force_ntk(model, x)
+    got = empirical_ntk(model, x, method="structured")
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(empirical_ntk(model, x[:80], x[80:], method="structured"),
+                               want[:80, 80:], rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("trace", [False, True])
 @pytest.mark.parametrize("make", [
     lambda: CNN(3, 8, 3, out_dim=2, readout="flatten", image_size=(5, 5), bias_std=0.2, seed=2,
