@@ -44,16 +44,15 @@ def run_side(python: str, x1: np.ndarray, x2: np.ndarray, repeats: int,
     """(ours, the peer's) at one precision: seconds per case as ``<case>_s`` and each NTK,
     the two sides taking turns (images channels last for stax)."""
     dtype = "float64" if x64 else "float32"
-    ours = {f"{name}_ntk": analytic_kernels(x1, x2, **args, **STDS, dtype=dtype).ntk
-            for name, args in CASES.items()}
     timed = {name: lambda args=args: analytic_kernels(x1, x2, **args, **STDS, dtype=dtype)
              for name, args in CASES.items()}
     inputs = dict(x1=x1.transpose(0, 2, 3, 1), x2=x2.transpose(0, 2, 3, 1),
                   cases=",".join(CASES), **STDS)
     script = str(Path(__file__).with_name("peer_nt_limits.py"))
     with Peer(python, script, inputs, *(["--x64"] * x64)) as process:
-        best_ours, best_peer = interleaved_best(process, timed, repeats)
+        best_ours, best_peer, kernels = interleaved_best(process, timed, repeats)
         peer = dict(process.outputs)
+    ours = {f"{case}_ntk": k.ntk for case, k in kernels.items()}
     ours.update({f"{case}_s": t for case, t in best_ours.items()})
     peer.update({f"{case}_s": t for case, t in best_peer.items()})
     return ours, peer

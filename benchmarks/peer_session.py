@@ -66,12 +66,13 @@ class Peer:
 
 
 def interleaved_best(peer: Peer, ours: dict[str, Callable[[], object]], repeats: int,
-                     sync: Callable[[], None] = lambda: None) -> tuple[dict, dict]:
-    """(our best seconds per case, the peer's), over ``repeats`` rounds in which each case
-    runs the peer's call and then ours; ours is warmed up once first (the peer compiled
-    its cases before it said it was ready)."""
-    for fn in ours.values():
-        fn()
+                     sync: Callable[[], None] = lambda: None) -> tuple[dict, dict, dict]:
+    """(our best seconds per case, the peer's, what each of our cases returned in its
+    warm-up call), over ``repeats`` rounds in which each case runs the peer's call and then
+    ours (the peer compiled its cases before it said it was ready)."""
+    results = {}
+    for case, fn in ours.items():
+        results[case] = fn()
         sync()
     best_ours, best_peer = dict.fromkeys(ours, float("inf")), dict.fromkeys(ours, float("inf"))
     for _ in range(repeats):
@@ -81,4 +82,4 @@ def interleaved_best(peer: Peer, ours: dict[str, Callable[[], object]], repeats:
             fn()
             sync()
             best_ours[case] = min(best_ours[case], time.perf_counter() - t0)
-    return best_ours, best_peer
+    return best_ours, best_peer, results

@@ -38,16 +38,14 @@ def _check(width: int, weight_std: float, bias_std: float) -> None:
 
 
 def _affine(k: Kernel, average, weight_std: float, bias_std: float, **changes) -> Kernel:
-    """Σ' = σ_w² 𝒜(Σ) + σ_b², Θ' = σ_w² 𝒜(Θ) + Σ' (𝒜 the identity for a dense layer); Θ' = Σ'
-    where Θ is 0. The pair tensors are memory-bound: each step runs in place in what 𝒜 made
-    (never in ``k``'s own tensors, which the identity returns)."""
+    """Σ' = σ_w² 𝒜(Σ) + σ_b², Θ' = σ_w² 𝒜(Θ) + Σ' (``average`` 𝒜, a function returning a
+    fresh tensor; None for a dense layer's identity); Θ' = Σ' where Θ is 0. The pair tensors
+    are memory-bound: each step runs in place in what 𝒜 made (never in ``k``'s own
+    tensors)."""
     w2, b2 = weight_std**2, bias_std**2
 
     def scaled(e: Tensor, add) -> Tensor:              # σ_w² 𝒜(e) + add
-        out = average(e)
-        if out.untyped_storage().data_ptr() == e.untyped_storage().data_ptr():
-            return out * w2 + add
-        return out.mul_(w2).add_(add)
+        return e * w2 + add if average is None else average(e).mul_(w2).add_(add)
 
     nngp = scaled(k.nngp, b2)
     cov1, cov2 = k.own(lambda c: scaled(c, b2))
@@ -86,7 +84,7 @@ class Dense(Layer):
                                     **ctx.init))
 
     def limit(self, k):
-        return _affine(k, lambda e: e, self.weight_std, self.bias_std, channels=self.width)
+        return _affine(k, None, self.weight_std, self.bias_std, channels=self.width)
 
 
 @dataclass(frozen=True)
