@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 import ntksweep
 from ntksweep.errors import OutputDirError
 from ntksweep.store import lock
+from ntksweep.store.lock import LockLost
 
 
 def _record(out):
@@ -46,7 +48,15 @@ except LockLost as e:
     print("lost:", e, flush=True)
 held.release()
 """
-FAST = {"NTKSWEEP_LOCK_STALE": "0.6", "NTKSWEEP_LOCK_HEARTBEAT": "0.1"}
+FAST = {"NTKSWEEP_LOCK_STALE": "1.5", "NTKSWEEP_LOCK_HEARTBEAT": "0.1"}
+
+
+def _fast(monkeypatch):
+    """This process's locks take over as fast as a ``FAST`` holder's expires."""
+    stale, beat = float(FAST["NTKSWEEP_LOCK_STALE"]), float(FAST["NTKSWEEP_LOCK_HEARTBEAT"])
+    for name, value in {"STALE": stale, "HEARTBEAT": beat, "LEASE": stale / 3,
+                        "RECLAIM": 2 * beat + lock.SETTLE}.items():
+        monkeypatch.setattr(lock, name, value)
 
 
 def _holder(out):
@@ -60,8 +70,7 @@ def _holder(out):
 
 def test_a_holder_taken_over_while_stopped_may_not_write_and_never_overwrites(tmp_path,
                                                                              monkeypatch):
-    for name, value in FAST.items():          # this process takes over as fast as it expires
-        monkeypatch.setattr(lock, name.removeprefix("NTKSWEEP_LOCK_"), float(value))
+    _fast(monkeypatch)
     first, token = _holder(tmp_path)
     assert _record(tmp_path)["generation"] == 1
     first.send_signal(signal.SIGSTOP)         # Ctrl-Z: no heartbeat
@@ -75,6 +84,40 @@ def test_a_holder_taken_over_while_stopped_may_not_write_and_never_overwrites(tm
     assert said.startswith("lost:") and f"pid {os.getpid()}" in said, said
     assert _record(tmp_path)["token"] == second.token   # its heartbeat and release left it
     second.ensure_held()
+    second.release()
+    assert not (tmp_path / lock.LOCK_FILE).exists()
+
+
+def test_a_write_that_lands_late_is_undone_and_its_writer_finds_it_lost(tmp_path, monkeypatch):
+    """A holder stopped between reading its own token and writing its heartbeat writes late,
+    over the record of the driver that took over meanwhile: the newer generation restores its
+    record, and the late writer's next write is refused. The stop is a write held back."""
+    _fast(monkeypatch)
+    first = lock.DriverLock(tmp_path)
+    armed, stopped, resumed = threading.Event(), threading.Event(), threading.Event()
+
+    def held_back(out, name, text):
+        if armed.is_set() and first.token in text:
+            stopped.set()
+            resumed.wait()
+        lock_write(out, name, text)
+
+    lock_write = lock.write_text
+    monkeypatch.setattr(lock, "write_text", held_back)
+    first.acquire()
+    armed.set()
+    assert stopped.wait(60)                    # its heartbeat read its token; the write waits
+    armed.clear()
+    _until(lambda: time.time() - _record(tmp_path)["heartbeat"] > lock.STALE, "stale")
+    second = lock.DriverLock(tmp_path).acquire()
+    assert (second.took_over, _record(tmp_path)["generation"]) == (True, 2)
+    resumed.set()                              # the late write lands over the new record
+    with pytest.raises(LockLost):
+        first.ensure_held()
+    _until(lambda: _record(tmp_path)["token"] == second.token, "the newer holder's record")
+    second.ensure_held()
+    first.release()                            # leaves the newer holder's record alone
+    assert _record(tmp_path)["token"] == second.token
     second.release()
     assert not (tmp_path / lock.LOCK_FILE).exists()
 

@@ -13,10 +13,17 @@ A holder can lose its lock without knowing: a driver stopped for longer than ``S
 a suspended laptop, a paused VM) is taken over, and when it continues it must not write
 again. So every write is fenced by ``DriverLock.ensure_held``: within ``LEASE`` seconds of
 the last time the holder read its own token back nobody can have taken the lock (that needs
-``STALE`` seconds without a heartbeat); past it, the holder reads the lock again — and after
-a silence long enough for a takeover to be under way, rewrites and reads it back after
-``SETTLE``, as taking it does — and raises ``LockLost`` if another driver holds it. The
-heartbeat never overwrites another driver's lock.
+``STALE`` seconds without a heartbeat); past it, the holder reads the lock again and raises
+``LockLost`` if another driver holds it. The heartbeat never overwrites another driver's lock.
+
+Files have no compare-and-swap, so a stop can also fall between a holder's read of its own
+token and its write, which then lands late, over a taker's record. The newer generation wins:
+- a holder that reads a record of an older generation than its own (a late write) rewrites
+  its own, as taking the lock does;
+- a holder that may have written late (a write that landed more than ``LEASE`` after the read
+  that justified it), or whose own record has gone silent (older than ``LEASE + SETTLE``: a
+  taker may be under way), rewrites it and reads it back only after ``RECLAIM`` seconds, time
+  for a taker's heartbeat to restore its record — and raises ``LockLost`` if it did.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ LOCK_FILE = "driver.lock"
 # seconds; the environment may shorten them (tests of a suspended driver)
 HEARTBEAT = float(os.environ.get("NTKSWEEP_LOCK_HEARTBEAT", 10.0))
 STALE = float(os.environ.get("NTKSWEEP_LOCK_STALE", 45.0))
-LEASE = STALE / 3          # < STALE − HEARTBEAT: a verified holder stays the holder this long
+LEASE = STALE / 3   # + SETTLE < STALE − HEARTBEAT: a verified holder stays the holder this long
 SETTLE = 0.5
+RECLAIM = 2 * HEARTBEAT + SETTLE   # a taker's heartbeat restores its record within this
+CLAIM_TRIES = 5                    # late writes outlasted while taking the lock
 
 
 class LockLost(OutputDirError):
@@ -58,6 +67,13 @@ def _holder(out: str | Path) -> dict | None:
         return held if isinstance(held, dict) else None
     except json.JSONDecodeError:  # a torn write: nobody holds it
         return None
+
+
+def _generation(held: dict) -> int:
+    try:
+        return int(held.get("generation", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _alive(held: dict) -> bool:
@@ -107,6 +123,7 @@ class DriverLock:
         self._thread: threading.Thread | None = None
         self._verified = 0.0          # when a read last showed our token (time.time())
         self._lost: dict | None = None
+        self._late = False            # a write of ours may have landed late (module doc)
         self._guard = threading.Lock()
         self.started = time.time()
         self.took_over = False        # acquired from a holder that left its record (stale)
@@ -116,24 +133,37 @@ class DriverLock:
                            "token": self.token, "generation": self.generation,
                            "started": self.started, "heartbeat": time.time()})
 
+    def _write(self, read_at: float) -> bool:
+        """Write our record; True if it landed more than ``LEASE`` after ``read_at``, the read
+        that justified it (a stop fell in between: it may lie over a taker's record)."""
+        write_text(self.out, LOCK_FILE, self._record())
+        return time.time() - read_at > LEASE
+
     def acquire(self) -> DriverLock:
+        read_at = time.time()
         check_unlocked(self.out)
         before = _holder(self.out) or {}
         self.took_over = bool(before)     # a released lock leaves no record behind
-        self.generation = int(before.get("generation", 0) or 0) + 1
-        self._claim()
+        self.generation = _generation(before) + 1
+        self._claim(read_at)
         self._thread = threading.Thread(target=self._beat, name="driver-lock", daemon=True)
         self._thread.start()
         return self
 
-    def _claim(self) -> None:
-        """Write our record, wait ``SETTLE``, and read it back: ours, or ``LockLost``."""
-        write_text(self.out, LOCK_FILE, self._record())
-        time.sleep(SETTLE)
-        held = _holder(self.out)
-        if held is None or held.get("token") != self.token:
-            raise _refusal(self.out, held or {})
-        self._verified = time.time()
+    def _claim(self, read_at: float, settle: float = SETTLE) -> None:
+        """Write our record, wait ``settle``, and read it back: ours, or a refusal. A record of
+        an older generation read back is a stopped driver's late write: ours again."""
+        for _ in range(CLAIM_TRIES):
+            time.sleep(RECLAIM if self._write(read_at) else settle)
+            read_at = time.time()
+            held = _holder(self.out)
+            if held is not None and held.get("token") == self.token:
+                self._verified, self._late = read_at, False
+                return
+            if held is None or _generation(held) >= self.generation:
+                break
+            settle = SETTLE
+        raise _refusal(self.out, held or {})
 
     def ensure_held(self) -> None:
         """Raise ``LockLost`` unless this driver still holds the lock (module doc): call it
@@ -148,18 +178,21 @@ class DriverLock:
             self._verify()
 
     def _verify(self) -> None:
+        read_at = time.time()
         held = _holder(self.out)
-        if held is None or held.get("token") != self.token:
+        ours = held is not None and held.get("token") == self.token
+        silent = ours and read_at - float(held.get("heartbeat", 0)) > LEASE + SETTLE
+        if ours and not (silent or self._late):
+            self._verified = read_at
+            return
+        if not ours and (held is None or _generation(held) >= self.generation):
             self._lost = held or {}
             raise self._lost_error()
-        if time.time() - float(held.get("heartbeat", 0)) > LEASE:
-            try:          # silent long enough for a taker to be mid-takeover: race it fairly
-                self._claim()
-            except OutputDirError:
-                self._lost = _holder(self.out) or {}
-                raise self._lost_error() from None
-        else:
-            self._verified = time.time()
+        try:       # ours may lie over a taker's, or an older driver's lies over ours (module doc)
+            self._claim(read_at, RECLAIM if ours else SETTLE)
+        except OutputDirError:
+            self._lost = _holder(self.out) or {}
+            raise self._lost_error() from None
 
     def _lost_error(self) -> LockLost:
         held = self._lost or {}
@@ -173,7 +206,7 @@ class DriverLock:
             try:
                 with self._guard:
                     self._verify()       # never overwrite another driver's lock
-                    write_text(self.out, LOCK_FILE, self._record())
+                    self._late = self._write(self._verified)
             except LockLost:
                 return                   # the writes find out through ensure_held
             except OSError:  # a full disk or a lost mount: the sweep reports it where it writes
@@ -185,7 +218,8 @@ class DriverLock:
             self._thread.join()
             self._thread = None
             held = _holder(self.out)
-            if held is not None and held.get("token") == self.token:
+            # a record of ours that may lie over a taker's stays (its pid's death frees it)
+            if held is not None and held.get("token") == self.token and not self._late:
                 delete_text(self.out, LOCK_FILE)
 
     def __enter__(self) -> DriverLock:
