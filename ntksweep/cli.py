@@ -49,22 +49,7 @@ def cmd_run(args) -> int:
     spec_path = args.spec or _default_spec_path()
     spec = load_sweep_spec(spec_path, overrides, smoke=args.smoke)
     if args.dry_run:
-        from .plan import plan_sweep
-
-        plan = plan_sweep(spec, tracking_uri=args.tracking_uri, tracking=not args.no_tracking,
-                          force=args.force, address=args.address)
-        states = [r["state"] for r in plan["trials"]]
-        done = {s.value for s in Status if s.done}
-        print(f"sweep {spec.name!r} (id {plan['sweep_id']}) → {plan['out_dir']}")
-        print(f"{len(states)} trials: {states.count('todo')} to run, "
-              f"{sum(s in done for s in states)} already done, "
-              f"{sum(s.startswith('rerun') for s in states)} to re-run")
-        for note in plan["notes"]:
-            print(f"note: {note}")
-        print("axes:")
-        for k, v in plan["axes"].items():
-            print(f"  {k}: {v}")
-        print(_table(plan["trials"]))
+        _print_plan(spec, args)
         return 0
     from .sweep import run_sweep
 
@@ -73,6 +58,40 @@ def cmd_run(args) -> int:
     summary = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri,
                         force=args.force, quiet=args.quiet, num_cpus=args.num_cpus,
                         tracking=not args.no_tracking)
+    _print_summary(spec, summary)
+    if summary.disk_full:
+        print(f"Stopped: {summary.disk_full}. Finished trials are saved.", file=sys.stderr)
+        return 1
+    if summary.interrupted:
+        print("Interrupted: finished trials are saved; run the same command again to resume.")
+        return 130
+    if args.report:
+        _report(summary.out_dir, summary.tracking_uri)
+    return 0 if not summary.counts.get(Status.FAILED.value) else 1
+
+
+def _print_plan(spec, args) -> None:
+    """``run --dry-run``: what would run, what is done, and each trial's state."""
+    from .plan import plan_sweep
+
+    plan = plan_sweep(spec, tracking_uri=args.tracking_uri, tracking=not args.no_tracking,
+                      force=args.force, address=args.address)
+    states = [r["state"] for r in plan["trials"]]
+    done = {s.value for s in Status if s.done}
+    print(f"sweep {spec.name!r} (id {plan['sweep_id']}) → {plan['out_dir']}")
+    print(f"{len(states)} trials: {states.count('todo')} to run, "
+          f"{sum(s in done for s in states)} already done, "
+          f"{sum(s.startswith('rerun') for s in states)} to re-run")
+    for note in plan["notes"]:
+        print(f"note: {note}")
+    print("axes:")
+    for k, v in plan["axes"].items():
+        print(f"  {k}: {v}")
+    print(_table(plan["trials"]))
+
+
+def _print_summary(spec, summary) -> None:
+    """After a sweep: its counts, notes, and where its results are and how to load them."""
     out = summary.out_dir
     parts = [f"{v} {k}" for k, v in sorted(summary.counts.items())]
     parts += [f"{summary.skipped} already done"] if summary.skipped else []
@@ -91,15 +110,6 @@ def cmd_run(args) -> int:
         print(f"  MLflow UI: ntksweep ui {out}    (tracking URI {summary.tracking_uri})")
     else:
         print(f"  MLflow:    not tracked (--no-tracking); push the runs with: ntksweep sync {out}")
-    if summary.disk_full:
-        print(f"Stopped: {summary.disk_full}. Finished trials are saved.", file=sys.stderr)
-        return 1
-    if summary.interrupted:
-        print("Interrupted: finished trials are saved; run the same command again to resume.")
-        return 130
-    if args.report:
-        _report(out, summary.tracking_uri)
-    return 0 if not summary.counts.get(Status.FAILED.value) else 1
 
 
 def _closing_notes(out: str, spec, summary) -> None:

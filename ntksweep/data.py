@@ -304,40 +304,44 @@ def _read_parquet(p: Path) -> dict[str, np.ndarray]:
         raise DataFileError(f"{p}: its columns do not read as numbers ({e})") from None
 
 
+def _checked(path, x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """A file's inputs and labels as float64 (n, features) and (n, outputs), or one line
+    saying what is wrong with them."""
+    if np.ndim(x) == 0 or np.ndim(y) == 0:
+        raise DataFileError(f"{path}: {which} must be arrays of points (a first axis); "
+                            f"got shapes {np.shape(x)}, {np.shape(y)}")
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x = x.reshape(len(x), -1)
+    y = y.reshape(len(y), -1)
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        raise DataFileError(f"{path}: {which} has no features or no targets (shapes "
+                            f"{x.shape}, {y.shape})")
+    if len(x) != len(y):
+        raise DataFileError(f"{path}: {which} has {len(x)} inputs but {len(y)} labels")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise DataFileError(f"{path}: {which} contains NaN or inf")
+    return x, y
+
+
+def _given_split(path, arrays, part: str, x: np.ndarray, y: np.ndarray):
+    """The file's own X_<part>/y_<part>, shaped as X/y (x, y: the checked main arrays)."""
+    xs, ys = _checked(path, arrays[f"X_{part}"],
+                      arrays.get(f"y_{part}", np.zeros(len(arrays[f"X_{part}"]))),
+                      f"X_{part}/y_{part}")
+    if xs.shape[1] != x.shape[1] or ys.shape[1] != y.shape[1]:
+        raise DataFileError(f"{path}: X_{part}/y_{part} have {xs.shape[1]} features/"
+                            f"{ys.shape[1]} outputs but X/y have {x.shape[1]}/{y.shape[1]}")
+    return xs, ys
+
+
 def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
                n_test: int = 0) -> Dataset:
     arrays = _read_arrays(path)
     name = Path(path).name
-
-    def checked(x, y, which):
-        if np.ndim(x) == 0 or np.ndim(y) == 0:
-            raise DataFileError(f"{path}: {which} must be arrays of points (a first axis); "
-                                f"got shapes {np.shape(x)}, {np.shape(y)}")
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        x = x.reshape(len(x), -1)
-        y = y.reshape(len(y), -1)
-        if x.shape[1] == 0 or y.shape[1] == 0:
-            raise DataFileError(f"{path}: {which} has no features or no targets (shapes "
-                                f"{x.shape}, {y.shape})")
-        if len(x) != len(y):
-            raise DataFileError(f"{path}: {which} has {len(x)} inputs but {len(y)} labels")
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            raise DataFileError(f"{path}: {which} contains NaN or inf")
-        return x, y
-
-    def split(part):  # X_<part>/y_<part>, shaped as X/y
-        xs, ys = checked(arrays[f"X_{part}"],
-                         arrays.get(f"y_{part}", np.zeros(len(arrays[f"X_{part}"]))),
-                         f"X_{part}/y_{part}")
-        if xs.shape[1] != x.shape[1] or ys.shape[1] != y.shape[1]:
-            raise DataFileError(f"{path}: X_{part}/y_{part} have {xs.shape[1]} features/"
-                                f"{ys.shape[1]} outputs but X/y have {x.shape[1]}/{y.shape[1]}")
-        return xs, ys
-
     shape = tuple(np.shape(arrays["X"])[1:])
     image_shape = shape if len(shape) == 3 else None     # (N, C, H, W): images
     sequence_shape = shape if len(shape) == 2 else None  # (N, T, d): sequences
-    x, y = checked(arrays["X"], arrays["y"], "X/y")
+    x, y = _checked(path, arrays["X"], arrays["y"], "X/y")
     given = [part for part in ("eval", "test") if f"X_{part}" in arrays]
     drawn = {"eval": n_eval, "test": n_test}
     need = n_train + sum(n for part, n in drawn.items() if part not in given)
@@ -350,7 +354,7 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
     parts, start = {"train": (x[order[:n_train]], y[order[:n_train]])}, n_train
     for part, n in drawn.items():
         if part in given:
-            xs, ys = split(part)
+            xs, ys = _given_split(path, arrays, part, x, y)
             parts[part] = xs[:n], ys[:n]
         else:
             parts[part] = x[order[start:start + n]], y[order[start:start + n]]
