@@ -35,6 +35,27 @@ def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | No
     raise TimeoutError(f"{what} did not come up within {timeout:.0f} s")
 
 
+def processes_under(pid: int, marker: str) -> list[int]:
+    """The processes descending from ``pid`` whose command line contains ``marker`` (Linux
+    /proc; a Ray actor's command line is its title, ``ray::Class.method``)."""
+    parent, cmdline = {}, {}
+    for d in Path("/proc").iterdir():
+        try:
+            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline[int(d.name)] = (d / "cmdline").read_bytes().decode(errors="replace")
+        except (ValueError, OSError):
+            continue
+
+    def descends(p: int) -> bool:
+        while p > 1:
+            if p == pid:
+                return True
+            p = parent.get(p, 0)
+        return False
+
+    return [p for p, c in cmdline.items() if marker in c and p != pid and descends(p)]
+
+
 def _http_ok(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=2)

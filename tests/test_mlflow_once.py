@@ -3,6 +3,7 @@ interrupted attempt's run stays KILLED when another execution finishes the trial
 merges two executions into one run); the parent run's summaries go to a new step per
 driver; `report` and `sync` leave a live sweep's runs alone."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from servers import processes_under
 
 import ntksweep
 from ntksweep.sweep import run_sweep
@@ -72,22 +74,31 @@ def test_the_parent_runs_summaries_take_a_new_step_per_driver(ray_local, tmp_pat
 @pytest.mark.slow
 def test_report_and_sync_leave_a_live_sweep_alone_and_a_new_execution_gets_its_own_run(
         ray_local, tmp_path):
-    """A long trial is live: `report` writes its page and leaves the runs RUNNING, `sync` is
-    refused. Ctrl-C: the run ends KILLED. A `--no-tracking` resume finishes the trial as
-    another execution; `sync` gives that execution its own run, after the KILLED one."""
+    """A long trial is live (its worker stopped, SIGSTOP, so that it stays live for as long
+    as the test needs and finishes quickly when run again): `report` writes its page and
+    leaves the runs RUNNING, `sync` is refused. Ctrl-C: the run ends KILLED. A
+    `--no-tracking` resume finishes the trial as another execution; `sync` gives that
+    execution its own run, after the KILLED one."""
     out = tmp_path / "live"
     spec_file = tmp_path / "s.yaml"
     raw = {"name": "live", "output_dir": str(out),
            "base": {**TINY, "n_train": 32, "width": 512, "depth": 3, "checkpoints": 10},
-           "zip": [{"seed": [0, 1], "steps": [20, 20000]}]}
+           "zip": [{"seed": [0, 1], "steps": [20, 4000]}]}
     spec_file.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{out / 'mlflow.db'}"
     driver = subprocess.Popen([sys.executable, "-m", "ntksweep.cli", "run", str(spec_file),
                                "--quiet", "--num-cpus", "2"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
+    stopped = []
     try:
-        while not (len(list((out / "trials").rglob("*.parquet"))) == 1 and (
-                out / "mlflow.db").exists() and any(
+        while not stopped:    # the short trial is written; the long one runs: stop it there
+            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            if len(list((out / "trials").rglob("*.parquet"))) == 1:
+                stopped = processes_under(driver.pid, "ray::TrialWorker.run")
+            time.sleep(0.1)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        while not ((out / "mlflow.db").exists() and any(
                 r.info.status == "RUNNING" for r in _trial_runs(uri, "live"))):
             assert driver.poll() is None, driver.communicate()[0][-3000:]
             time.sleep(0.3)
@@ -100,10 +111,18 @@ def test_report_and_sync_leave_a_live_sweep_alone_and_a_new_execution_gets_its_o
                               capture_output=True, text=True, timeout=300)
         assert sync.returncode == 2 and "in use by another ntksweep driver" in sync.stderr
         assert any(r.info.status == "RUNNING" for r in _trial_runs(uri, "live"))
+        assert len(list((out / "trials").rglob("*.parquet"))) == 1
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
         driver.send_signal(signal.SIGINT)
         said, _ = driver.communicate(timeout=300)
         assert driver.returncode == 130, said
     finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         if driver.poll() is None:
             driver.kill()
     killed = [r for r in _trial_runs(uri, "live") if r.info.status == "KILLED"]

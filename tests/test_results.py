@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from servers import MlflowServer, free_port
+from servers import MlflowServer, free_port, processes_under
 
 import ntksweep
 from ntksweep import store
@@ -428,7 +428,7 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
                                        timeout=10)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
         assert body.strip() == b"OK"
-        assert not _job_runners_under(proc.pid)     # no GenAI job runner beside the UI
+        assert not processes_under(proc.pid, "_job_runner")     # no GenAI job runner beside the UI
         # a trial's spec artifact, kept in the output dir, comes back through the UI
         run = client.search_runs([exp_id], "tags.`ntksweep.role` = 'trial'", max_results=1)[0]
         assert run.info.artifact_uri.startswith(str(Path(summary.out_dir).resolve()))
@@ -446,26 +446,6 @@ def test_ui_command_serves_the_sweep_store(ray_local, tmp_path):
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(tmp_path / "ui", ignore_errors=True)
-
-
-def _job_runners_under(pid: int) -> list[int]:
-    """MLflow job-runner processes descending from ``pid`` (Linux /proc)."""
-    parent, cmdline = {}, {}
-    for d in Path("/proc").iterdir():
-        try:
-            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline[int(d.name)] = (d / "cmdline").read_bytes().decode(errors="replace")
-        except (ValueError, OSError):
-            continue
-
-    def descends(p: int) -> bool:
-        while p > 1:
-            if p == pid:
-                return True
-            p = parent.get(p, 0)
-        return False
-
-    return [p for p, c in cmdline.items() if "_job_runner" in c and descends(p)]
 
 
 def test_report_is_logged_to_the_parent_run(ray_local, tmp_path):
