@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from servers import free_port
+from servers import free_port, processes_under
 
 import ntksweep
 from ntksweep.errors import OutputDirError, SpecError
@@ -130,19 +130,24 @@ def _children(uri, name):
 @pytest.mark.slow
 def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     """One long trial and four short ones on two workers (longest first): the short ones
-    reach Parquet while the long one is still live in MLflow, for seconds on any machine —
-    the kill lands in the middle of it, not in a window between two trials' runs."""
+    reach Parquet while the long one is still live in MLflow, and its worker is then stopped
+    (SIGSTOP) — the kill lands in the middle of it, not in a window between two trials'
+    runs, on any machine."""
     spec_file = tmp_path / "s.yaml"
     out = tmp_path / "out"
     raw = {"name": "two", "output_dir": str(out),
            "base": {**TINY, "n_train": 32, "checkpoints": 10, "width": 512, "depth": 3},
-           "zip": [{"seed": [0, 1, 2, 3, 4], "steps": [10000, 20, 20, 20, 20]}]}
+           "zip": [{"seed": [0, 1, 2, 3, 4], "steps": [4000, 20, 20, 20, 20]}]}
     spec_file.write_text(yaml.safe_dump(raw))
     first = _cli("run", str(spec_file), "--quiet", "--num-cpus", "2")
     uri = f"sqlite:///{out / 'mlflow.db'}"
+    stopped = []
     try:
         _wait_for(lambda: len(list((out / "trials").rglob("*.parquet"))) == 4, first)
-        assert (out / lock.LOCK_FILE).exists()
+        stopped = processes_under(first.pid, "ray::TrialWorker.run")
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        assert len(stopped) == 1 and (out / lock.LOCK_FILE).exists()
         second, dry = _cli("run", str(spec_file), "--quiet"), _cli("run", str(spec_file),
                                                                   "--dry-run")
         text, _ = second.communicate(timeout=120)
@@ -154,6 +159,8 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)                # no chance to clean up
         first.wait()
+        for pid in stopped:                              # its node stops the orphan
+            os.kill(pid, signal.SIGCONT)
     done_before = set(ntksweep.load_results(out)[0].trial_id)
     assert len(done_before) == 4                         # the long one was cut short
     summary = run_sweep(load_sweep_spec(spec_file), quiet=True)     # takes the dead one's lock
