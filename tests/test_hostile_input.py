@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ntksweep import cli, data
+from ntksweep import cli, data_files
 
 TINY = {"dataset": "circle", "n_train": 8, "n_eval": 8, "depth": 2, "steps": 6,
         "checkpoints": 3, "device": "cpu"}
@@ -101,7 +101,7 @@ def test_crafted_data_files_are_one_line_and_run_nothing(tmp_path, capsys):
 def test_a_zip_bomb_is_refused_from_its_headers(tmp_path, capsys, monkeypatch):
     """An .npz whose arrays decompress past the limit is refused before any is decompressed
     (here 64 MiB of zeros in ~64 KiB, against a 16 MiB limit; the real limit is 4 GiB)."""
-    monkeypatch.setattr(data, "MAX_DATA_BYTES", 16 << 20)
+    monkeypatch.setattr(data_files, "MAX_DATA_BYTES", 16 << 20)
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, array in (("X", np.zeros((1 << 20, 8))), ("y", np.zeros(1 << 20))):
