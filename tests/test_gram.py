@@ -206,6 +206,23 @@ def test_the_command_names_its_device_and_refuses_gpus_it_does_not_have(ray_loca
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Ray's GPUs here are usable")
+def test_tile_workers_given_gpus_their_torch_cannot_use_are_refused(ray_fresh, tmp_path,
+                                                                     capsys):
+    """Ray gives the tile workers GPUs (declared, on a machine whose torch has no CUDA, as a
+    CPU build of torch on a GPU node would): one line before anything is written, not a job
+    that computes on CPUs while it says GPUs."""
+    ray_fresh.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": {**CNN, "n_train": 8, "n_test": 0}, "tile": 8}))
+    assert cli.main(["kernel", str(path), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot use CUDA" in err and "--gpus-per-worker 0" in err
+    assert not (tmp_path / "k").exists()
+    assert cli.main(["kernel", str(path), "--workers", "2", "--gpus-per-worker", "0"]) == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_kernel_job_on_the_gpu_is_the_cpus(tmp_path):
     """In this process on its GPU, float64 and float32: the CPU's kernel (float32 within its

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import ntksweep
+from ntksweep import cli
 from ntksweep.sweep import run_sweep
 from ntksweep.sweep_spec import SpecError, load_sweep_spec
 
@@ -163,6 +165,32 @@ def test_gpu_actors_get_their_own_device(ray_fresh, tmp_path):
     assert summary.counts == {"completed": 4}
     assert cpu_trials.counts == {"completed": 3} and len(cpu_trials.workers) == 2
     assert all(w["gpu_ids"] == "" for w in cpu_trials.workers)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Ray's GPUs here are usable")
+def test_gpus_its_torch_cannot_use_stop_the_sweep_before_any_trial(ray_fresh, tmp_path,
+                                                                  capsys):
+    """Ray gives the actors GPUs (here: declared, on a machine whose torch has no CUDA — as
+    a CPU build of torch on a GPU node would) and the trials would go there (device auto):
+    one line naming the worker, the torch and the way out, before any trial runs, instead of
+    every trial failing on a device it was never asked for. Trials on device cpu still run
+    (test_gpu_actors_get_their_own_device)."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "nocuda", "output_dir": str(tmp_path / "nocuda"),
+            "base": {**TINY, "device": "auto"}, "grid": {"seed": [0, 1]},
+            "resources": {"gpus_per_trial": 1}}))
+        assert cli.main(["run", str(path), "--quiet"]) == 2
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot use CUDA" in err and torch.__version__ in err, err
+    assert "gpus_per_trial: 0" in err
+    assert not (tmp_path / "nocuda" / "trials").exists()
 
 
 def _cuda_devices() -> int:

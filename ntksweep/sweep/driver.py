@@ -25,6 +25,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from .. import console, phases, store
+from ..errors import UserError
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..store.lock import DriverLock, LockLost
 from ..sweep_spec import SweepSpec, spec_yaml
@@ -34,7 +35,7 @@ from ..tracking.uri import recorded_form, redact
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
 from .limits import SharedLimits, share_limits
 from .shape import WorkerShape, check_single_node_tracking, worker_shape
-from .worker import Checkpoints, Finished, TrialWorker
+from .worker import Checkpoints, Finished, TrialWorker, no_cuda_for
 
 __all__ = ["SweepRun"]
 
@@ -299,8 +300,16 @@ class SweepRun:
                 raise RuntimeError(f"trial workers keep failing to start; last: {e}") from None
             self._new_actor()
             return
+        self._check_cuda(self.infos[actor])
         self.workers.append(self.infos[actor])
         self.idle.append(actor)
+
+    def _check_cuda(self, info: dict) -> None:
+        """Stop the sweep, before this actor runs a trial, where Ray gave it GPUs that its
+        torch cannot use and trials would go there (device auto or cuda): each would fail."""
+        if any(t.device == "auto" or t.device.startswith("cuda") for t, _ in self.todo) and (
+                why := no_cuda_for(info, "device: cpu, resources: {gpus_per_trial: 0}")):
+            raise UserError(why)
 
     def _on_worker_died(self, ref, attempt: _Attempt, error: Exception, progress) -> None:
         self.running.pop(ref)

@@ -15,6 +15,7 @@ import ray
 
 from ..errors import UserError
 from ..kernels.tiling import Tile, TileComputation
+from .worker import no_cuda_for
 
 
 @ray.remote
@@ -22,11 +23,21 @@ class _TileWorker:
     def __init__(self):
         self._computation: TileComputation | None = None
 
+    def describe(self) -> dict:
+        """What ``no_cuda_for`` reads: this actor's host, its GPUs from Ray, whether its torch
+        can use CUDA, and that torch's version."""
+        import socket
+
+        import torch
+
+        return {"host": socket.gethostname(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+                "cuda": torch.cuda.is_available(), "torch": torch.__version__}
+
     def load(self, computation: TileComputation) -> str:
         """Take the computation onto this actor's device; say which (a GPU by its name)."""
         import torch
 
-        device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        device = "cuda:0" if ray.get_gpu_ids() else "cpu"   # usable: checked at start
         self._computation = computation.to(device)
         return f"cuda ({torch.cuda.get_device_name(0)})" if device != "cpu" else "cpu"
 
@@ -78,7 +89,9 @@ class RayTileExecutor:
     """Spreads tiles over ``num_actors`` Ray actors (each ``num_gpus`` GPUs, ``num_cpus`` CPUs).
 
     Ray must be initialised by the caller (``ray.init(...)``) or is started locally.
-    Use as a context manager, or call ``shutdown()``, to release the actors.
+    Use as a context manager, or call ``shutdown()``, to release the actors. Construction
+    waits for the actors and raises ``UserError`` where Ray gave one GPUs that its torch
+    cannot use.
     """
 
     # a tile whose actor died this many times is not tried again (it kills its worker)
@@ -90,7 +103,7 @@ class RayTileExecutor:
         if not ray.is_initialized():
             ray.init()
         self.options = {"num_gpus": num_gpus, "num_cpus": num_cpus}    # each actor's
-        self.actors = [_TileWorker.options(**self.options).remote() for _ in range(num_actors)]
+        self.actors = self._start(num_actors)
         self.devices: list[str] = []
         self.replaced = 0          # actors that died and were replaced
         self.seconds: dict[Tile, float] = {}   # each tile's, on its actor
@@ -124,9 +137,20 @@ class RayTileExecutor:
         finally:
             ray.get([a.unload.remote() for a in self.actors])
 
+    def _start(self, n: int) -> list:
+        """``n`` new actors, up; ``UserError`` where Ray gave one a GPU its torch cannot use
+        (refused, not computed on its CPU instead)."""
+        actors = [_TileWorker.options(**self.options).remote() for _ in range(n)]
+        for info in ray.get([a.describe.remote() for a in actors]):
+            if why := no_cuda_for(info, "tile workers of no GPU: --gpus-per-worker 0"):
+                for actor in actors:
+                    ray.kill(actor)
+                raise UserError(why)
+        return actors
+
     def _replace(self, dead, ref):
         """A new actor in the dead one's place, loaded with the computation."""
-        fresh = _TileWorker.options(**self.options).remote()
+        fresh, = self._start(1)
         ray.get(fresh.load.remote(ref))
         self.actors[self.actors.index(dead)] = fresh
         self.replaced += 1

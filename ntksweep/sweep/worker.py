@@ -43,6 +43,17 @@ def _ready(items: queue.Queue) -> list:
     return batch
 
 
+def no_cuda_for(info: dict, cpu_instead: str) -> str | None:
+    """Why an actor that Ray gave GPUs cannot use them (its torch has no CUDA: a CPU build on
+    a GPU node, say), in one line; None when it can or was given none. ``info``: the actor's
+    host, gpu_ids, cuda and torch; ``cpu_instead``: how to compute on CPUs instead."""
+    if not info.get("gpu_ids") or info.get("cuda"):
+        return None
+    return (f"Ray gave the worker on {info.get('host')} GPU {info['gpu_ids']}, but torch "
+            f"{info.get('torch')} there cannot use CUDA (a CPU build, or no driver): install "
+            f"a CUDA build of torch on that node, or compute on CPUs ({cpu_instead})")
+
+
 @ray.remote
 class TrialWorker:
     """Runs trial after trial, keeping per-actor caches (data sets, Θ_∞) between them."""
@@ -74,6 +85,7 @@ class TrialWorker:
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "gpu_ids": ",".join(self.gpu_ids),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "cuda": torch.cuda.is_available(), "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
