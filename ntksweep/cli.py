@@ -170,8 +170,10 @@ def _report(out: str, tracking_uri: str, dest: str | None = None) -> None:
     """Write the report; with a ``tracking_uri`` its figures and page also become artifacts
     of the sweep's parent run ("": an untracked sweep, nothing goes to MLflow)."""
     from .analysis.report import make_report
+    from .console import exponent_lines
 
     res = make_report(out, dest)
+    print("\n".join(exponent_lines(res["exponents"])))
     print(f"report: {res['html']} ({len(res['figures'])} figures in "
           f"{Path(res['html']).parent / 'report'})")
     if tracking_uri:

@@ -15,7 +15,7 @@ from . import store
 from .records import Status
 from .store.lock import live_holder
 
-__all__ = ["progress", "LogProgress", "failures", "headline", "stability_notes",
+__all__ = ["progress", "LogProgress", "failures", "headline", "exponent_lines", "stability_notes",
            "sweep_numbers", "status_lines", "SUMMARY_COLUMNS"]
 
 
@@ -190,6 +190,21 @@ def headline(trials: pd.DataFrame, limit: int = 12) -> list[str]:
     if len(exps) > limit:
         lines.append(f"  … and {len(exps) - limit} more groups (ntksweep report OUT)")
     return lines
+
+
+def exponent_lines(exps: pd.DataFrame, limit: int = 24) -> list[str]:
+    """The report's fitted width exponents (``analysis.report``'s ``exponents``), a line
+    each: group, metric, slope with its 95 % CI, and the widths it was fitted over."""
+    by = [c for c in exps.columns if c not in _EXPONENT_COLUMNS]
+    lines = []
+    for _, row in exps.head(limit).iterrows():
+        fit = (f"width^{row.slope:.2f} [{row.slope_lo:.2f}, {row.slope_hi:.2f}]"
+               if np.isfinite(row.slope) else f"no exponent ({row.note})")
+        lines.append(f"  {_group_name(row, by)}: {row.metric} ∝ {fit}, widths {row.widths}, "
+                     f"{row.points} trials")
+    if len(exps) > limit:
+        lines.append(f"  … and {len(exps) - limit} more in the report's tables")
+    return ["width exponents (95 % CI):", *lines] if lines else []
 
 
 def stability_notes(trials: pd.DataFrame) -> list[str]:

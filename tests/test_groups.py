@@ -4,6 +4,8 @@ report's tables and figures, and the experiments' checks; and no fit from fewer 
 widths (or depths). Checked on tables whose groups follow known, different power laws, and
 on a real two-architecture store."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,6 +93,26 @@ def test_two_widths_give_no_fit_anywhere():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert all("2 widths: no fit" in label and "slope" not in label for label in labels)
     assert not [line for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"]
+
+
+def test_the_report_command_prints_each_groups_exponents():
+    """`ntksweep report` prints a line per group and metric: the known slopes (−0.5 and
+    −1.0 here, under 5 % seed noise) with their 95 % intervals; from two widths, none."""
+    trials = _table({"cnn": -0.5, "resnet": -1.0}, "architecture")
+    exps = pd.concat([analysis.width_exponents(trials, metric)
+                      for metric in ("init_dist_inf", "final_dist_init")])
+    lines = console.exponent_lines(exps)
+    assert lines[0] == "width exponents (95 % CI):" and len(lines) == 5
+    for line in lines[1:]:
+        fit = re.fullmatch(r"  (\w+), .*: \w+ ∝ width\^(\S+) \[(\S+), (\S+)\], "
+                           r"widths 16–1024, 16 trials", line)
+        assert fit, line
+        truth = {"cnn": -0.5, "resnet": -1.0}[fit[1]]
+        slope, lo, hi = map(float, fit.groups()[1:])
+        assert abs(slope - truth) < 0.05 and lo < slope < hi, line
+    two = analysis.width_exponents(_table({"cnn": -0.5}, "architecture", widths=(16, 64)))
+    assert "no exponent (only 2 widths: no fit)" in console.exponent_lines(two)[1]
+    assert console.exponent_lines(exps, limit=1)[-1] == "  … and 3 more in the report's tables"
 
 
 def test_a_depth_trend_needs_three_depths_and_is_per_group():
