@@ -114,7 +114,8 @@ def test_failing_trial_is_recorded_and_sweep_goes_on(ray_local, tmp_path):
 
 def test_a_failing_driver_leaves_no_run_running(ray_local, tmp_path):
     """An error in the driver itself (here: a progress callback that raises) propagates, and
-    MLflow is left consistent: the running trials' runs killed, the sweep's run failed."""
+    MLflow is left consistent: the running trials' runs killed, the sweep's run failed with
+    the error as its tag."""
     from mlflow.tracking import MlflowClient
 
     spec = sweep(tmp_path, base={"steps": 300, "checkpoints": 30, "width": 64})
@@ -127,9 +128,10 @@ def test_a_failing_driver_leaves_no_run_running(ray_local, tmp_path):
         run_sweep(spec, quiet=True, on_event=on_event)
     client = MlflowClient(f"sqlite:///{Path(spec.out_dir).resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
-    parents = [r.info.status for r in runs if r.data.tags["ntksweep.role"] == "sweep"]
+    parents = [r for r in runs if r.data.tags["ntksweep.role"] == "sweep"]
     children = [r for r in runs if r.data.tags["ntksweep.role"] == "trial"]
-    assert parents == ["FAILED"]
+    assert [r.info.status for r in parents] == ["FAILED"]
+    assert parents[0].data.tags["ntksweep.error"] == "RuntimeError: callback broke"
     assert children and {r.info.status for r in children} == {"KILLED"}
     assert len(ntksweep.load_results(spec.out_dir)[0]) == 0   # nothing half-written
 
@@ -191,6 +193,13 @@ def test_gpus_its_torch_cannot_use_stop_the_sweep_before_any_trial(ray_fresh, tm
     assert err.count("\n") == 1 and "cannot use CUDA" in err and torch.__version__ in err, err
     assert "gpus_per_trial: 0" in err
     assert not (tmp_path / "nocuda" / "trials").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'nocuda' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nocuda").experiment_id])
+    assert [r.data.tags["ntksweep.role"] for r in runs] == ["sweep"]     # no trial's run
+    assert runs[0].info.status == "FAILED"
+    assert "cannot use CUDA" in runs[0].data.tags["ntksweep.error"]     # the reason, kept
 
 
 def _cuda_devices() -> int:

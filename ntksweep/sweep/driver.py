@@ -172,7 +172,7 @@ class SweepRun:
                                     warmup=min(len(self.todo), max(1, self.shape.n)))
         old = {s: signal.signal(s, self._stop)
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        shown, crashed = None, False
+        shown, crashed = None, None
         try:
             while (self.todo or self.running) and not self.stop_requested:
                 self.lock.ensure_held()
@@ -192,8 +192,8 @@ class SweepRun:
         except LockLost as e:      # another driver took over: write nothing more
             self.lock_lost = str(e)
             raise
-        except BaseException:
-            crashed = True
+        except BaseException as e:
+            crashed = f"{type(e).__name__}: {e}"
             raise
         finally:
             for s, handler in old.items():
@@ -210,7 +210,9 @@ class SweepRun:
         # driver is in (an MLflow request, a Parquet write) instead of at a safe point
         self.stop_requested.append(signum)
 
-    def _close(self, crashed: bool) -> None:
+    def _close(self, crashed: str | None) -> None:
+        """End the runs and the sweep's parent (``crashed``: why the driver failed, a tag on
+        the parent run), and release the actors, the lock and Ray."""
         if self.lock_lost:         # the runs and the parent are the other driver's now
             for a in self.actors:
                 _kill(a)
@@ -224,7 +226,7 @@ class SweepRun:
             _kill(a)
         self.actors = []
         status = "FAILED" if crashed else "KILLED" if self.interrupted else "FINISHED"
-        summary = {}
+        summary = {"error": crashed[-4000:]} if crashed else {}
         if not crashed and not isinstance(self.tracker, Untracked):  # the whole sweep so far
             summary = console.sweep_numbers(store.load_trials(self.out, columns=[
                 *TRIAL_FIELDS, *console.SUMMARY_COLUMNS])) | self.limits.numbers()
