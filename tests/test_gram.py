@@ -206,6 +206,7 @@ def test_the_command_names_its_device_and_refuses_gpus_it_does_not_have(ray_loca
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="Ray's GPUs here are usable")
 def test_tile_workers_given_gpus_their_torch_cannot_use_are_refused(ray_fresh, tmp_path,
                                                                      capsys):

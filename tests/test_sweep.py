@@ -169,6 +169,7 @@ def test_gpu_actors_get_their_own_device(ray_fresh, tmp_path):
     assert all(w["gpu_ids"] == "" for w in cpu_trials.workers)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="Ray's GPUs here are usable")
 def test_gpus_its_torch_cannot_use_stop_the_sweep_before_any_trial(ray_fresh, tmp_path,
                                                                   capsys):
