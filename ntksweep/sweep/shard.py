@@ -31,7 +31,7 @@ class _TileWorker:
         import torch
 
         return {"host": socket.gethostname(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
-                "cuda": torch.cuda.is_available(), "torch": torch.__version__}
+                "cuda": torch.cuda.is_available(), "torch": str(torch.__version__)}
 
     def load(self, computation: TileComputation) -> str:
         """Take the computation onto this actor's device; say which (a GPU by its name)."""

@@ -81,11 +81,13 @@ class TrialWorker:
     def describe(self) -> dict:
         import torch
 
+        # plain values: the driver unpickles this without torch (torch.__version__ is a
+        # TorchVersion, whose unpickling imports torch)
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "gpu_ids": ",".join(self.gpu_ids),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                "cuda": torch.cuda.is_available(), "torch": torch.__version__,
+                "cuda": torch.cuda.is_available(), "torch": str(torch.__version__),
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
