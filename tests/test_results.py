@@ -156,7 +156,7 @@ def test_sqlite_store_uses_wal_and_normal_sync_for_its_own_file_only(tmp_path):
 
 
 def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path, monkeypatch):
-    from ntksweep.tracking.tracker import _LIVE_SECONDS, Tracker
+    from ntksweep.tracking.tracker import Tracker
 
     monkeypatch.chdir(tmp_path)  # whatever MLflow writes relative to the cwd stays out of the repo
     uri = f"sqlite:///{tmp_path / 'live.db'}"
@@ -170,8 +170,7 @@ def test_a_long_trial_shows_in_mlflow_while_it_runs(tmp_path, monkeypatch):
         runs = reader.search_runs([exp.experiment_id], "tags.trial_id = 't1'")
         return runs[0] if runs else None
 
-    deadline = time.monotonic() + _LIVE_SECONDS + 10
-    while time.monotonic() < deadline and not (child() and child().data.metrics):
+    while not (child() and child().data.metrics):    # the writer's tick sends it, unended
         time.sleep(0.2)
     run = child()
     assert run.info.status == "RUNNING"                       # the trial has not ended
