@@ -126,6 +126,11 @@ def _exponents(trials: pd.DataFrame) -> pd.DataFrame:
     return width_exponents(done, "init_dist_inf", by=())
 
 
+def _slope_text(row: pd.Series) -> str:
+    """A fitted width exponent with its interval: ``width^-0.52 [-0.55, -0.49]``."""
+    return f"width^{row.slope:.2f} [{row.slope_lo:.2f}, {row.slope_hi:.2f}]"
+
+
 def _group_name(row: pd.Series, by: list[str], sep: str = ", ") -> str:
     from .analysis.stats import group_label
 
@@ -172,8 +177,7 @@ def headline(trials: pd.DataFrame, limit: int = 12) -> list[str]:
     lines = []
     for _, row in exps.head(limit).iterrows():
         if np.isfinite(row.slope):
-            text = (f"init dist_inf ∝ width^{row.slope:.2f} [{row.slope_lo:.2f}, "
-                    f"{row.slope_hi:.2f}] (95 % CI; theory: −0.5)")
+            text = f"init dist_inf ∝ {_slope_text(row)} (95 % CI; theory: −0.5)"
         else:
             rows = done[(done[by] == row[by]).all(axis=1)] if by else done
             means = rows.groupby("width").init_dist_inf.mean()
@@ -198,8 +202,7 @@ def exponent_lines(exps: pd.DataFrame, limit: int = 24) -> list[str]:
     by = [c for c in exps.columns if c not in _EXPONENT_COLUMNS]
     lines = []
     for _, row in exps.head(limit).iterrows():
-        fit = (f"width^{row.slope:.2f} [{row.slope_lo:.2f}, {row.slope_hi:.2f}]"
-               if np.isfinite(row.slope) else f"no exponent ({row.note})")
+        fit = _slope_text(row) if np.isfinite(row.slope) else f"no exponent ({row.note})"
         lines.append(f"  {_group_name(row, by)}: {row.metric} ∝ {fit}, widths {row.widths}, "
                      f"{row.points} trials")
     if len(exps) > limit:

@@ -56,6 +56,24 @@ def processes_under(pid: int, marker: str) -> list[int]:
     return [p for p, c in cmdline.items() if marker in c and p != pid and descends(p)]
 
 
+def stop_running_trials(driver_pid: int) -> list[int]:
+    """SIGSTOP the Ray workers under ``driver_pid`` that are in a trial, so that it stays
+    live for as long as a test needs (one just ending may be among them); their pids."""
+    pids = processes_under(driver_pid, "ray::TrialWorker.run")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def resume(pids: list[int]) -> None:
+    """SIGCONT the processes ``stop_running_trials`` stopped (those still there)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def _http_ok(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=2)

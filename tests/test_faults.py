@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from servers import free_port, processes_under
+from servers import free_port, resume, stop_running_trials
 
 import ntksweep
 from ntksweep.errors import OutputDirError, SpecError
@@ -144,9 +144,7 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     stopped = []
     try:
         _wait_for(lambda: len(list((out / "trials").rglob("*.parquet"))) == 4, first)
-        stopped = processes_under(first.pid, "ray::TrialWorker.run")   # the long one (and
-        for pid in stopped:                  # the last short one's, if it is still ending)
-            os.kill(pid, signal.SIGSTOP)
+        stopped = stop_running_trials(first.pid)         # the long one's worker
         assert stopped and (out / lock.LOCK_FILE).exists()
         second, dry = _cli("run", str(spec_file), "--quiet"), _cli("run", str(spec_file),
                                                                   "--dry-run")
@@ -159,8 +157,7 @@ def test_a_second_driver_is_refused_and_a_killed_ones_runs_are_closed(tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)                # no chance to clean up
         first.wait()
-        for pid in stopped:                              # its node stops the orphan
-            os.kill(pid, signal.SIGCONT)
+        resume(stopped)                                  # its node stops the orphan
     done_before = set(ntksweep.load_results(out)[0].trial_id)
     assert len(done_before) == 4                         # the long one was cut short
     summary = run_sweep(load_sweep_spec(spec_file), quiet=True)     # takes the dead one's lock

@@ -3,7 +3,6 @@ interrupted attempt's run stays KILLED when another execution finishes the trial
 merges two executions into one run); the parent run's summaries go to a new step per
 driver; `report` and `sync` leave a live sweep's runs alone."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from servers import processes_under
+from servers import resume, stop_running_trials
 
 import ntksweep
 from ntksweep.sweep import run_sweep
@@ -94,10 +93,8 @@ def test_report_and_sync_leave_a_live_sweep_alone_and_a_new_execution_gets_its_o
         while not stopped:    # the short trial is written; the long one runs: stop it there
             assert driver.poll() is None, driver.communicate()[0][-3000:]
             if len(list((out / "trials").rglob("*.parquet"))) == 1:
-                stopped = processes_under(driver.pid, "ray::TrialWorker.run")
+                stopped = stop_running_trials(driver.pid)
             time.sleep(0.1)
-        for pid in stopped:
-            os.kill(pid, signal.SIGSTOP)
         while not ((out / "mlflow.db").exists() and any(
                 r.info.status == "RUNNING" for r in _trial_runs(uri, "live"))):
             assert driver.poll() is None, driver.communicate()[0][-3000:]
@@ -112,17 +109,12 @@ def test_report_and_sync_leave_a_live_sweep_alone_and_a_new_execution_gets_its_o
         assert sync.returncode == 2 and "in use by another ntksweep driver" in sync.stderr
         assert any(r.info.status == "RUNNING" for r in _trial_runs(uri, "live"))
         assert len(list((out / "trials").rglob("*.parquet"))) == 1
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        resume(stopped)
         driver.send_signal(signal.SIGINT)
         said, _ = driver.communicate(timeout=300)
         assert driver.returncode == 130, said
     finally:
-        for pid in stopped:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        resume(stopped)
         if driver.poll() is None:
             driver.kill()
     killed = [r for r in _trial_runs(uri, "live") if r.info.status == "KILLED"]

@@ -309,8 +309,8 @@ class SweepRun:
     def _check_cuda(self, info: dict) -> None:
         """Stop the sweep, before this actor runs a trial, where Ray gave it GPUs that its
         torch cannot use and trials would go there (device auto or cuda): each would fail."""
-        if any(t.device == "auto" or t.device.startswith("cuda") for t, _ in self.todo) and (
-                why := no_cuda_for(info, "device: cpu, resources: {gpus_per_trial: 0}")):
+        why = no_cuda_for(info, "device: cpu, resources: {gpus_per_trial: 0}")
+        if why and any(t.device == "auto" or t.device.startswith("cuda") for t, _ in self.todo):
             raise UserError(why)
 
     def _on_worker_died(self, ref, attempt: _Attempt, error: Exception, progress) -> None:

@@ -15,7 +15,7 @@ import ray
 
 from ..errors import UserError
 from ..kernels.tiling import Tile, TileComputation
-from .worker import no_cuda_for
+from .worker import device_facts, no_cuda_for
 
 
 @ray.remote
@@ -24,14 +24,7 @@ class _TileWorker:
         self._computation: TileComputation | None = None
 
     def describe(self) -> dict:
-        """What ``no_cuda_for`` reads: this actor's host, its GPUs from Ray, whether its torch
-        can use CUDA, and that torch's version."""
-        import socket
-
-        import torch
-
-        return {"host": socket.gethostname(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
-                "cuda": torch.cuda.is_available(), "torch": str(torch.__version__)}
+        return device_facts()
 
     def load(self, computation: TileComputation) -> str:
         """Take the computation onto this actor's device; say which (a GPU by its name)."""

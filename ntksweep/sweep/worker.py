@@ -43,6 +43,16 @@ def _ready(items: queue.Queue) -> list:
     return batch
 
 
+def device_facts() -> dict:
+    """What ``no_cuda_for`` reads, in an actor: its host, the GPUs Ray gave it, whether its
+    torch can use CUDA, and that torch's version — plain values: the driver unpickles them
+    without torch (``torch.__version__`` is a TorchVersion, whose unpickling imports torch)."""
+    import torch
+
+    return {"host": socket.gethostname(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids())),
+            "cuda": torch.cuda.is_available(), "torch": str(torch.__version__)}
+
+
 def no_cuda_for(info: dict, cpu_instead: str) -> str | None:
     """Why an actor that Ray gave GPUs cannot use them (its torch has no CUDA: a CPU build on
     a GPU node, say), in one line; None when it can or was given none. ``info``: the actor's
@@ -81,13 +91,9 @@ class TrialWorker:
     def describe(self) -> dict:
         import torch
 
-        # plain values: the driver unpickles this without torch (torch.__version__ is a
-        # TorchVersion, whose unpickling imports torch)
-        return {"host": socket.gethostname(), "pid": os.getpid(),
+        return {**device_facts(), "pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id(),
-                "gpu_ids": ",".join(self.gpu_ids),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                "cuda": torch.cuda.is_available(), "torch": str(torch.__version__),
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
