@@ -16,7 +16,23 @@ from .records import Status
 from .store.lock import live_holder
 
 __all__ = ["progress", "LogProgress", "failures", "headline", "exponent_lines", "stability_notes",
-           "sweep_numbers", "status_lines", "SUMMARY_COLUMNS"]
+           "sweep_numbers", "status_lines", "SUMMARY_COLUMNS", "duration_text", "bytes_text"]
+
+
+def duration_text(seconds: float) -> str:
+    """12.3 s, 4.5 min, 2.5 h."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.1f} h"
+
+
+def bytes_text(n: float) -> str:
+    """512 B, 3.4 kB, 12.5 MB, 1.2 GB, 3.1 TB (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
 
 
 class LogProgress:

@@ -131,6 +131,54 @@ def test_the_command_runs_a_job_and_says_where_it_is(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def _snapshot(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_dry_run_plans_the_job_verifies_what_is_done_and_writes_nothing(tmp_path, capsys):
+    """`--dry-run`: the tiles a run would compute (a damaged or lost tile counted as to
+    do, as a resume would), the entries they hold, the disk of the tiles a run writes (the
+    files' own arrays), a pace timed on a real sample tile; nothing created or changed, and
+    what a run refuses refused the same way."""
+    from ntksweep.gram.plan import plan_gram
+
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": CNN, "tile": 20}))
+    assert cli.main(["kernel", str(path), "--dry-run", "--ridge", "1e-3"]) == 0
+    shown = capsys.readouterr().out
+    # train 40 × 40 in tiles of 20: the two diagonal squares and one above; test 13 × 40: 2
+    assert "train: 40 × 40, 0/3 tiles already written and verified, 1,200 entries" in shown
+    assert "test: 13 × 40, 0/2 tiles already written and verified, 520 entries" in shown
+    assert "ms per entry" in shown and "then kernel regression with ridge 0.001: exact" in shown
+    assert not (tmp_path / "k").exists()
+    spec = load_gram_spec(path)
+    run_gram(spec)
+    arrays = [np.load(p) for p in (tmp_path / "k" / "tiles").rglob("*.npz")]
+    assert plan_gram(spec).disk_bytes == sum(a["ntk"].nbytes + a["nngp"].nbytes for a in arrays)
+    assert np.isnan(plan_gram(spec).seconds_per_entry)            # complete: nothing timed
+    lost, damaged = sorted((tmp_path / "k" / "tiles" / "train").glob("*.npz"))[:2]
+    lost.unlink()
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    before = _snapshot(tmp_path / "k")
+    plan = plan_gram(spec)
+    train = plan.blocks[0]
+    assert (train.done, train.tiles, plan.blocks[1].done, plan.blocks[1].tiles) == (1, 3, 2, 2)
+    assert train.entries_left == 2 * 20 * 20 and plan.seconds_per_entry > 0
+    assert 1 <= plan.sample <= 20
+    assert cli.main(["kernel", str(path), "--dry-run", "--workers", "2"]) == 0
+    assert "over 2 workers" in capsys.readouterr().out
+    assert _snapshot(tmp_path / "k") == before                   # nothing written
+    other = tmp_path / "o.yaml"
+    other.write_text(path.read_text().replace("depth: 3", "depth: 4"))
+    for options, refusal in ((["--dry-run"], "holds another kernel job"),
+                             (["--dry-run", "--workers", "0"], "--workers 0: give 1")):
+        assert cli.main(["kernel", str(other), *options]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and refusal in err, err
+    assert _snapshot(tmp_path / "k") == before
+
+
 def test_a_float32_job_stores_float32_and_measures_its_precision_against_float64(
         tmp_path, capsys):
     """dtype: float32 — tiles and the matrix read back in float32, within float32's

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..console import stability_notes
+from ..console import duration_text, stability_notes
 from ..errors import UserError
 from ..records import Status
 from ..store import is_uri, load_results, read_text
@@ -229,16 +229,12 @@ def _header(out, trials: pd.DataFrame) -> str:
     wall = trials.wall_seconds.sum()
     rows = [("written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
             ("ntksweep", __version__),
-            ("compute", f"{_duration(wall)} in {len(trials)} trials "
-                        f"(median {_duration(trials.wall_seconds.median())})"),
+            ("compute", f"{duration_text(wall)} in {len(trials)} trials "
+                        f"(median {duration_text(trials.wall_seconds.median())})"),
             ("hardware", f"{devices} on {hosts}"),
             ("MLflow", _mlflow_link(out, meta.tracking_uri if meta else ""))]
     cells = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
     return f"<table class='meta'>{cells}</table>"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _mlflow_link(out, uri: str) -> str:

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
+from ..errors import UserError
 from .spec import load_gram_spec
 
 __all__ = ["add_kernel", "cmd_kernel", "progress_lines"]
@@ -43,11 +44,12 @@ def cmd_kernel(args) -> int:
     spec = load_gram_spec(args.spec)
     if args.out:
         spec = replace(spec, output_dir=args.out)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give 1 (this process) or more")
+    if args.dry_run:
+        return _dry_run(spec, args)
     executor, where = _executor(args)               # a device it does not have: refused here
-    print(f"kernel job {spec.name!r} → {spec.output_dir}: {spec.network.architecture} "
-          f"depth {spec.network.depth} on {spec.network.dataset} "
-          f"({spec.network.n_train} train, {spec.network.n_test} test), tiles of {spec.tile}, "
-          f"{spec.dtype}, on {where}", file=sys.stderr)
+    print(_job_line(spec, where), file=sys.stderr)
     from .job import PRECISION_SAMPLE, run_gram
 
     tracked = _job_run(spec, args)
@@ -86,6 +88,41 @@ def cmd_kernel(args) -> int:
     return 0
 
 
+def _job_line(spec, where: str) -> str:
+    net = spec.network
+    return (f"kernel job {spec.name!r} → {spec.output_dir}: {net.architecture} depth "
+            f"{net.depth} on {net.dataset} ({net.n_train} train, {net.n_test} test), tiles of "
+            f"{spec.tile}, {spec.dtype}, on {where}")
+
+
+def _dry_run(spec, args) -> int:
+    """``--dry-run``: every check a run makes before it starts, then the plan (``plan``),
+    its pace timed on one sample tile in this process; nothing written, no Ray started."""
+    from ..store import check_writable
+    from .plan import plan_gram, plan_lines
+
+    check_writable(spec.output_dir, create=False)
+    device = _this_device(args.device)
+    remote = args.workers > 1 or args.address
+    print(_job_line(spec, f"{args.workers} Ray workers" if remote else device))
+    plan = plan_gram(spec, device)
+    print("\n".join(plan_lines(plan, args.workers, args.ridge)))
+    print("nothing computed or written (--dry-run)")
+    return 0
+
+
+def _this_device(device: str | None) -> str:
+    """``--device``, or this process's GPU where it has one, else its CPU; a CUDA device
+    on a machine without one is refused."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA GPU (torch "
+                        f"{torch.__version__}); use --device cpu")
+    return device
+
+
 def _executor(args):
     """(executor, where it computes, in words): Ray tile actors (``--workers`` > 1 or
     ``--address``: GPUs where the cluster has them), or this process, on ``--device``
@@ -97,16 +134,9 @@ def _executor(args):
         gpus = executor.options["num_gpus"]
         each = f"{gpus:g} GPU" if gpus else "1 CPU"
         return executor, f"{args.workers} Ray workers of {each} each"
-    import torch
-
-    from ..errors import UserError
     from ..kernels.tiling import SerialExecutor
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: this machine has no CUDA GPU (torch "
-                        f"{torch.__version__}); use --device cpu")
-    executor = SerialExecutor(device)
+    executor = SerialExecutor(_this_device(args.device))
     return executor, executor.devices[0]
 
 
@@ -145,6 +175,9 @@ def add_kernel(sub) -> None:
     k.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                    "$MLFLOW_TRACKING_URI, or SQLite inside the output dir)")
     k.add_argument("--no-tracking", action="store_true", help="no MLflow run")
+    k.add_argument("--dry-run", action="store_true", help="check everything and print the "
+                   "plan: tiles done and left, the disk, the time left at a pace timed here on "
+                   "one sample tile; nothing is written")
     k.add_argument("--ridge", type=float, help="then kernel regression on the test set with "
                    "the NTK and the NNGP, λ = RIDGE · tr K/N (exact in memory, else "
                    "conjugate gradients over the tiles)")

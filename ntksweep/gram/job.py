@@ -110,9 +110,10 @@ class GramRun:
         return self.entries / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _inputs(spec: GramSpec) -> tuple[dict[str, np.ndarray], int]:
-    """The data's train and test inputs as the network reads them, and its output count;
-    ``SpecError`` where the network has no closed-form limit."""
+def job_blocks(spec: GramSpec) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
+    """Each block's (rows' inputs, columns' inputs) as the network reads them (the same
+    array twice for a symmetric block), and the network's output count; ``SpecError`` where
+    it has no closed-form limit."""
     net = spec.network
     data = dataset_for(net)
     out_dim = out_dim_of(net, data)
@@ -123,7 +124,7 @@ def _inputs(spec: GramSpec) -> tuple[dict[str, np.ndarray], int]:
     sets = {"train": inputs(net, data, train)}
     if net.n_test:
         sets["test"] = inputs(net, data, data.x_test)
-    return sets, out_dim
+    return {name: (sets[r], sets[c]) for name, (r, c) in spec.blocks().items()}, out_dim
 
 
 def limit_digest(network: TrialSpec) -> str:
@@ -134,22 +135,26 @@ def limit_digest(network: TrialSpec) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _check_manifest(out: str, spec: GramSpec, shapes: dict[str, list[int]]) -> None:
-    """Write gram.json, or refuse a dir that holds another job's tiles: another limit, data,
-    tiling or shape (the manifest's spec describes the job; its trial fields that the limit
-    does not read may differ)."""
+def manifest_of(spec: GramSpec, shapes: dict[str, list[int]]) -> dict:
+    """The job's manifest (``spec.read_manifest``) before any precision is measured."""
     fields = json.loads(spec.to_json())
     fields.pop("output_dir")          # the same dir may be named by another path
-    manifest = {"spec": fields, "shapes": shapes, "limit": limit_digest(spec.network)}
+    return {"spec": fields, "shapes": shapes, "limit": limit_digest(spec.network)}
+
+
+def check_manifest(out: str, manifest: dict) -> dict | None:
+    """The manifest ``out`` holds (None: none yet), after refusing a dir that holds another
+    job's tiles: another limit, data, tiling or shape (its spec describes the job; the
+    trial fields that the limit does not read may differ)."""
     held = read_manifest(out)
     if held is None:
-        write_text(out, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-        return
-    same = ("limit", "shapes")
-    if any(held.get(k) != manifest[k] for k in same) or \
+        return None
+    fields = manifest["spec"]
+    if any(held.get(k) != manifest[k] for k in ("limit", "shapes")) or \
             any(held["spec"].get(k) != fields.get(k) for k in ("tile", "eval_rows", "dtype")):
         raise SpecError(f"{out} holds another kernel job's tiles ({MANIFEST} differs); "
                         "give this one its own output_dir")
+    return held
 
 
 def run_gram(spec: GramSpec, executor=None,
@@ -158,15 +163,15 @@ def run_gram(spec: GramSpec, executor=None,
     anything with ``map_tiles(computation, tiles)`` yielding (tile, value) as they finish
     (default: this process, one after another; ``sweep.RayTileExecutor``: Ray actors)."""
     started = time.perf_counter()
-    sets, out_dim = _inputs(spec)
-    blocks = {name: (sets[r], sets[c]) for name, (r, c) in spec.blocks().items()}
-    _check_manifest(spec.output_dir, spec, {b: [len(x1), len(x2)] for b, (x1, x2) in
-                                            blocks.items()})
+    blocks, out_dim = job_blocks(spec)
+    manifest = manifest_of(spec, {b: [len(x1), len(x2)] for b, (x1, x2) in blocks.items()})
+    if check_manifest(spec.output_dir, manifest) is None:
+        write_text(spec.output_dir, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     computed = kept = entries = 0
     executor = executor or SerialExecutor()
     for name, (x1, x2) in blocks.items():
         tiles = plan_tiles(len(x1), len(x2), spec.tile, symmetric=x1 is x2)
-        todo = _missing(spec.output_dir, name, tiles)
+        todo = missing_tiles(spec.output_dir, name, tiles)
         kept += len(tiles) - len(todo)
         work = LimitTiles(spec.network, x1, x2, out_dim, dtype=spec.dtype)
         done_here = 0
@@ -213,7 +218,7 @@ def _precision(spec: GramSpec, blocks: dict[str, tuple[np.ndarray, np.ndarray]],
     return out
 
 
-def _missing(out: str, block: str, tiles: Sequence[Tile]) -> list[Tile]:
+def missing_tiles(out: str, block: str, tiles: Sequence[Tile]) -> list[Tile]:
     """The tiles without a whole, verified file, largest first (the long ones start first,
     so that the last to finish is short)."""
     todo = [t for t in tiles if read_tile(out, tile_path(block, t)) is None]

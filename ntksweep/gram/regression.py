@@ -28,7 +28,8 @@ from ..trial_spec import TrialSpec
 from .matrix import GramMatrix
 from .spec import read_manifest
 
-__all__ = ["GramFit", "fit_gram", "nystrom_preconditioner", "EXACT_BYTES", "PRECONDITIONERS"]
+__all__ = ["GramFit", "fit_gram", "nystrom_preconditioner", "EXACT_BYTES", "solves_exactly",
+           "PRECONDITIONERS"]
 
 PRECONDITIONERS = ("nystrom", "jacobi")
 
@@ -112,6 +113,12 @@ def _pcg(matrix: GramMatrix, y: np.ndarray, lam: float,
                     "or max_iter")
 
 
+def solves_exactly(n: int) -> bool:
+    """Whether ``fit_gram``'s "auto" solves n training points exactly: K(X, X) in float64
+    within ``EXACT_BYTES``; conjugate gradients over the tiles beyond."""
+    return 8 * n * n <= EXACT_BYTES
+
+
 def fit_gram(out: str | Path, *, kernel: str = "ntk", ridge: float = 0.0,
              method: str = "auto", tol: float = 1e-8, max_iter: int = 10_000,
              preconditioner: str = "nystrom", rank: int = 256) -> GramFit:
@@ -130,7 +137,7 @@ def fit_gram(out: str | Path, *, kernel: str = "ntk", ridge: float = 0.0,
     y = np.asarray(data.y_train, float).reshape(train.shape[0], -1)
     diag = np.concatenate([np.diag(train.tile_value(t)) for t in train.tiles if t.diagonal])
     lam = ridge * float(diag.mean())
-    if method == "exact" or (method == "auto" and 8 * train.shape[0] ** 2 <= EXACT_BYTES):
+    if method == "exact" or (method == "auto" and solves_exactly(train.shape[0])):
         k = np.asarray(train, dtype=np.float64)      # a float32 job's too: solved in float64
         alpha = regression_weights(k, y, ridge=ridge, name=f"{kernel} of {out}")
         method, iterations = "exact", 0
