@@ -104,8 +104,8 @@ def _dry_run(spec, args) -> int:
     check_writable(spec.output_dir, create=False)
     device = _this_device(args.device)
     remote = args.workers > 1 or args.address
-    print(_job_line(spec, f"{args.workers} Ray workers" if remote else device))
     plan = plan_gram(spec, device)
+    print(_job_line(spec, f"{args.workers} Ray workers" if remote else device))
     print("\n".join(plan_lines(plan, args.workers, args.ridge)))
     print("nothing computed or written (--dry-run)")
     return 0
