@@ -41,11 +41,7 @@ def cmd_run(args) -> int:
     overrides = parse_overrides(args.set or [])
     if args.out:
         overrides["output_dir"] = args.out
-    if args.allow_import:   # the user's consent: the workers, started from here, inherit it
-        from .choices import ALLOW_IMPORT_ENV
-
-        given = [p for p in os.environ.get(ALLOW_IMPORT_ENV, "").split(",") if p]
-        os.environ[ALLOW_IMPORT_ENV] = ",".join([*given, *args.allow_import])
+    grant_imports(args)
     spec_path = args.spec or _default_spec_path()
     spec = load_sweep_spec(spec_path, overrides, smoke=args.smoke)
     if args.dry_run:
@@ -144,6 +140,7 @@ def cmd_trial(args) -> int:
         if not isinstance(fields, dict):
             raise UserError(f"{args.spec}: a trial spec is a mapping of trial fields")
     fields.update(parse_overrides(args.set or []))
+    grant_imports(args)
     # per-field flags are parsed like --set values (YAML scalars: 1e-3, null, [1, 2])
     fields.update({name: load_yaml(getattr(args, name), f"--{name}")[0] for name in TRIAL_FIELDS
                    if getattr(args, name, None) is not None})
@@ -280,10 +277,24 @@ def _add_run(sub) -> None:
     r.add_argument("--smoke", action="store_true",
                    help="run the spec's tiny 'smoke:' version (into <output_dir>-smoke)")
     r.add_argument("--report", action="store_true", help="write the report when done")
-    r.add_argument("--allow-import", action="append", metavar="PACKAGE",
-                   help="let an architecture 'PACKAGE.module:function' import and run your "
-                   "code (a spec alone never does); repeatable")
+    add_allow_import(r)
     r.set_defaults(func=cmd_run)
+
+
+def add_allow_import(parser) -> None:
+    parser.add_argument("--allow-import", action="append", metavar="PACKAGE",
+                        help="let an architecture 'PACKAGE.module:function' import and run "
+                        "your code (a spec alone never does); repeatable")
+
+
+def grant_imports(args) -> None:
+    """The user's consent (``--allow-import``) into ``NTKSWEEP_ALLOW_IMPORT``: this process
+    and the Ray workers it starts, which inherit it, may import those packages."""
+    if args.allow_import:
+        from .choices import ALLOW_IMPORT_ENV
+
+        given = [p for p in os.environ.get(ALLOW_IMPORT_ENV, "").split(",") if p]
+        os.environ[ALLOW_IMPORT_ENV] = ",".join([*given, *args.allow_import])
 
 
 def _add_trial(sub) -> None:
@@ -293,6 +304,7 @@ def _add_trial(sub) -> None:
     t.add_argument("--spec", help="a YAML mapping of trial fields")
     t.add_argument("--set", action="append", metavar="KEY=VALUE")
     t.add_argument("--json", help="also write the records to this JSON file")
+    add_allow_import(t)
     from .trial_spec import TRIAL_FIELDS  # here: `ntksweep` itself imports no torch
 
     for name, f in TRIAL_FIELDS.items():

@@ -139,3 +139,36 @@ def test_a_users_composition_has_its_memory_planned_from_its_layers(allowed):
     # its 2048² float32 weight matrix, its gradient and a step's temporary: ≥ 3 · 16 MiB
     assert large > 3 * 2048**2 * 4
     assert peak("user_networks:plain", 64) == 0
+
+
+def test_a_kernel_job_and_a_single_trial_take_the_same_consent(monkeypatch, tmp_path, capsys):
+    """`ntksweep kernel` and `ntksweep trial` take `--allow-import` as `run` does: without it
+    one line naming the flag, nothing written; with it the kernel job's Gram matrix is the
+    user's composition's own limit on the data in one piece."""
+    from ntksweep import cli
+    from ntksweep import layers as nl
+    from ntksweep.gram import GramMatrix
+    from ntksweep.trial.builders import dataset_for
+
+    monkeypatch.setenv(ALLOW_IMPORT_ENV, "")           # restored after: the flag sets it
+    monkeypatch.syspath_prepend(str(TESTS))
+    network = {"dataset": "digits", "n_train": 12, "architecture": "user_networks:pooled"}
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump({"name": "k", "output_dir": str(tmp_path / "k"),
+                                    "network": network, "tile": 5}))
+    trial = ["trial", "--architecture", "user_networks:composed", "--dataset", "circle",
+             "--n-train", "8", "--n-eval", "8", "--steps", "2", "--checkpoints", "2"]
+    for argv in (["kernel", str(path)], trial):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--allow-import user_networks" in err, err
+    assert not (tmp_path / "k").exists()
+    assert cli.main(["kernel", str(path), "--allow-import", "user_networks"]) == 0
+    spec = ntksweep.TrialSpec(**network)
+    x = dataset_for(spec).x_train.reshape(12, 1, 8, 8)
+    own = nl.serial(nl.Conv(64), nl.Activation("relu"), nl.AvgPool(2), nl.Conv(64),
+                    nl.Activation("relu"), nl.GlobalAvgPool(), nl.Dense(10)).kernels(x)
+    np.testing.assert_allclose(np.asarray(GramMatrix(tmp_path / "k", "train", "ntk")), own.ntk,
+                               rtol=1e-12, atol=0)
+    assert cli.main([*trial, "--allow-import", "user_networks"]) == 0
+    assert "status: completed" in capsys.readouterr().out

@@ -52,3 +52,9 @@ def attending(width, depth, out_dim, query_key_std):
     from ntksweep.layers.presets import transformer
 
     return transformer(width, depth, out_dim, query_key_std=query_key_std)
+
+
+def pooled(width, depth, out_dim):
+    """A small conv net of the user's with average pooling: its limit over pixel pairs."""
+    return nl.serial(nl.Conv(width), nl.Activation("relu"), nl.AvgPool(2), nl.Conv(width),
+                     nl.Activation("relu"), nl.GlobalAvgPool(), nl.Dense(out_dim))

@@ -38,9 +38,11 @@ def progress_lines(run=None):
 
 
 def cmd_kernel(args) -> int:
+    from ..cli import grant_imports
     from ..phases import quiet_start
 
     quiet_start()
+    grant_imports(args)
     spec = load_gram_spec(args.spec)
     if args.out:
         spec = replace(spec, output_dir=args.out)
@@ -48,13 +50,14 @@ def cmd_kernel(args) -> int:
         raise UserError(f"--workers {args.workers}: give 1 (this process) or more")
     if args.dry_run:
         return _dry_run(spec, args)
+    from .job import PRECISION_SAMPLE, check_job, run_gram
+
+    checked = check_job(spec)                       # the data, the network, the dir
     executor, where = _executor(args)               # a device it does not have: refused here
     print(_job_line(spec, where), file=sys.stderr)
-    from .job import PRECISION_SAMPLE, run_gram
-
     tracked = _job_run(spec, args)
     try:
-        run = run_gram(spec, executor, on_progress=progress_lines(tracked))
+        run = run_gram(spec, executor, on_progress=progress_lines(tracked), checked=checked)
     except BaseException:
         if tracked is not None:
             tracked.end("KILLED")
@@ -181,4 +184,7 @@ def add_kernel(sub) -> None:
     k.add_argument("--ridge", type=float, help="then kernel regression on the test set with "
                    "the NTK and the NNGP, λ = RIDGE · tr K/N (exact in memory, else "
                    "conjugate gradients over the tiles)")
+    from ..cli import add_allow_import
+
+    add_allow_import(k)
     k.set_defaults(func=cmd_kernel)

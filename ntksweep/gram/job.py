@@ -42,7 +42,7 @@ from ..trial.builders import (
 from ..trial_spec import TrialSpec
 from .spec import MANIFEST, GramSpec, read_manifest, tile_path
 
-__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "limit_digest",
+__all__ = ["LimitTiles", "GramProgress", "GramRun", "run_gram", "check_job", "limit_digest",
            "PRECISION_SAMPLE"]
 
 PRECISION_SAMPLE = 8      # a float32 job's check: this many rows × columns of each block
@@ -135,11 +135,12 @@ def limit_digest(network: TrialSpec) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def manifest_of(spec: GramSpec, shapes: dict[str, list[int]]) -> dict:
+def manifest_of(spec: GramSpec, blocks: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """The job's manifest (``spec.read_manifest``) before any precision is measured."""
     fields = json.loads(spec.to_json())
     fields.pop("output_dir")          # the same dir may be named by another path
-    return {"spec": fields, "shapes": shapes, "limit": limit_digest(spec.network)}
+    return {"spec": fields, "shapes": {b: [len(x1), len(x2)] for b, (x1, x2) in blocks.items()},
+            "limit": limit_digest(spec.network)}
 
 
 def check_manifest(out: str, manifest: dict) -> dict | None:
@@ -157,15 +158,25 @@ def check_manifest(out: str, manifest: dict) -> dict | None:
     return held
 
 
+def check_job(spec: GramSpec) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
+    """``job_blocks``, after refusing what the job cannot do: a network without a limit,
+    data it cannot have, a dir holding another job's tiles. Writes nothing."""
+    blocks, out_dim = job_blocks(spec)
+    check_manifest(spec.output_dir, manifest_of(spec, blocks))
+    return blocks, out_dim
+
+
 def run_gram(spec: GramSpec, executor=None,
-             on_progress: Callable[[GramProgress], None] | None = None) -> GramRun:
+             on_progress: Callable[[GramProgress], None] | None = None,
+             checked: tuple[dict, int] | None = None) -> GramRun:
     """Compute every tile of the job that the output dir lacks (module doc); ``executor``:
     anything with ``map_tiles(computation, tiles)`` yielding (tile, value) as they finish
-    (default: this process, one after another; ``sweep.RayTileExecutor``: Ray actors)."""
+    (default: this process, one after another; ``sweep.RayTileExecutor``: Ray actors);
+    ``checked``: what ``check_job`` returned for ``spec`` (its data, not read again)."""
     started = time.perf_counter()
-    blocks, out_dim = job_blocks(spec)
-    manifest = manifest_of(spec, {b: [len(x1), len(x2)] for b, (x1, x2) in blocks.items()})
-    if check_manifest(spec.output_dir, manifest) is None:
+    blocks, out_dim = checked or check_job(spec)
+    manifest = manifest_of(spec, blocks)
+    if check_manifest(spec.output_dir, manifest) is None:     # again: the dir may have moved on
         write_text(spec.output_dir, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     computed = kept = entries = 0
     executor = executor or SerialExecutor()

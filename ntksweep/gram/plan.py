@@ -14,7 +14,7 @@ import numpy as np
 from ..console import bytes_text, duration_text
 from ..kernels.tiles import plan_tiles
 from ..trial.builders import limit_kernels
-from .job import check_manifest, job_blocks, manifest_of, missing_tiles
+from .job import check_job, missing_tiles
 from .regression import solves_exactly
 from .spec import GramSpec
 
@@ -56,9 +56,7 @@ class GramPlan:
 def plan_gram(spec: GramSpec, device: str = "cpu") -> GramPlan:
     """The plan of ``spec`` (module doc); refuses what ``run_gram`` would refuse (a network
     without a limit, a dir holding another job) and writes nothing."""
-    blocks, out_dim = job_blocks(spec)
-    check_manifest(spec.output_dir, manifest_of(spec, {b: [len(x1), len(x2)]
-                                                       for b, (x1, x2) in blocks.items()}))
+    blocks, out_dim = check_job(spec)
     plans, disk = [], 0
     itemsize = np.dtype(spec.dtype).itemsize
     for name, (x1, x2) in blocks.items():

@@ -52,8 +52,8 @@ def factory(architecture: str) -> Callable:
     package = module_name.split(".")[0]
     if not allowed(architecture):
         raise SpecError(f"architecture {architecture!r} imports and runs {module_name}: allow "
-                        f"it with `ntksweep run --allow-import {package}` (or "
-                        f"{ALLOW_ENV}={package})")
+                        f"it with --allow-import {package} (ntksweep run, trial or kernel) or "
+                        f"{ALLOW_ENV}={package}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
