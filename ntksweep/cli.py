@@ -288,13 +288,11 @@ def add_allow_import(parser) -> None:
 
 
 def grant_imports(args) -> None:
-    """The user's consent (``--allow-import``) into ``NTKSWEEP_ALLOW_IMPORT``: this process
-    and the Ray workers it starts, which inherit it, may import those packages."""
-    if args.allow_import:
-        from .choices import ALLOW_IMPORT_ENV
+    """The user's consent (``--allow-import``): this process and the Ray workers it starts
+    may import those packages (``consent``)."""
+    from .consent import grant_imports as grant
 
-        given = [p for p in os.environ.get(ALLOW_IMPORT_ENV, "").split(",") if p]
-        os.environ[ALLOW_IMPORT_ENV] = ",".join([*given, *args.allow_import])
+    grant(args.allow_import)
 
 
 def _add_trial(sub) -> None:

@@ -172,3 +172,50 @@ def test_a_kernel_job_and_a_single_trial_take_the_same_consent(monkeypatch, tmp_
                                rtol=1e-12, atol=0)
     assert cli.main([*trial, "--allow-import", "user_networks"]) == 0
     assert "status: completed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_workers_on_a_cluster_get_the_consent_of_the_process_that_started_them(
+        ray_fresh, monkeypatch, tmp_path):
+    """A 2-node Ray cluster started without the consent (its workers do not share the
+    driver's environment, as on a real cluster) and a driver given it: the tile workers
+    compute the user's composition's limit, equal to it in one piece, and a sweep's trial
+    of the user's network completes there."""
+    from ray.cluster_utils import Cluster
+
+    from ntksweep import layers as nl
+    from ntksweep.gram import GramMatrix, load_gram_spec, run_gram
+    from ntksweep.sweep import RayTileExecutor, run_sweep
+    from ntksweep.sweep_spec import load_sweep_spec
+    from ntksweep.trial.builders import dataset_for
+
+    monkeypatch.delenv(ALLOW_IMPORT_ENV, raising=False)
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.syspath_prepend(str(TESTS))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    monkeypatch.setenv(ALLOW_IMPORT_ENV, "user_networks")    # this process only
+    network = {"dataset": "digits", "n_train": 12, "architecture": "user_networks:pooled"}
+    job = load_gram_spec({"name": "k", "output_dir": str(tmp_path / "k"), "network": network,
+                          "tile": 4})
+    sweep = load_sweep_spec({"name": "own", "output_dir": str(tmp_path / "own"),
+                             "base": {**BASE, "architecture": "user_networks:composed"}})
+    try:
+        ray_fresh.init(address=cluster.address, log_to_driver=False)
+        with RayTileExecutor(2) as executor:
+            run = run_gram(job, executor)
+        ray_fresh.shutdown()
+        summary = run_sweep(sweep, address=cluster.address, tracking=False, quiet=True)
+    finally:
+        ray_fresh.shutdown()
+        cluster.shutdown()
+    assert run.computed == 6                                  # 3 bands of 4: 3 + 2 + 1
+    x = dataset_for(ntksweep.TrialSpec(**network)).x_train.reshape(12, 1, 8, 8)
+    own = nl.serial(nl.Conv(64), nl.Activation("relu"), nl.AvgPool(2), nl.Conv(64),
+                    nl.Activation("relu"), nl.GlobalAvgPool(), nl.Dense(10)).kernels(x)
+    np.testing.assert_allclose(np.asarray(GramMatrix(job.output_dir, "train", "ntk")),
+                               own.ntk, rtol=1e-12, atol=0)
+    trials, _ = ntksweep.load_results(summary.out_dir)
+    assert list(trials.status) == ["completed"], list(trials.error)
+    assert np.isfinite(trials.init_dist_inf.iloc[0])

@@ -25,6 +25,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from .. import console, phases, store
+from ..consent import granted
 from ..errors import UserError
 from ..records import Record, Status, SweepMeta, TrialOutcome
 from ..store.lock import DriverLock, LockLost
@@ -152,7 +153,8 @@ class SweepRun:
         # dedicated process per actor and leave the workers it prestarted for this driver
         # idle, polling, on the cores the trials need.
         shape = self.shape
-        a = TrialWorker.options(num_gpus=shape.gpus, num_cpus=shape.cpus).remote(int(shape.cpus))
+        a = TrialWorker.options(num_gpus=shape.gpus, num_cpus=shape.cpus).remote(
+            int(shape.cpus), granted())
         self.actors.append(a)
         self.starting[a.describe.remote()] = a
 

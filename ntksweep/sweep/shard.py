@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import ray
 
+from ..consent import grant_imports, granted
 from ..errors import UserError
 from ..kernels.tiling import Tile, TileComputation
 from .worker import device_facts, no_cuda_for
@@ -20,7 +21,8 @@ from .worker import device_facts, no_cuda_for
 
 @ray.remote
 class _TileWorker:
-    def __init__(self):
+    def __init__(self, allowed_imports: str = ""):
+        grant_imports(allowed_imports)         # the driver's consent (``consent``)
         self._computation: TileComputation | None = None
 
     def describe(self) -> dict:
@@ -133,7 +135,7 @@ class RayTileExecutor:
     def _start(self, n: int) -> list:
         """``n`` new actors, up; ``UserError`` where Ray gave one a GPU its torch cannot use
         (refused, not computed on its CPU instead)."""
-        actors = [_TileWorker.options(**self.options).remote() for _ in range(n)]
+        actors = [_TileWorker.options(**self.options).remote(granted()) for _ in range(n)]
         for info in ray.get([a.describe.remote() for a in actors]):
             if why := no_cuda_for(info, "tile workers of no GPU: --gpus-per-worker 0"):
                 for actor in actors:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import ray
 
+from ..consent import grant_imports
 from ..records import Record, TrialOutcome
 from ..trial_spec import TrialSpec
 
@@ -68,7 +69,8 @@ def no_cuda_for(info: dict, cpu_instead: str) -> str | None:
 class TrialWorker:
     """Runs trial after trial, keeping per-actor caches (data sets, Θ_∞) between them."""
 
-    def __init__(self, num_threads: int = 1):
+    def __init__(self, num_threads: int = 1, allowed_imports: str = ""):
+        grant_imports(allowed_imports)         # the driver's consent (``consent``)
         # torch and the trial code load here, in the actor: the driver that defines this
         # class never imports torch (a second and a half off every sweep's start)
         import torch

@@ -8,7 +8,7 @@ test scores; the columns against Θ_∞ and Σ are NaN). Inputs reach it channel
 every architecture reads them: vectors (N, d), images (N, C, H, W), sequences (N, d, T).
 
 Importing a module runs its code, and a spec is input: a module is imported only where the
-user allowed it, on the command line (``ntksweep run --allow-import package``) or in
+user allowed it, on the command line (``--allow-import package``) or in
 ``NTKSWEEP_ALLOW_IMPORT`` (comma-separated packages); the check and every mistake (a missing
 module, a wrong signature, a network that does not run on the data's shape) is one line
 before anything runs.
@@ -19,14 +19,13 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..choices import ALLOW_IMPORT_ENV
+from ..consent import ALLOW_IMPORT_ENV, allowed
 from ..errors import SpecError
 from ..hyper import is_custom_architecture as is_custom
 from ..layers import Layer
@@ -36,14 +35,6 @@ __all__ = ["is_custom", "allowed", "factory", "named_fields", "make", "compositi
            "ALLOW_ENV"]
 
 ALLOW_ENV = ALLOW_IMPORT_ENV
-
-
-def allowed(architecture: str) -> bool:
-    """Whether the user allowed importing this function's module (``ALLOW_ENV``: a package
-    allows its modules)."""
-    module = architecture.partition(":")[0]
-    grants = [g.strip() for g in os.environ.get(ALLOW_ENV, "").split(",") if g.strip()]
-    return any(module == g or module.startswith(g + ".") for g in grants)
 
 
 def factory(architecture: str) -> Callable:
