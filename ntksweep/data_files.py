@@ -13,9 +13,23 @@ import numpy as np
 
 from .errors import DataFileError, SpecError
 
-__all__ = ["read_arrays", "checked", "given_split", "MAX_DATA_BYTES"]
+__all__ = ["read_arrays", "checked", "given_split", "provide", "provided", "MAX_DATA_BYTES"]
 
 MAX_DATA_BYTES = int(os.environ.get("NTKSWEEP_MAX_DATA_BYTES", 4 << 30))
+
+# path → arrays, in a Ray worker: a file's arrays as the sweep's driver read them
+_PROVIDED: dict[str, dict[str, np.ndarray]] = {}
+
+
+def provide(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """This process reads ``path`` as ``arrays`` (read and checked by the process that sent
+    them: ``sweep.files``), not from its own filesystem."""
+    # copies: arrays that came through Ray's object store are read-only
+    _PROVIDED[path] = {k: np.array(v) for k, v in arrays.items()}
+
+
+def provided(path: str) -> bool:
+    return path in _PROVIDED
 
 
 def read_arrays(path: str | None) -> dict[str, np.ndarray]:
@@ -24,6 +38,8 @@ def read_arrays(path: str | None) -> dict[str, np.ndarray]:
     their headers before any is decompressed."""
     if not path:
         raise SpecError("dataset 'file' needs data_path=<.npz or .parquet file>")
+    if path in _PROVIDED:
+        return dict(_PROVIDED[path])
     p = Path(path)
     if not p.is_file():
         raise DataFileError(f"data file {path!r} does not exist")

@@ -69,6 +69,46 @@ def test_cluster_in_a_box_ray_job_submit(tmp_path, mlflow_server):
 
 
 # ---------------------------------------------------------------- object storage
+@pytest.mark.slow
+def test_a_data_file_only_the_driver_can_read_reaches_every_worker(ray_fresh, monkeypatch,
+                                                                    tmp_path):
+    """`dataset: file` with a relative data_path, on a 2-node cluster started in another
+    directory (its workers cannot open that path, as on nodes without the driver's disk;
+    one CPU each, so one worker on each): every trial reads the driver's file and completes
+    with the numbers of the same sweep on this process's local Ray."""
+    from ray.cluster_utils import Cluster
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "here"
+    data.mkdir()
+    np.savez(data / "points.npz", X=rng.normal(size=(24, 3)), y=rng.normal(size=(24, 1)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    monkeypatch.chdir(data)
+    base = {**TINY, "dataset": "file", "data_path": "points.npz", "n_train": 12,
+            "n_eval": 12}
+    grid = {"width": [8, 16], "seed": [0, 1]}
+    try:
+        summary = run_sweep(load_sweep_spec(tiny_spec("far", tmp_path / "far", grid, **base)),
+                            address=cluster.address, tracking=False, quiet=True)
+    finally:
+        ray_fresh.shutdown()
+        cluster.shutdown()
+    far, _ = ntksweep.load_results(summary.out_dir)
+    assert set(far.status) == {"completed"}, list(far.error)
+    near = run_sweep(load_sweep_spec(tiny_spec("near", tmp_path / "near", grid, **base)),
+                     tracking=False, quiet=True, num_cpus=2)
+    ray_fresh.shutdown()
+    near, _ = ntksweep.load_results(near.out_dir)
+    columns = ["init_dist_inf", "final_dist_init", "final_train_loss"]
+    pd.testing.assert_frame_equal(far.set_index("trial_id").sort_index()[columns],
+                                  near.set_index("trial_id").sort_index()[columns])
+
+
 def test_sweep_to_s3_resumes_there_and_reads_back(ray_local, s3, tmp_path):
     out = f"s3://{s3.bucket}/sweeps/tiny"
     raw = tiny_spec("s3tiny", out, keep_kernels="first_last")

@@ -34,6 +34,7 @@ from ..sync import push_missing
 from ..tracking.protocol import Untracked
 from ..tracking.uri import recorded_form, redact
 from ..trial_spec import TRIAL_FIELDS, TrialSpec
+from .files import ship_data_files
 from .limits import SharedLimits, share_limits
 from .shape import WorkerShape, check_single_node_tracking, worker_shape
 from .worker import Checkpoints, Finished, TrialWorker, no_cuda_for
@@ -84,6 +85,7 @@ class SweepRun:
         self.shape = WorkerShape(0, 0.0, 1.0)
         self.tracker = None
         self.limits = SharedLimits()       # its trials' shared limits (``limits``)
+        self.data_files: dict[str, list] = {}    # data_path → its arrays' ref (``files``)
         self.lock: DriverLock | None = None
         self.disk_full: str | None = None   # why the sweep stopped early, if it was the disk
         self.lock_lost: str | None = None   # another driver took the output dir over
@@ -118,6 +120,7 @@ class SweepRun:
             if self.todo:       # before the actors: the limit's tiles take their cores
                 self.limits = share_limits(self.out, [t for t, _ in self.todo], self.shape,
                                            self.quiet)
+                self.data_files = ship_data_files(t for t, _ in self.todo)
             for _ in range(self.shape.n if self.todo else 0):
                 self._new_actor()  # they boot (seconds) while MLflow opens its store
             if self.todo:
@@ -253,7 +256,8 @@ class SweepRun:
                 phases.say(f"the first trial is running (on {worker.get('host', '?')}{gpus}); "
                            "progress follows", self.quiet)
             limit = self.limits.refs.get(trial.trial_id)
-            self.running[actor.run.remote(trial, limit)] = _Attempt(
+            data = self.data_files.get(trial.data_path) if trial.dataset == "file" else None
+            self.running[actor.run.remote(trial, limit, data)] = _Attempt(
                 trial, attempt, actor, worker, handle, execution,
                 self.tries.get(trial.trial_id, 1))
             self._event("start", trial=trial.trial_id, attempt=attempt, worker=worker)

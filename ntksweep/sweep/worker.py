@@ -99,10 +99,11 @@ class TrialWorker:
                 "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
-    def run(self, spec: TrialSpec, limit: dict | None = None):
+    def run(self, spec: TrialSpec, limit: dict | None = None, data: list | None = None):
         """Stream ``Checkpoints`` as checkpoints are measured, then one ``Finished``;
         ``limit``: the trial's limit kernels where the sweep computed them once for every
-        trial that reads them (``sweep.limits``).
+        trial that reads them (``sweep.limits``); ``data``: its data file's arrays as the
+        driver read them (``sweep.files``).
 
         Records that are ready together travel as one message, and those still queued when
         the trial ends ride with its outcome: each message is a round trip through Ray and a
@@ -112,6 +113,10 @@ class TrialWorker:
         unset), so device 'auto' resolves to cuda only when Ray assigned this actor a GPU.
         """
         self._warm.join()
+        if data is not None:
+            from .files import receive_data_file
+
+            receive_data_file(spec.data_path, data)
         if limit is not None:
             from ..trial.builders import cache_shared_limit
 
