@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import phases  # first: its clock starts with the command
+from .consent import grant_imports
 from .errors import UserError
 from .records import Status
 
@@ -41,7 +42,7 @@ def cmd_run(args) -> int:
     overrides = parse_overrides(args.set or [])
     if args.out:
         overrides["output_dir"] = args.out
-    grant_imports(args)
+    grant_imports(args.allow_import)   # the user's consent (``consent``)
     spec_path = args.spec or _default_spec_path()
     spec = load_sweep_spec(spec_path, overrides, smoke=args.smoke)
     if args.dry_run:
@@ -140,7 +141,7 @@ def cmd_trial(args) -> int:
         if not isinstance(fields, dict):
             raise UserError(f"{args.spec}: a trial spec is a mapping of trial fields")
     fields.update(parse_overrides(args.set or []))
-    grant_imports(args)
+    grant_imports(args.allow_import)   # the user's consent (``consent``)
     # per-field flags are parsed like --set values (YAML scalars: 1e-3, null, [1, 2])
     fields.update({name: load_yaml(getattr(args, name), f"--{name}")[0] for name in TRIAL_FIELDS
                    if getattr(args, name, None) is not None})
@@ -285,14 +286,6 @@ def add_allow_import(parser) -> None:
     parser.add_argument("--allow-import", action="append", metavar="PACKAGE",
                         help="let an architecture 'PACKAGE.module:function' import and run "
                         "your code (a spec alone never does); repeatable")
-
-
-def grant_imports(args) -> None:
-    """The user's consent (``--allow-import``): this process and the Ray workers it starts
-    may import those packages (``consent``)."""
-    from .consent import grant_imports as grant
-
-    grant(args.allow_import)
 
 
 def _add_trial(sub) -> None:

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
+from ..consent import grant_imports
 from ..errors import UserError
 from .spec import load_gram_spec
 
@@ -38,11 +39,10 @@ def progress_lines(run=None):
 
 
 def cmd_kernel(args) -> int:
-    from ..cli import grant_imports
     from ..phases import quiet_start
 
     quiet_start()
-    grant_imports(args)
+    grant_imports(args.allow_import)                # the user's consent (``consent``)
     spec = load_gram_spec(args.spec)
     if args.out:
         spec = replace(spec, output_dir=args.out)
