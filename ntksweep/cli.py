@@ -193,9 +193,14 @@ def cmd_report(args) -> int:
 
 # --------------------------------------------------------------------------- ui / sync
 def _sweep_meta(out: str):
+    from .gram.spec import read_manifest
     from .store import read_meta
 
     meta = read_meta(out)
+    if meta is None and read_manifest(out) is not None:
+        raise UserError(f"{out!r} holds a kernel job, not a sweep: `ntksweep status {out}` "
+                        f"shows its tiles, `ntksweep ui {out}` its MLflow runs, and "
+                        f"ntksweep.gram.GramMatrix({str(out)!r}, 'train', 'ntk') reads it")
     if meta is None:
         raise UserError(f"{out!r} is not an ntksweep output dir (no sweep.json)")
     return meta
@@ -210,11 +215,27 @@ def _tracking_uri(args, meta) -> str:
 
 
 def cmd_ui(args) -> int:
+    from .gram.spec import job_experiment, read_manifest
     from .tracking.ui import serve_ui
 
+    if (manifest := read_manifest(args.out)) is not None:      # a kernel job's dir
+        return serve_ui(_job_tracking_uri(args), job_experiment(manifest["spec"]["name"]),
+                        args.host, args.port, what="kernel job")
     meta = _sweep_meta(args.out)
     return serve_ui(_tracking_uri(args, meta), meta.name, args.host, args.port,
                     sweep_id=meta.sweep_id)
+
+
+def _job_tracking_uri(args) -> str:
+    """A kernel job's store, as ``ntksweep kernel`` chose it: --tracking-uri,
+    $MLFLOW_TRACKING_URI, else the SQLite file in its output dir, which must be there."""
+    from .tracking.uri import resolve_tracking_uri
+
+    uri, explicit = resolve_tracking_uri(args.tracking_uri, out_dir=args.out)
+    if not explicit and not (Path(args.out) / "mlflow.db").is_file():
+        raise UserError(f"{args.out!r} holds a kernel job without an MLflow store (it ran with "
+                        "--no-tracking or with a --tracking-uri: give that one here)")
+    return uri
 
 
 def cmd_sync(args) -> int:
@@ -335,9 +356,9 @@ def _add_status(sub) -> None:
 
 def _add_ui(sub) -> None:
     u = sub.add_parser("ui", help="serve the MLflow UI on a sweep's tracking store",
-                       description="Serve the MLflow UI on the store a sweep was tracked in "
-                       "(its SQLite file in the output dir by default).")
-    u.add_argument("out", help="the sweep's output dir")
+                       description="Serve the MLflow UI on the store a sweep (or a kernel "
+                       "job) was tracked in (its SQLite file in the output dir by default).")
+    u.add_argument("out", help="the sweep's (or the kernel job's) output dir")
     u.add_argument("--port", type=int, default=5000, help="port to serve on (default 5000)")
     u.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")

@@ -179,6 +179,49 @@ def test_a_dry_run_plans_the_job_verifies_what_is_done_and_writes_nothing(tmp_pa
     assert _snapshot(tmp_path / "k") == before
 
 
+@pytest.mark.slow
+def test_the_other_commands_know_a_kernel_jobs_dir(tmp_path, capsys):
+    """`ntksweep ui` serves a kernel job's MLflow store and links its experiment; on a job
+    run without tracking it says so; `report` and `sync`, which read sweeps, say the dir
+    holds a kernel job and where to look instead — each refusal one line."""
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+    from servers import free_port
+
+    network = {**CNN, "n_train": 8, "n_test": 0}
+    for name, options in (("tracked", []), ("untracked", ["--no-tracking"])):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path / name),
+                                        "network": network, "tile": 8}))
+        assert cli.main(["kernel", str(path), *options]) == 0
+    capsys.readouterr()
+    for argv, said in ((["ui", str(tmp_path / "untracked")], "without an MLflow store"),
+                       (["report", str(tmp_path / "tracked")], "holds a kernel job, not a sweep"),
+                       (["sync", str(tmp_path / "tracked")], "ntksweep status")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ntksweep.cli", "ui", str(tmp_path / "tracked"),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:        # printed once the server answers
+            seen.append(line)
+            if "MLflow UI for kernel job" in line:
+                break
+        client = MlflowClient(f"sqlite:///{tmp_path / 'tracked' / 'mlflow.db'}")
+        exp_id = client.get_experiment_by_name("tracked-kernel").experiment_id
+        link = seen[-1].split(": ", 1)[1].strip()
+        assert link.endswith(f"/ntksweep/open?experiment={exp_id}"), seen
+        assert urllib.request.urlopen(link, timeout=10).status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_a_float32_job_stores_float32_and_measures_its_precision_against_float64(
         tmp_path, capsys):
     """dtype: float32 — tiles and the matrix read back in float32, within float32's

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from ..consent import grant_imports
 from ..errors import UserError
-from .spec import load_gram_spec
+from .spec import job_experiment, load_gram_spec
 
 __all__ = ["add_kernel", "cmd_kernel", "progress_lines"]
 
@@ -155,7 +155,7 @@ def _job_run(spec, args):
     check_writable(spec.output_dir)
     uri, _ = resolve_tracking_uri(args.tracking_uri, out_dir=spec.output_dir)
     params = {"tile": spec.tile, "dtype": spec.dtype, **spec.network.to_dict()}
-    return JobRun(uri, f"{spec.name}-kernel", spec.name, params)
+    return JobRun(uri, job_experiment(spec.name), spec.name, params)
 
 
 def add_kernel(sub) -> None:

@@ -30,7 +30,8 @@ from ..store import read_text
 from ..trial_spec import TrialSpec, suggest
 from ..yaml_input import load_yaml, read_spec_text
 
-__all__ = ["GramSpec", "load_gram_spec", "MANIFEST", "read_manifest", "tile_path"]
+__all__ = ["GramSpec", "load_gram_spec", "MANIFEST", "read_manifest", "tile_path",
+           "job_experiment"]
 
 _FIELDS = ("name", "output_dir", "network", "tile", "dtype")
 MANIFEST = "gram.json"     # in the output dir: the job's spec and its blocks' shapes
@@ -42,6 +43,11 @@ def read_manifest(out: str | Path) -> dict[str, Any] | None:
     largest error on a sample}), or None where the dir holds no kernel job."""
     text = read_text(out, MANIFEST)
     return None if text is None else json.loads(text)
+
+
+def job_experiment(name: str) -> str:
+    """The MLflow experiment a kernel job's runs go to."""
+    return f"{name}-kernel"
 
 
 def tile_path(block: str, tile) -> str:

@@ -83,14 +83,15 @@ def _wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
 
 
 def serve_ui(uri: str, experiment: str, host: str, port: int, *, sweep_id: str | None = None,
-             timeout_s: float = 120.0, stream=None) -> int:
-    """Start the UI, wait until it answers, print the link to the sweep's runs, and serve
-    until interrupted (Ctrl-C or SIGTERM reach the server too). Returns its exit code. A
-    tracking server (http, https) serves its own UI: its link is printed and nothing starts.
-    The store (with any credentials) reaches the UI's process through its environment."""
+             timeout_s: float = 120.0, stream=None, what: str = "sweep") -> int:
+    """Start the UI, wait until it answers, print the link to the sweep's runs (``what``: or
+    a kernel job's), and serve until interrupted (Ctrl-C or SIGTERM reach the server too).
+    Returns its exit code. A tracking server (http, https) serves its own UI: its link is
+    printed and nothing starts. The store (with any credentials) reaches the UI's process
+    through its environment."""
     if urlparse(uri).scheme in ("http", "https"):
         base = redact(uri).rstrip("/")
-        print(f"MLflow UI for sweep {experiment!r} (its tracking server's own): "
+        print(f"MLflow UI for {what} {experiment!r} (its tracking server's own): "
               f"{runs_page(base, *_experiment(uri, experiment, sweep_id))}", file=stream,
               flush=True)
         return 0
@@ -109,7 +110,7 @@ def serve_ui(uri: str, experiment: str, host: str, port: int, *, sweep_id: str |
         # overlaps its own there), and printed once the server answers
         link = runs_page(base, *_experiment(uri, experiment, sweep_id), opener=opener)
         _wait_until_up(proc, base, timeout_s)
-        print(f"MLflow UI for sweep {experiment!r}: {link}", file=stream, flush=True)
+        print(f"MLflow UI for {what} {experiment!r}: {link}", file=stream, flush=True)
         code = proc.wait()
     finally:
         for s, handler in previous.items():
