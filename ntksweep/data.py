@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data_files import checked, given_split, read_arrays
+from .data_files import checked, class_targets, given_split, read_arrays
 from .errors import DataFileError, SpecError
 
 __all__ = ["Dataset", "DataShape", "DATASETS", "IMAGE_DATASETS", "SEQUENCE_DATASETS",
@@ -220,12 +220,13 @@ def _tokens(n_train: int, n_eval: int, seed: int, tokens: int, dim: int,
 
 def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
                n_test: int = 0) -> Dataset:
-    arrays = read_arrays(path)
+    arrays = class_targets(path, read_arrays(path))
     name = Path(path).name
     shape = tuple(np.shape(arrays["X"])[1:])
     image_shape = shape if len(shape) == 3 else None     # (N, C, H, W): images
     sequence_shape = shape if len(shape) == 2 else None  # (N, T, d): sequences
     x, y = checked(path, arrays["X"], arrays["y"], "X/y")
+    labels = arrays.get("labels")                        # class ids, where the file has them
     given = [part for part in ("eval", "test") if f"X_{part}" in arrays]
     drawn = {"eval": n_eval, "test": n_test}
     need = n_train + sum(n for part, n in drawn.items() if part not in given)
@@ -235,17 +236,22 @@ def _load_file(path: str | None, n_train: int, n_eval: int, seed: int,
     # files with their own eval set keep their row order; the others are shuffled
     order = np.arange(len(x)) if "eval" in given else \
         np.random.default_rng(seed).permutation(len(x))
-    parts, start = {"train": (x[order[:n_train]], y[order[:n_train]])}, n_train
+
+    def rows(idx):
+        return x[idx], y[idx], None if labels is None else labels[idx]
+
+    parts, start = {"train": rows(order[:n_train])}, n_train
     for part, n in drawn.items():
         if part in given:
             xs, ys = given_split(path, arrays, part, x, y)
-            parts[part] = xs[:n], ys[:n]
+            ids = arrays.get(f"labels_{part}")
+            parts[part] = xs[:n], ys[:n], None if ids is None else ids[:n]
         else:
-            parts[part] = x[order[start:start + n]], y[order[start:start + n]]
+            parts[part] = rows(order[start:start + n])
             start += n
-    (xr, yr), (xe, ye), (xt, yt) = parts["train"], parts["eval"], parts["test"]
-    return Dataset(name, xr, yr, xe, ye, image_shape=image_shape, x_test=xt, y_test=yt,
-                   sequence_shape=sequence_shape)
+    (xr, yr, lr), (xe, ye, le), (xt, yt, lt) = parts["train"], parts["eval"], parts["test"]
+    return Dataset(name, xr, yr, xe, ye, lr, le, image_shape=image_shape, x_test=xt,
+                   y_test=yt, labels_test=lt, sequence_shape=sequence_shape)
 
 
 def make_dataset(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int = 8,

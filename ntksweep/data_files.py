@@ -1,7 +1,9 @@
 """The user's data files (``dataset: file``), read as plain data and checked: .npz of plain
-numeric arrays X, y (optional X_eval, y_eval, X_test, y_test) — never unpickled, their sizes
-read from the arrays' headers before any is decompressed — or Parquet with feature columns
-and a ``y`` column (read by pandas). Every refusal is one ``DataFileError`` line."""
+numeric arrays X and y — regression targets — or labels — class ids, scored by accuracy too
+(optional X_eval, y_eval or labels_eval, X_test, y_test or labels_test) — never unpickled,
+their sizes read from the arrays' headers before any is decompressed, or Parquet with
+feature columns and a ``y`` or ``labels`` column (read by pandas). Every refusal is one
+``DataFileError`` line."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import numpy as np
 
 from .errors import DataFileError, SpecError
 
-__all__ = ["read_arrays", "checked", "given_split", "provide", "provided", "MAX_DATA_BYTES"]
+__all__ = ["read_arrays", "checked", "class_targets", "given_split", "provide", "provided",
+           "MAX_DATA_BYTES"]
 
 MAX_DATA_BYTES = int(os.environ.get("NTKSWEEP_MAX_DATA_BYTES", 4 << 30))
 
@@ -33,7 +36,8 @@ def provided(path: str) -> bool:
 
 
 def read_arrays(path: str | None) -> dict[str, np.ndarray]:
-    """A data file's arrays (X, y and optional X_eval, y_eval, X_test, y_test), read as
+    """A data file's arrays (X, y or labels, and optional X_eval, y_eval or labels_eval,
+    X_test, y_test or labels_test), read as
     plain data: Parquet through pandas, .npz never unpickled and its arrays' sizes read from
     their headers before any is decompressed."""
     if not path:
@@ -55,9 +59,9 @@ def read_arrays(path: str | None) -> dict[str, np.ndarray]:
     else:
         raise DataFileError(f"{path}: unsupported data file type {p.suffix!r}; use .npz or "
                             ".parquet")
-    for key in ("X", "y"):
-        if key not in arrays:
-            raise DataFileError(f"{path}: missing array {key!r} (found: {', '.join(arrays)})")
+    if "X" not in arrays or ("y" in arrays) == ("labels" in arrays):
+        raise DataFileError(f"{path}: a data file holds X and either y (regression targets) "
+                            f"or labels (class ids); found: {', '.join(arrays)}")
     for key, a in arrays.items():
         if a.dtype.kind not in "biuf":
             raise DataFileError(f"{path}: array {key!r} holds {a.dtype} values; data must be "
@@ -103,15 +107,18 @@ def _read_parquet(p: Path) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001  (pyarrow's many ways to refuse a file)
         raise DataFileError(f"{p}: not a readable Parquet file ({type(e).__name__}: "
                             f"{str(e)[:200]})") from None
-    if "y" not in df.columns:
-        raise DataFileError(f"{p}: Parquet data needs a 'y' column beside the feature columns")
+    target = [c for c in ("y", "labels") if c in df.columns]
+    if len(target) != 1:
+        raise DataFileError(f"{p}: Parquet data needs a 'y' column (regression targets) or a "
+                            "'labels' column (class ids) beside the feature columns")
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
            or pd.api.types.is_complex_dtype(df[c])]
     if bad:
         raise DataFileError(f"{p}: column(s) {', '.join(map(str, bad[:5]))} are not real "
                             "numbers; a data file holds numeric features and a numeric 'y'")
     try:
-        return {"X": df.drop(columns=["y"]).to_numpy(np.float64), "y": df["y"].to_numpy()}
+        return {"X": df.drop(columns=target).to_numpy(np.float64),
+                target[0]: df[target[0]].to_numpy()}
     except (TypeError, ValueError) as e:
         raise DataFileError(f"{p}: its columns do not read as numbers ({e})") from None
 
@@ -135,10 +142,33 @@ def checked(path, x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def class_targets(path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A file of class ids (``labels``, and ``labels_eval``, ``labels_test`` for its own
+    splits): the arrays with the targets a regression on k classes reads, y = e_label −
+    1/k (one-hot, zero mean: as the digits set's), k = the largest id + 1. A file of y:
+    as it is."""
+    if "labels" not in arrays:
+        return arrays
+    parts = [k for k in ("labels", "labels_eval", "labels_test") if k in arrays]
+    for key in parts:
+        ids = arrays[key]
+        if ids.dtype.kind not in "iu" or ids.ndim != 1 or (ids.size and ids.min() < 0):
+            raise DataFileError(f"{path}: {key} must be class ids, non-negative integers, one "
+                                f"per point (shape (N,)); got {ids.dtype} of shape {ids.shape}")
+    k = 1 + max(int(arrays[key].max()) for key in parts if arrays[key].size)
+    if k < 2:
+        raise DataFileError(f"{path}: labels name {k} class; a classification needs 2 or more")
+    out = dict(arrays)
+    for key in parts:
+        out[key.replace("labels", "y")] = np.eye(k)[arrays[key]] - 1.0 / k
+    return out
+
+
 def given_split(path, arrays, part: str, x: np.ndarray, y: np.ndarray):
-    """The file's own X_<part>/y_<part>, shaped as X/y (x, y: the checked main arrays)."""
+    """The file's own X_<part>/y_<part>, shaped as X/y (x, y: the checked main arrays;
+    without y_<part>, zero targets)."""
     xs, ys = checked(path, arrays[f"X_{part}"],
-                      arrays.get(f"y_{part}", np.zeros(len(arrays[f"X_{part}"]))),
+                      arrays.get(f"y_{part}", np.zeros((len(arrays[f"X_{part}"]), y.shape[1]))),
                       f"X_{part}/y_{part}")
     if xs.shape[1] != x.shape[1] or ys.shape[1] != y.shape[1]:
         raise DataFileError(f"{path}: X_{part}/y_{part} have {xs.shape[1]} features/"

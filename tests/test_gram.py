@@ -420,6 +420,31 @@ def test_conjugate_gradients_over_tiles_solve_as_the_exact_regression(tmp_path):
     assert exact.test_accuracy == np.mean(direct.argmax(1) == data.labels_test) > 0.5
 
 
+def test_a_file_of_class_ids_is_scored_by_accuracy(tmp_path):
+    """Your own images with `labels` (class ids) — the digits saved as a file: the kernel
+    job's regression scores accuracy, the one a solve with one-hot targets minus 1/k on the
+    job's matrices gives, well above chance."""
+    from sklearn.datasets import load_digits
+
+    from ntksweep.gram.regression import fit_gram
+
+    digits = load_digits()
+    np.savez(tmp_path / "digits.npz", X=digits.images[:, None] / 16.0, labels=digits.target)
+    network = {"dataset": "file", "data_path": str(tmp_path / "digits.npz"), "n_train": 60,
+               "n_test": 40, "architecture": "cnn", "depth": 3}
+    spec = _spec(tmp_path, network, tile=32)
+    run_gram(spec)
+    fit = fit_gram(spec.output_dir, ridge=1e-3)
+    data = dataset_for(spec.network)
+    k_train = np.asarray(GramMatrix(spec.output_dir, "train", "ntk"))
+    k_test = np.asarray(GramMatrix(spec.output_dir, "test", "ntk"))
+    targets = np.eye(10)[data.labels_train] - 0.1
+    lam = 1e-3 * np.trace(k_train) / len(k_train)
+    predictions = k_test @ np.linalg.solve(k_train + lam * np.eye(len(k_train)), targets)
+    accuracy = np.mean(predictions.argmax(1) == data.labels_test)
+    assert fit.test_accuracy == pytest.approx(accuracy) and accuracy > 0.5
+
+
 def test_the_nystrom_preconditioner_takes_the_top_of_the_spectrum_out(tmp_path):
     """Frangella et al.'s bound: CG on P⁻¹(K + λI) needs fewer than half Jacobi's steps on
     a CNTK (71 against 25 at rank 64 when written), and at rank N the sketch is K itself, so

@@ -238,7 +238,15 @@ def test_bad_data_files_name_the_file_and_problem(tmp_path):
     np.savez(tmp_path / "nan.npz", X=x, y=np.ones(40))
     fails(tmp_path / "nan.npz", "NaN or inf")
     np.savez(tmp_path / "nokey.npz", inputs=np.ones((40, 3)), y=np.ones(40))
-    fails(tmp_path / "nokey.npz", "missing array 'X'")
+    fails(tmp_path / "nokey.npz", "holds X and either y (regression targets) or labels")
+    np.savez(tmp_path / "both.npz", X=np.ones((40, 3)), y=np.ones(40), labels=np.ones(40, int))
+    fails(tmp_path / "both.npz", "either y (regression targets) or labels (class ids)")
+    for bad, match in ((np.linspace(0, 2, 40), "must be class ids"),
+                       (-np.ones(40, int), "must be class ids"),
+                       (np.ones((40, 2), int), "shape (N,)"),
+                       (np.zeros(40, int), "labels name 1 class")):
+        np.savez(tmp_path / "labels.npz", X=np.ones((40, 3)), labels=bad)
+        fails(tmp_path / "labels.npz", match)
     np.save(tmp_path / "plain.npy", np.ones((40, 3)))
     fails(tmp_path / "plain.npy", "must hold a dict")
     (tmp_path / "data.csv").write_text("1,2\n")
@@ -250,6 +258,36 @@ def test_bad_data_files_name_the_file_and_problem(tmp_path):
     ok = run_trial(TrialSpec(dataset="file", data_path=str(tmp_path / "ok.npz"), width=16,
                              **SMALL))
     assert ok.status == "completed", ok.error
+
+
+def test_a_file_of_class_ids_is_a_classification_set(tmp_path):
+    """`labels` instead of `y`: targets e_label − 1/k (k = the largest id + 1, over every
+    split), each point's id kept beside it through the shuffle and the file's own splits,
+    so that the net and kernel regression are scored by accuracy too; a file of y with its
+    own eval set without y_eval gets zero targets of y's width."""
+    from ntksweep.data import make_dataset
+
+    rng = np.random.default_rng(1)
+    x, ids = rng.normal(size=(30, 4)), rng.integers(0, 3, size=30)
+    x_test, ids_test = rng.normal(size=(6, 4)), np.array([0, 1, 2, 3, 3, 0])
+    np.savez(tmp_path / "c.npz", X=x, labels=ids, X_test=x_test, labels_test=ids_test)
+    d = make_dataset("file", path=str(tmp_path / "c.npz"), n_train=20, n_eval=10, n_test=6)
+    k = 4                                                  # labels_test holds a 3
+    for xs, ys, labels, source_x, source_ids in (
+            (d.x_train, d.y_train, d.labels_train, x, ids),
+            (d.x_eval, d.y_eval, d.labels_eval, x, ids),
+            (d.x_test, d.y_test, d.labels_test, x_test, ids_test)):
+        for point, target, label in zip(xs, ys, labels):
+            row = np.flatnonzero((source_x == point).all(1))[0]     # where it came from
+            assert label == source_ids[row]
+            np.testing.assert_array_equal(target, np.eye(k)[label] - 1 / k)
+    assert sorted(np.concatenate([d.labels_train, d.labels_eval])) == sorted(ids)
+    trial = run_trial(TrialSpec(dataset="file", data_path=str(tmp_path / "c.npz"), n_train=20,
+                                n_eval=10, n_test=6, width=16, steps=3, checkpoints=2))
+    assert trial.status == "completed" and 0 <= trial.records[-1]["test_acc"] <= 1
+    np.savez(tmp_path / "y.npz", X=x, y=rng.normal(size=(30, 2)), X_eval=x[:5])
+    given = make_dataset("file", path=str(tmp_path / "y.npz"), n_train=20, n_eval=5)
+    assert given.y_eval.shape == (5, 2) and not given.y_eval.any()
 
 
 def test_spec_validation_and_identity():
