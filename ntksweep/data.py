@@ -42,12 +42,14 @@ TEACHERS = ("quadratic", "linear", "network")
 class DataShape:
     """One point of a data set: ``in_dim`` features, as an image (C, H, W) where it is one
     (``image_shape``, else None) or a sequence (T, d) (``sequence_shape``), and ``out_dim``
-    targets."""
+    targets; ``classes``: whether its points carry class ids (the targets are then one per
+    class)."""
 
     in_dim: int
     image_shape: tuple[int, int, int] | None
     out_dim: int
     sequence_shape: tuple[int, int] | None = None
+    classes: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class Dataset:
 
     @property
     def shape(self) -> DataShape:
-        return DataShape(self.in_dim, self.image_shape, self.out_dim, self.sequence_shape)
+        return DataShape(self.in_dim, self.image_shape, self.out_dim, self.sequence_shape,
+                         self.labels_train is not None)
 
     @property
     def out_dim(self) -> int:
@@ -287,7 +290,7 @@ def data_shape(name: str, *, n_train: int, n_eval: int, seed: int = 0, dim: int 
     if name == "digits" and n_train + n_eval + n_test > DIGITS_IMAGES:
         raise SpecError(_too_many_digits(n_train + n_eval + n_test))
     builtin = {"circle": DataShape(2, None, 1), "sphere": DataShape(dim, None, 1),
-               "digits": DataShape(64, (1, 8, 8), 10),
+               "digits": DataShape(64, (1, 8, 8), 10, classes=True),
                "images": DataShape(dim * dim, (1, dim, dim), 1),
                "tokens": DataShape(tokens * dim, None, 1, (tokens, dim))}
     if name in builtin:

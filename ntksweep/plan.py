@@ -176,11 +176,16 @@ def check_trials(trials: list[TrialSpec], *, force: bool = False,
 
 
 def _data_shape(t: TrialSpec) -> DataShape:
+    where = f"data_path {t.data_path!r}" if t.dataset == "file" else f"dataset {t.dataset}"
     try:
-        return data_shape(t.dataset, **t.data_args())
+        shape = data_shape(t.dataset, **t.data_args())
     except UserError as e:
-        where = f"data_path {t.data_path!r}" if t.dataset == "file" else f"dataset {t.dataset}"
         raise SpecError(f"trial {t.trial_id} ({where}): {e}") from None
+    if t.loss == "cross_entropy" and not shape.classes:
+        raise SpecError(f"trial {t.trial_id} ({where}): loss cross_entropy needs class ids, "
+                        "and the file holds y (regression targets): save its classes as "
+                        "labels=, or use loss mse")
+    return shape
 
 
 def _network_bytes(t: TrialSpec, shape: DataShape) -> int:
@@ -199,7 +204,7 @@ def _checked_custom(t: TrialSpec, shape: DataShape) -> int:
     """A user's network built and run once (``custom.check``); its estimated peak."""
     from .trial import custom  # imports torch and the user's module: only for these
 
-    out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
+    out_dim = shape.out_dim
     in_shape = network_input_shape(t.architecture, shape)
     layers = custom.check(t, in_shape, out_dim)
     return 0 if layers is None else trial_memory(t, in_shape, out_dim, layers).peak
@@ -207,7 +212,7 @@ def _checked_custom(t: TrialSpec, shape: DataShape) -> int:
 
 def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
     """What a trial's memory and its network's checks depend on (many trials share it)."""
-    out_dim = 10 if t.loss == "cross_entropy" else shape.out_dim
+    out_dim = shape.out_dim
     fields = ("architecture", "width", "depth", "kernel_size", "padding", "readout", "dtype",
               "optimizer", "batch_size", "n_train", "n_eval", "n_test", "memory_budget",
               "ntk_method", "loss", "dataset", "data_path", "heads", "patch")

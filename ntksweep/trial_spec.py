@@ -240,8 +240,8 @@ class TrialSpec:
         need(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
              "batch_size", "must be an integer >= 1 or null")
         need(self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
-        need(self.loss != "cross_entropy" or self.dataset == "digits", "loss",
-             "cross_entropy needs class labels (dataset 'digits')")
+        need(self.loss != "cross_entropy" or self.dataset in ("digits", "file"), "loss",
+             "cross_entropy needs class ids (dataset 'digits', or a file of labels)")
         need(self.checkpoint_spacing in CHECKPOINT_SPACINGS, "checkpoint_spacing",
              f"must be one of {', '.join(CHECKPOINT_SPACINGS)}")
         if self.checkpoint_steps is not None:

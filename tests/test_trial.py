@@ -290,6 +290,29 @@ def test_a_file_of_class_ids_is_a_classification_set(tmp_path):
     assert given.y_eval.shape == (5, 2) and not given.y_eval.any()
 
 
+def test_cross_entropy_trains_on_a_file_of_class_ids_and_is_refused_on_one_of_y(tmp_path):
+    """loss cross_entropy on a file of labels (3 separable classes): one logit per class,
+    the loss at step 0 that of untrained logits (under 3 ln k) at least halved by training;
+    on a file of y, refused before anything runs, naming the way out."""
+    from ntksweep.plan import check_trials
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(3, 5)) * 3
+    ids = rng.integers(0, 3, size=48)
+    np.savez(tmp_path / "c.npz", X=centres[ids] + rng.normal(size=(48, 5)), labels=ids)
+    spec = TrialSpec(dataset="file", data_path=str(tmp_path / "c.npz"), loss="cross_entropy",
+                     n_train=32, n_eval=16, width=64, steps=60, lr=1.0, checkpoints=3)
+    check_trials([spec])
+    result = run_trial(spec)
+    assert result.status == "completed", result.error
+    first, last = result.records[0]["train_loss"], result.records[-1]["train_loss"]
+    assert last < 0.5 * first and first < 3 * np.log(3)
+    np.savez(tmp_path / "y.npz", X=rng.normal(size=(48, 5)), y=ids)
+    with pytest.raises(SpecError, match="cross_entropy needs class ids.*save its classes as "
+                                        "labels="):
+        check_trials([spec.replace(data_path=str(tmp_path / "y.npz"))])
+
+
 def test_spec_validation_and_identity():
     with pytest.raises(SpecError, match="unknown field 'widht'.*did you mean 'width'"):
         TrialSpec.from_dict({"widht": 3})

@@ -63,8 +63,9 @@ def dataset_for(spec: TrialSpec) -> Dataset:
 
 
 def out_dim_of(spec: TrialSpec, data: Dataset) -> int:
-    """The network's outputs: the targets', or the 10 classes' logits for cross-entropy."""
-    return 10 if spec.loss == "cross_entropy" else data.out_dim
+    """The network's outputs: the targets' — for a set of classes one per class, the logits
+    cross-entropy reads (``data``'s one-hot targets)."""
+    return data.out_dim
 
 
 def has_limit(spec: TrialSpec, out_dim: int) -> bool:
