@@ -37,9 +37,9 @@ def provided(path: str) -> bool:
 
 def read_arrays(path: str | None) -> dict[str, np.ndarray]:
     """A data file's arrays (X, y or labels, and optional X_eval, y_eval or labels_eval,
-    X_test, y_test or labels_test), read as
-    plain data: Parquet through pandas, .npz never unpickled and its arrays' sizes read from
-    their headers before any is decompressed."""
+    X_test, y_test or labels_test), read as plain data: Parquet through pandas, .npz never
+    unpickled and its arrays' sizes read from their headers before any is decompressed;
+    in a worker given them (``provide``), the arrays the driver read."""
     if not path:
         raise SpecError("dataset 'file' needs data_path=<.npz or .parquet file>")
     if path in _PROVIDED:
