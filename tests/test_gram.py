@@ -82,6 +82,22 @@ def test_bad_kernel_specs_are_refused(raw, match):
         load_gram_spec(raw)
 
 
+def test_set_overrides_a_kernel_specs_keys_and_its_networks_fields(tmp_path, capsys):
+    raw = {"name": "k", "output_dir": str(tmp_path / "k"), "network": CNN, "tile": 16}
+    spec = load_gram_spec(raw, {"tile": 8, "dtype": "float32", "n_train": 24,
+                                "network.depth": 2})
+    assert (spec.tile, spec.dtype, spec.network.n_train, spec.network.depth) == \
+        (8, "float32", 24, 2)
+    assert spec.network.architecture == "cnn" and raw["network"] == CNN      # not mutated
+    for key, match in (("n_trian", "did you mean 'n_train'"), ("tiles", "did you mean 'tile'")):
+        with pytest.raises(SpecError, match=re.escape(match)):
+            load_gram_spec(raw, {key: 3})
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["kernel", str(path), "--dry-run", "--set", "n_train=24"]) == 0
+    assert "train: 24 × 24, 0/3 tiles" in capsys.readouterr().out     # bands of 16: 2 + 1
+
+
 def test_a_network_without_a_limit_and_another_jobs_dir_are_refused(tmp_path):
     sqrt = {"dataset": "tokens", "n_train": 4, "architecture": "transformer",
             "attention_scaling": "sqrt", "heads": 1}

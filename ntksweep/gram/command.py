@@ -43,7 +43,9 @@ def cmd_kernel(args) -> int:
 
     quiet_start()
     grant_imports(args.allow_import)                # the user's consent (``consent``)
-    spec = load_gram_spec(args.spec)
+    from ..sweep_spec import parse_overrides
+
+    spec = load_gram_spec(args.spec, parse_overrides(args.set or []))
     if args.out:
         spec = replace(spec, output_dir=args.out)
     if args.workers < 1:
@@ -166,6 +168,9 @@ def add_kernel(sub) -> None:
                        "the output dir; run it again to resume (finished tiles are kept, "
                        "damaged ones computed again).")
     k.add_argument("spec", help="kernel spec YAML (name, output_dir, network, tile, dtype)")
+    k.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override the spec: a key (tile=256, dtype=float32) or a network "
+                   "field (n_train=5000, depth=7); values are read as YAML")
     k.add_argument("--out", help="output dir (default: the spec's output_dir)")
     k.add_argument("--workers", type=int, default=1,
                    help="tile workers: 1 computes in this process; N > 1 starts N Ray actors")

@@ -27,7 +27,7 @@ from typing import Any
 from ..choices import DTYPES
 from ..errors import SpecError
 from ..store import read_text
-from ..trial_spec import TrialSpec, suggest
+from ..trial_spec import TRIAL_FIELDS, TrialSpec, suggest
 from ..yaml_input import load_yaml, read_spec_text
 
 __all__ = ["GramSpec", "load_gram_spec", "MANIFEST", "read_manifest", "tile_path",
@@ -87,8 +87,11 @@ class GramSpec:
         return json.dumps(fields, sort_keys=True, indent=1)
 
 
-def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
-    """A ``GramSpec`` from a YAML file or a dict; ``SpecError`` with what to change."""
+def load_gram_spec(source: str | Path | dict[str, Any],
+                   overrides: dict[str, Any] | None = None) -> GramSpec:
+    """A ``GramSpec`` from a YAML file or a dict, with ``overrides`` (``--set``: a spec key,
+    or a trial field of the network, also as ``network.<field>``); ``SpecError`` with what
+    to change."""
     if isinstance(source, dict):
         raw = source
     else:
@@ -98,6 +101,8 @@ def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
         raw, _ = load_yaml(read_spec_text(path, "kernel spec"), str(path))
     if not isinstance(raw, dict):
         raise SpecError("a kernel spec is a mapping with name, network and tile")
+    if overrides:
+        raw = _overridden(raw, overrides)
     for key in raw:
         if key not in _FIELDS:
             raise SpecError(f"unknown key {key!r}{suggest(key, _FIELDS)} in the kernel spec; "
@@ -117,3 +122,20 @@ def load_gram_spec(source: str | Path | dict[str, Any]) -> GramSpec:
     spec = TrialSpec.from_dict({"n_eval": 1, "steps": 0, **network})
     out = raw.get("output_dir") or f"ntksweep-out/{name}-kernel"
     return GramSpec(name, str(out), spec, tile, dtype=dtype)
+
+
+def _overridden(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    raw = dict(raw)
+    network = dict(raw.get("network") or {}) if isinstance(raw.get("network"), dict) else {}
+    for key, value in overrides.items():
+        field = key.removeprefix("network.")
+        if key in _FIELDS and key != "network":
+            raw[key] = value
+        elif field in TRIAL_FIELDS:
+            network[field] = value
+        else:
+            raise SpecError(f"--set {key}: unknown field"
+                            f"{suggest(field, [*_FIELDS, *TRIAL_FIELDS])}; a kernel spec "
+                            f"takes {', '.join(f for f in _FIELDS if f != 'network')} and the "
+                            "network's trial fields")
+    return {**raw, "network": network}
