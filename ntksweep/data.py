@@ -193,8 +193,6 @@ def _images(n_train: int, n_eval: int, seed: int, side: int, n_test: int = 0) ->
                    image_shape=(1, side, side), x_test=xt, y_test=yt)
 
 
-# The most a data file may decompress to (an .npz is a zip: 8 MB on disk can hold 8 GB of
-# zeros); the environment may raise it for data sets larger than this
 def _tokens(n_train: int, n_eval: int, seed: int, tokens: int, dim: int,
             n_test: int = 0) -> Dataset:
     """Sequences of T = ``tokens`` tokens of d = ``dim`` features: d − 1 content features

@@ -18,6 +18,8 @@ from .errors import DataFileError, SpecError
 __all__ = ["read_arrays", "checked", "class_targets", "given_split", "provide", "provided",
            "MAX_DATA_BYTES"]
 
+# The most a data file may decompress to (an .npz is a zip: 8 MB on disk can hold 8 GB of
+# zeros); the environment may raise it for data sets larger than this
 MAX_DATA_BYTES = int(os.environ.get("NTKSWEEP_MAX_DATA_BYTES", 4 << 30))
 
 # path → arrays, in a Ray worker: a file's arrays as the sweep's driver read them

@@ -204,23 +204,21 @@ def _checked_custom(t: TrialSpec, shape: DataShape) -> int:
     """A user's network built and run once (``custom.check``); its estimated peak."""
     from .trial import custom  # imports torch and the user's module: only for these
 
-    out_dim = shape.out_dim
     in_shape = network_input_shape(t.architecture, shape)
-    layers = custom.check(t, in_shape, out_dim)
-    return 0 if layers is None else trial_memory(t, in_shape, out_dim, layers).peak
+    layers = custom.check(t, in_shape, shape.out_dim)
+    return 0 if layers is None else trial_memory(t, in_shape, shape.out_dim, layers).peak
 
 
 def _network_key(t: TrialSpec, shape: DataShape) -> tuple:
     """What a trial's memory and its network's checks depend on (many trials share it)."""
-    out_dim = shape.out_dim
     fields = ("architecture", "width", "depth", "kernel_size", "padding", "readout", "dtype",
               "optimizer", "batch_size", "n_train", "n_eval", "n_test", "memory_budget",
               "ntk_method", "loss", "dataset", "data_path", "heads", "patch")
-    return (TrialSpec(**{f: getattr(t, f) for f in fields}), shape, out_dim)
+    return TrialSpec(**{f: getattr(t, f) for f in fields}), shape
 
 
 @functools.lru_cache(maxsize=4096)
-def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory:
+def _checked_memory(t: TrialSpec, shape: DataShape) -> TrialMemory:
     what = f"{t.architecture} of width {t.width}, depth {t.depth}"
     reads = REGISTRY[t.architecture].reads
     if reads == "sequences":
@@ -243,7 +241,8 @@ def _checked_memory(t: TrialSpec, shape: DataShape, out_dim: int) -> TrialMemory
                        padding=t.padding, readout=t.readout, image_size=shape.image_shape[1:])
         except SpecError as e:
             raise SpecError(f"{what}: {e}") from None
-    memory = trial_memory(t, network_input_shape(t.architecture, shape, t.patch), out_dim)
+    memory = trial_memory(t, network_input_shape(t.architecture, shape, t.patch),
+                          shape.out_dim)
     if t.memory_budget is not None and memory.smallest_tile > t.memory_budget:
         raise SpecError(f"memory_budget={t.memory_budget} bytes is too small for one entry "
                         f"of the {what}'s empirical NTK (about {memory.smallest_tile} bytes); "

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import load_members, load_trials, member_kernels, spec_from_row
-from ..trial.builders import dataset_for, has_limit, inputs, limit_kernels, out_dim_of
+from ..trial.builders import dataset_for, has_limit, inputs, limit_kernels
 from .finite_width import Extrapolation, correction_exponents, extrapolate, width_corrections
 from .stats import group_label, groups, varying_fields
 
@@ -53,7 +53,7 @@ def _limit(row: pd.Series) -> np.ndarray | None:
     """The closed-form Θ_∞ on a trial's eval points, per logit (M, M), or None."""
     spec = spec_from_row(row)
     data = dataset_for(spec)
-    out_dim = out_dim_of(spec, data)
+    out_dim = data.out_dim
     if not has_limit(spec, out_dim):
         return None
     return limit_kernels(spec, inputs(spec, data, data.x_eval), out_dim=out_dim).ntk

@@ -40,11 +40,10 @@ def progress_lines(run=None):
 
 def cmd_kernel(args) -> int:
     from ..phases import quiet_start
+    from ..sweep_spec import parse_overrides
 
     quiet_start()
     grant_imports(args.allow_import)                # the user's consent (``consent``)
-    from ..sweep_spec import parse_overrides
-
     spec = load_gram_spec(args.spec, parse_overrides(args.set or []))
     if args.out:
         spec = replace(spec, output_dir=args.out)

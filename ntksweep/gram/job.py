@@ -37,7 +37,6 @@ from ..trial.builders import (
     inputs,
     limit_kernels,
     limit_key,
-    out_dim_of,
 )
 from ..trial_spec import TrialSpec
 from .spec import MANIFEST, GramSpec, read_manifest, tile_path
@@ -116,7 +115,7 @@ def job_blocks(spec: GramSpec) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]]
     it has no closed-form limit."""
     net = spec.network
     data = dataset_for(net)
-    out_dim = out_dim_of(net, data)
+    out_dim = data.out_dim
     if not has_limit(net, out_dim):
         raise SpecError(f"network: {net.architecture!r} with these fields has no closed-form "
                         "limit (1/√d attention, a plain module): a kernel job computes limits")

@@ -133,13 +133,13 @@ def share_limits(out: str, trials: Sequence[TrialSpec], shape: WorkerShape,
     import ray
 
     from ..gram.job import limit_digest
-    from ..trial.builders import dataset_for, has_limit, out_dim_of
+    from ..trial.builders import dataset_for, has_limit
 
     groups: dict[str, list[TrialSpec]] = {}
     for t in candidates:
         groups.setdefault(limit_digest(t), []).append(t)
     groups = {d: ts for d, ts in groups.items()
-              if has_limit(ts[0], out_dim_of(ts[0], dataset_for(ts[0])))}
+              if has_limit(ts[0], dataset_for(ts[0]).out_dim)}
     refs: dict[str, Any] = {}
     runs = []
     executor = _OnDemand(shape)

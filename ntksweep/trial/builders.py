@@ -22,7 +22,7 @@ from . import custom
 
 __all__ = ["TrialCache", "resolve_device", "dataset_for", "limit_kernels", "data_key",
            "limit_key", "cached_data", "cached_limits", "cached_test_limits", "inputs",
-           "build_model", "kernel_flow", "has_limit", "out_dim_of", "patches",
+           "build_model", "kernel_flow", "has_limit", "patches",
            "cache_shared_limit"]
 
 
@@ -60,12 +60,6 @@ def resolve_device(device: str) -> str:
 def dataset_for(spec: TrialSpec) -> Dataset:
     """The trial's data set, rebuilt deterministically from its spec."""
     return make_dataset(spec.dataset, **spec.data_args())
-
-
-def out_dim_of(spec: TrialSpec, data: Dataset) -> int:
-    """The network's outputs: the targets' — for a set of classes one per class, the logits
-    cross-entropy reads (``data``'s one-hot targets)."""
-    return data.out_dim
 
 
 def has_limit(spec: TrialSpec, out_dim: int) -> bool:
@@ -107,7 +101,7 @@ def cached_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device: str
             ) -> AnalyticKernels | None:
     """Θ_∞ and Σ^(L) on [eval; train] (M+N, M+N), computed once per data × architecture;
     None where the network has no limit (``has_limit``)."""
-    out_dim = out_dim_of(spec, data)
+    out_dim = data.out_dim
     if not has_limit(spec, out_dim):
         return None
     key = ("limit", *limit_key(spec))
@@ -119,7 +113,7 @@ def cached_test_limits(spec: TrialSpec, data: Dataset, cache: TrialCache, device
                  ) -> AnalyticKernels | None:
     """Θ_∞ and Σ^(L) between the test and the training set (T, N), once per data × limit;
     None without a limit."""
-    out_dim = out_dim_of(spec, data)
+    out_dim = data.out_dim
     if not has_limit(spec, out_dim):
         return None
     key = ("limit_test", *limit_key(spec))

@@ -36,7 +36,6 @@ from .builders import (
     inputs,
     kernel_flow,
     limit_key,
-    out_dim_of,
     resolve_device,
 )
 from .diagnostics import coordinate_check, forward_pass, kernel_velocity, target_alignment
@@ -113,7 +112,7 @@ class TrialRun:
         self.data = data = cached_data(spec, cache)
         self.limit = cached_limits(spec, data, cache, device)
         self.m = data.x_eval.shape[0]
-        self.out_dim = out_dim_of(spec, data)
+        self.out_dim = data.out_dim
         self.model = build_model(spec, data, self.out_dim, getattr(torch, spec.dtype), device)
         self.t = self._tensors()
         self.limit_key = limit_key(spec)
